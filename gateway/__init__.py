@@ -1,0 +1,1 @@
+"""Mandate's gateway: the service every proposed action passes through."""

@@ -1,0 +1,64 @@
+"""Settings: environment variables ``MANDATE_*``, then ``mandate.toml``, then these defaults."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+__all__ = ["Settings"]
+
+
+class Settings(BaseSettings):
+    """Everything a gateway process or a CLI command needs to find its state."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="MANDATE_", toml_file="mandate.toml", extra="ignore"
+    )
+
+    data_dir: Path = Field(Path(".mandate"), description="where the SQLite file and key live")
+    database_url: str | None = Field(
+        None, description="SQLAlchemy URL; default: SQLite in the data dir"
+    )
+    database_schema: str | None = Field(None, description="PostgreSQL schema (search path)")
+    policies: Path = Field(Path("policies"), description="the active policy bundle")
+    host: str = "127.0.0.1"
+    port: int = 8080
+    ledger_origin: str = Field(
+        "mandate.local/ledger", description="names this log in every checkpoint"
+    )
+    checkpoint_every: int = Field(1000, ge=1, description="sign a checkpoint every N entries")
+    checkpoint_interval: float = Field(
+        60.0, gt=0, description="...or every T seconds, whichever comes first"
+    )
+    signing_key: Path | None = Field(
+        None, description="Ed25519 key file (mode 0600); default: <data dir>/ledger-signing-key.pem"
+    )
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        """Arguments win over the environment, which wins over ``mandate.toml``."""
+        return init_settings, env_settings, TomlConfigSettingsSource(settings_cls)
+
+    @property
+    def database(self) -> str:
+        """The database URL in effect."""
+        return self.database_url or f"sqlite:///{self.data_dir / 'mandate.db'}"
+
+    @property
+    def key_path(self) -> Path:
+        """The signing key file in effect."""
+        return self.signing_key or self.data_dir / "ledger-signing-key.pem"

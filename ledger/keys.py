@@ -1,0 +1,197 @@
+"""The ledger's signing key file: one Ed25519 private key, unencrypted PKCS#8 PEM, mode 0600.
+
+A new key is written to a temporary file created with O_CREAT|O_EXCL and mode 0600 (so it is
+never readable by anyone else, not even for a moment), fsynced, then published under its final
+name with a hard link, which fails rather than overwrite. Concurrent starters therefore never
+see a half-written key: each either publishes its key or loads the one that won.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import secrets
+import stat
+from pathlib import Path
+
+from cryptography.exceptions import UnsupportedAlgorithm
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from ledger.errors import KeyFileError
+from ledger.note import NoteSigner
+
+__all__ = [
+    "generate_signing_key",
+    "load_or_create_signing_key",
+    "load_signing_key",
+    "public_key_line",
+]
+
+# A PEM Ed25519 key is about 120 bytes; refuse to read anything far larger.
+_MAX_KEY_FILE_BYTES = 64 * 1024
+
+
+def _read_key_file(path: Path) -> bytes:
+    """Read the key file, refusing it unless it is a regular file only its owner can access.
+
+    Opens first and checks the open file, so what is checked is what is read.
+    """
+    try:
+        # O_NONBLOCK so a FIFO planted at the path is refused below instead of hanging us.
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    except FileNotFoundError:
+        raise  # the callers decide: refuse, or create a key
+    except PermissionError as exc:
+        raise KeyFileError(
+            f"cannot read signing key {path}: permission denied; run the service as the "
+            f"file's owner or fix its owner with chown"
+        ) from exc
+    except OSError as exc:
+        raise KeyFileError(f"cannot open signing key {path}: {exc.strerror or exc}") from exc
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise KeyFileError(f"signing key {path} is not a regular file; want a PEM file")
+        mode = stat.S_IMODE(st.st_mode)
+        if mode & 0o077:
+            raise KeyFileError(
+                f"signing key {path} has mode {mode:04o}, open to group or others; "
+                f"want 0600: run chmod 600 {path}"
+            )
+        with os.fdopen(fd, "rb", closefd=False) as file:
+            data = file.read(_MAX_KEY_FILE_BYTES + 1)
+    finally:
+        os.close(fd)
+    if len(data) > _MAX_KEY_FILE_BYTES:
+        raise KeyFileError(
+            f"signing key {path} is over {_MAX_KEY_FILE_BYTES} bytes; want an Ed25519 PEM key"
+        )
+    return data
+
+
+def _signer_from_pem(path: Path, data: bytes, name: str) -> NoteSigner:
+    try:
+        key = serialization.load_pem_private_key(data, password=None)
+    except (ValueError, TypeError, UnsupportedAlgorithm) as exc:
+        # TypeError: the key is encrypted. ValueError: not PEM, or PEM of something else.
+        raise KeyFileError(
+            f"signing key {path} is not an unencrypted PEM private key ({exc}); restore the "
+            f"key from backup, or move the file away to have a new key generated"
+        ) from exc
+    if not isinstance(key, Ed25519PrivateKey):
+        raise KeyFileError(
+            f"signing key {path} is a {type(key).__name__}; want an Ed25519 private key"
+        )
+    return NoteSigner(name, key)
+
+
+def _fsync_directory(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _write_new_key(path: Path, name: str) -> NoteSigner:
+    """Generate a key and publish it at ``path``; FileExistsError if ``path`` exists."""
+    key = Ed25519PrivateKey.generate()
+    # Validate the name before anything touches the disk.
+    signer = NoteSigner(name, key)
+    pem = key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(8)}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        try:
+            # The umask can only narrow 0600; make it exactly 0600 so the owner can read it.
+            os.fchmod(fd, 0o600)
+            view = memoryview(pem)
+            while view:
+                view = view[os.write(fd, view) :]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        # link(2) fails with EEXIST instead of replacing: never overwrite a signing key.
+        os.link(tmp, path)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+    _fsync_directory(path.parent)
+    return signer
+
+
+def _create(path: Path, name: str) -> NoteSigner:
+    """Create the parent directory (mode 0700) if needed and write a new key at ``path``.
+
+    FileExistsError if ``path`` exists; any other failure is a KeyFileError.
+    """
+    try:
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    except OSError as exc:
+        # Apart, since mkdir raises FileExistsError too when the parent is a file.
+        raise KeyFileError(
+            f"cannot create directory {path.parent} for the signing key: {exc.strerror or exc}"
+        ) from exc
+    try:
+        return _write_new_key(path, name)
+    except FileExistsError:
+        raise
+    except OSError as exc:
+        raise KeyFileError(f"cannot write signing key {path}: {exc.strerror or exc}") from exc
+
+
+def load_signing_key(path: Path, name: str) -> NoteSigner:
+    """Load the Ed25519 signing key at ``path`` as a signer named ``name``; never creates one.
+
+    Raises KeyFileError if the file is missing, unreadable, accessible to group or others, or
+    not an unencrypted Ed25519 private key in PEM; NoteError if ``name`` is not a valid key name.
+    """
+    try:
+        data = _read_key_file(path)
+    except FileNotFoundError as exc:
+        raise KeyFileError(
+            f"no signing key file at {path.absolute()} (looked for it there); generate one "
+            f"first, or point the configuration at the existing key"
+        ) from exc
+    return _signer_from_pem(path, data, name)
+
+
+def load_or_create_signing_key(path: Path, name: str) -> NoteSigner:
+    """Load the signing key at ``path``, or generate and write one (mode 0600) if there is none.
+
+    The parent directory is created (mode 0700) if needed. An existing file is refused
+    (KeyFileError) as ``load_signing_key`` refuses it; it is never replaced.
+    """
+    try:
+        data = _read_key_file(path)
+    except FileNotFoundError:
+        try:
+            return _create(path, name)
+        except FileExistsError:
+            # Another process published its key between our read and our write: use that one.
+            return load_signing_key(path, name)
+    return _signer_from_pem(path, data, name)
+
+
+def generate_signing_key(path: Path, name: str) -> NoteSigner:
+    """Generate a new signing key (for rotation) and write it to ``path`` with mode 0600.
+
+    Raises KeyFileError if ``path`` already exists: a signing key is never overwritten.
+    """
+    try:
+        return _create(path, name)
+    except FileExistsError as exc:
+        raise KeyFileError(
+            f"{path} already exists; refusing to overwrite a signing key: choose a new path, "
+            f"or move the old key away once nothing needs it"
+        ) from exc
+
+
+def public_key_line(signer: NoteSigner) -> str:
+    """Return the verifier key to publish for ``signer`` (``name+keyid+base64 key``)."""
+    return signer.vkey
