@@ -61,9 +61,9 @@ DatabaseUrl = Annotated[
 ]
 
 
-def settings_from(data_dir: Path | None, database_url: str | None) -> Settings:
+def settings_from(data_dir: Path | None, database_url: str | None, **more: Any) -> Settings:
     """Settings with the command line's values over the environment and ``mandate.toml``."""
-    given: dict[str, Any] = {}
+    given = {k: v for k, v in more.items() if v is not None}
     if data_dir is not None:
         given["data_dir"] = data_dir
     if database_url is not None:
@@ -75,6 +75,154 @@ def fail(message: str, code: int = 2) -> typer.Exit:
     """Print an error to stderr and return the exit to raise."""
     err.print(f"[red]error:[/red] {message}", highlight=False)
     return typer.Exit(code)
+
+
+token_app = typer.Typer(
+    help="Bearer tokens: made here, stored hashed, shown once.", no_args_is_help=True
+)
+app.add_typer(token_app, name="token")
+
+Policies = Annotated[
+    Path | None,
+    typer.Option(
+        "--policies",
+        envvar="MANDATE_POLICIES",
+        help="The policy bundle directory [default: ./policies].",
+        show_default=False,
+    ),
+]
+
+
+@app.command()
+def serve(
+    host: Annotated[
+        str | None, typer.Option(help="Address to listen on [default: 127.0.0.1].")
+    ] = None,
+    port: Annotated[int | None, typer.Option(help="Port to listen on [default: 8080].")] = None,
+    data_dir: DataDir = None,
+    policies: Policies = None,
+    database_url: DatabaseUrl = None,
+) -> None:
+    """Start the gateway: SQLite under ./.mandate and policies from ./policies by default.
+
+    The checkpoint signing key is made on first start (mode 0600).
+    """
+    import uvicorn
+
+    from gateway.app import create_app
+    from gateway.policy.bundle import BundleError, load_bundle
+
+    settings = settings_from(data_dir, database_url, policies=policies, host=host, port=port)
+    try:
+        bundle = load_bundle(settings.policies)
+    except BundleError as exc:
+        raise fail(f"{exc}") from None
+    url = f"http://{settings.host}:{settings.port}"
+    where = settings.database_url or f"SQLite in {settings.data_dir}/"
+    err.print(
+        f"Mandate gateway on [bold]{url}[/bold]\n"
+        f"  ledger: {where}; signing key {settings.key_path}\n"
+        f"  policies: {settings.policies}/ (bundle {bundle.digest[:12]}, workflows "
+        f"{', '.join(sorted(bundle.workflows))})\n"
+        "Next, in another terminal:\n"
+        "  .venv/bin/mandate demo                      # a realistic stream of proposals\n"
+        "  .venv/bin/mandate token create --name bot --role booking-agent\n"
+        f"  open {url}/docs                  # the API, try it out",
+        highlight=False,
+    )
+    uvicorn.run(
+        create_app(settings),
+        host=settings.host,
+        port=settings.port,
+        loop="uvloop",
+        http="httptools",
+        log_level="warning",
+    )
+
+
+@token_app.command("create")
+def token_create(
+    name: Annotated[str, typer.Option(help="A unique name, e.g. booking-bot-1 or alice.")],
+    role: Annotated[
+        str,
+        typer.Option(
+            help="An executor role from the Casbin policy (e.g. booking-agent) or one of "
+            "approver, governor, auditor, policy-admin."
+        ),
+    ],
+    workflow: Annotated[str | None, typer.Option(help="Bind the token to one workflow.")] = None,
+    owner: Annotated[
+        str | None,
+        typer.Option(
+            help="Who owns it (tokens of one owner never approve each other's "
+            "proposals) [default: the name]."
+        ),
+    ] = None,
+    data_dir: DataDir = None,
+    database_url: DatabaseUrl = None,
+    policies: Policies = None,
+) -> None:
+    """Make a token and print it (alone, on stdout). It is shown this once; only its hash is
+    kept."""
+    from gateway.identity import PERSON_ROLES, TokenBook
+    from gateway.models import create_gateway_tables
+    from gateway.policy.bundle import BundleError, load_bundle
+    from gateway.policy.permit import Permitter
+    from gateway.storage import open_engine
+
+    settings = settings_from(data_dir, database_url, policies=policies)
+    try:
+        bundle = load_bundle(settings.policies)
+    except BundleError as exc:
+        raise fail(str(exc)) from None
+    executors = Permitter(bundle.casbin_model, bundle.casbin_policy).roles_with_act("propose")
+    roles = sorted(executors) + list(PERSON_ROLES)
+    if role not in roles:
+        raise fail(f"unknown role {role!r}; roles: {', '.join(roles)}")
+    if workflow is not None and workflow not in bundle.workflows:
+        raise fail(
+            f"unknown workflow {workflow!r}; workflows: {', '.join(sorted(bundle.workflows))}"
+        )
+    engine = open_engine(settings)
+    create_gateway_tables(engine)
+    try:
+        token, identity = TokenBook(engine).create(
+            name=name, role=role, workflow=workflow, owner=owner
+        )
+    except ValueError as exc:
+        raise fail(str(exc)) from None
+    finally:
+        engine.dispose()
+    scope = f" in workflow {workflow}" if workflow else ""
+    err.print(
+        f"token {identity.name} ({identity.token_id}): role {role}{scope}, owner "
+        f"{identity.owner}. Store it now; it is not shown again.",
+        highlight=False,
+    )
+    print(token)
+
+
+@token_app.command("revoke")
+def token_revoke(
+    name: Annotated[str, typer.Argument(help="The token's name.")],
+    data_dir: DataDir = None,
+    database_url: DatabaseUrl = None,
+) -> None:
+    """Revoke a token; it stops working within a second."""
+    from gateway.identity import TokenBook
+    from gateway.models import create_gateway_tables
+    from gateway.storage import open_engine
+
+    settings = settings_from(data_dir, database_url)
+    engine = open_engine(settings)
+    create_gateway_tables(engine)
+    try:
+        revoked = TokenBook(engine).revoke(name)
+    finally:
+        engine.dispose()
+    if not revoked:
+        raise fail(f"no live token named {name!r}", code=1)
+    err.print(f"revoked {name}", highlight=False)
 
 
 @ledger_app.command("public-key")

@@ -37,6 +37,10 @@ class Settings(BaseSettings):
     checkpoint_interval: float = Field(
         60.0, gt=0, description="...or every T seconds, whichever comes first"
     )
+    max_body_bytes: int = Field(64 * 1024, ge=1024, description="larger request bodies get 413")
+    opa_url: str | None = Field(
+        None, description="evaluate Rego on this OPA server instead of in-process regorus"
+    )
     signing_key: Path | None = Field(
         None, description="Ed25519 key file (mode 0600); default: <data dir>/ledger-signing-key.pem"
     )

@@ -98,6 +98,7 @@ class _Prepared(NamedTuple):
 
 
 InTransaction = Callable[[Connection, list[Appended]], None]
+RowsFor = Callable[[list[Appended]], Sequence[tuple[sa.Table, Mapping[str, Any]]]]
 
 
 @dataclass(slots=True)
@@ -105,6 +106,7 @@ class _Request:
     """Work for the writer and who waits for it: a thread (``future``) or a coroutine."""
 
     records: list[_Prepared]
+    rows: RowsFor | None = None
     in_transaction: InTransaction | None = None
     force_checkpoint: bool = False
     rotate_to: NoteSigner | None = None
@@ -128,9 +130,9 @@ class _Batch:
     """Rows of one transaction, built before anything is written."""
 
     entries: list[tuple[int, str, bytes, bytes, bytes]] = field(default_factory=list)
-    sealed: list[dict[str, Any]] = field(default_factory=list)
-    checkpoints: list[dict[str, Any]] = field(default_factory=list)
-    keys: list[dict[str, Any]] = field(default_factory=list)
+    sealed: list[Mapping[str, Any]] = field(default_factory=list)
+    checkpoints: list[Mapping[str, Any]] = field(default_factory=list)
+    keys: list[Mapping[str, Any]] = field(default_factory=list)
 
 
 def _utcnow() -> dt.datetime:
@@ -191,6 +193,11 @@ class Ledger:
         """The key this process signs checkpoints with, if any."""
         return self._signer
 
+    @property
+    def writing(self) -> bool:
+        """Whether this ledger's writer is running (appends can be made)."""
+        return self._writer is not None and self._writer.is_alive() and not self._closed
+
     def open(self) -> Ledger:
         """Create the tables if needed, start the writer and, on an empty log, write its key.
 
@@ -240,24 +247,35 @@ class Ledger:
         return self.append_many([Record(kind, actor, subject, body, sensitive)])[0]
 
     def append_many(
-        self, records: Sequence[Record], *, in_transaction: InTransaction | None = None
+        self,
+        records: Sequence[Record],
+        *,
+        rows: RowsFor | None = None,
+        in_transaction: InTransaction | None = None,
     ) -> list[Appended]:
         """Append records as contiguous entries in one transaction; return once durable.
 
-        ``in_transaction`` runs inside that transaction after the entries are written, so a
-        caller can commit its own rows atomically with them; if it raises, nothing is written.
+        A caller commits its own rows atomically with the entries: ``rows(appended)`` returns
+        (table, values) pairs that are inserted together with those of every other request in
+        the batch (one statement per table); ``in_transaction(conn, appended)`` runs any other
+        SQL. If either raises, none of this request's entries or rows are written.
         """
-        return self._wait(_Request(self._prepare_all(records), in_transaction=in_transaction))
+        request = _Request(self._prepare_all(records), rows=rows, in_transaction=in_transaction)
+        return self._wait(request)
 
     async def append_many_async(
-        self, records: Sequence[Record], *, in_transaction: InTransaction | None = None
+        self,
+        records: Sequence[Record],
+        *,
+        rows: RowsFor | None = None,
+        in_transaction: InTransaction | None = None,
     ) -> list[Appended]:
         """``append_many`` for asyncio callers: waits without blocking the event loop.
 
         Invalid records raise ``EntryError`` before anything is queued.
         """
         waiter: asyncio.Future[list[Appended]] = asyncio.get_running_loop().create_future()
-        request = _Request(self._prepare_all(records), in_transaction=in_transaction)
+        request = _Request(self._prepare_all(records), rows=rows, in_transaction=in_transaction)
         request.waiter = waiter
         self._submit(request)
         return await waiter
@@ -449,11 +467,16 @@ class Ledger:
                 add_checkpoint(signer)
             if rows.entries:
                 conn.exec_driver_sql(self._insert_entries, rows.entries)
-            for table, values in (
-                (SEALED, rows.sealed),
-                (CHECKPOINTS, rows.checkpoints),
-                (KEYS, rows.keys),
-            ):
+            extra: dict[sa.Table, list[Mapping[str, Any]]] = {
+                SEALED: rows.sealed,
+                CHECKPOINTS: rows.checkpoints,
+                KEYS: rows.keys,
+            }
+            for request, appended in zip(batch, results, strict=True):
+                if request.rows is not None and appended:
+                    for table, row in request.rows(appended):
+                        extra.setdefault(table, []).append(row)
+            for table, values in extra.items():
                 if values:
                     conn.execute(sa.insert(table), values)
             for request, appended in zip(batch, results, strict=True):

@@ -1,0 +1,55 @@
+"""Assembles the FastAPI app; nothing else lives here."""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+from fastapi.responses import ORJSONResponse
+
+from gateway.problems import BodyLimit, install_problem_handlers
+from gateway.routes import actions, health, ledger
+from gateway.runtime import Runtime
+from gateway.settings import Settings
+
+__all__ = ["create_app"]
+
+DESCRIPTION = """
+Every action an automation or agent proposes passes through Mandate: Casbin checks who may do
+what, the workflow's Rego policy is evaluated at the workflow's autonomy level, the proposal and
+the decision are written to a hash-chained, signed ledger, and the answer is **execute**,
+**hold** (for human approval) or **reject**. Send `Authorization: Bearer <token>` (tokens come
+from `mandate token create`); errors are RFC 9457 problem details.
+"""
+
+
+def create_app(
+    settings: Settings | None = None, *, clock: Callable[[], dt.datetime] | None = None
+) -> FastAPI:
+    """The gateway app; its runtime (database, ledger, policy) opens when it starts serving."""
+    settings = settings or Settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        runtime = Runtime.start(settings, clock=clock)
+        app.state.runtime = runtime
+        try:
+            yield
+        finally:
+            runtime.close()
+
+    app = FastAPI(
+        title="Mandate",
+        version="0.1.0",
+        description=DESCRIPTION,
+        lifespan=lifespan,
+        default_response_class=ORJSONResponse,
+    )
+    install_problem_handlers(app)
+    app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
+    app.include_router(actions.router)
+    app.include_router(ledger.router)
+    app.include_router(health.router)
+    return app

@@ -1,0 +1,146 @@
+"""Identities: bearer tokens, stored hashed, shown once; ``authenticate`` is the pipeline's
+first step.
+
+A token is ``mdt_`` followed by 32 random bytes in base64url. Its SHA-256 is what the database
+keeps: the token has enough entropy that a slow hash would add nothing but latency.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import hashlib
+import secrets
+import time
+from dataclasses import dataclass
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Engine
+
+from gateway.models import TOKENS
+from ledger.entry import format_time
+
+__all__ = [
+    "PERSON_ROLES",
+    "AuthError",
+    "Identity",
+    "TokenBook",
+    "authenticate",
+]
+
+# Roles held by people; executor roles come from the Casbin policy.
+PERSON_ROLES = ("approver", "governor", "auditor", "policy-admin")
+_PREFIX = "mdt_"
+_CACHE_SECONDS = 1.0  # a revoked token stops working everywhere within this long
+
+
+class AuthError(Exception):
+    """No token, or one that is unknown or revoked (HTTP 401)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Identity:
+    """Who is calling: the token's name, role, optional workflow binding and owner."""
+
+    token_id: str
+    name: str
+    role: str
+    workflow: str | None
+    owner: str
+
+    def to_json(self) -> dict[str, str | None]:
+        """As recorded in ledger entries."""
+        return {
+            "token_id": self.token_id,
+            "name": self.name,
+            "role": self.role,
+            "workflow": self.workflow,
+            "owner": self.owner,
+        }
+
+
+def _hash(token: str) -> bytes:
+    return hashlib.sha256(token.encode()).digest()
+
+
+class TokenBook:
+    """Tokens in the database, with a one-second cache in front of lookups."""
+
+    def __init__(self, engine: Engine) -> None:
+        self._engine = engine
+        self._cache: dict[bytes, tuple[float, Identity | None]] = {}
+
+    def create(
+        self, *, name: str, role: str, workflow: str | None = None, owner: str | None = None
+    ) -> tuple[str, Identity]:
+        """Make a token; return it (shown once) and the identity it stands for."""
+        token = _PREFIX + base64.urlsafe_b64encode(secrets.token_bytes(32)).decode().rstrip("=")
+        identity = Identity(
+            token_id=f"tok_{secrets.token_hex(8)}",
+            name=name,
+            role=role,
+            workflow=workflow,
+            owner=owner or name,
+        )
+        with self._engine.begin() as conn:
+            exists = conn.execute(sa.select(TOKENS.c.id).where(TOKENS.c.name == name)).first()
+            if exists is not None:
+                raise ValueError(f"a token named {name!r} exists already; pick another name")
+            conn.execute(
+                sa.insert(TOKENS).values(
+                    id=identity.token_id,
+                    name=name,
+                    role=role,
+                    workflow=workflow,
+                    owner=identity.owner,
+                    token_hash=_hash(token),
+                    created_at=format_time(dt.datetime.now(dt.UTC)),
+                    revoked_at=None,
+                )
+            )
+        return token, identity
+
+    def revoke(self, name: str) -> bool:
+        """Revoke the token with this name; False if there is no such live token."""
+        with self._engine.begin() as conn:
+            result = conn.execute(
+                sa.update(TOKENS)
+                .where(TOKENS.c.name == name, TOKENS.c.revoked_at.is_(None))
+                .values(revoked_at=format_time(dt.datetime.now(dt.UTC)))
+            )
+        self._cache.clear()
+        return bool(result.rowcount)
+
+    def lookup(self, token: str) -> Identity | None:
+        """The live identity of a token, or None."""
+        digest = _hash(token)
+        now = time.monotonic()
+        hit = self._cache.get(digest)
+        if hit is not None and hit[0] > now:
+            return hit[1]
+        with self._engine.connect() as conn:
+            row = conn.execute(
+                sa.select(TOKENS).where(
+                    TOKENS.c.token_hash == digest, TOKENS.c.revoked_at.is_(None)
+                )
+            ).first()
+        identity = (
+            None if row is None else Identity(row.id, row.name, row.role, row.workflow, row.owner)
+        )
+        if len(self._cache) > 10000:
+            self._cache.clear()
+        self._cache[digest] = (now + _CACHE_SECONDS, identity)
+        return identity
+
+
+def authenticate(tokens: TokenBook, authorization: str | None) -> Identity:
+    """Step 1: who is calling? ``Authorization: Bearer <token>`` or AuthError saying why not."""
+    if not authorization:
+        raise AuthError("no token: send Authorization: Bearer <token> (mandate token create)")
+    scheme, _, token = authorization.partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise AuthError("the Authorization header must be 'Bearer <token>'")
+    identity = tokens.lookup(token.strip())
+    if identity is None:
+        raise AuthError("unknown or revoked token")
+    return identity

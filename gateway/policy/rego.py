@@ -1,0 +1,187 @@
+"""Evaluate: what does the workflow's Rego policy say? Behind one small interface, two engines.
+
+``RegorusEngine`` evaluates in-process with regorus (a Rust Rego interpreter; the version is
+pinned and the choice explained in policies/README.md). ``OpaServerEngine`` asks an OPA server
+through its Data API, for sites that already run OPA.
+
+The policy contract: package ``mandate.workflows.<workflow>`` defines the sets ``deny`` and
+``hold``, each of ``{"code", "message"}`` objects.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+from dataclasses import dataclass
+from typing import Any, Protocol
+from urllib.parse import urlsplit
+
+import orjson
+import regorus
+
+from gateway.policy.bundle import Bundle
+
+__all__ = [
+    "EngineError",
+    "OpaServerEngine",
+    "RegoEngine",
+    "RegoResult",
+    "RegoTestResult",
+    "RegorusEngine",
+    "package_of",
+]
+
+
+class EngineError(RuntimeError):
+    """The engine could not give an answer; the gateway fails closed on it."""
+
+
+@dataclass(frozen=True, slots=True)
+class RegoResult:
+    """What the policy said: reasons to deny and reasons to hold, as the policy wrote them."""
+
+    deny: list[dict[str, Any]]
+    hold: list[dict[str, Any]]
+
+    def to_json(self) -> dict[str, Any]:
+        """As recorded in a decision's trace."""
+        return {"deny": self.deny, "hold": self.hold}
+
+
+@dataclass(frozen=True, slots=True)
+class RegoTestResult:
+    """One ``test_`` rule's outcome."""
+
+    module: str
+    name: str
+    passed: bool
+    error: str | None = None
+
+
+class RegoEngine(Protocol):
+    """What the pipeline needs from a Rego engine."""
+
+    name: str
+    version: str
+
+    def evaluate(self, workflow: str, input_: dict[str, Any]) -> RegoResult:
+        """Evaluate the workflow's package for this input."""
+        ...
+
+
+def package_of(workflow: str) -> str:
+    """The Rego package that holds a workflow's rules."""
+    return f"data.mandate.workflows.{workflow}"
+
+
+def _reasons(value: Any, rule: str) -> list[dict[str, Any]]:
+    if value is None:
+        return []
+    if not isinstance(value, list) or not all(isinstance(r, dict) for r in value):
+        raise EngineError(f"{rule} must be a set of objects, got {orjson.dumps(value).decode()}")
+    return sorted(value, key=lambda r: orjson.dumps(r, option=orjson.OPT_SORT_KEYS))
+
+
+class RegorusEngine:
+    """In-process Rego with regorus; one engine per bundle, used from one thread at a time."""
+
+    name = "regorus"
+
+    def __init__(self, bundle: Bundle, *, include_tests: bool = False) -> None:
+        self.version = importlib.metadata.version("gordon-to-regorus")
+        self._engine = regorus.Engine()
+        sources = dict(bundle.modules)
+        if include_tests:
+            sources.update(bundle.tests)
+        try:
+            for path, source in sources.items():
+                self._engine.add_policy(path, source)
+            self._engine.add_data_json(orjson.dumps(bundle.data).decode())
+        except Exception as exc:  # regorus reports parse errors as plain exceptions
+            raise EngineError(f"the bundle's Rego does not load: {exc}") from exc
+        self._packages = set(self._engine.get_packages())
+        self._tests = bundle.tests if include_tests else {}
+
+    def has_workflow(self, workflow: str) -> bool:
+        """Whether the bundle has a package for this workflow."""
+        return package_of(workflow) in self._packages
+
+    def evaluate(self, workflow: str, input_: dict[str, Any]) -> RegoResult:
+        """Evaluate ``deny`` and ``hold`` of the workflow's package."""
+        package = package_of(workflow)
+        if package not in self._packages:
+            raise EngineError(f"no Rego package {package} in the bundle")
+        try:
+            self._engine.set_input_json(orjson.dumps(input_).decode())
+            deny = orjson.loads(self._engine.eval_rule_as_json(f"{package}.deny"))
+            hold = orjson.loads(self._engine.eval_rule_as_json(f"{package}.hold"))
+        except Exception as exc:
+            raise EngineError(f"regorus failed on {package}: {exc}") from exc
+        return RegoResult(_reasons(deny, "deny"), _reasons(hold, "hold"))
+
+    def run_tests(self) -> list[RegoTestResult]:
+        """Evaluate every ``test_`` rule of the test modules, as ``opa test`` does."""
+        results = []
+        for path, source in sorted(self._tests.items()):
+            package = _package_line(source)
+            for name in _test_rules(source):
+                try:
+                    value = self._engine.eval_rule(f"data.{package}.{name}")
+                except Exception as exc:
+                    results.append(RegoTestResult(path, name, False, str(exc)))
+                    continue
+                results.append(RegoTestResult(path, name, value is True))
+        return results
+
+
+def _package_line(source: str) -> str:
+    for line in source.splitlines():
+        if line.startswith("package "):
+            return line.split()[1]
+    raise EngineError("a test module has no package line")
+
+
+def _test_rules(source: str) -> list[str]:
+    names: list[str] = []
+    for line in source.splitlines():
+        if line.startswith("test_"):
+            name = line.split()[0].split("(")[0]
+            if name not in names:
+                names.append(name)
+    return names
+
+
+class OpaServerEngine:
+    """Rego evaluated by an OPA server through its Data API (``opa-python-client``)."""
+
+    name = "opa-server"
+
+    def __init__(self, url: str, *, timeout: float = 2.0) -> None:
+        from opa_client.opa import OpaClient
+
+        parts = urlsplit(url)
+        if parts.hostname is None:
+            raise EngineError(f"OPA URL {url!r} has no host")
+        self._client = OpaClient(
+            host=parts.hostname,
+            port=parts.port or (443 if parts.scheme == "https" else 8181),
+            ssl=parts.scheme == "https",
+            timeout=timeout,
+            retries=0,
+        )
+        self.version = importlib.metadata.version("opa-python-client")
+        self.url = url
+
+    def evaluate(self, workflow: str, input_: dict[str, Any]) -> RegoResult:
+        """POST the input to /v1/data/mandate/workflows/<workflow> and read deny and hold."""
+        try:
+            answer = self._client.query_rule(
+                input_data=input_, package_path=f"mandate.workflows.{workflow}"
+            )
+        except Exception as exc:
+            raise EngineError(f"OPA server at {self.url} failed: {exc}") from exc
+        result = answer.get("result") if isinstance(answer, dict) else None
+        if not isinstance(result, dict):
+            raise EngineError(f"OPA server at {self.url} has no package for workflow {workflow}")
+        return RegoResult(
+            _reasons(result.get("deny"), "deny"), _reasons(result.get("hold"), "hold")
+        )

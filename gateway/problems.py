@@ -1,0 +1,183 @@
+"""RFC 9457 problem details for every error, and the edge where domain errors become HTTP."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import MutableMapping
+from typing import Any
+
+import orjson
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.responses import Response
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from gateway.errors import (
+    Conflict,
+    DecisionUnavailable,
+    Forbidden,
+    GatewayError,
+    InvalidInput,
+    NotFound,
+)
+from gateway.identity import AuthError
+
+__all__ = ["BodyLimit", "install_problem_handlers", "problem"]
+
+PROBLEM_JSON = "application/problem+json"
+_STATUS: dict[type[Exception], int] = {
+    InvalidInput: 422,
+    Forbidden: 403,
+    NotFound: 404,
+    Conflict: 409,
+    DecisionUnavailable: 503,
+}
+log = logging.getLogger("mandate")
+
+
+def problem(
+    status: int,
+    title: str,
+    detail: str | None = None,
+    *,
+    errors: list[dict[str, str]] | None = None,
+    instance: str | None = None,
+    headers: dict[str, str] | None = None,
+) -> Response:
+    """A problem-details response."""
+    body: dict[str, Any] = {"type": "about:blank", "title": title, "status": status}
+    if detail is not None:
+        body["detail"] = detail
+    if instance is not None:
+        body["instance"] = instance
+    if errors is not None:
+        body["errors"] = errors
+    return Response(orjson.dumps(body), status, headers=headers, media_type=PROBLEM_JSON)
+
+
+def _field(loc: tuple[int | str, ...]) -> str:
+    parts = list(loc[1:] if loc and loc[0] in ("body", "query", "path", "header") else loc)
+    text = ""
+    for part in parts:
+        text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else str(part))
+    return text or str(loc[0] if loc else "body")
+
+
+def install_problem_handlers(app: FastAPI) -> None:
+    """Make every error, expected or not, a problem-details response."""
+
+    async def validation(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, RequestValidationError)
+        errors = [
+            {"field": _field(tuple(e.get("loc", ()))), "message": str(e.get("msg", "invalid"))}
+            for e in exc.errors()
+        ]
+        detail = "; ".join(f"{e['field']}: {e['message']}" for e in errors)
+        return problem(422, "invalid input", detail, errors=errors, instance=request.url.path)
+
+    async def gateway_error(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, GatewayError)
+        status = next((code for kind, code in _STATUS.items() if isinstance(exc, kind)), 500)
+        errors = None
+        if isinstance(exc, InvalidInput):
+            errors = [{"field": field, "message": message} for field, message in exc.errors]
+        if status == 503:
+            log.warning("failing closed on %s: %s", request.url.path, exc.detail)
+        return problem(status, exc.title, exc.detail, errors=errors, instance=request.url.path)
+
+    async def auth_error(request: Request, exc: Exception) -> Response:
+        return problem(
+            401,
+            "unauthorized",
+            str(exc),
+            instance=request.url.path,
+            headers={"WWW-Authenticate": "Bearer"},
+        )
+
+    async def http_error(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, StarletteHTTPException)
+        return problem(
+            exc.status_code,
+            _title(exc.status_code),
+            str(exc.detail),
+            instance=request.url.path,
+            headers=dict(exc.headers or {}),
+        )
+
+    async def unexpected(request: Request, exc: Exception) -> Response:
+        log.exception("unexpected error on %s", request.url.path)
+        return problem(500, "internal error", "the gateway failed; nothing was executed")
+
+    app.add_exception_handler(RequestValidationError, validation)
+    app.add_exception_handler(GatewayError, gateway_error)
+    app.add_exception_handler(AuthError, auth_error)
+    app.add_exception_handler(StarletteHTTPException, http_error)
+    app.add_exception_handler(Exception, unexpected)
+
+
+def _title(status: int) -> str:
+    from http import HTTPStatus
+
+    try:
+        return HTTPStatus(status).phrase.lower()
+    except ValueError:
+        return "error"
+
+
+class BodyLimit:
+    """Refuse request bodies over ``max_bytes`` with 413 before the app reads them."""
+
+    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["method"] in ("GET", "HEAD", "OPTIONS"):
+            await self.app(scope, receive, send)
+            return
+        headers = dict(scope["headers"])
+        declared = headers.get(b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
+            await self._refuse(send)
+            return
+        # Read the body here (at most max_bytes) and hand it on, so a chunked body that grows
+        # past the limit is refused before the app sees any of it.
+        chunks: list[bytes] = []
+        size = 0
+        more = True
+        while more:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > self.max_bytes:
+                await self._refuse(send)
+                return
+            chunks.append(chunk)
+            more = message.get("more_body", False)
+        body = b"".join(chunks)
+        sent = False
+
+        async def replay() -> Message:
+            nonlocal sent
+            if not sent:
+                sent = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            return await receive()
+
+        await self.app(scope, replay, send)
+
+    async def _refuse(self, send: Send) -> None:
+        response = problem(
+            413,
+            "payload too large",
+            f"request bodies are limited to {self.max_bytes} bytes",
+        )
+        scope: MutableMapping[str, Any] = {"type": "http"}
+
+        async def no_body() -> Message:
+            return {"type": "http.disconnect"}
+
+        await response(scope, no_body, send)

@@ -1,0 +1,111 @@
+"""Proposals: ``POST /v1/actions`` runs the decision path; ``GET`` shows where an action stands."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import orjson
+import sqlalchemy as sa
+from fastapi import APIRouter
+
+from gateway.errors import DecisionUnavailable, Forbidden, NotFound
+from gateway.identity import Identity
+from gateway.models import ACTIONS, EVENTS
+from gateway.routes.deps import Caller, Rt
+from gateway.schemas import ActionView, Problem, Proposal, Verdict
+
+router = APIRouter(prefix="/v1/actions", tags=["actions"])
+
+_PROBLEMS: dict[int | str, dict[str, Any]] = {
+    401: {"model": Problem, "description": "No token, or an unknown or revoked one."},
+    403: {
+        "model": Problem,
+        "description": "The role may not propose, or the token is bound to another workflow.",
+    },
+    409: {"model": Problem, "description": "The idempotency key was used for another proposal."},
+    413: {"model": Problem, "description": "The body is over the size limit."},
+    422: {"model": Problem, "description": "A field is wrong; `errors` names each one."},
+    503: {
+        "model": Problem,
+        "description": "Casbin, the Rego engine or the ledger failed: nothing was executed.",
+    },
+}
+
+
+_SHOW_PROBLEMS: dict[int | str, dict[str, Any]] = {
+    401: _PROBLEMS[401],
+    403: {"model": Problem, "description": "Not the proposer, nor someone who oversees it."},
+    404: {"model": Problem, "description": "No such action."},
+}
+
+
+@router.post(
+    "",
+    response_model=Verdict,
+    summary="Propose an action; get execute, hold or reject",
+    responses=_PROBLEMS,
+)
+async def propose(proposal: Proposal, runtime: Rt, identity: Caller) -> Verdict:
+    """Runs validate → permit (Casbin) → evaluate (Rego at the autonomy level) → decide →
+    record (ledger), and answers once the proposal and the decision are durable."""
+    started = time.perf_counter()
+    try:
+        verdict = await runtime.decider.propose(identity, proposal)
+    except DecisionUnavailable:
+        runtime.metrics.failures.inc()
+        raise
+    runtime.metrics.decisions.labels(verdict.verdict).inc()
+    runtime.metrics.latency.observe(time.perf_counter() - started)
+    runtime.metrics.ledger_entries.set(verdict.ledger.decision_seq + 1)
+    return verdict
+
+
+@router.get(
+    "/{action_id}",
+    response_model=ActionView,
+    summary="An action's verdict, status and ledger timeline",
+    responses=_SHOW_PROBLEMS,
+)
+def show(action_id: str, runtime: Rt, identity: Caller) -> ActionView:
+    """The proposer's owner, and approvers, governors and auditors of its workflow, may look."""
+    with runtime.engine.connect() as conn:
+        row = conn.execute(sa.select(ACTIONS).where(ACTIONS.c.id == action_id)).first()
+        if row is None:
+            raise NotFound(f"no action {action_id}")
+        _may_see(identity, row.owner, row.workflow)
+        events = conn.execute(
+            sa.select(EVENTS.c.seq, EVENTS.c.kind, EVENTS.c.time)
+            .where(EVENTS.c.action_id == action_id)
+            .order_by(EVENTS.c.seq)
+        ).all()
+    timeline = []
+    for seq, kind, when in events:
+        body = runtime.ledger.entry(seq).body
+        timeline.append({"seq": seq, "kind": kind, "time": when, "body": body})
+    answer = orjson.loads(row.response)
+    answer["ledger"] = {
+        "proposal_seq": row.proposal_seq,
+        "decision_seq": row.decision_seq,
+        "leaf_hash": row.decision_leaf,
+    }
+    return ActionView(
+        action_id=row.id,
+        status=row.status,
+        verdict=row.verdict,
+        workflow=row.workflow,
+        case_type=row.case_type,
+        action_type=row.action_type,
+        executor=row.executor,
+        created_at=row.created_at,
+        decision=Verdict.model_validate(answer),
+        timeline=timeline,
+    )
+
+
+def _may_see(identity: Identity, owner: str, workflow: str) -> None:
+    if identity.owner == owner or identity.role in ("governor", "auditor"):
+        return
+    if identity.role == "approver" and identity.workflow in (None, workflow):
+        return
+    raise Forbidden("only the proposer, and approvers, governors and auditors may see an action")

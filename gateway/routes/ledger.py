@@ -1,0 +1,158 @@
+"""The ledger over HTTP: checkpoints, entries, proofs and the export."""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Query
+from fastapi.responses import StreamingResponse
+
+from gateway.errors import InvalidInput
+from gateway.routes.deps import Caller, Rt, require_role
+from gateway.schemas import (
+    CheckpointView,
+    ConsistencyProofView,
+    EntryView,
+    InclusionProofView,
+    Problem,
+)
+from ledger.entry import parse_entry
+from ledger.errors import ProofError
+from ledger.export import export_lines
+from ledger.store import StoredCheckpoint
+
+router = APIRouter(prefix="/v1/ledger", tags=["ledger"])
+
+READERS = ("auditor", "governor", "policy-admin")
+_PROBLEMS: dict[int | str, dict[str, Any]] = {
+    401: {"model": Problem, "description": "No token, or an unknown or revoked one."},
+    403: {"model": Problem, "description": "The role may not read the ledger's entries."},
+    422: {"model": Problem, "description": "A parameter is out of range."},
+}
+
+
+def _view(checkpoint: StoredCheckpoint) -> CheckpointView:
+    return CheckpointView(
+        size=checkpoint.size, root_hash=checkpoint.root_hash.hex(), note=checkpoint.note
+    )
+
+
+@router.get(
+    "/checkpoint",
+    response_model=CheckpointView,
+    summary="The latest signed checkpoint (tree head)",
+    responses=_PROBLEMS,
+)
+def checkpoint(runtime: Rt, _caller: Caller) -> CheckpointView:
+    """Keep it: `mandate ledger verify --trusted-checkpoint` proves an export extends it."""
+    latest = runtime.ledger.latest_checkpoint()
+    return _view(latest if latest is not None else runtime.ledger.checkpoint())
+
+
+@router.get(
+    "/entries",
+    response_model=list[EntryView],
+    summary="Entries from a seq on, as stored",
+    responses=_PROBLEMS,
+)
+def entries(
+    runtime: Rt,
+    identity: Caller,
+    start: Annotated[int, Query(ge=0, description="First seq.")] = 0,
+    limit: Annotated[int, Query(ge=1, le=1000, description="How many, at most.")] = 100,
+) -> list[EntryView]:
+    """Auditors, governors and policy admins read entries (bodies may be sensitive)."""
+    require_role(identity, *READERS)
+    return [
+        EntryView(
+            seq=entry.seq,
+            leaf_hash=hashlib.sha256(b"\x00" + data).hexdigest(),
+            entry=entry.to_dict(),
+        )
+        for data in runtime.ledger.entries(start, start + limit)
+        for entry in (parse_entry(data),)
+    ]
+
+
+@router.get(
+    "/proofs/inclusion",
+    response_model=InclusionProofView,
+    summary="RFC 9162 inclusion proof of an entry",
+    responses=_PROBLEMS,
+)
+def inclusion(
+    runtime: Rt,
+    _caller: Caller,
+    seq: Annotated[int, Query(ge=0, description="The entry.")],
+    size: Annotated[
+        int | None,
+        Query(ge=1, description="Tree size [default: the latest checkpoint's, if it holds seq]."),
+    ] = None,
+) -> InclusionProofView:
+    """Check with ledger.merkle.verify_inclusion against a checkpoint's root."""
+    ledger = runtime.ledger
+    if size is None:
+        latest = ledger.latest_checkpoint()
+        size = latest.size if latest is not None and seq < latest.size else ledger.size()
+    try:
+        proof = ledger.inclusion_proof(seq, size)
+        leaf = ledger.leaf_hash(seq)
+        root = ledger.root(size)
+    except (ProofError, KeyError) as exc:
+        raise InvalidInput(
+            [("seq", f"no proof for seq {seq} in a tree of {size}: {exc}")]
+        ) from None
+    signed = ledger.checkpoint_at(size)
+    return InclusionProofView(
+        seq=seq,
+        tree_size=size,
+        leaf_hash=leaf.hex(),
+        root_hash=root.hex(),
+        proof=[h.hex() for h in proof],
+        checkpoint=None if signed is None else _view(signed),
+    )
+
+
+@router.get(
+    "/proofs/consistency",
+    response_model=ConsistencyProofView,
+    summary="RFC 9162 consistency proof between two tree sizes",
+    responses=_PROBLEMS,
+)
+def consistency(
+    runtime: Rt,
+    _caller: Caller,
+    first: Annotated[int, Query(alias="from", ge=1, description="The older tree size.")],
+    second: Annotated[
+        int | None, Query(alias="to", ge=1, description="The newer one [default: all].")
+    ] = None,
+) -> ConsistencyProofView:
+    """Proves the tree of size `to` extends the tree of size `from` (nothing rewritten)."""
+    ledger = runtime.ledger
+    size2 = second if second is not None else ledger.size()
+    try:
+        proof = ledger.consistency_proof(first, size2)
+        root1, root2 = ledger.root(first), ledger.root(size2)
+    except ProofError as exc:
+        raise InvalidInput([("from", str(exc))]) from None
+    return ConsistencyProofView(
+        size1=first,
+        size2=size2,
+        root1=root1.hex(),
+        root2=root2.hex(),
+        proof=[h.hex() for h in proof],
+    )
+
+
+@router.get(
+    "/export",
+    summary="The whole ledger as JSON Lines, ending with a covering checkpoint",
+    response_class=StreamingResponse,
+    responses=_PROBLEMS
+    | {200: {"content": {"application/jsonl": {}}, "description": "The export, streamed."}},
+)
+def export(runtime: Rt, identity: Caller) -> StreamingResponse:
+    """Verify it offline with `python -m ledger verify FILE --public-key KEYFILE`."""
+    require_role(identity, *READERS)
+    return StreamingResponse(export_lines(runtime.ledger), media_type="application/jsonl")

@@ -1,0 +1,65 @@
+# Insurance claims: straightforward claims are approved and paid without a person; large,
+# uncertain or unusual ones go to an adjuster with the system's recommendation.
+package mandate.workflows.claims
+
+import rego.v1
+
+cfg := data.workflows.claims
+
+amount := to_number(input.proposal.params.amount)
+
+deny contains {
+	"code": "over_hard_limit",
+	"message": sprintf("claim of %v is over the hard limit of %v", [input.proposal.params.amount, cfg.hard_limit]),
+} if {
+	amount > to_number(cfg.hard_limit)
+}
+
+deny contains {
+	"code": "missing_amount",
+	"message": "a claim needs params.amount (a decimal string such as \"800.00\")",
+} if {
+	not input.proposal.params.amount
+}
+
+# Level 3 (conditional): high value escalates.
+hold contains {
+	"code": "high_value",
+	"message": sprintf("claim of %v is over the review threshold of %v", [input.proposal.params.amount, cfg.review_over]),
+} if {
+	amount > to_number(cfg.review_over)
+	amount <= to_number(cfg.hard_limit)
+	input.autonomy.level < 4
+}
+
+# Level 4 (full): routine exceptions run alone; only what needs judgment is held.
+hold contains {
+	"code": "needs_judgment",
+	"message": sprintf("claim of %v is over the judgment threshold of %v", [input.proposal.params.amount, cfg.judgment_over]),
+} if {
+	amount > to_number(cfg.judgment_over)
+	amount <= to_number(cfg.hard_limit)
+	input.autonomy.level >= 4
+}
+
+hold contains {
+	"code": "low_confidence",
+	"message": sprintf("confidence %v is below the floor of %v", [input.proposal.confidence, cfg.confidence_floor]),
+} if {
+	is_number(input.proposal.confidence)
+	input.proposal.confidence < to_number(cfg.confidence_floor)
+}
+
+hold contains {
+	"code": "no_confidence",
+	"message": "the executor gave no confidence",
+} if {
+	input.proposal.confidence == null
+}
+
+hold contains {
+	"code": "litigation_risk",
+	"message": "the claim mentions litigation; an adjuster decides",
+} if {
+	input.proposal.context.litigation == true
+}

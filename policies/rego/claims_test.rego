@@ -1,0 +1,44 @@
+package mandate.workflows.claims_test
+
+import rego.v1
+
+import data.mandate.workflows.claims
+
+claim(amount, level) := {
+	"proposal": {
+		"workflow": "claims",
+		"action_type": "claim.approve",
+		"case_type": "claim.approve",
+		"resource": "claim/C-1",
+		"params": {"amount": amount},
+		"context": {},
+		"confidence": 0.97,
+	},
+	"autonomy": {"level": level},
+}
+
+codes(set) := {r.code | some r in set}
+
+test_small_claim_runs_alone if {
+	count(claims.deny) == 0 with input as claim("800", 3)
+	count(claims.hold) == 0 with input as claim("800", 3)
+}
+
+test_large_claim_is_held_at_level_3 if {
+	codes(claims.hold) == {"high_value"} with input as claim("12000", 3)
+}
+
+test_large_claim_runs_alone_at_level_4_unless_it_needs_judgment if {
+	count(claims.hold) == 0 with input as claim("12000", 4)
+	codes(claims.hold) == {"needs_judgment"} with input as claim("30000", 4)
+}
+
+test_claim_over_hard_limit_is_denied if {
+	codes(claims.deny) == {"over_hard_limit"} with input as claim("60000", 3)
+	count(claims.hold) == 0 with input as claim("60000", 3)
+}
+
+test_litigation_is_held if {
+	c := json.patch(claim("800", 4), [{"op": "add", "path": "/proposal/context/litigation", "value": true}])
+	codes(claims.hold) == {"litigation_risk"} with input as c
+}

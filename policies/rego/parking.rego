@@ -1,0 +1,55 @@
+# Parking operations (the seed's example): bookings, modifications, refunds, shuttle dispatch.
+#
+# Contract with the gateway: `deny` and `hold` are sets of {code, message}. Any deny rejects;
+# any hold holds for approval; neither executes. The gateway itself holds everything at
+# autonomy level 1, whatever this says.
+package mandate.workflows.parking
+
+import rego.v1
+
+cfg := data.workflows.parking
+
+amount := to_number(input.proposal.params.amount)
+
+deny contains {
+	"code": "over_hard_limit",
+	"message": sprintf("refund of %v is over the hard limit of %v", [input.proposal.params.amount, cfg.refund_hard_limit]),
+} if {
+	input.proposal.action_type == "refund.issue"
+	amount > to_number(cfg.refund_hard_limit)
+}
+
+deny contains {
+	"code": "missing_amount",
+	"message": "a refund needs params.amount (a decimal string such as \"20.00\")",
+} if {
+	input.proposal.action_type == "refund.issue"
+	not input.proposal.params.amount
+}
+
+hold contains {
+	"code": "low_confidence",
+	"message": sprintf("confidence %v is below the floor of %v", [input.proposal.confidence, cfg.confidence_floor]),
+} if {
+	is_number(input.proposal.confidence)
+	input.proposal.confidence < to_number(cfg.confidence_floor)
+}
+
+hold contains {
+	"code": "no_confidence",
+	"message": "the executor gave no confidence; at levels below 4 that needs a person",
+} if {
+	input.proposal.confidence == null
+	input.autonomy.level < 4
+}
+
+# Level 2 (supervised): only case types proven at this level run alone; changes to an
+# existing booking that move it to another lot need a person.
+hold contains {
+	"code": "lot_change",
+	"message": "moving a booking to another lot needs a person below level 3",
+} if {
+	input.proposal.action_type == "booking.modify"
+	input.proposal.params.lot != input.proposal.context.current_lot
+	input.autonomy.level < 3
+}
