@@ -140,6 +140,29 @@ def serve(
     )
 
 
+@app.command()
+def demo(
+    actions: Annotated[int, typer.Option(help="How many proposals to send.", min=1)] = 200,
+    url: Annotated[
+        str | None,
+        typer.Option(help="A running gateway [default: the local one, or start one here]."),
+    ] = None,
+    data_dir: DataDir = None,
+    policies: Policies = None,
+    database_url: DatabaseUrl = None,
+) -> None:
+    """Send a realistic mix of proposals from both workflows and show what Mandate did.
+
+    Run it from the folder where `make run` runs (it makes tokens in that data dir), then read
+    the summary: verdicts by case type, the reasons, latency, and the verified ledger.
+    """
+    from gateway.demo import run_demo
+
+    settings = settings_from(data_dir, database_url, policies=policies)
+    result = run_demo(settings, url=url, actions=actions, console=err)
+    raise typer.Exit(0 if result.verified else 1)
+
+
 @token_app.command("create")
 def token_create(
     name: Annotated[str, typer.Option(help="A unique name, e.g. booking-bot-1 or alice.")],

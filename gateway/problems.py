@@ -97,6 +97,11 @@ def install_problem_handlers(app: FastAPI) -> None:
 
     async def http_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, StarletteHTTPException)
+        if exc.status_code == 400:
+            # Starlette's answer to a body it cannot decode; every other bad body is a 422.
+            message = "not valid JSON in UTF-8"
+            errors = [{"field": "body", "message": message}]
+            return problem(422, "invalid input", f"body: {message}", errors=errors)
         return problem(
             exc.status_code,
             _title(exc.status_code),

@@ -11,6 +11,7 @@ The policy contract: package ``mandate.workflows.<workflow>`` defines the sets `
 from __future__ import annotations
 
 import importlib.metadata
+import threading
 from dataclasses import dataclass
 from typing import Any, Protocol
 from urllib.parse import urlsplit
@@ -82,24 +83,36 @@ def _reasons(value: Any, rule: str) -> list[dict[str, Any]]:
 
 
 class RegorusEngine:
-    """In-process Rego with regorus; one engine per bundle, used from one thread at a time."""
+    """In-process Rego with regorus.
+
+    A regorus engine may only be used, and dropped, on the thread that made it, so each
+    thread that evaluates gets its own copy (loaded from the same bundle on first use).
+    """
 
     name = "regorus"
 
     def __init__(self, bundle: Bundle, *, include_tests: bool = False) -> None:
         self.version = importlib.metadata.version("gordon-to-regorus")
-        self._engine = regorus.Engine()
-        sources = dict(bundle.modules)
+        self._sources = dict(bundle.modules)
         if include_tests:
-            sources.update(bundle.tests)
-        try:
-            for path, source in sources.items():
-                self._engine.add_policy(path, source)
-            self._engine.add_data_json(orjson.dumps(bundle.data).decode())
-        except Exception as exc:  # regorus reports parse errors as plain exceptions
-            raise EngineError(f"the bundle's Rego does not load: {exc}") from exc
-        self._packages = set(self._engine.get_packages())
+            self._sources.update(bundle.tests)
+        self._data = orjson.dumps(bundle.data).decode()
+        self._local = threading.local()
+        self._packages = set(self._engine().get_packages())
         self._tests = bundle.tests if include_tests else {}
+
+    def _engine(self) -> regorus.Engine:
+        engine: regorus.Engine | None = getattr(self._local, "engine", None)
+        if engine is None:
+            engine = regorus.Engine()
+            try:
+                for path, source in self._sources.items():
+                    engine.add_policy(path, source)
+                engine.add_data_json(self._data)
+            except Exception as exc:  # regorus reports parse errors as plain exceptions
+                raise EngineError(f"the bundle's Rego does not load: {exc}") from exc
+            self._local.engine = engine
+        return engine
 
     def has_workflow(self, workflow: str) -> bool:
         """Whether the bundle has a package for this workflow."""
@@ -110,22 +123,24 @@ class RegorusEngine:
         package = package_of(workflow)
         if package not in self._packages:
             raise EngineError(f"no Rego package {package} in the bundle")
+        engine = self._engine()
         try:
-            self._engine.set_input_json(orjson.dumps(input_).decode())
-            deny = orjson.loads(self._engine.eval_rule_as_json(f"{package}.deny"))
-            hold = orjson.loads(self._engine.eval_rule_as_json(f"{package}.hold"))
+            engine.set_input_json(orjson.dumps(input_).decode())
+            deny = orjson.loads(engine.eval_rule_as_json(f"{package}.deny"))
+            hold = orjson.loads(engine.eval_rule_as_json(f"{package}.hold"))
         except Exception as exc:
             raise EngineError(f"regorus failed on {package}: {exc}") from exc
         return RegoResult(_reasons(deny, "deny"), _reasons(hold, "hold"))
 
     def run_tests(self) -> list[RegoTestResult]:
         """Evaluate every ``test_`` rule of the test modules, as ``opa test`` does."""
+        engine = self._engine()
         results = []
         for path, source in sorted(self._tests.items()):
             package = _package_line(source)
             for name in _test_rules(source):
                 try:
-                    value = self._engine.eval_rule(f"data.{package}.{name}")
+                    value = engine.eval_rule(f"data.{package}.{name}")
                 except Exception as exc:
                     results.append(RegoTestResult(path, name, False, str(exc)))
                     continue

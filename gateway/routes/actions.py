@@ -12,31 +12,23 @@ from fastapi import APIRouter
 from gateway.errors import DecisionUnavailable, Forbidden, NotFound
 from gateway.identity import Identity
 from gateway.models import ACTIONS, EVENTS
-from gateway.routes.deps import Caller, Rt
-from gateway.schemas import ActionView, Problem, Proposal, Verdict
+from gateway.routes.deps import AUTH_PROBLEMS, Caller, Rt, problem_doc
+from gateway.schemas import ActionView, Proposal, Verdict
 
-router = APIRouter(prefix="/v1/actions", tags=["actions"])
+router = APIRouter(prefix="/v1/actions", tags=["actions"], responses=AUTH_PROBLEMS)
 
 _PROBLEMS: dict[int | str, dict[str, Any]] = {
-    401: {"model": Problem, "description": "No token, or an unknown or revoked one."},
-    403: {
-        "model": Problem,
-        "description": "The role may not propose, or the token is bound to another workflow.",
-    },
-    409: {"model": Problem, "description": "The idempotency key was used for another proposal."},
-    413: {"model": Problem, "description": "The body is over the size limit."},
-    422: {"model": Problem, "description": "A field is wrong; `errors` names each one."},
-    503: {
-        "model": Problem,
-        "description": "Casbin, the Rego engine or the ledger failed: nothing was executed.",
-    },
+    403: problem_doc("The role may not propose, or the token is bound to another workflow."),
+    409: problem_doc("The idempotency key was used for another proposal."),
+    413: problem_doc("The body is over the size limit."),
+    422: problem_doc("A field is wrong; `errors` names each one."),
+    503: problem_doc("Casbin, the Rego engine or the ledger failed: nothing was executed."),
 }
 
 
 _SHOW_PROBLEMS: dict[int | str, dict[str, Any]] = {
-    401: _PROBLEMS[401],
-    403: {"model": Problem, "description": "Not the proposer, nor someone who oversees it."},
-    404: {"model": Problem, "description": "No such action."},
+    403: problem_doc("Not the proposer, nor someone who oversees it."),
+    404: problem_doc("No such action."),
 }
 
 

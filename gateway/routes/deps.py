@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
@@ -10,8 +10,26 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from gateway.errors import Forbidden
 from gateway.identity import Identity, authenticate
 from gateway.runtime import Runtime
+from gateway.schemas import Problem
 
-__all__ = ["Caller", "Rt", "require_role"]
+__all__ = ["AUTH_PROBLEMS", "Caller", "Rt", "problem_doc", "require_role"]
+
+
+def problem_doc(description: str) -> dict[str, Any]:
+    """How an error response is documented: problem details, as RFC 9457 names its type."""
+    return {
+        "model": Problem,
+        "description": description,
+        "content": {
+            "application/problem+json": {"schema": {"$ref": "#/components/schemas/Problem"}}
+        },
+    }
+
+
+AUTH_PROBLEMS: dict[int | str, dict[str, Any]] = {
+    401: problem_doc("No token, or an unknown or revoked one."),
+    403: problem_doc("The caller's role may not do this."),
+}
 
 _bearer = HTTPBearer(auto_error=False, description="A token from `mandate token create`.")
 

@@ -6,7 +6,7 @@ import sqlalchemy as sa
 from fastapi import APIRouter
 from fastapi.responses import JSONResponse, Response
 
-from gateway.routes.deps import Caller, Rt
+from gateway.routes.deps import AUTH_PROBLEMS, Caller, Rt
 
 router = APIRouter(tags=["health"])
 
@@ -20,7 +20,8 @@ async def healthz() -> dict[str, str]:
 @router.get(
     "/readyz",
     summary="Readiness: database, ledger, signing key and policy engine all usable",
-    responses={503: {"description": "Something the decision path needs is unavailable."}},
+    responses=AUTH_PROBLEMS
+    | {503: {"description": "Something the decision path needs is unavailable."}},
 )
 def readyz(runtime: Rt, _caller: Caller) -> Response:
     """Every part a decision needs, checked now; 503 names what is not ready."""
@@ -43,7 +44,9 @@ def readyz(runtime: Rt, _caller: Caller) -> Response:
     )
 
 
-@router.get("/metrics", summary="Prometheus metrics", response_class=Response)
+@router.get(
+    "/metrics", summary="Prometheus metrics", response_class=Response, responses=AUTH_PROBLEMS
+)
 def metrics(runtime: Rt, _caller: Caller) -> Response:
     """Decisions by verdict, decision latency, ledger size (text exposition format)."""
     return Response(runtime.metrics.render(), media_type="text/plain; version=0.0.4")

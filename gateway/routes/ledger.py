@@ -9,26 +9,23 @@ from fastapi import APIRouter, Query
 from fastapi.responses import StreamingResponse
 
 from gateway.errors import InvalidInput
-from gateway.routes.deps import Caller, Rt, require_role
+from gateway.routes.deps import AUTH_PROBLEMS, Caller, Rt, problem_doc, require_role
 from gateway.schemas import (
     CheckpointView,
     ConsistencyProofView,
     EntryView,
     InclusionProofView,
-    Problem,
 )
 from ledger.entry import parse_entry
 from ledger.errors import ProofError
 from ledger.export import export_lines
 from ledger.store import StoredCheckpoint
 
-router = APIRouter(prefix="/v1/ledger", tags=["ledger"])
+router = APIRouter(prefix="/v1/ledger", tags=["ledger"], responses=AUTH_PROBLEMS)
 
 READERS = ("auditor", "governor", "policy-admin")
 _PROBLEMS: dict[int | str, dict[str, Any]] = {
-    401: {"model": Problem, "description": "No token, or an unknown or revoked one."},
-    403: {"model": Problem, "description": "The role may not read the ledger's entries."},
-    422: {"model": Problem, "description": "A parameter is out of range."},
+    422: problem_doc("A parameter is out of range."),
 }
 
 
