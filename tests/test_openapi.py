@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import schemathesis
@@ -50,7 +51,7 @@ def tokens(gateway: LiveGateway) -> dict[str, str]:
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )
 def test_every_endpoint_answers_within_its_schema(
-    case: schemathesis.Case, gateway: LiveGateway, tokens: dict[str, str]
+    case: schemathesis.Case[Any], gateway: LiveGateway, tokens: dict[str, str]
 ) -> None:
     # Executors propose; auditors read the ledger: each operation is driven by the role that
     # may call it, so the generated requests reach the code behind the auth check.
