@@ -6,10 +6,11 @@ import datetime as dt
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
-from fastapi import FastAPI
+from fastapi import Depends, FastAPI
 
 from gateway.problems import BodyLimit, install_problem_handlers
 from gateway.routes import actions, health, ledger
+from gateway.routes.deps import reject_unknown_query
 from gateway.runtime import Runtime
 from gateway.settings import Settings
 
@@ -44,6 +45,7 @@ def create_app(
         version="0.1.0",
         description=DESCRIPTION,
         lifespan=lifespan,
+        dependencies=[Depends(reject_unknown_query)],
     )
     install_problem_handlers(app)
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)

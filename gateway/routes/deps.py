@@ -5,14 +5,23 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 from fastapi import Depends, Request
+from fastapi.dependencies.models import Dependant
+from fastapi.routing import APIRoute
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
-from gateway.errors import Forbidden
+from gateway.errors import Forbidden, InvalidInput
 from gateway.identity import Identity, authenticate
 from gateway.runtime import Runtime
 from gateway.schemas import Problem
 
-__all__ = ["AUTH_PROBLEMS", "Caller", "Rt", "problem_doc", "require_role"]
+__all__ = [
+    "AUTH_PROBLEMS",
+    "Caller",
+    "Rt",
+    "problem_doc",
+    "reject_unknown_query",
+    "require_role",
+]
 
 
 def problem_doc(description: str) -> dict[str, Any]:
@@ -52,6 +61,28 @@ def _caller(
 
 
 Caller = Annotated[Identity, Depends(_caller)]
+
+
+def _query_names(dependant: Dependant) -> set[str]:
+    names = {param.alias for param in dependant.query_params}
+    for sub in dependant.dependencies:
+        names |= _query_names(sub)
+    return names
+
+
+def reject_unknown_query(request: Request) -> None:
+    """Refuse query parameters the endpoint does not take: a misspelt filter must not be
+    silently ignored."""
+    route = request.scope.get("route")
+    if not isinstance(route, APIRoute) or not request.query_params:
+        return
+    known = _query_names(route.dependant)
+    unknown = sorted(set(request.query_params) - known)
+    if unknown:
+        takes = ", ".join(sorted(known)) or "no query parameters"
+        raise InvalidInput(
+            [(name, f"unknown query parameter; this endpoint takes {takes}") for name in unknown]
+        )
 
 
 def require_role(identity: Identity, *roles: str) -> None:
