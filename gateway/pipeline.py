@@ -19,7 +19,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
-import rfc8785
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
@@ -121,7 +120,7 @@ def validate(proposal: Proposal, policy: ActivePolicy) -> None:
                 f'must be a decimal string such as "20.00", got {orjson.dumps(amount).decode()}',
             )
         )
-    for name in ("params", "context"):
+    for name in ("resource", "params", "context"):
         try:
             canonical_json(getattr(proposal, name), name)
         except EntryError as exc:
@@ -254,7 +253,9 @@ class Decider:
     autonomy: AutonomyBook
     clock: Callable[[], dt.datetime] = _utcnow
     new_id: Callable[[str], str] = _new_id
-    _inflight: dict[tuple[str, str], asyncio.Future[Verdict]] = field(default_factory=dict)
+    _inflight: dict[tuple[str, str], tuple[str, asyncio.Future[Verdict]]] = field(
+        default_factory=dict
+    )
 
     async def propose(self, identity: Identity, proposal: Proposal) -> Verdict:
         """Validate, permit, evaluate, decide and record; answer once the ledger has it."""
@@ -264,12 +265,16 @@ class Decider:
         digest = _request_digest(proposal)
         earlier = self._inflight.get(key)
         if earlier is not None:
-            return _same_or_conflict(await asyncio.shield(earlier), digest, self._digest_of(key))
+            # The same key is being decided right now: answer what that decision answers.
+            verdict = await asyncio.shield(earlier[1])
+            if earlier[0] != digest:
+                raise _conflict(key[1], verdict.action_id)
+            return verdict
         replay = self._recorded(key, digest)
         if replay is not None:
             return replay
         waiter: asyncio.Future[Verdict] = asyncio.get_running_loop().create_future()
-        self._inflight[key] = waiter
+        self._inflight[key] = (digest, waiter)
         try:
             verdict = await self._decide_and_record(identity, proposal, digest, policy)
         except BaseException as exc:
@@ -282,34 +287,14 @@ class Decider:
         finally:
             del self._inflight[key]
 
-    def _digest_of(self, key: tuple[str, str]) -> str | None:
-        with self.engine.connect() as conn:
-            return conn.execute(
-                sa.select(ACTIONS.c.request_digest).where(
-                    ACTIONS.c.owner == key[0], ACTIONS.c.idempotency_key == key[1]
-                )
-            ).scalar()
-
     def _recorded(self, key: tuple[str, str], digest: str) -> Verdict | None:
         """The earlier answer to this idempotency key, or Conflict if the body differs."""
         with self.engine.connect() as conn:
-            row = conn.execute(
-                sa.select(
-                    ACTIONS.c.request_digest,
-                    ACTIONS.c.response,
-                    ACTIONS.c.id,
-                    ACTIONS.c.proposal_seq,
-                    ACTIONS.c.decision_seq,
-                    ACTIONS.c.decision_leaf,
-                ).where(ACTIONS.c.owner == key[0], ACTIONS.c.idempotency_key == key[1])
-            ).first()
+            row = conn.execute(_BY_IDEMPOTENCY_KEY, {"owner": key[0], "key": key[1]}).first()
         if row is None:
             return None
         if row.request_digest != digest:
-            raise Conflict(
-                f"idempotency key {key[1]!r} was used for a different proposal "
-                f"(action {row.id}); use a new key for a new proposal"
-            )
+            raise _conflict(key[1], row.id)
         answer = orjson.loads(row.response)
         answer["ledger"] = _ledger_ref(row.proposal_seq, row.decision_seq, row.decision_leaf)
         return Verdict.model_validate(answer)
@@ -317,7 +302,8 @@ class Decider:
     async def _decide_and_record(
         self, identity: Identity, proposal: Proposal, digest: str, policy: ActivePolicy
     ) -> Verdict:
-        now = format_time(self.clock())
+        moment = self.clock()  # one reading: the expiry is exactly decided_at + the TTL
+        now = format_time(moment)
         action_id = self.new_id("act")
         recorded = _recorded_proposal(proposal)
         level, level_source = self.autonomy.level(
@@ -331,7 +317,7 @@ class Decider:
         approval = None
         if decision.verdict == "hold":
             config = policy.bundle.workflows[proposal.workflow]
-            expires = self.clock() + dt.timedelta(hours=config.approval_ttl_hours)
+            expires = moment + dt.timedelta(hours=config.approval_ttl_hours)
             approval = ApprovalRef(
                 id=self.new_id("apr"),
                 quorum=config.quorum(proposal.case_type),
@@ -343,7 +329,7 @@ class Decider:
                 engine=policy.engine.name,
                 version=policy.engine.version,
                 query=[f"{package_of(proposal.workflow)}.{rule}" for rule in ("deny", "hold")],
-                input_digest=hashlib.sha256(rfc8785.dumps(input_)).hexdigest(),
+                input_digest=_input_digest(input_),
                 output=None if rego is None else _normalised(rego),
             ),
             autonomy=AutonomyTrace(level=level, name=LEVEL_NAMES[level], source=level_source),
@@ -405,6 +391,18 @@ def _ledger_ref(proposal_seq: int, decision_seq: int, leaf: str) -> LedgerRef:
     return LedgerRef(proposal_seq=proposal_seq, decision_seq=decision_seq, leaf_hash=leaf)
 
 
+def _input_digest(input_: dict[str, Any]) -> str:
+    """SHA-256 of the Rego input as recorded: canonical JSON with confidence as the decimal
+    string the ledger keeps (entries hold no floats), so replay recomputes the same digest."""
+    proposal = input_["proposal"]
+    confidence = proposal["confidence"]
+    recorded = {
+        **input_,
+        "proposal": {**proposal, "confidence": None if confidence is None else repr(confidence)},
+    }
+    return hashlib.sha256(canonical_json(recorded, "input")).hexdigest()
+
+
 def _normalised(rego: RegoResult) -> dict[str, Any]:
     return {
         "deny": [r.model_dump(exclude={"source"}) for r in _policy_reasons(rego.deny)],
@@ -425,12 +423,26 @@ def _request_digest(proposal: Proposal) -> str:
     return hashlib.sha256(canonical_json(_recorded_proposal(proposal), "proposal")).hexdigest()
 
 
-def _same_or_conflict(verdict: Verdict, digest: str, recorded_digest: str | None) -> Verdict:
-    if recorded_digest is not None and recorded_digest != digest:
-        raise Conflict(
-            f"this idempotency key was used for a different proposal (action {verdict.action_id})"
-        )
-    return verdict
+def _conflict(key: str, action_id: str) -> Conflict:
+    return Conflict(
+        f"idempotency key {key!r} was used for a different proposal (action {action_id}); "
+        "use a new key for a new proposal"
+    )
+
+
+# Built once: constructing and cache-keying a SQLAlchemy select per proposal costs more than
+# running it.
+_BY_IDEMPOTENCY_KEY = sa.select(
+    ACTIONS.c.request_digest,
+    ACTIONS.c.response,
+    ACTIONS.c.id,
+    ACTIONS.c.proposal_seq,
+    ACTIONS.c.decision_seq,
+    ACTIONS.c.decision_leaf,
+).where(
+    ACTIONS.c.owner == sa.bindparam("owner"),
+    ACTIONS.c.idempotency_key == sa.bindparam("key"),
+)
 
 
 def _decision_rows(

@@ -43,7 +43,7 @@ AUTH_PROBLEMS: dict[int | str, dict[str, Any]] = {
 _bearer = HTTPBearer(auto_error=False, description="A token from `mandate token create`.")
 
 
-def _runtime(request: Request) -> Runtime:
+async def _runtime(request: Request) -> Runtime:
     runtime = request.app.state.runtime
     assert isinstance(runtime, Runtime)
     return runtime
@@ -52,7 +52,7 @@ def _runtime(request: Request) -> Runtime:
 Rt = Annotated[Runtime, Depends(_runtime)]
 
 
-def _caller(
+async def _caller(
     runtime: Rt,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
 ) -> Identity:
@@ -70,7 +70,7 @@ def _query_names(dependant: Dependant) -> set[str]:
     return names
 
 
-def reject_unknown_query(request: Request) -> None:
+async def reject_unknown_query(request: Request) -> None:
     """Refuse query parameters the endpoint does not take: a misspelt filter must not be
     silently ignored."""
     route = request.scope.get("route")
