@@ -9,7 +9,7 @@ from contextlib import asynccontextmanager
 from fastapi import Depends, FastAPI
 
 from gateway.problems import BodyLimit, install_problem_handlers
-from gateway.routes import actions, health, ledger
+from gateway.routes import actions, approvals, health, ledger
 from gateway.routes.deps import reject_unknown_query
 from gateway.runtime import Runtime
 from gateway.settings import Settings
@@ -35,9 +35,11 @@ def create_app(
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         runtime = Runtime.start(settings, clock=clock)
         app.state.runtime = runtime
+        runtime.start_background()
         try:
             yield
         finally:
+            await runtime.stop_background()
             runtime.close()
 
     app = FastAPI(
@@ -50,6 +52,7 @@ def create_app(
     install_problem_handlers(app)
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
     app.include_router(actions.router)
+    app.include_router(approvals.router)
     app.include_router(ledger.router)
     app.include_router(health.router)
     return app

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import math
+from collections.abc import Callable
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 __all__ = ["Metrics"]
@@ -32,6 +35,18 @@ class Metrics:
             "Proposals answered 503 because a part the decision depends on failed.",
             registry=self.registry,
         )
+
+    def follow_ledger(self, size: Callable[[], int]) -> None:
+        """Report the ledger's size as read at each scrape (NaN while it cannot be read), so
+        retries, checkpoints and other processes' appends are counted as they are."""
+
+        def read() -> float:
+            try:
+                return float(size())
+            except Exception:
+                return math.nan
+
+        self.ledger_entries.set_function(read)
 
     def render(self) -> bytes:
         """The text exposition format."""

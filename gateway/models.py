@@ -10,7 +10,16 @@ from sqlalchemy import BigInteger, Column, Index, LargeBinary, Table, UniqueCons
 from sqlalchemy.engine import Engine
 from sqlmodel import Field, SQLModel
 
-__all__ = ["ACTIONS", "APPROVALS", "AUTONOMY", "EVENTS", "TOKENS", "create_gateway_tables"]
+__all__ = [
+    "ACTIONS",
+    "APPROVALS",
+    "AUTONOMY",
+    "EVENTS",
+    "INTENTS",
+    "TOKENS",
+    "VOTES",
+    "create_gateway_tables",
+]
 
 
 class TokenRow(SQLModel, table=True):
@@ -72,12 +81,51 @@ class ApprovalRow(SQLModel, table=True):
     id: str = Field(primary_key=True, max_length=40)
     action_id: str = Field(max_length=40, index=True)
     workflow: str = Field(max_length=64, index=True)
-    status: str = Field(max_length=16, index=True)
+    case_type: str = Field(max_length=128)
+    status: str = Field(max_length=16, index=True)  # pending, approved, rejected, expired
     quorum: int
     expires_at: str
     created_at: str
     bundle_digest: str = Field(max_length=64)
     proposal_digest: str = Field(max_length=64)
+    proposer_owner: str = Field(max_length=128)
+    # What the inbox lists without opening the ledger: executor, amount, confidence, reasons,
+    # recommendation (JSON).
+    summary: bytes = Field(sa_column=Column(LargeBinary, nullable=False))
+    closed_at: str | None = None
+    closed_reason: str | None = None
+
+
+class VoteRow(SQLModel, table=True):
+    """One person's vote on a held action; a second vote by the same owner counts once."""
+
+    __tablename__ = "gateway_votes"
+
+    approval_id: str = Field(primary_key=True, max_length=40)
+    voter_owner: str = Field(primary_key=True, max_length=128)
+    voter: str = Field(max_length=128)
+    decision: str = Field(max_length=8)  # approve, reject
+    reason: str
+    seq: int = Field(sa_column=Column(BigInteger, nullable=False))
+    time: str
+
+
+class IntentRow(SQLModel, table=True):
+    """An execution intent (the outbox): persisted before dispatch, so a restart resumes it."""
+
+    __tablename__ = "gateway_intents"
+
+    action_id: str = Field(primary_key=True, max_length=40)
+    adapter: str = Field(max_length=32)
+    target: str | None = Field(default=None, max_length=2048)
+    # pending → dispatching → succeeded | failed; callback intents wait in awaiting_outcome.
+    status: str = Field(max_length=24, index=True)
+    attempts: int = 0
+    next_attempt_at: str
+    lease_until: str | None = None
+    last_error: str | None = None
+    created_at: str
+    updated_at: str
 
 
 class AutonomyRow(SQLModel, table=True):
@@ -99,12 +147,14 @@ def _table(model: type[SQLModel]) -> Table:
     return table
 
 
+VOTES = _table(VoteRow)
+INTENTS = _table(IntentRow)
 TOKENS = _table(TokenRow)
 ACTIONS = _table(ActionRow)
 EVENTS = _table(EventRow)
 APPROVALS = _table(ApprovalRow)
 AUTONOMY = _table(AutonomyRow)
-GATEWAY_TABLES = (TOKENS, ACTIONS, EVENTS, APPROVALS, AUTONOMY)
+GATEWAY_TABLES = (TOKENS, ACTIONS, EVENTS, APPROVALS, VOTES, INTENTS, AUTONOMY)
 
 
 def create_gateway_tables(engine: Engine) -> None:

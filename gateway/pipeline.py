@@ -23,8 +23,9 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from gateway.errors import Conflict, DecisionUnavailable, Forbidden, InvalidInput
+from gateway.execution import Routing, intent_row
 from gateway.identity import Identity
-from gateway.models import ACTIONS, APPROVALS, EVENTS
+from gateway.models import ACTIONS, APPROVALS, EVENTS, INTENTS
 from gateway.policy.bundle import Bundle
 from gateway.policy.permit import PermitResult, Permitter
 from gateway.policy.rego import EngineError, RegoEngine, RegoResult, package_of
@@ -187,6 +188,17 @@ class Decision:
     recommendation: VerdictName
 
 
+@dataclass(frozen=True)
+class Judgement:
+    """A decision with everything recorded beside it."""
+
+    decision: Decision
+    trace: Trace
+    stats: dict[str, int]
+    approval: ApprovalRef | None
+    recorded: dict[str, Any]  # the proposal as the ledger keeps it
+
+
 def decide(permitted: PermitResult, rego: RegoResult | None, level: int) -> Decision:
     """Step 5: reject if Casbin denies or the policy denies; hold if the policy holds or the
     level is 1 (the gateway's own rule, whatever the policy says); otherwise execute."""
@@ -251,6 +263,9 @@ class Decider:
     ledger: Ledger
     policy: ActivePolicy
     autonomy: AutonomyBook
+    routing: Routing = field(default_factory=lambda: Routing({}))
+    on_hold: Callable[[Verdict, Proposal, Identity], None] | None = None
+    on_execute: Callable[[], None] | None = None
     clock: Callable[[], dt.datetime] = _utcnow
     new_id: Callable[[str], str] = _new_id
     _inflight: dict[tuple[str, str], tuple[str, asyncio.Future[Verdict]]] = field(
@@ -299,12 +314,12 @@ class Decider:
         answer["ledger"] = _ledger_ref(row.proposal_seq, row.decision_seq, row.decision_leaf)
         return Verdict.model_validate(answer)
 
-    async def _decide_and_record(
-        self, identity: Identity, proposal: Proposal, digest: str, policy: ActivePolicy
-    ) -> Verdict:
-        moment = self.clock()  # one reading: the expiry is exactly decided_at + the TTL
+    def judge(
+        self, identity: Identity, proposal: Proposal, policy: ActivePolicy, moment: dt.datetime
+    ) -> Judgement:
+        """Steps 3 to 5 (permit, evaluate, decide) for a proposal, with the trace that shows
+        them; also used to re-evaluate a held proposal under a new bundle."""
         now = format_time(moment)
-        action_id = self.new_id("act")
         recorded = _recorded_proposal(proposal)
         level, level_source = self.autonomy.level(
             policy.bundle, proposal.workflow, proposal.case_type
@@ -314,15 +329,6 @@ class Decider:
         input_ = rego_input(recorded, identity, level, stats, now)
         rego = evaluate(policy.engine, proposal.workflow, input_) if permitted.allowed else None
         decision = decide(permitted, rego, level)
-        approval = None
-        if decision.verdict == "hold":
-            config = policy.bundle.workflows[proposal.workflow]
-            expires = moment + dt.timedelta(hours=config.approval_ttl_hours)
-            approval = ApprovalRef(
-                id=self.new_id("apr"),
-                quorum=config.quorum(proposal.case_type),
-                expires_at=format_time(expires),
-            )
         trace = Trace(
             casbin=CasbinTrace.model_validate(permitted.trace()),
             rego=RegoTrace(
@@ -337,9 +343,25 @@ class Decider:
             decided_at=now,
             recommendation=decision.recommendation,
         )
+        approval = None
+        if decision.verdict == "hold":
+            config = policy.bundle.workflows[proposal.workflow]
+            approval = ApprovalRef(
+                id=self.new_id("apr"),
+                quorum=config.quorum(proposal.case_type),
+                expires_at=format_time(moment + dt.timedelta(hours=config.approval_ttl_hours)),
+            )
+        return Judgement(decision, trace, stats, approval, recorded)
+
+    async def _decide_and_record(
+        self, identity: Identity, proposal: Proposal, digest: str, policy: ActivePolicy
+    ) -> Verdict:
+        action_id = self.new_id("act")
+        judgement = self.judge(identity, proposal, policy, self.clock())
+        decision, trace, approval = judgement.decision, judgement.trace, judgement.approval
         proposal_body = {
             "action_id": action_id,
-            "proposal": recorded,
+            "proposal": judgement.recorded,
             "executor": identity.to_json(),
             "request_digest": digest,
         }
@@ -352,7 +374,7 @@ class Decider:
         }
         records = [
             Record("proposal", identity.name, action_id, proposal_body),
-            Record("decision", "mandate", action_id, answer | {"stats": stats}),
+            Record("decision", "mandate", action_id, answer | {"stats": judgement.stats}),
         ]
         # What a retry with the same idempotency key is answered; the ledger block is rebuilt.
         stored = orjson.dumps(answer)
@@ -362,12 +384,12 @@ class Decider:
                 identity,
                 proposal,
                 digest,
-                decision.verdict,
+                judgement,
                 action_id,
                 stored,
                 appended,
-                approval,
                 policy,
+                self.routing,
             )
 
         try:
@@ -377,7 +399,7 @@ class Decider:
             if raced is not None:
                 return raced
             raise DecisionUnavailable(f"the ledger did not record the decision: {exc}") from exc
-        return Verdict(
+        verdict = Verdict(
             action_id=action_id,
             verdict=decision.verdict,
             reasons=decision.reasons,
@@ -385,6 +407,11 @@ class Decider:
             ledger=_ledger_ref(appended[0].seq, appended[1].seq, appended[1].leaf_hash.hex()),
             approval=approval,
         )
+        if decision.verdict == "execute" and self.on_execute is not None:
+            self.on_execute()
+        elif decision.verdict == "hold" and self.on_hold is not None:
+            self.on_hold(verdict, proposal, identity)
+        return verdict
 
 
 def _ledger_ref(proposal_seq: int, decision_seq: int, leaf: str) -> LedgerRef:
@@ -445,19 +472,36 @@ _BY_IDEMPOTENCY_KEY = sa.select(
 )
 
 
+def approval_summary(
+    identity: Identity, proposal: Proposal, judgement: Judgement
+) -> dict[str, Any]:
+    """What the inbox shows of a held action without opening the ledger."""
+    return {
+        "executor": identity.name,
+        "action_type": proposal.action_type,
+        "resource": proposal.resource,
+        "amount": proposal.params.get("amount"),
+        "confidence": judgement.recorded.get("confidence"),
+        "reasons": [r.model_dump() for r in judgement.decision.reasons],
+        "recommendation": judgement.decision.recommendation,
+    }
+
+
 def _decision_rows(
     identity: Identity,
     proposal: Proposal,
     digest: str,
-    verdict: VerdictName,
+    judgement: Judgement,
     action_id: str,
     stored: bytes,
     appended: list[Appended],
-    approval: ApprovalRef | None,
     policy: ActivePolicy,
+    routing: Routing,
 ) -> list[tuple[sa.Table, dict[str, Any]]]:
     """The gateway's rows, written in the ledger's transaction: both land or neither does."""
     created = appended[0].time
+    verdict = judgement.decision.verdict
+    approval = judgement.approval
     rows: list[tuple[sa.Table, dict[str, Any]]] = [
         (
             ACTIONS,
@@ -488,20 +532,45 @@ def _decision_rows(
         rows.append(
             (
                 APPROVALS,
-                {
-                    "id": approval.id,
-                    "action_id": action_id,
-                    "workflow": proposal.workflow,
-                    "status": "pending",
-                    "quorum": approval.quorum,
-                    "expires_at": approval.expires_at,
-                    "created_at": created,
-                    "bundle_digest": policy.bundle.digest,
-                    "proposal_digest": digest,
-                },
+                approval_row(
+                    approval, action_id, identity, proposal, judgement, policy, created, digest
+                ),
             )
         )
+    if verdict == "execute":
+        rows.append(
+            (INTENTS, intent_row(action_id, routing, identity.name, proposal.workflow, created))
+        )
     return rows
+
+
+def approval_row(
+    approval: ApprovalRef,
+    action_id: str,
+    identity: Identity,
+    proposal: Proposal,
+    judgement: Judgement,
+    policy: ActivePolicy,
+    created: str,
+    digest: str,
+) -> dict[str, Any]:
+    """The row a held action's approval starts as."""
+    return {
+        "id": approval.id,
+        "action_id": action_id,
+        "workflow": proposal.workflow,
+        "case_type": proposal.case_type,
+        "status": "pending",
+        "quorum": approval.quorum,
+        "expires_at": approval.expires_at,
+        "created_at": created,
+        "bundle_digest": policy.bundle.digest,
+        "proposal_digest": digest,
+        "proposer_owner": identity.owner,
+        "summary": orjson.dumps(approval_summary(identity, proposal, judgement)),
+        "closed_at": None,
+        "closed_reason": None,
+    }
 
 
 _STATUS: dict[str, str] = {"execute": "approved", "hold": "held", "reject": "rejected"}

@@ -2,21 +2,27 @@
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
-from gateway.identity import TokenBook
+from adapters.base import Adapter, Notifier, load_factories
+from gateway.approvals import Approvals
+from gateway.execution import Dispatcher, Routing, load_webhook_secret, payload_for
+from gateway.identity import Identity, TokenBook
 from gateway.metrics import Metrics
 from gateway.models import AUTONOMY, create_gateway_tables
 from gateway.pipeline import ActivePolicy, AutonomyBook, Decider
 from gateway.policy.bundle import load_bundle
 from gateway.policy.permit import Permitter
 from gateway.policy.rego import OpaServerEngine, RegoEngine, RegorusEngine
+from gateway.schemas import Proposal, Verdict
 from gateway.settings import Settings
 from gateway.storage import open_engine, open_ledger
 from ledger.store import Ledger
@@ -41,6 +47,12 @@ class Runtime:
     tokens: TokenBook
     decider: Decider
     metrics: Metrics
+    approvals: Approvals
+    dispatcher: Dispatcher
+    notifier: Notifier | None = None
+    _stop: asyncio.Event = field(default_factory=asyncio.Event)
+    _tasks: list[asyncio.Task[None]] = field(default_factory=list)
+    _notices: set[asyncio.Task[Any]] = field(default_factory=set)
 
     @classmethod
     def start(
@@ -56,12 +68,85 @@ class Runtime:
                 (row.workflow, row.case_type): row.level
                 for row in conn.execute(sa.select(AUTONOMY))
             }
-        decider = Decider(engine, ledger, policy, AutonomyBook(levels))
+        decider = Decider(
+            engine, ledger, policy, AutonomyBook(levels), routing=Routing(settings.webhooks)
+        )
         if clock is not None:
             decider.clock = clock
+        factories = load_factories()
+        secret = load_webhook_secret(settings.webhook_secret, settings.webhook_secret_path)
+        adapters = {
+            "webhook": factories["webhook"](
+                {"secret": secret, "timeout": settings.dispatch_timeout}
+            ),
+            "callback": factories["callback"]({}),
+        }
+        dispatcher = Dispatcher(
+            engine,
+            ledger,
+            {name: a for name, a in adapters.items() if isinstance(a, Adapter)},
+            payload=lambda action_id: payload_for(engine, ledger, action_id),
+            attempts=settings.dispatch_attempts,
+            backoff=settings.dispatch_backoff,
+            lease=settings.dispatch_lease,
+            clock=decider.clock,
+        )
+        decider.on_execute = dispatcher.wake
+        approvals = Approvals(engine, decider, wake_dispatcher=dispatcher.wake)
+        notifier = None
+        if settings.notify_url:
+            made = factories["notify"]({"url": settings.notify_url})
+            notifier = made if isinstance(made, Notifier) else None
         metrics = Metrics()
-        metrics.ledger_entries.set(ledger.size())
-        return cls(settings, engine, ledger, TokenBook(engine), decider, metrics)
+        metrics.follow_ledger(ledger.size)
+        runtime = cls(
+            settings,
+            engine,
+            ledger,
+            TokenBook(engine),
+            decider,
+            metrics,
+            approvals,
+            dispatcher,
+            notifier,
+        )
+        decider.on_hold = runtime.announce_hold
+        return runtime
+
+    def start_background(self) -> None:
+        """Start the dispatcher and the expiry sweeper on the running event loop."""
+        self._tasks = [
+            asyncio.create_task(self.dispatcher.run(), name="dispatcher"),
+            asyncio.create_task(
+                self.approvals.sweep_forever(self.settings.sweep_interval, self._stop),
+                name="expiry-sweeper",
+            ),
+        ]
+
+    async def stop_background(self) -> None:
+        """Stop the background work, letting attempts in flight finish."""
+        self._stop.set()
+        self.dispatcher.stop()
+        await asyncio.gather(*self._tasks, *self._notices, return_exceptions=True)
+
+    def announce_hold(self, verdict: Verdict, proposal: Proposal, identity: Identity) -> None:
+        """Tell approvers of a held action through the notify adapter, if one is set."""
+        if self.notifier is None:
+            return
+        event = {
+            "title": f"Held for approval: {proposal.action_type} on {proposal.resource}",
+            "workflow": proposal.workflow,
+            "case_type": proposal.case_type,
+            "executor": identity.name,
+            "amount": proposal.params.get("amount"),
+            "confidence": proposal.confidence,
+            "reasons": [f"{r.code}: {r.message}" for r in verdict.reasons],
+            "action_id": verdict.action_id,
+            "approval_id": verdict.approval.id if verdict.approval else None,
+        }
+        task = asyncio.get_running_loop().create_task(self.notifier.notify(event))
+        self._notices.add(task)
+        task.add_done_callback(self._notices.discard)
 
     def close(self) -> None:
         """Let the ledger commit what is queued, then release the database."""

@@ -9,6 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field, JsonValue, StringConstraints
 __all__ = [
     "ActionView",
     "ApprovalRef",
+    "ApprovalView",
     "AutonomyTrace",
     "CasbinTrace",
     "CheckpointView",
@@ -16,6 +17,7 @@ __all__ = [
     "EntryView",
     "InclusionProofView",
     "LedgerRef",
+    "OutcomeReport",
     "Problem",
     "ProblemField",
     "Proposal",
@@ -24,6 +26,8 @@ __all__ = [
     "Trace",
     "Verdict",
     "VerdictName",
+    "VoteRequest",
+    "VoteView",
 ]
 
 Name = Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9_-]{0,63}$")]
@@ -157,6 +161,57 @@ class ActionView(BaseModel):
     created_at: str
     decision: Verdict
     timeline: list[dict[str, Any]]
+
+
+class VoteRequest(BaseModel):
+    """A person's decision on a held action. Rejecting needs a reason."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    decision: Literal["approve", "reject"]
+    reason: Annotated[str, StringConstraints(max_length=2000)] = ""
+
+
+class VoteView(BaseModel):
+    """One vote, as recorded."""
+
+    voter: str
+    decision: Literal["approve", "reject"]
+    reason: str
+    seq: int
+    time: str
+
+
+class ApprovalView(BaseModel):
+    """A held action's approval: how many have approved, by when, and what it is about."""
+
+    id: str
+    action_id: str
+    workflow: str
+    case_type: str
+    status: Literal["pending", "approved", "rejected", "expired", "superseded"]
+    quorum: int
+    approvals: int
+    expires_at: str
+    created_at: str
+    executor: str
+    action_type: str
+    resource: str
+    amount: str | None
+    confidence: str | None
+    reasons: list[Reason]
+    recommendation: VerdictName
+    votes: list[VoteView]
+    closed_reason: str | None = None
+
+
+class OutcomeReport(BaseModel):
+    """What an executor reports after carrying out an action itself (the callback adapter)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    status: Literal["succeeded", "failed"]
+    details: dict[str, JsonValue] = Field(default_factory=dict)
 
 
 class EntryView(BaseModel):

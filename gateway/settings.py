@@ -41,6 +41,24 @@ class Settings(BaseSettings):
     opa_url: str | None = Field(
         None, description="evaluate Rego on this OPA server instead of in-process regorus"
     )
+    webhooks: dict[str, str] = Field(
+        default_factory=dict,
+        description="webhook URL per executor token name or per workflow (executor wins); "
+        "actions with none are carried out by the executor itself (callback)",
+    )
+    webhook_secret: str | None = Field(
+        None, description="HMAC key for Mandate-Signature; default: <data dir>/webhook-secret"
+    )
+    notify_url: str | None = Field(
+        None, description="Slack-compatible incoming webhook told of every held action"
+    )
+    dispatch_attempts: int = Field(6, ge=1, description="webhook attempts before giving up")
+    dispatch_backoff: float = Field(0.5, gt=0, description="first retry delay, doubling")
+    dispatch_timeout: float = Field(5.0, gt=0, description="seconds per webhook attempt")
+    dispatch_lease: float = Field(
+        30.0, gt=0, description="seconds a dispatch attempt holds its intent before a retry"
+    )
+    sweep_interval: float = Field(5.0, gt=0, description="how often expired approvals close")
     signing_key: Path | None = Field(
         None, description="Ed25519 key file (mode 0600); default: <data dir>/ledger-signing-key.pem"
     )
@@ -66,3 +84,8 @@ class Settings(BaseSettings):
     def key_path(self) -> Path:
         """The signing key file in effect."""
         return self.signing_key or self.data_dir / "ledger-signing-key.pem"
+
+    @property
+    def webhook_secret_path(self) -> Path:
+        """Where the webhook HMAC key is kept when it is not given in the environment."""
+        return self.data_dir / "webhook-secret"

@@ -258,7 +258,8 @@ class Ledger:
         A caller commits its own rows atomically with the entries: ``rows(appended)`` returns
         (table, values) pairs that are inserted together with those of every other request in
         the batch (one statement per table); ``in_transaction(conn, appended)`` runs any other
-        SQL. If either raises, none of this request's entries or rows are written.
+        SQL. If either raises, none of this request's entries or rows are written; an exception
+        from ``in_transaction`` reaches the caller as it was raised.
         """
         request = _Request(self._prepare_all(records), rows=rows, in_transaction=in_transaction)
         return self._wait(request)
@@ -384,7 +385,7 @@ class Ledger:
                 for request in batch:
                     self._commit_or_split([request])
                 return
-            results = [_as_storage_error(exc)]
+            results = [exc.cause if isinstance(exc, _CallerFailed) else _as_storage_error(exc)]
         _deliver(batch, results)
 
     def _commit(self, batch: list[_Request], *, timed: bool) -> list[list[Appended]]:
@@ -481,7 +482,10 @@ class Ledger:
                     conn.execute(sa.insert(table), values)
             for request, appended in zip(batch, results, strict=True):
                 if request.in_transaction is not None and appended:
-                    request.in_transaction(conn, appended)
+                    try:
+                        request.in_transaction(conn, appended)
+                    except Exception as exc:
+                        raise _CallerFailed(exc) from exc
         self._tail = _Tail(size, prev, frontier, checkpoint_size, vkey)
         self._signer = signer
         if rows.checkpoints:
@@ -757,6 +761,14 @@ def _seal(body: dict[str, Any], path: str) -> tuple[str, bytes, bytes]:
     salt = os.urandom(32)
     node[key] = {SEALED_MARK: _commitment(salt, value).hex()}
     return path, salt, value
+
+
+class _CallerFailed(Exception):
+    """The caller's own ``in_transaction`` raised: it gets its exception back, unwrapped."""
+
+    def __init__(self, cause: Exception) -> None:
+        super().__init__(str(cause))
+        self.cause = cause
 
 
 def _as_storage_error(exc: BaseException) -> LedgerError:

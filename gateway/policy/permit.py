@@ -74,7 +74,12 @@ class Permitter:
             direct = {
                 rule[0] for (_, a), rules in self._rules.items() if a == act for rule in rules
             }
-            cached = direct | {g[0] for g in self._groupings if g[1] in direct}
+            cached = set(direct)
+            while True:  # inheritance chains: a role that inherits an heir inherits too
+                heirs = {g[0] for g in self._groupings if g[1] in cached} - cached
+                if not heirs:
+                    break
+                cached |= heirs
             self._acts[act] = cached
         return cached
 

@@ -68,6 +68,10 @@ class RegoEngine(Protocol):
         """Evaluate the workflow's package for this input."""
         ...
 
+    def unavailable(self) -> str | None:
+        """Why the engine cannot answer now (for /readyz), or None when it can."""
+        ...
+
 
 def package_of(workflow: str) -> str:
     """The Rego package that holds a workflow's rules."""
@@ -113,6 +117,10 @@ class RegorusEngine:
                 raise EngineError(f"the bundle's Rego does not load: {exc}") from exc
             self._local.engine = engine
         return engine
+
+    def unavailable(self) -> str | None:
+        """Never: the engine is in this process."""
+        return None
 
     def has_workflow(self, workflow: str) -> bool:
         """Whether the bundle has a package for this workflow."""
@@ -185,6 +193,12 @@ class OpaServerEngine:
         )
         self.version = importlib.metadata.version("opa-python-client")
         self.url = url
+
+    def unavailable(self) -> str | None:
+        """Whether the OPA server answers its /health endpoint."""
+        if self._client.check_health():
+            return None
+        return f"the OPA server at {self.url} does not answer /health"
 
     def evaluate(self, workflow: str, input_: dict[str, Any]) -> RegoResult:
         """POST the input to /v1/data/mandate/workflows/<workflow> and read deny and hold."""

@@ -9,11 +9,12 @@ import orjson
 import sqlalchemy as sa
 from fastapi import APIRouter
 
-from gateway.errors import DecisionUnavailable, Forbidden, NotFound
+from gateway.errors import Conflict, DecisionUnavailable, Forbidden, NotFound
+from gateway.execution import record_outcome
 from gateway.identity import Identity
 from gateway.models import ACTIONS, EVENTS
 from gateway.routes.deps import AUTH_PROBLEMS, Caller, Rt, problem_doc
-from gateway.schemas import ActionView, Proposal, Verdict
+from gateway.schemas import ActionView, OutcomeReport, Proposal, Verdict
 
 router = APIRouter(prefix="/v1/actions", tags=["actions"], responses=AUTH_PROBLEMS)
 
@@ -49,7 +50,6 @@ async def propose(proposal: Proposal, runtime: Rt, identity: Caller) -> Verdict:
         raise
     runtime.metrics.decisions.labels(verdict.verdict).inc()
     runtime.metrics.latency.observe(time.perf_counter() - started)
-    runtime.metrics.ledger_entries.set(verdict.ledger.decision_seq + 1)
     return verdict
 
 
@@ -101,3 +101,44 @@ def _may_see(identity: Identity, owner: str, workflow: str) -> None:
     if identity.role == "approver" and identity.workflow in (None, workflow):
         return
     raise Forbidden("only the proposer, and approvers, governors and auditors may see an action")
+
+
+@router.post(
+    "/{action_id}/outcome",
+    response_model=ActionView,
+    summary="Report the outcome of an action the executor carried out itself",
+    responses={
+        403: problem_doc("Only the executor that proposed the action reports its outcome."),
+        404: problem_doc("No such action."),
+        409: problem_doc("The action is not waiting for an outcome (not allowed, or reported)."),
+        422: problem_doc("A field is wrong."),
+    },
+)
+async def report_outcome(
+    action_id: str, report: OutcomeReport, runtime: Rt, identity: Caller
+) -> ActionView:
+    """For the callback adapter: after an execute verdict (or an approval), the executor does
+    the work and reports `succeeded` or `failed` here; it becomes an `outcome` entry."""
+    with runtime.engine.connect() as conn:
+        row = conn.execute(sa.select(ACTIONS).where(ACTIONS.c.id == action_id)).first()
+    if row is None:
+        raise NotFound(f"no action {action_id}")
+    if identity.owner != row.owner:
+        raise Forbidden("only the executor that proposed an action reports its outcome")
+    try:
+        await record_outcome(
+            runtime.ledger,
+            action_id,
+            actor=identity.name,
+            status=report.status,
+            detail=report.details,
+            attempt=None,
+            expect=("pending", "dispatching", "awaiting_outcome"),
+            adapter="callback",
+        )
+    except LookupError:
+        raise Conflict(
+            f"action {action_id} is {row.status}: it is not waiting for an outcome from its "
+            "executor"
+        ) from None
+    return show(action_id, runtime, identity)

@@ -32,10 +32,15 @@ def readyz(runtime: Rt, _caller: Caller) -> Response:
         checks["database"] = "ok"
     except Exception as exc:
         checks["database"] = f"unavailable: {exc}"
-    checks["ledger"] = "ok" if runtime.ledger.writing else "the ledger writer is not running"
+    try:
+        runtime.ledger.size()  # the ledger's own table, not just its writer thread
+        checks["ledger"] = "ok" if runtime.ledger.writing else "the ledger writer is not running"
+    except Exception as exc:
+        checks["ledger"] = f"unavailable: {exc}"
     checks["signing_key"] = "ok" if runtime.ledger.signer is not None else "no signing key"
     policy = runtime.decider.policy
-    checks["policy"] = (
+    unavailable = policy.engine.unavailable()
+    checks["policy"] = unavailable or (
         f"ok ({policy.engine.name} {policy.engine.version}, bundle {policy.bundle.digest[:12]})"
     )
     ready = all(value == "ok" or value.startswith("ok ") for value in checks.values())
