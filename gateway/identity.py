@@ -18,6 +18,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from gateway.models import TOKENS
+from ledger.database import WRITE
 from ledger.entry import format_time
 
 __all__ = [
@@ -82,7 +83,12 @@ class TokenBook:
             workflow=workflow,
             owner=owner or name,
         )
-        with self._engine.begin() as conn:
+        # A write transaction from the start (BEGIN IMMEDIATE on SQLite): a read that turned
+        # into a write would fail at once, not wait, if another process wrote in between.
+        with (
+            self._engine.connect().execution_options(**{WRITE: True}) as conn,
+            conn.begin(),
+        ):
             exists = conn.execute(sa.select(TOKENS.c.id).where(TOKENS.c.name == name)).first()
             if exists is not None:
                 raise ValueError(f"a token named {name!r} exists already; pick another name")
