@@ -380,3 +380,283 @@ def _bar(description: str) -> Progress:
         transient=True,
         disable=not err.is_terminal,
     )
+
+
+# -- approvals and actions: over HTTP, through the SDK, against a running gateway -------------
+# These touch no local state (so no --data-dir): they talk to the gateway at --url with the
+# caller's token, as any approver would. Exit 1 when the approval or action is in a state that
+# refuses the request (409: already decided, expired, superseded, or re-evaluated after a policy
+# change); exit 2 when the command cannot be carried out as given (bad token, no such id, a
+# missing reason, an unreachable gateway).
+
+approvals_app = typer.Typer(
+    help=(
+        "Held actions waiting for people: list them, approve or reject them. Talks to a "
+        "running gateway (--url) with an approver's token (--token or MANDATE_TOKEN)."
+    ),
+    no_args_is_help=True,
+)
+app.add_typer(approvals_app, name="approvals")
+actions_app = typer.Typer(
+    help="Proposed actions: where one stands, with its ledger timeline (over HTTP).",
+    no_args_is_help=True,
+)
+app.add_typer(actions_app, name="actions")
+
+GatewayUrl = Annotated[
+    str,
+    typer.Option(
+        "--url", envvar="MANDATE_URL", help="The running gateway to talk to.", show_envvar=True
+    ),
+]
+GatewayToken = Annotated[
+    str,
+    typer.Option(
+        "--token",
+        envvar="MANDATE_TOKEN",
+        help="Your bearer token (from `mandate token create`). Prefer the environment "
+        "variable: other users can read command lines in the process list.",
+        show_default=False,
+        show_envvar=True,
+    ),
+]
+AsJson = Annotated[
+    bool, typer.Option("--json", help="Print the gateway's JSON answer instead of text.")
+]
+DEFAULT_URL = "http://127.0.0.1:8080"
+
+
+def _refused(exc: Exception) -> typer.Exit:
+    """The exit for an SDK error: 1 for a state that refuses the request (409), else 2."""
+    from rich.markup import escape
+
+    from gateway.client import Conflict
+
+    return fail(escape(str(exc)), code=1 if isinstance(exc, Conflict) else 2)
+
+
+@approvals_app.command("list")
+def approvals_list(
+    token: GatewayToken,
+    status: Annotated[
+        str,
+        typer.Option(
+            help="Only approvals in this state: pending, approved, rejected, expired or superseded."
+        ),
+    ] = "pending",
+    url: GatewayUrl = DEFAULT_URL,
+    as_json: AsJson = False,
+) -> None:
+    """List the approvals your token may decide (or oversee), newest first.
+
+    One line each: approval id, workflow, case type, executor, amount, confidence, approvals
+    so far of the quorum, expiry, and why the action was held.
+    """
+    from typing import cast
+
+    from gateway.client import MandateClient, MandateError
+
+    states = ("pending", "approved", "rejected", "expired", "superseded")
+    if status not in states:
+        raise fail(f"unknown status {status!r}; one of {', '.join(states)}")
+
+    try:
+        with MandateClient(url, token) as client:
+            approvals = client.approvals(cast(Any, status))
+    except MandateError as exc:
+        raise _refused(exc) from None
+    if as_json:
+        print(json.dumps([a.model_dump(mode="json") for a in approvals], indent=2))
+        return
+    if not approvals:
+        err.print(f"no {status} approvals", highlight=False)
+        return
+    rows = [
+        [
+            a.id,
+            a.workflow,
+            a.case_type,
+            a.executor,
+            a.amount or "-",
+            a.confidence or "-",
+            f"{a.approvals}/{a.quorum}",
+            a.expires_at,
+            "; ".join(r.code for r in a.reasons) or "-",
+        ]
+        for a in approvals
+    ]
+    headers = ["APPROVAL", "WORKFLOW", "CASE TYPE", "EXECUTOR", "AMOUNT", "CONF", "VOTES"]
+    print(_columns([[*headers, "EXPIRES", "HELD BECAUSE"], *rows]))
+
+
+def _vote(
+    approval_id: str, approve: bool, reason: str, url: str, token: str, as_json: bool
+) -> None:
+    from gateway.client import MandateClient, MandateError
+
+    try:
+        with MandateClient(url, token) as client:
+            approval = client.decide(approval_id, "approve" if approve else "reject", reason)
+    except (MandateError, ValueError) as exc:
+        raise _refused(exc) from None
+    if as_json:
+        print(approval.model_dump_json(indent=2))
+        return
+    line = f"{approval.id} {approval.status} ({approval.approvals}/{approval.quorum} approvals)"
+    if approval.status == "pending":
+        line += f"; waiting for {approval.quorum - approval.approvals} more"
+    print(f"{line}; action {approval.action_id}")
+
+
+ApprovalId = Annotated[str, typer.Argument(metavar="ID", help="The approval's id (apr_…).")]
+
+
+@approvals_app.command("approve")
+def approvals_approve(
+    approval_id: ApprovalId,
+    token: GatewayToken,
+    reason: Annotated[str, typer.Option(help="Why (recorded in the ledger).")] = "",
+    url: GatewayUrl = DEFAULT_URL,
+    as_json: AsJson = False,
+) -> None:
+    """Approve a held action. At quorum it is approved and carried out.
+
+    Prints the approval's state after your vote. Voting the same way twice counts once; you
+    never approve your own proposal (separation of duties). Exit 1 if the approval is no
+    longer pending (decided, expired, or re-evaluated after a policy change).
+    """
+    _vote(approval_id, True, reason, url, token, as_json)
+
+
+@approvals_app.command("reject")
+def approvals_reject(
+    approval_id: ApprovalId,
+    token: GatewayToken,
+    reason: Annotated[
+        str, typer.Option(help="Why (required; recorded in the ledger).", show_default=False)
+    ],
+    url: GatewayUrl = DEFAULT_URL,
+    as_json: AsJson = False,
+) -> None:
+    """Reject a held action: one rejection rejects, and it never runs.
+
+    Exit 1 if the approval is no longer pending (decided, expired, or re-evaluated).
+    """
+    if not reason.strip():
+        raise fail("a reason is required to reject (--reason)")
+    _vote(approval_id, False, reason, url, token, as_json)
+
+
+@actions_app.command("show")
+def actions_show(
+    action_id: Annotated[str, typer.Argument(metavar="ID", help="The action's id (act_…).")],
+    token: GatewayToken,
+    url: GatewayUrl = DEFAULT_URL,
+    as_json: AsJson = False,
+) -> None:
+    """Show an action: its status, verdict and reasons, then its ledger timeline.
+
+    The timeline has one line per ledger entry: seq, time, kind (proposal, decision, approval,
+    rejection, expiry, execution, outcome...) and what happened. The proposer, and approvers,
+    governors and auditors of its workflow may look.
+    """
+    from gateway.client import MandateClient, MandateError
+
+    try:
+        with MandateClient(url, token) as client:
+            action = client.get_action(action_id)
+    except (MandateError, ValueError) as exc:
+        raise _refused(exc) from None
+    if as_json:
+        print(action.model_dump_json(indent=2))
+        return
+    decision = action.decision
+    facts = [
+        ["action", action.action_id],
+        ["status", action.status],
+        [
+            "verdict",
+            f"{action.verdict} (recommended {decision.trace.recommendation}, level "
+            f"{decision.trace.autonomy.level} {decision.trace.autonomy.name})",
+        ],
+        ["workflow", f"{action.workflow}, case type {action.case_type}"],
+        ["type", action.action_type],
+        ["executor", action.executor],
+        ["created", action.created_at],
+    ]
+    for reason in decision.reasons:
+        facts.append(["reason", f"{reason.code}: {reason.message} ({reason.source})"])
+    if decision.approval is not None:
+        facts.append(
+            [
+                "approval",
+                f"{decision.approval.id} (quorum {decision.approval.quorum}, expires "
+                f"{decision.approval.expires_at})",
+            ]
+        )
+    print(_columns(facts))
+    print()
+    rows = [
+        [str(e.get("seq", "")), str(e.get("time", "")), str(e.get("kind", "")), _summary(e)]
+        for e in action.timeline
+    ]
+    print(_columns([["SEQ", "TIME", "KIND", "WHAT HAPPENED"], *rows]))
+
+
+def _columns(rows: list[list[str]]) -> str:
+    """Rows as left-aligned columns (the last one unpadded), for people and for `cut`/`awk`."""
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]) - 1)]
+    return "\n".join(
+        "  ".join([*(cell.ljust(w) for cell, w in zip(row, widths, strict=False)), row[-1]])
+        for row in rows
+    )
+
+
+def _summary(entry: dict[str, Any], limit: int = 160) -> str:
+    """One line saying what a timeline entry records."""
+    kind = entry.get("kind")
+    body = entry.get("body") or {}
+    who = (body.get("voter") or body.get("executor") or {}).get("name", "?")
+    if kind == "proposal":
+        proposal = body.get("proposal") or {}
+        text = f"{who} proposed {proposal.get('action_type')} on {proposal.get('resource')}"
+        amount = (proposal.get("params") or {}).get("amount")
+        text += f", amount {amount}" if amount is not None else ""
+        confidence = proposal.get("confidence")
+        text += f", confidence {confidence}" if confidence is not None else ""
+    elif kind == "decision":
+        codes = ", ".join(r.get("code", "?") for r in body.get("reasons") or [])
+        text = str(body.get("verdict"))
+        level = ((body.get("trace") or {}).get("autonomy") or {}).get("level")
+        text += f" at level {level}" if level is not None else ""
+        text += f": {codes}" if codes else ""
+        if body.get("approval"):
+            text += (
+                f"; approval {body['approval'].get('id')} needs {body['approval'].get('quorum')}"
+            )
+        if body.get("reevaluated"):
+            text = f"re-evaluated, {text} ({body['reevaluated'].get('because')})"
+    elif kind == "approval":
+        text = f"{who} approved" + (f": {body['reason']}" if body.get("reason") else "")
+    elif kind == "rejection":
+        text = f"{who} rejected: {body.get('reason', '')}"
+    elif kind == "expiry":
+        text = f"approval {body.get('approval_id')} expired without quorum"
+    elif kind == "execution" and body.get("result") == "retry":
+        text = (
+            f"attempt {body.get('attempt')} failed: {body.get('error')}; next attempt at "
+            f"{body.get('next_attempt_at')}"
+        )
+    elif kind == "execution":
+        target = f" to {body['target']}" if body.get("target") else ""
+        text = f"attempt {body.get('attempt')} via {body.get('adapter')}{target}"
+    elif kind == "outcome":
+        by = "reported by the executor" if body.get("attempt") is None else "from the adapter"
+        detail = body.get("detail")
+        text = f"{body.get('status')}, {by}"
+        text += f": {json.dumps(detail, sort_keys=True)}" if detail else ""
+    else:
+        rest = {k: v for k, v in body.items() if k != "action_id"}
+        text = json.dumps(rest, sort_keys=True)
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[: limit - 1] + "…"

@@ -21,7 +21,7 @@ from gateway.errors import (
     InvalidInput,
     NotFound,
 )
-from gateway.identity import AuthError
+from gateway.identity import AuthError, authenticate
 
 __all__ = ["BodyLimit", "install_problem_handlers", "problem"]
 
@@ -69,6 +69,11 @@ def install_problem_handlers(app: FastAPI) -> None:
 
     async def validation(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, RequestValidationError)
+        # FastAPI reads the body before it runs dependencies; an anonymous caller must learn
+        # nothing about what a valid body looks like.
+        refused = _unauthenticated(request)
+        if refused is not None:
+            return await auth_error(request, refused)
         errors = [
             {"field": _field(tuple(e.get("loc", ()))), "message": str(e.get("msg", "invalid"))}
             for e in exc.errors()
@@ -119,6 +124,18 @@ def install_problem_handlers(app: FastAPI) -> None:
     app.add_exception_handler(AuthError, auth_error)
     app.add_exception_handler(StarletteHTTPException, http_error)
     app.add_exception_handler(Exception, unexpected)
+
+
+def _unauthenticated(request: Request) -> AuthError | None:
+    """Why a request to an authenticated path has no valid token, or None if it has one."""
+    runtime = getattr(request.app.state, "runtime", None)
+    if runtime is None or not request.url.path.startswith(("/v1/", "/readyz", "/metrics")):
+        return None
+    try:
+        authenticate(runtime.tokens, request.headers.get("authorization"))
+    except AuthError as exc:
+        return exc
+    return None
 
 
 def _title(status: int) -> str:

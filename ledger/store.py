@@ -774,4 +774,8 @@ class _CallerFailed(Exception):
 def _as_storage_error(exc: BaseException) -> LedgerError:
     if isinstance(exc, LedgerError):
         return exc
-    return StorageError(f"the append was not written: {type(exc).__name__}: {exc}")
+    # The driver's own message, first line only: SQLAlchemy's text would repeat the statement
+    # and its parameters, which hold entry bodies.
+    origin = getattr(exc, "orig", None) or exc
+    lines = str(origin).strip().splitlines() or [""]
+    return StorageError(f"the append was not written: {type(origin).__name__}: {lines[0][:200]}")

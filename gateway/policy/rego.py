@@ -86,6 +86,9 @@ def _reasons(value: Any, rule: str) -> list[dict[str, Any]]:
     return sorted(value, key=lambda r: orjson.dumps(r, option=orjson.OPT_SORT_KEYS))
 
 
+_KEEP_ALIVE: list[threading.local] = []
+
+
 class RegorusEngine:
     """In-process Rego with regorus.
 
@@ -102,6 +105,9 @@ class RegorusEngine:
             self._sources.update(bundle.tests)
         self._data = orjson.dumps(bundle.data).decode()
         self._local = threading.local()
+        # A thread's engine must be dropped on that thread; if this object went first, its
+        # thread-local values would be dropped wherever that happened. Kept until exit.
+        _KEEP_ALIVE.append(self._local)
         self._packages = set(self._engine().get_packages())
         self._tests = bundle.tests if include_tests else {}
 
@@ -137,7 +143,7 @@ class RegorusEngine:
             deny = orjson.loads(engine.eval_rule_as_json(f"{package}.deny"))
             hold = orjson.loads(engine.eval_rule_as_json(f"{package}.hold"))
         except Exception as exc:
-            raise EngineError(f"regorus failed on {package}: {exc}") from exc
+            raise EngineError(f"regorus failed on {package}: {_first_line(exc)}") from exc
         return RegoResult(_reasons(deny, "deny"), _reasons(hold, "hold"))
 
     def run_tests(self) -> list[RegoTestResult]:
@@ -154,6 +160,15 @@ class RegorusEngine:
                     continue
                 results.append(RegoTestResult(path, name, value is True))
         return results
+
+
+def _first_line(exc: BaseException) -> str:
+    """Where and what, without the backtrace regorus appends when RUST_BACKTRACE is set."""
+    lines = [line.strip() for line in str(exc).split("Stack backtrace:")[0].splitlines()]
+    where = next((line[4:] for line in lines if line.startswith("--> ")), "")
+    what = next((line for line in lines if line.startswith("error:")), "")
+    summary = f"{what} at {where}" if what and where else what or (lines[0] if lines else "")
+    return summary[:300] or type(exc).__name__
 
 
 def _package_line(source: str) -> str:
