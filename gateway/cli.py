@@ -13,13 +13,14 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
 
 from gateway.settings import Settings
-from gateway.storage import open_ledger, signing_key
-from ledger.cli import run_verify
 from ledger.errors import LedgerError
-from ledger.export import write_export
+
+# Commands import what they use when they run: `mandate --help` and the HTTP commands should
+# not pay for SQLAlchemy, FastAPI and the policy engines.
 
 app = typer.Typer(
     help=(
@@ -73,7 +74,7 @@ def settings_from(data_dir: Path | None, database_url: str | None, **more: Any) 
 
 def fail(message: str, code: int = 2) -> typer.Exit:
     """Print an error to stderr and return the exit to raise."""
-    err.print(f"[red]error:[/red] {message}", highlight=False)
+    err.print(f"[red]error:[/red] {escape(message)}", highlight=False, soft_wrap=True)
     return typer.Exit(code)
 
 
@@ -254,6 +255,8 @@ def public_key(data_dir: DataDir = None, database_url: DatabaseUrl = None) -> No
 
     The signing key is made (mode 0600) if this data dir has none yet.
     """
+    from gateway.storage import signing_key
+
     settings = settings_from(data_dir, database_url)
     try:
         print(signing_key(settings).vkey)
@@ -272,6 +275,9 @@ def export(
     Give the file to an auditor with the output of `mandate ledger public-key`; they run
     `mandate ledger verify FILE --public-key KEYFILE` (or `python -m ledger verify`).
     """
+    from gateway.storage import open_ledger
+    from ledger.export import write_export
+
     settings = settings_from(data_dir, database_url)
     try:
         with open_ledger(settings) as ledger, out.open("wb") as file, _bar("exporting") as bar:
@@ -308,6 +314,8 @@ def verify(
     Exit 0 valid, 1 tampered (the first line names the first bad seq), 2 unusable input.
     Needs no gateway or database: `python -m ledger verify` is the same check.
     """
+    from ledger.cli import run_verify
+
     code = run_verify(export_file, public_key_file, trusted_checkpoint, as_json=as_json)
     raise typer.Exit(code)
 
@@ -326,6 +334,8 @@ def proof(
     database_url: DatabaseUrl = None,
 ) -> None:
     """Print an RFC 9162 inclusion (--seq) or consistency (--from/--to) proof as JSON."""
+    from gateway.storage import open_ledger
+
     if (seq is None) == (old is None):
         raise fail("give --seq N for an inclusion proof or --from A [--to B] for consistency")
     settings = settings_from(data_dir, database_url)
@@ -362,6 +372,8 @@ def proof(
 @ledger_app.command("checkpoint")
 def checkpoint(data_dir: DataDir = None, database_url: DatabaseUrl = None) -> None:
     """Sign a checkpoint of the whole ledger now and print it (keep it: it anchors verifies)."""
+    from gateway.storage import open_ledger
+
     settings = settings_from(data_dir, database_url)
     try:
         with open_ledger(settings) as ledger:
