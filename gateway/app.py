@@ -8,6 +8,7 @@ from contextlib import asynccontextmanager
 
 from fastapi import Depends, FastAPI
 
+from gateway import ui
 from gateway.problems import BodyLimit, install_problem_handlers
 from gateway.routes import actions, approvals, health, ledger
 from gateway.routes.deps import reject_unknown_query
@@ -55,4 +56,6 @@ def create_app(
     app.include_router(approvals.router)
     app.include_router(ledger.router)
     app.include_router(health.router)
+    app.include_router(ui.router)
+    app.mount("/ui/static", ui.static_files(), name="ui-static")
     return app
