@@ -16,7 +16,8 @@ def slack_message(event: Mapping[str, Any]) -> dict[str, Any]:
     """A Slack incoming-webhook payload (``text`` plus blocks) for a gateway event."""
     title = str(event.get("title", "Mandate"))
     lines = [f"*{title}*"]
-    for key in ("workflow", "case_type", "executor", "amount", "confidence", "reasons", "url"):
+    keys = ("workflow", "case_type", "executor", "amount", "confidence", "reasons")
+    for key in (*keys, "approval_id", "url"):  # the id, so an approver can find the hold
         if event.get(key) not in (None, "", []):
             value = event[key]
             if isinstance(value, list):

@@ -2,7 +2,9 @@
 
 It refuses a request whose ``Mandate-Signature`` does not verify or is older than the
 tolerance (a forged or replayed call), and carries out each ``Idempotency-Key`` once: a retry
-of an action it already did is answered 200 without doing it again.
+of an action it already did is answered 200 without doing it again, and one that arrives while
+the first call is still being carried out is answered 409 (retry later), as the IETF
+Idempotency-Key draft asks.
 
 Run it: ``python -m adapters.receiver --port 9000 --secret-file .mandate/webhook-secret``.
 The tests use it as the real receiver on loopback.
@@ -39,6 +41,7 @@ class Receiver:
     done: dict[str, dict[str, Any]] = field(default_factory=dict)  # idempotency key → payload
     calls: Counter[str] = field(default_factory=Counter)  # idempotency key → calls received
     refused: list[str] = field(default_factory=list)
+    in_progress: set[str] = field(default_factory=set)  # keys being carried out right now
     lock: threading.Lock = field(default_factory=threading.Lock)
     _random: random.Random = field(default_factory=lambda: random.Random(2))  # noqa: S311
 
@@ -56,12 +59,19 @@ class Receiver:
             self.calls[key] += 1
             if key in self.done:
                 return 200, "already done"
+            if key in self.in_progress:  # a retry overtook the first call: never do it twice
+                return 409, "in progress; try again later"
             if self.fail_rate and self._random.random() < self.fail_rate:
                 return 503, "try again"
-        if self.delay:
-            time.sleep(self.delay)
-        with self.lock:
-            self.done[key] = json.loads(body)
+            self.in_progress.add(key)
+        try:
+            if self.delay:
+                time.sleep(self.delay)
+            with self.lock:
+                self.done[key] = json.loads(body)
+        finally:
+            with self.lock:
+                self.in_progress.discard(key)
         return 200, "done"
 
 

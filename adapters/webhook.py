@@ -2,7 +2,8 @@
 
 One call makes one attempt; the gateway's dispatcher schedules retries with exponential
 backoff and jitter, so that each attempt is its own ledger entry. A 2xx answer is success; a
-4xx other than 408 and 429 will not improve with retries; anything else is retried.
+4xx other than 408, 409 (the receiver is still carrying out an earlier attempt with this
+Idempotency-Key) and 429 will not improve with retries; anything else is retried.
 """
 
 from __future__ import annotations
@@ -50,7 +51,7 @@ class WebhookAdapter:
         status = response.status_code
         if 200 <= status < 300:
             return DispatchResult("succeeded", f"HTTP {status}", status)
-        if 400 <= status < 500 and status not in (408, 429):
+        if 400 <= status < 500 and status not in (408, 409, 429):
             return DispatchResult("failed", f"HTTP {status}: {response.text[:200]}", status)
         return DispatchResult("retry", f"HTTP {status}", status)
 

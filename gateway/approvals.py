@@ -170,7 +170,9 @@ class Approvals:
             if earlier == vote.decision:
                 return self.get(identity, approval_id)  # voting twice counts once
             raise Conflict(f"you already voted {earlier} on approval {approval_id}")
-        if row.bundle_digest != self._decider.policy.bundle.digest:
+        # A rejection always counts: re-evaluation guards approvals given under another
+        # bundle, and a person's "no" must never turn into an execution.
+        if vote.decision == "approve" and row.bundle_digest != self._decider.policy.bundle.digest:
             raise Conflict(await self._reevaluate(row, action))
         try:
             approved = await self._record_vote(identity, row, action, vote)
@@ -279,7 +281,7 @@ class Approvals:
                 else float(recorded["confidence"])
             }
         )
-        judgement = decider.judge(identity, proposal, policy, decider.clock())
+        judgement = decider.judge(identity, proposal, policy, decider.clock(), admitted=True)
         decision = judgement.decision
         why = (
             f"the policy bundle changed ({row.bundle_digest[:12]} → {policy.bundle.digest[:12]}) "

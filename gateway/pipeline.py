@@ -131,14 +131,17 @@ def validate(proposal: Proposal, policy: ActivePolicy) -> None:
         raise InvalidInput(errors)
 
 
-def permit(permitter: Permitter, identity: Identity, proposal: Proposal) -> PermitResult:
+def permit(
+    permitter: Permitter, identity: Identity, proposal: Proposal, *, admitted: bool = False
+) -> PermitResult:
     """Step 3: may this executor propose this action in this workflow? (Casbin)
 
     A caller whose role proposes nothing at all, or whose token is bound to another workflow,
     is refused outright (Forbidden); an executor asking beyond its mandate gets an answer that
-    ``decide`` turns into a recorded rejection.
+    ``decide`` turns into a recorded rejection. A proposal ``admitted`` before (re-evaluated
+    under a new bundle) gets Casbin's answer even if its executor's role proposes nothing now.
     """
-    if identity.role not in permitter.roles_with_act("propose"):
+    if not admitted and identity.role not in permitter.roles_with_act("propose"):
         raise Forbidden(f"role {identity.role!r} may not propose actions")
     if identity.workflow is not None and identity.workflow != proposal.workflow:
         raise Forbidden(
@@ -315,17 +318,23 @@ class Decider:
         return Verdict.model_validate(answer)
 
     def judge(
-        self, identity: Identity, proposal: Proposal, policy: ActivePolicy, moment: dt.datetime
+        self,
+        identity: Identity,
+        proposal: Proposal,
+        policy: ActivePolicy,
+        moment: dt.datetime,
+        *,
+        admitted: bool = False,
     ) -> Judgement:
         """Steps 3 to 5 (permit, evaluate, decide) for a proposal, with the trace that shows
-        them; also used to re-evaluate a held proposal under a new bundle."""
+        them; also used (``admitted``) to re-evaluate a held proposal under a new bundle."""
         now = format_time(moment)
         recorded = _recorded_proposal(proposal)
         level, level_source = self.autonomy.level(
             policy.bundle, proposal.workflow, proposal.case_type
         )
         stats = dict(ZERO_STATS)
-        permitted = permit(policy.permitter, identity, proposal)
+        permitted = permit(policy.permitter, identity, proposal, admitted=admitted)
         input_ = rego_input(recorded, identity, level, stats, now)
         rego = evaluate(policy.engine, proposal.workflow, input_) if permitted.allowed else None
         decision = decide(permitted, rego, level)

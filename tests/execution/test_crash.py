@@ -1,0 +1,227 @@
+"""The crash test: a real gateway process is killed with SIGKILL while webhooks are in flight,
+restarted on the same data, and the receiver on loopback must end up having carried out every
+allowed action exactly once (by Idempotency-Key), with a ledger that still verifies."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import httpx
+import pytest
+
+from adapters.receiver import Receiver, running_receiver
+from gateway.identity import TokenBook
+from gateway.models import create_gateway_tables
+from gateway.serving import free_port
+from gateway.settings import Settings
+from gateway.storage import open_engine
+from tests.approvals.harness import (
+    POLICIES,
+    SECRET,
+    action_status,
+    held_refund,
+    http_client,
+    proposal,
+    propose,
+    verified_ledger,
+    vote,
+    wait_for,
+)
+from tests.conftest import Database
+
+MANDATE = Path(sys.executable).parent / "mandate"
+HOLDS = 8  # refunds held at level 1, then approved
+EXECUTES = 4  # bookings executed at once
+
+
+class Process:
+    """``mandate serve`` as a child process, its output kept in files."""
+
+    def __init__(self, settings: Settings, env: dict[str, str], logs: Path) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        logs.mkdir(parents=True, exist_ok=True)
+        self.log = logs / f"gateway-{self.port}.log"
+        with self.log.open("wb") as out:
+            self.popen = subprocess.Popen(
+                [
+                    str(MANDATE),
+                    "serve",
+                    "--port",
+                    str(self.port),
+                    "--data-dir",
+                    str(settings.data_dir),
+                    "--policies",
+                    str(POLICIES),
+                ],
+                env=env,
+                cwd=logs,  # no mandate.toml there
+                stdout=out,
+                stderr=subprocess.STDOUT,
+            )
+        wait_for(self._ready, timeout=30, what=f"the gateway to start (log {self.log})")
+
+    def _ready(self) -> bool:
+        if self.popen.poll() is not None:
+            raise AssertionError(f"the gateway exited: {self.log.read_text()}")
+        try:
+            with http_client(self.url) as client:
+                return client.get("/healthz").status_code == 200
+        except httpx.TransportError:
+            return False
+
+    def kill(self) -> None:
+        self.popen.send_signal(signal.SIGKILL)
+        self.popen.wait(timeout=30)
+
+    def stop(self) -> None:
+        if self.popen.poll() is None:
+            self.popen.terminate()
+            try:
+                self.popen.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.kill()
+
+
+@contextmanager
+def gateways() -> Iterator[list[Process]]:
+    """Every process started in the block is stopped after it."""
+    started: list[Process] = []
+    try:
+        yield started
+    finally:
+        for process in started:
+            process.stop()
+
+
+def environment(database: Database, receiver_url: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MANDATE_")}
+    env |= {
+        "MANDATE_WEBHOOKS": json.dumps({"parking": receiver_url}),
+        "MANDATE_WEBHOOK_SECRET": SECRET,
+        "MANDATE_DISPATCH_LEASE": "2",
+        "MANDATE_DISPATCH_BACKOFF": "0.1",
+        "MANDATE_DISPATCH_ATTEMPTS": "50",
+    }
+    if database.backend == "postgresql":
+        env["MANDATE_DATABASE_URL"] = database.url
+        if database.schema:
+            env["MANDATE_DATABASE_SCHEMA"] = database.schema
+    return env
+
+
+class SlowForBookings(Receiver):
+    """The example receiver, slow to answer: refunds take ``delay``; bookings wait until the
+    test lets them through, so they are surely in flight when the gateway is killed."""
+
+    def __init__(self) -> None:
+        super().__init__(SECRET.encode(), delay=0.2)
+        self.gate = threading.Event()
+        self.waiting: set[str] = set()
+
+    def handle(self, headers: dict[str, str], body: bytes) -> tuple[int, str]:
+        if json.loads(body).get("action_type") == "booking.create":
+            with self.lock:
+                self.waiting.add(headers.get("idempotency-key", ""))
+            self.gate.wait(timeout=120)
+        return super().handle(headers, body)
+
+
+@pytest.mark.slow
+def test_sigkill_during_dispatch_then_restart_carries_out_every_action_exactly_once(
+    database: Database, tmp_path: Path
+) -> None:
+    data_dir = tmp_path / "data"
+    receiver = SlowForBookings()
+    with running_receiver(receiver) as url:
+        # On SQLite the gateway's default: a database file in its data dir.
+        postgres = database.backend == "postgresql"
+        settings = Settings(
+            data_dir=data_dir,
+            database_url=database.url if postgres else None,
+            database_schema=database.schema if postgres else None,
+        )
+        env = environment(database, url)
+
+        # Tokens, made in the gateway's database as `mandate token create` would.
+        engine = open_engine(settings)
+        create_gateway_tables(engine)
+        book = TokenBook(engine)
+        payments, _ = book.create(name="payments-bot", role="payments-agent")
+        bookings, _ = book.create(name="booking-bot", role="booking-agent")
+        approver_token, _ = book.create(name="ann", role="approver", workflow="parking")
+        engine.dispose()
+
+        with gateways() as started:
+            first = Process(settings, env, tmp_path / "logs")
+            started.append(first)
+            with (
+                http_client(first.url, payments) as agent,
+                http_client(first.url, bookings) as booker,
+                http_client(first.url, approver_token) as approver,
+            ):
+                holds = [held_refund(agent) for _ in range(HOLDS)]
+                for held in holds:
+                    answer = vote(approver, held["approval"]["id"], "approve")
+                    assert answer.json()["status"] == "approved", answer.text
+                executed = [
+                    propose(
+                        booker,
+                        proposal("parking", "booking.create", confidence=0.95),
+                        "execute",
+                    )
+                    for _ in range(EXECUTES)
+                ]
+            refunds = {a["action_id"] for a in holds}
+            in_flight = {a["action_id"] for a in executed}
+            allowed = refunds | in_flight
+
+            # Kill the gateway while every booking is being delivered (refunds may be too),
+            # then let the receiver finish: it carries them out, but the gateway never hears.
+            def bookings_in_flight() -> bool:
+                with receiver.lock:
+                    return receiver.waiting == in_flight
+
+            wait_for(bookings_in_flight, what="every booking in flight")
+            first.kill()
+            receiver.gate.set()
+
+            second = Process(settings, env, tmp_path / "logs")
+            started.append(second)
+            with http_client(second.url, approver_token) as watcher:
+
+                def all_settled() -> bool:
+                    return all(
+                        action_status(watcher, a) in ("succeeded", "failed") for a in allowed
+                    )
+
+                wait_for(all_settled, timeout=60, what="every intent to settle")
+                statuses = {action_status(watcher, a) for a in allowed}
+            assert statuses == {"succeeded"}
+
+            # At the receiver: every allowed action carried out, each once, nothing else.
+            with receiver.lock:
+                done, calls = dict(receiver.done), dict(receiver.calls)
+            assert set(done) == allowed
+            assert len(done) == HOLDS + EXECUTES
+            assert set(calls) == allowed
+            # What was in flight at the kill was sent again after the restart, and the
+            # receiver answered it from its memory of the Idempotency-Key.
+            assert all(calls[key] >= 2 for key in in_flight), (in_flight, calls)
+            assert receiver.refused == []
+
+            ledger = verified_ledger(second.url, settings, tmp_path)
+            for action_id in allowed:
+                outcomes = ledger.of("outcome", action_id)
+                assert [o["body"]["status"] for o in outcomes] == ["succeeded"], action_id
+                assert ledger.of("execution", action_id), action_id
+            for action_id in in_flight:
+                assert len(ledger.of("execution", action_id)) >= 2, ledger.about(action_id)
