@@ -160,16 +160,18 @@ class Approvals:
             raise Forbidden("separation of duties: nobody approves their own proposal")
         if vote.decision == "reject" and not vote.reason.strip():
             raise InvalidInput([("reason", "a reason is required to reject")])
+        if earlier is not None and row.status in ("pending", "approved", "rejected"):
+            # Voting twice counts once, also after the votes settled the approval (a retry
+            # whose answer was lost); an expired or superseded one takes no votes at all.
+            if earlier == vote.decision:
+                return self.get(identity, approval_id)
+            raise Conflict(f"you already voted {earlier} on approval {approval_id}")
         now = self._decider.clock()
         if row.status != "pending":
             raise Conflict(f"approval {approval_id} is {row.status}; it takes no more votes")
         if format_time(now) >= row.expires_at:
             await self.expire(row.id, row.action_id)
             raise Conflict(f"approval {approval_id} expired at {row.expires_at}")
-        if earlier is not None:
-            if earlier == vote.decision:
-                return self.get(identity, approval_id)  # voting twice counts once
-            raise Conflict(f"you already voted {earlier} on approval {approval_id}")
         # A rejection always counts: re-evaluation guards approvals given under another
         # bundle, and a person's "no" must never turn into an execution.
         if vote.decision == "approve" and row.bundle_digest != self._decider.policy.bundle.digest:

@@ -28,6 +28,7 @@ from sqlalchemy.engine import Connection, Engine
 
 from adapters.base import Adapter, Dispatch, DispatchResult
 from gateway.models import ACTIONS, EVENTS, INTENTS
+from ledger.database import WRITE
 from ledger.entry import format_time
 from ledger.store import Appended, Ledger, Record
 
@@ -89,6 +90,11 @@ def intent_row(
         "created_at": now,
         "updated_at": now,
     }
+
+
+def _parse_time(stamp: str) -> dt.datetime:
+    """The datetime of a ``format_time`` stamp."""
+    return dt.datetime.strptime(stamp, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=dt.UTC)
 
 
 def _event(seq: int, action_id: str, kind: str, time: str) -> dict[str, Any]:
@@ -164,6 +170,7 @@ class Dispatcher:
         self._wake = asyncio.Event()
         self._stopping = False
         self._random = random.Random()  # noqa: S311 - jitter, not secrecy
+        self._next_due: dt.datetime | None = None
 
     def wake(self) -> None:
         """New intents are due: look now rather than at the next tick."""
@@ -195,7 +202,12 @@ class Dispatcher:
             await asyncio.gather(*running, return_exceptions=True)
 
     def _idle_wait(self) -> float:
-        return min(1.0, self._lease / 4)
+        """Until the next retry is due, looking at least every second for other processes'
+        intents and for leases that ran out."""
+        wait = min(1.0, self._lease / 4)
+        if self._next_due is not None:
+            wait = min(wait, (self._next_due - self._clock()).total_seconds())
+        return max(0.005, wait)
 
     def _claim(self, limit: int = 64) -> list[dict[str, Any]]:
         """Take due intents with a lease; a conditional update makes each claim exclusive."""
@@ -207,7 +219,9 @@ class Dispatcher:
             sa.and_(INTENTS.c.status == "dispatching", INTENTS.c.lease_until < stamp),
         )
         claimed: list[dict[str, Any]] = []
-        with self._engine.begin() as conn:
+        # A write transaction from the start (BEGIN IMMEDIATE on SQLite): a read that turned
+        # into a write would fail at once if another process wrote in between.
+        with self._engine.connect().execution_options(**{WRITE: True}) as conn, conn.begin():
             candidates = conn.execute(
                 sa.select(INTENTS).where(due).order_by(INTENTS.c.next_attempt_at).limit(limit)
             ).all()
@@ -223,7 +237,15 @@ class Dispatcher:
                     )
                 )
                 if taken.rowcount == 1:
-                    claimed.append(dict(row._mapping) | {"attempts": row.attempts + 1})
+                    claimed.append(
+                        dict(row._mapping) | {"attempts": row.attempts + 1, "lease_until": lease}
+                    )
+            upcoming = conn.execute(
+                sa.select(sa.func.min(INTENTS.c.next_attempt_at)).where(
+                    INTENTS.c.status == "pending", INTENTS.c.next_attempt_at > stamp
+                )
+            ).scalar()
+        self._next_due = _parse_time(upcoming) if upcoming else None
         for intent in claimed:
             intent["payload"] = self._payload(intent["action_id"])
         return claimed
@@ -246,12 +268,31 @@ class Dispatcher:
             "target": intent["target"],
             "result": "dispatching",
         }
-        await self._ledger.append_many_async(
-            [Record("execution", "mandate", action_id, body)],
-            rows=lambda appended: [
-                (EVENTS, _event(appended[0].seq, action_id, "execution", appended[0].time))
-            ],
-        )
+        lease = intent["lease_until"]
+
+        def still_ours(conn: Connection, appended: list[Appended]) -> None:
+            # The claim may have run out and been taken over, or the executor may have
+            # reported already: then this attempt is not made, and no entry says it was.
+            held = conn.execute(
+                sa.select(INTENTS.c.action_id).where(
+                    INTENTS.c.action_id == action_id,
+                    INTENTS.c.status == "dispatching",
+                    INTENTS.c.lease_until == lease,
+                )
+            ).first()
+            if held is None:
+                raise LookupError(f"the claim on {action_id} is no longer ours")
+            entry = appended[0]
+            conn.execute(
+                sa.insert(EVENTS).values(_event(entry.seq, action_id, "execution", entry.time))
+            )
+
+        try:
+            await self._ledger.append_many_async(
+                [Record("execution", "mandate", action_id, body)], in_transaction=still_ours
+            )
+        except LookupError:
+            return
         if adapter is None:
             result = DispatchResult("failed", f"no adapter named {intent['adapter']!r}")
         else:

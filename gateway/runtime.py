@@ -144,6 +144,9 @@ class Runtime:
             "action_id": verdict.action_id,
             "approval_id": verdict.approval.id if verdict.approval else None,
         }
+        if verdict.approval is not None:
+            base = self.settings.public_url or f"http://{self.settings.host}:{self.settings.port}"
+            event["url"] = f"{base.rstrip('/')}/ui/approvals/{verdict.approval.id}"
         task = asyncio.get_running_loop().create_task(self.notifier.notify(event))
         self._notices.add(task)
         task.add_done_callback(self._notices.discard)

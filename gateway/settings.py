@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import Field, model_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -49,6 +49,11 @@ class Settings(BaseSettings):
     webhook_secret: str | None = Field(
         None, description="HMAC key for Mandate-Signature; default: <data dir>/webhook-secret"
     )
+    public_url: str | None = Field(
+        None,
+        description="how people reach this gateway (links in notifications); default: "
+        "http://<host>:<port>",
+    )
     notify_url: str | None = Field(
         None, description="Slack-compatible incoming webhook told of every held action"
     )
@@ -62,6 +67,17 @@ class Settings(BaseSettings):
     signing_key: Path | None = Field(
         None, description="Ed25519 key file (mode 0600); default: <data dir>/ledger-signing-key.pem"
     )
+
+    @model_validator(mode="after")
+    def _lease_outlasts_an_attempt(self) -> Settings:
+        # A lease shorter than an attempt would let this very process claim the intent again
+        # while the first attempt is still in flight.
+        if self.dispatch_lease <= self.dispatch_timeout:
+            raise ValueError(
+                f"dispatch_lease ({self.dispatch_lease} s) must be longer than dispatch_timeout "
+                f"({self.dispatch_timeout} s)"
+            )
+        return self
 
     @classmethod
     def settings_customise_sources(

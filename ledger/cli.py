@@ -28,10 +28,16 @@ def run_verify(
     trusted_checkpoint: Path | None = None,
     *,
     as_json: bool = False,
-    out: TextIO = sys.stdout,
-    err: TextIO = sys.stderr,
+    out: TextIO | None = None,
+    err: TextIO | None = None,
 ) -> int:
-    """Verify ``export`` against the keys in ``public_key``; print and return the outcome."""
+    """Verify ``export`` against the keys in ``public_key``; print and return the outcome.
+
+    ``out`` and ``err`` default to the ``sys.stdout`` and ``sys.stderr`` of the moment of the
+    call, so a caller that swaps them (a test runner, typer's CliRunner) sees the output.
+    """
+    out = sys.stdout if out is None else out
+    err = sys.stderr if err is None else err
     try:
         keys = load_verifier_keys(public_key)
         kept = trusted_checkpoint.read_text(encoding="utf-8") if trusted_checkpoint else None

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import sqlite3
+import time
 from pathlib import Path
 from typing import Any
 
@@ -56,11 +57,32 @@ def _sqlite_connect(dbapi_connection: sqlite3.Connection, _record: object) -> No
     # Let SQLAlchemy's "begin" event issue BEGIN itself, so writers can ask for IMMEDIATE.
     dbapi_connection.isolation_level = None
     cursor = dbapi_connection.cursor()
-    cursor.execute("PRAGMA journal_mode=WAL")
+    _switch_to_wal(cursor)
     cursor.execute("PRAGMA synchronous=FULL")
     cursor.execute("PRAGMA busy_timeout=60000")
     cursor.execute("PRAGMA foreign_keys=ON")
     cursor.close()
+
+
+def _switch_to_wal(cursor: sqlite3.Cursor) -> None:
+    """Put the file in WAL mode, waiting (up to the busy timeout) for another writer.
+
+    On a file that is not yet in WAL mode (a new one, while several processes start at once)
+    the switch reads the header and then must write it; SQLite does not wait for a write lock
+    that another connection holds when it is asked for inside a read, and fails at once with
+    "database is locked". So wait here, as the busy timeout would.
+    """
+    deadline = time.monotonic() + 60  # the busy timeout
+    delay = 0.001
+    while True:
+        try:
+            cursor.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() + delay > deadline:
+                raise
+        time.sleep(delay)
+        delay = min(2 * delay, 0.05)
 
 
 def _sqlite_begin(conn: Connection) -> None:
@@ -76,5 +98,13 @@ def advisory_lock_key(conn: Connection) -> int:
 
 
 def create_tables(engine: Engine) -> None:
-    """Create the ledger's tables where they do not exist yet."""
-    SQLModel.metadata.create_all(engine, tables=list(LEDGER_TABLES))
+    """Create the ledger's tables where they do not exist yet.
+
+    Several processes may start at once on an empty database: the check and the creation run in
+    one transaction that holds the append lock (SQLite ``BEGIN IMMEDIATE``, the PostgreSQL
+    advisory lock), so the others wait, then find the tables made.
+    """
+    with engine.connect().execution_options(**{WRITE: True}) as conn, conn.begin():
+        if conn.dialect.name == "postgresql":
+            conn.execute(sa.select(sa.func.pg_advisory_xact_lock(advisory_lock_key(conn))))
+        SQLModel.metadata.create_all(conn, tables=list(LEDGER_TABLES))

@@ -94,6 +94,7 @@ class ExportVerifier:
     _frontier: CompactRange = field(default_factory=CompactRange)
     _size: int = 0
     _prev: str = GENESIS_PREV
+    _before: str = GENESIS_PREV  # the prev of the last entry: tells an inserted entry apart
     _keys: list[_Key] = field(default_factory=list)
     _checkpoints: int = 0
     _last_checkpoint: int = 0
@@ -131,10 +132,14 @@ class ExportVerifier:
             raise VerificationError(seq, f"not an entry: fields must be {list(_ENVELOPE)}")
         # 2. contiguous seq.
         got = obj["seq"]
-        if got != seq:
-            raise VerificationError(seq, _seq_problem(seq, got))
         leaf = hashlib.sha256(b"\x00" + data).digest()
         prev = obj["prev"]
+        if got != seq:
+            # A second seq N-1 that links where the first one did: the first was slipped in.
+            inserted = got == seq - 1 and prev == self._before and leaf.hex() != self._prev
+            if inserted and self._pending is None:
+                raise VerificationError(seq - 1, _inserted(seq - 1))
+            raise VerificationError(seq, _seq_problem(seq, got))
         # 3. the chain, deciding with one entry of hindsight which side of a break was altered.
         pending = self._pending
         if pending is not None:
@@ -151,6 +156,9 @@ class ExportVerifier:
         if prev != self._prev:
             if seq == 0:
                 raise VerificationError(0, "the first entry's prev must be 64 zeros")
+            if prev == self._before:
+                # It links to the entry before the previous one, past it: that one was inserted.
+                raise VerificationError(seq - 1, _inserted(seq - 1))
             # Verification fails at the next line whatever it holds; it only says where.
             self._pending = _Pending(seq, leaf.hex())
             self._size = seq + 1
@@ -164,7 +172,7 @@ class ExportVerifier:
             self._check_kept()
         self._frontier.append_leaf(leaf)
         self._size = seq + 1
-        self._prev = leaf.hex()
+        self._before, self._prev = self._prev, leaf.hex()
 
     def feed_all(self, lines: Iterable[bytes], progress: Callable[[int], None] | None) -> None:
         """Feed many lines, telling ``progress(bytes_done)`` every 16,384 lines."""
@@ -392,8 +400,13 @@ def _seq_problem(expected: int, got: object) -> str:
     if type(got) is not int:
         return f"seq must be an integer, got {got!r}"
     if got > expected:
-        return f"missing: the next line has seq {got} (entries deleted?)"
+        return f"missing: the next line has seq {got} (entries deleted or swapped?)"
     return f"out of order: expected seq {expected}, got {got} (entries inserted or swapped?)"
+
+
+def _inserted(seq: int) -> str:
+    before = f"seq {seq - 1}" if seq else "the start of the log"
+    return f"entry was inserted: the next entry links past it, to {before}"
 
 
 def load_verifier_keys(path: Path) -> list[NoteVerifier]:

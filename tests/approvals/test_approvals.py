@@ -165,8 +165,13 @@ def test_votes_on_settled_or_unknown_approvals_are_refused_and_write_nothing(
                 vote(latecomer, answer["approval"]["id"], decision, "too late"), 409
             )
             assert status in problem["detail"]
-        # The voter who settled it, voting again either way, is refused too.
-        assert_problem(vote(approver, answer["approval"]["id"], "reject", "again"), 409)
+        # The voter who settled it: the same vote again (a retry whose answer was lost) is
+        # answered as before and counts once; the other way is refused.
+        mine, other = ("approve", "reject") if status == "approved" else ("reject", "approve")
+        again = vote(approver, answer["approval"]["id"], mine, "again")
+        assert again.status_code == 200
+        assert again.json()["status"] == status
+        assert_problem(vote(approver, answer["approval"]["id"], other, "again"), 409)
     assert_problem(vote(latecomer, "apr_000000000000000000000000", "approve"), 404)
 
     after = verified_ledger(live.url, live.settings, tmp_path)

@@ -108,6 +108,7 @@ def environment(database: Database, receiver_url: str) -> dict[str, str]:
         "MANDATE_WEBHOOKS": json.dumps({"parking": receiver_url}),
         "MANDATE_WEBHOOK_SECRET": SECRET,
         "MANDATE_DISPATCH_LEASE": "2",
+        "MANDATE_DISPATCH_TIMEOUT": "1.5",  # a lease must outlast an attempt
         "MANDATE_DISPATCH_BACKOFF": "0.1",
         "MANDATE_DISPATCH_ATTEMPTS": "50",
     }
