@@ -178,6 +178,7 @@ class Ledger:
         self._writer: threading.Thread | None = None
         self._opened = False
         self._closed = False
+        self._submitting = threading.Lock()
         self._conn: Connection | None = None
         self._last_checkpoint_at = time.monotonic()
 
@@ -215,16 +216,34 @@ class Ledger:
                 target=self._run_writer, name="ledger-writer", daemon=True
             )
             self._writer.start()
-            self._wait(_Request([]))
+            try:
+                self._wait(_Request([]))
+                self._check_signer()
+            except BaseException:
+                self.close()
+                raise
         return self
+
+    def _check_signer(self) -> None:
+        """Refuse to open with a key that is not the log's current one (fail closed now, not
+        at the next checkpoint)."""
+        current = self.keys()[-1][1] if self.keys() else None
+        signer = self._signer
+        if signer is not None and current is not None and current != signer.vkey:
+            raise SignatureError(
+                f"this process signs with {signer.vkey} but the ledger's current key is "
+                f"{current}; start it with the current signing key"
+            )
 
     def close(self) -> None:
         """Stop the writer after it has committed everything queued."""
-        if self._writer is not None and not self._closed:
+        with self._submitting:
+            if self._writer is None or self._closed:
+                return
             self._closed = True
-            self._queue.put(None)
-            self._writer.join()
-            self._drop_connection()
+            self._queue.put(None)  # nothing can be queued behind this: _submit holds the lock
+        self._writer.join()
+        self._drop_connection()
 
     def __enter__(self) -> Ledger:
         return self.open()
@@ -259,7 +278,9 @@ class Ledger:
         (table, values) pairs that are inserted together with those of every other request in
         the batch (one statement per table); ``in_transaction(conn, appended)`` runs any other
         SQL. If either raises, none of this request's entries or rows are written; an exception
-        from ``in_transaction`` reaches the caller as it was raised.
+        from ``in_transaction`` reaches the caller as it was raised. A batch that fails is
+        retried request by request, so a hook may run more than once: it must act only through
+        ``conn``.
         """
         request = _Request(self._prepare_all(records), rows=rows, in_transaction=in_transaction)
         return self._wait(request)
@@ -333,9 +354,10 @@ class Ledger:
         return [_prepare(record) for record in records]
 
     def _submit(self, request: _Request) -> None:
-        if self._writer is None or self._closed:
-            raise StorageError("the ledger is not open for appends")
-        self._queue.put(request)
+        with self._submitting:
+            if self._writer is None or self._closed:
+                raise StorageError("the ledger is not open for appends")
+            self._queue.put(request)
 
     def _wait(self, request: _Request) -> list[Appended]:
         request.future = concurrent.futures.Future()

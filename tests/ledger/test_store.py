@@ -742,3 +742,58 @@ def test_sealed_fields_are_commitments_revealed_until_erased(
     exported = (tmp_path / "export.jsonl").read_bytes()
     assert email.encode() not in exported
     assert phone.encode() not in exported
+
+
+def _writers_alive() -> int:
+    return sum(1 for t in threading.enumerate() if t.name == "ledger-writer" and t.is_alive())
+
+
+def test_a_stranger_key_is_refused_at_open_and_leaves_no_writer_behind(
+    database: Database, signer: NoteSigner
+) -> None:
+    first = create_engine(database.url, schema=database.schema)
+    second = create_engine(database.url, schema=database.schema)
+    try:
+        with open_ledger(first, signer) as rightful:
+            rightful.append("audit", actor="a", subject="s", body={})
+        writers = _writers_alive()
+        with pytest.raises(SignatureError, match="current key"):
+            open_ledger(second, new_signer())
+        assert _writers_alive() == writers
+    finally:
+        first.dispose()
+        second.dispose()
+
+
+def test_appends_racing_close_land_or_are_refused_but_never_hang(
+    engine: Engine, signer: NoteSigner
+) -> None:
+    ledger = open_ledger(engine, signer)
+    outcomes: list[str] = []
+    lock = threading.Lock()
+
+    def hammer() -> None:
+        for n in range(300):
+            try:
+                ledger.append("audit", actor="a", subject=f"s{n}", body={})
+                result = "landed"
+            except StorageError:
+                result = "refused"
+            with lock:
+                outcomes.append(result)
+            if result == "refused":
+                return
+
+    threads = [threading.Thread(target=hammer) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    _wait_for(lambda: len(outcomes) >= 20)
+    ledger.close()
+    for thread in threads:
+        thread.join(timeout=60)
+    assert not any(thread.is_alive() for thread in threads), "an append never returned"
+    assert "refused" in outcomes
+    with open_ledger(engine, signer) as reopened:
+        entries = assert_one_chain(reopened)
+        audits = [e for e in entries if parse_entry(e).kind == "audit"]
+        assert len(audits) == outcomes.count("landed")
