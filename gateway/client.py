@@ -811,6 +811,12 @@ class _Governance:
         """Raise unless the function may run now."""
         if verdict.verdict == "reject":
             raise ActionRejected(verdict)
+        adapter = verdict.execution.adapter if verdict.execution else "callback"
+        if adapter != "callback":
+            raise MandateError(
+                f"action {verdict.action_id} is carried out by the {adapter} adapter (a webhook "
+                f"is configured for this executor or workflow), so {self.name} is not run here"
+            )
         if action is None:
             return
         if action.status in _FINAL:

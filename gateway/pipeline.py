@@ -33,6 +33,7 @@ from gateway.schemas import (
     ApprovalRef,
     AutonomyTrace,
     CasbinTrace,
+    ExecutionRef,
     LedgerRef,
     Proposal,
     Reason,
@@ -374,12 +375,18 @@ class Decider:
             "executor": identity.to_json(),
             "request_digest": digest,
         }
+        execution = None
+        if decision.verdict != "reject":
+            execution = ExecutionRef(
+                adapter=self.routing.route(identity.name, proposal.workflow)[0]
+            )
         answer = {
             "action_id": action_id,
             "verdict": decision.verdict,
             "reasons": [r.model_dump() for r in decision.reasons],
             "trace": trace.model_dump(),
             "approval": None if approval is None else approval.model_dump(),
+            "execution": None if execution is None else execution.model_dump(),
         }
         records = [
             Record("proposal", identity.name, action_id, proposal_body),
@@ -415,6 +422,7 @@ class Decider:
             trace=trace,
             ledger=_ledger_ref(appended[0].seq, appended[1].seq, appended[1].leaf_hash.hex()),
             approval=approval,
+            execution=execution,
         )
         if decision.verdict == "execute" and self.on_execute is not None:
             self.on_execute()

@@ -15,6 +15,8 @@ __all__ = [
     "CheckpointView",
     "ConsistencyProofView",
     "EntryView",
+    "ExecutionRef",
+    "ExecutionView",
     "InclusionProofView",
     "LedgerRef",
     "OutcomeReport",
@@ -137,6 +139,13 @@ class ApprovalRef(BaseModel):
     expires_at: str
 
 
+class ExecutionRef(BaseModel):
+    """Who carries the action out if it is allowed: a webhook, or the executor itself
+    (callback: it reports the outcome with POST /v1/actions/{id}/outcome)."""
+
+    adapter: str
+
+
 class Verdict(BaseModel):
     """The answer to a proposal."""
 
@@ -146,6 +155,19 @@ class Verdict(BaseModel):
     trace: Trace
     ledger: LedgerRef
     approval: ApprovalRef | None = None
+    execution: ExecutionRef | None = Field(
+        default=None, description="For execute and hold: how the action is carried out."
+    )
+
+
+class ExecutionView(BaseModel):
+    """Where the carrying out of an allowed action stands."""
+
+    adapter: str
+    status: str = Field(
+        description="pending, dispatching, awaiting_outcome (callback), succeeded or failed"
+    )
+    attempts: int
 
 
 class ActionView(BaseModel):
@@ -160,6 +182,7 @@ class ActionView(BaseModel):
     executor: str
     created_at: str
     decision: Verdict
+    execution: ExecutionView | None = None
     timeline: list[dict[str, Any]]
 
 

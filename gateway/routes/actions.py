@@ -12,9 +12,9 @@ from fastapi import APIRouter
 from gateway.errors import Conflict, DecisionUnavailable, Forbidden, NotFound
 from gateway.execution import record_outcome
 from gateway.identity import Identity
-from gateway.models import ACTIONS, EVENTS
+from gateway.models import ACTIONS, EVENTS, INTENTS
 from gateway.routes.deps import AUTH_PROBLEMS, Caller, Rt, problem_doc
-from gateway.schemas import ActionView, OutcomeReport, Proposal, Verdict
+from gateway.schemas import ActionView, ExecutionView, OutcomeReport, Proposal, Verdict
 
 router = APIRouter(prefix="/v1/actions", tags=["actions"], responses=AUTH_PROBLEMS)
 
@@ -66,6 +66,11 @@ def show(action_id: str, runtime: Rt, identity: Caller) -> ActionView:
         if row is None:
             raise NotFound(f"no action {action_id}")
         _may_see(identity, row.owner, row.workflow)
+        intent = conn.execute(
+            sa.select(INTENTS.c.adapter, INTENTS.c.status, INTENTS.c.attempts).where(
+                INTENTS.c.action_id == action_id
+            )
+        ).first()
         events = conn.execute(
             sa.select(EVENTS.c.seq, EVENTS.c.kind, EVENTS.c.time)
             .where(EVENTS.c.action_id == action_id)
@@ -91,6 +96,9 @@ def show(action_id: str, runtime: Rt, identity: Caller) -> ActionView:
         executor=row.executor,
         created_at=row.created_at,
         decision=Verdict.model_validate(answer),
+        execution=None
+        if intent is None
+        else ExecutionView(adapter=intent.adapter, status=intent.status, attempts=intent.attempts),
         timeline=timeline,
     )
 

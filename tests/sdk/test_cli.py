@@ -87,7 +87,7 @@ def test_approve_then_again_exits_1(live: Live, hold: tuple[MandateClient, Verdi
     again = mandate(live, approver, "approvals", "reject", verdict.approval.id, "--reason", "no")
     assert again.exit_code == 1
     assert again.stdout == ""
-    assert f"approval {verdict.approval.id} is approved" in again.stderr
+    assert f"you already voted approve on approval {verdict.approval.id}" in again.stderr
 
 
 def test_reject(live: Live, hold: tuple[MandateClient, Verdict]) -> None:
@@ -174,7 +174,11 @@ def test_the_installed_command_reads_url_and_token_from_the_environment(
     assert approved.returncode == 0, approved.stderr
     assert " approved (1/1 approvals)" in approved.stdout
 
+    # The same vote again (a retry whose answer was lost) is answered as before: it counts once.
     again = run("approvals", "approve", verdict.approval.id)
-    assert again.returncode == 1
-    assert again.stdout == ""
-    assert "it takes no more votes" in again.stderr
+    assert again.returncode == 0, again.stderr
+    assert " approved (1/1 approvals)" in again.stdout
+    other_way = run("approvals", "reject", verdict.approval.id, "--reason", "changed my mind")
+    assert other_way.returncode == 1
+    assert other_way.stdout == ""
+    assert "already voted approve" in other_way.stderr

@@ -181,7 +181,7 @@ def test_approvals_list_show_and_decide(live: Live) -> None:
 
         with pytest.raises(Conflict) as closed:
             approver.decide(mine.id, "reject", "changed my mind")
-        assert "approved" in str(closed.value)
+        assert "already voted approve" in str(closed.value)
         assert bot.get_action(verdict.action_id).status == "approved"
 
 

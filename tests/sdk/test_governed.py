@@ -287,3 +287,41 @@ def test_async_execute_raise_reject_and_approve(live: Live) -> None:
 
     asyncio.run(test())
     assert calls == ["free", "broken", "held"]
+
+
+def test_an_action_a_webhook_carries_out_is_not_run_here_too(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    from adapters.receiver import Receiver, running_receiver
+    from gateway.serving import serve_in_background
+    from gateway.settings import Settings
+    from tests.sdk.conftest import POLICIES
+
+    receiver = Receiver(b"hook-secret")
+    calls: list[str] = []
+    with running_receiver(receiver) as hook:
+        settings = Settings(
+            data_dir=tmp_path_factory.mktemp("webhooked"),
+            policies=POLICIES,
+            webhooks={"parking": hook},
+            webhook_secret="hook-secret",
+        )
+        with serve_in_background(settings) as served:
+            token, _ = served.runtime.tokens.create(name="hooked-bot", role="booking-agent")
+            with MandateClient(served.url, token) as bot:
+
+                @governed(
+                    bot,
+                    workflow="parking",
+                    action_type="booking.create",
+                    resource="lot-7/space-9",
+                    confidence=0.95,
+                )
+                def book(customer: str) -> str:
+                    calls.append(customer)
+                    return "B-9"
+
+                with pytest.raises(MandateError, match="webhook"):
+                    book("C-9")
+    # The webhook carried it out; this process did not do it a second time.
+    assert calls == []
