@@ -95,10 +95,16 @@ def _handler(receiver: Receiver) -> type[BaseHTTPRequestHandler]:
     return Handler
 
 
+class _Server(ThreadingHTTPServer):
+    # socketserver listens with a backlog of 5; a gateway delivering 16 at once would see
+    # connections refused and retried.
+    request_queue_size = 128
+
+
 @contextmanager
 def running_receiver(receiver: Receiver, port: int = 0) -> Iterator[str]:
     """Serve ``receiver`` on loopback; yield its URL."""
-    server = ThreadingHTTPServer(("127.0.0.1", port), _handler(receiver))
+    server = _Server(("127.0.0.1", port), _handler(receiver))
     server.daemon_threads = True
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()

@@ -1,9 +1,10 @@
 """Permit: may this role do this act on this action type in this workflow? Casbin decides.
 
 pycasbin runs the matcher over every policy line, so a large policy makes every request slow.
-Two things keep the cost flat: the lines are split into one enforcer per (workflow, act), so a
-request only meets the lines that could match it, and answers are cached until the policy
-changes (a new bundle makes a new ``Permitter``).
+Two things keep the cost flat: the lines are split into one enforcer per (workflow, act, role),
+holding only the lines whose subject the role is or inherits, so a request only meets the lines
+that could match it; and answers are cached until the policy changes (a new bundle makes a new
+``Permitter``).
 """
 
 from __future__ import annotations
@@ -57,7 +58,7 @@ class Permitter:
                 self._groupings.append(values)
             else:
                 raise ValueError(f"policy line not understood: {', '.join(row)}")
-        self._enforcers: dict[tuple[str, str], casbin.Enforcer] = {}
+        self._enforcers: dict[tuple[str, str, str], casbin.Enforcer] = {}
         self._cache: dict[tuple[str, str, str, str], PermitResult] = {}
         self._acts: dict[str, set[str]] = {}
 
@@ -89,24 +90,38 @@ class Permitter:
         cached = self._cache.get(key)
         if cached is not None:
             return cached
-        allowed, explain = self._enforcer(workflow, act).enforce_ex(*key)
+        allowed, explain = self._enforcer(workflow, act, role).enforce_ex(*key)
         result = PermitResult(bool(allowed), key, tuple(explain) if allowed else None)
         if len(self._cache) >= _CACHE_LIMIT:
             self._cache.clear()
         self._cache[key] = result
         return result
 
-    def _enforcer(self, workflow: str, act: str) -> casbin.Enforcer:
-        enforcer = self._enforcers.get((workflow, act))
+    def _enforcer(self, workflow: str, act: str, role: str) -> casbin.Enforcer:
+        """An enforcer holding only the lines that could answer this role in this workflow:
+        those of the workflow (or every workflow) for this act whose subject is the role or
+        one it inherits there."""
+        enforcer = self._enforcers.get((workflow, act, role))
         if enforcer is None:
+            groupings = [g for g in self._groupings if g[2] == workflow]
+            subjects = {role}
+            while True:
+                inherited = {g[1] for g in groupings if g[0] in subjects} - subjects
+                if not inherited:
+                    break
+                subjects |= inherited
+            rules = [
+                rule
+                for rule in self._rules.get((workflow, act), [])
+                + self._rules.get((_ANY_DOMAIN, act), [])
+                if rule[0] in subjects
+            ]
             model = Model()
             model.load_model_from_text(self._model_text)
             enforcer = casbin.Enforcer(model)
-            rules = self._rules.get((workflow, act), []) + self._rules.get((_ANY_DOMAIN, act), [])
             if rules:
                 enforcer.add_policies(rules)
-            groupings = [g for g in self._groupings if g[2] == workflow]
             if groupings:
                 enforcer.add_grouping_policies(groupings)
-            self._enforcers[(workflow, act)] = enforcer
+            self._enforcers[(workflow, act, role)] = enforcer
         return enforcer
