@@ -23,7 +23,18 @@ from types import ModuleType
 from bench._common import Context, Figure, print_summary
 
 # Bench modules, in the order they run. Each has NAME, GROUP, DESCRIPTION and run(ctx).
-BENCHES = ("bench.ledger_append", "bench.ledger_verify", "bench.ledger_proofs")
+BENCHES = (
+    "bench.ledger_append",
+    "bench.ledger_verify",
+    "bench.ledger_proofs",
+    "bench.gateway_http",
+    "bench.gateway_decide",
+    "bench.permit",
+    "bench.dispatch_latency",
+    "bench.dispatch_outbox",
+    "bench.autonomy",
+    "bench.replay",
+)
 DEFAULT_OUT = Path(__file__).resolve().parent / "out"
 
 

@@ -10,7 +10,8 @@ from fastapi import Depends, FastAPI
 
 from gateway import ui
 from gateway.problems import BodyLimit, install_problem_handlers
-from gateway.routes import actions, approvals, health, ledger
+from gateway.routes import actions, approvals, audits, autonomy, health, ledger
+from gateway.routes import policies as policy_routes
 from gateway.routes.deps import reject_unknown_query
 from gateway.runtime import Runtime
 from gateway.settings import Settings
@@ -51,10 +52,18 @@ def create_app(
         dependencies=[Depends(reject_unknown_query)],
     )
     install_problem_handlers(app)
-    app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
+    bundles = settings.max_bundle_bytes  # a bundle's files come in one body
+    app.add_middleware(
+        BodyLimit,
+        max_bytes=settings.max_body_bytes,
+        larger={"/v1/policies": bundles, "/v1/policies/replay": bundles},
+    )
     app.include_router(actions.router)
     app.include_router(approvals.router)
+    app.include_router(autonomy.router)
+    app.include_router(audits.router)
     app.include_router(ledger.router)
+    app.include_router(policy_routes.router)
     app.include_router(health.router)
     app.include_router(ui.router)
     app.mount("/ui/static", ui.static_files(), name="ui-static")

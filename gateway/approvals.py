@@ -23,6 +23,7 @@ from sqlalchemy.engine import Connection, Engine
 
 from gateway.errors import Conflict, Forbidden, InvalidInput, NotFound
 from gateway.execution import intent_row
+from gateway.figures import mark_expired, mark_vote
 from gateway.identity import Identity
 from gateway.models import ACTIONS, APPROVALS, EVENTS, INTENTS, VOTES
 from gateway.pipeline import Decider, approval_row
@@ -186,6 +187,8 @@ class Approvals:
             return self.get(identity, approval_id)  # the same vote arrived twice at once
         if approved:
             self._wake()
+        if approved or vote.decision == "reject":  # the vote closed it: the figures moved
+            await self._decider.autonomy.after(row.workflow, row.case_type)
         return self.get(identity, approval_id)
 
     async def _record_vote(
@@ -261,6 +264,7 @@ class Approvals:
             .values(status=status, closed_at=when, closed_reason=reason)
         )
         conn.execute(sa.update(ACTIONS).where(ACTIONS.c.id == row.action_id).values(status=status))
+        mark_vote(conn, row.action_id, status)
 
     # -- re-evaluation ---------------------------------------------------------------------
 
@@ -376,6 +380,7 @@ class Approvals:
                 sa.update(ACTIONS).where(ACTIONS.c.id == action_id).values(status="expired")
             )
             conn.execute(sa.insert(EVENTS).values(_event(entry, action_id, "expiry")))
+            mark_expired(conn, action_id)
 
         try:
             await self._decider.ledger.append_many_async(
@@ -383,6 +388,7 @@ class Approvals:
             )
         except _Closed:
             return False
+        self._decider.autonomy.forget()  # the figures counted an expiry
         return True
 
     async def sweep(self) -> int:

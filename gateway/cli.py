@@ -615,6 +615,295 @@ def actions_show(
     print(_columns([["SEQ", "TIME", "KIND", "WHAT HAPPENED"], *rows]))
 
 
+# -- autonomy and audits: over HTTP, like approvals ---------------------------------------------
+
+autonomy_app = typer.Typer(
+    help=(
+        "Earned autonomy: each case type's level and measured figures, promotions the gateway "
+        "proposed, levels set by hand. Talks to a running gateway (--url) with a token "
+        "(--token or MANDATE_TOKEN); changing levels takes a governor's."
+    ),
+    no_args_is_help=True,
+)
+app.add_typer(autonomy_app, name="autonomy")
+audits_app = typer.Typer(
+    help=(
+        "Post-hoc audits: the executed actions drawn for audit, and findings on them. Talks to "
+        "a running gateway (--url) with an auditor's token (--token or MANDATE_TOKEN)."
+    ),
+    no_args_is_help=True,
+)
+app.add_typer(audits_app, name="audits")
+
+
+def _pct(bp: int) -> str:
+    """Basis points as a percentage without spaces (one column): 9500 → ``95.00%``."""
+    return f"{bp // 100}.{bp % 100:02d}%"
+
+
+@autonomy_app.command("show")
+def autonomy_show(
+    token: GatewayToken,
+    workflow: Annotated[str | None, typer.Option(help="Only this workflow.")] = None,
+    url: GatewayUrl = DEFAULT_URL,
+    as_json: AsJson = False,
+) -> None:
+    """Every case type: its level, the figures of its window and what comes next.
+
+    Columns: workflow, case type, level and its name, decisions, holds, reviewed (execute
+    recommendations people judged), agreement, failures and errors (rates in the window), and
+    the promotion: a pending one (id and votes), else the next level's unmet criteria.
+    """
+    from gateway.client import MandateClient, MandateError
+
+    try:
+        with MandateClient(url, token) as client:
+            views = client.autonomy(workflow)
+    except (MandateError, ValueError) as exc:
+        raise _refused(exc) from None
+    if as_json:
+        print(json.dumps([v.model_dump(mode="json") for v in views], indent=2))
+        return
+    if not views:
+        err.print("no case types", highlight=False)
+        return
+    rows = []
+    for v in views:
+        f = v.figures
+        if v.pending_promotion is not None:
+            p = v.pending_promotion
+            nxt = f"{p.id} to {p.to_level} pending ({p.approvals}/{p.quorum})"
+        elif v.promotion is None:
+            nxt = "-"
+        elif v.promotion.met:
+            nxt = f"to {v.promotion.level}: criteria met"
+        else:
+            nxt = f"to {v.promotion.level}: " + "; ".join(v.promotion.unmet)
+        rows.append(
+            [
+                v.workflow,
+                v.case_type,
+                str(v.level),
+                v.name,
+                str(f.decisions),
+                str(f.holds),
+                str(f.reviewed),
+                _pct(f.agreement_bp),
+                _pct(f.failure_bp),
+                _pct(f.error_bp),
+                nxt,
+            ]
+        )
+    headers = ["WORKFLOW", "CASE TYPE", "LEVEL", "NAME", "DECISIONS", "HOLDS", "REVIEWED"]
+    print(_columns([[*headers, "AGREEMENT", "FAILURES", "ERRORS", "PROMOTION"], *rows]))
+
+
+@autonomy_app.command("set")
+def autonomy_set(
+    workflow: Annotated[str, typer.Argument(metavar="WORKFLOW")],
+    case_type: Annotated[str, typer.Argument(metavar="CASE_TYPE")],
+    level: Annotated[
+        int,
+        typer.Argument(
+            metavar="LEVEL", min=1, max=4, help="1 advisory, 2 supervised, 3 conditional, 4 full."
+        ),
+    ],
+    token: GatewayToken,
+    reason: Annotated[
+        str, typer.Option(help="Why (required; recorded in the ledger).", show_default=False)
+    ],
+    url: GatewayUrl = DEFAULT_URL,
+    as_json: AsJson = False,
+) -> None:
+    """Set a case type's level by hand (a governor's token), with a reason.
+
+    The change is an `autonomy` ledger entry with the figures at that moment; every gateway
+    applies it within a second and starts a new window of figures. Exit 1 if the case type is
+    at that level already.
+    """
+    from gateway.client import MandateClient, MandateError
+
+    if not reason.strip():
+        raise fail("a reason is required (--reason)")
+    try:
+        with MandateClient(url, token) as client:
+            before = client.autonomy_of(workflow, case_type).level
+            view = client.set_level(workflow, case_type, level, reason)
+    except (MandateError, ValueError) as exc:
+        raise _refused(exc) from None
+    if as_json:
+        print(view.model_dump_json(indent=2))
+        return
+    print(f"{workflow}/{case_type}: level {before} -> {view.level} ({view.name}); {view.source}")
+
+
+@autonomy_app.command("promotions")
+def autonomy_promotions(
+    token: GatewayToken,
+    status: Annotated[
+        str, typer.Option(help="pending, approved, rejected or superseded.")
+    ] = "pending",
+    url: GatewayUrl = DEFAULT_URL,
+    as_json: AsJson = False,
+) -> None:
+    """List promotions the gateway proposed, newest first: id, case type, levels, votes, and
+    the figures that met the criteria."""
+    from gateway.client import MandateClient, MandateError
+
+    states = ("pending", "approved", "rejected", "superseded")
+    if status not in states:
+        raise fail(f"unknown status {status!r}; one of {', '.join(states)}")
+    try:
+        with MandateClient(url, token) as client:
+            found = client.promotions(status)
+    except (MandateError, ValueError) as exc:
+        raise _refused(exc) from None
+    if as_json:
+        print(json.dumps([p.model_dump(mode="json") for p in found], indent=2))
+        return
+    if not found:
+        err.print(f"no {status} promotions", highlight=False)
+        return
+    rows = [
+        [
+            p.id,
+            p.workflow,
+            p.case_type,
+            f"{p.from_level}->{p.to_level}",
+            f"{p.approvals}/{p.quorum}",
+            p.status,
+            f"reviewed {p.figures.reviewed}, agreement {_pct(p.figures.agreement_bp)}, "
+            f"failures {_pct(p.figures.failure_bp)}, errors {_pct(p.figures.error_bp)}",
+        ]
+        for p in found
+    ]
+    headers = ["PROMOTION", "WORKFLOW", "CASE TYPE", "LEVELS", "VOTES", "STATUS", "FIGURES"]
+    print(_columns([headers, *rows]))
+
+
+def _promotion_vote(
+    promotion_id: str, approve: bool, reason: str, url: str, token: str, as_json: bool
+) -> None:
+    from gateway.client import MandateClient, MandateError
+
+    try:
+        with MandateClient(url, token) as client:
+            view = client.decide_promotion(promotion_id, "approve" if approve else "reject", reason)
+    except (MandateError, ValueError) as exc:
+        raise _refused(exc) from None
+    if as_json:
+        print(view.model_dump_json(indent=2))
+        return
+    print(
+        f"{view.id} {view.status} ({view.approvals}/{view.quorum} approvals); "
+        f"{view.workflow}/{view.case_type} {view.from_level}->{view.to_level}"
+    )
+
+
+PromotionId = Annotated[str, typer.Argument(metavar="ID", help="The promotion's id (prm_…).")]
+
+
+@autonomy_app.command("approve")
+def autonomy_approve(
+    promotion_id: PromotionId,
+    token: GatewayToken,
+    reason: Annotated[str, typer.Option(help="Why (recorded in the ledger).")] = "",
+    url: GatewayUrl = DEFAULT_URL,
+    as_json: AsJson = False,
+) -> None:
+    """Approve a proposed promotion (a governor's token). At quorum the level rises.
+
+    Exit 1 if the promotion is no longer pending."""
+    _promotion_vote(promotion_id, True, reason, url, token, as_json)
+
+
+@autonomy_app.command("reject")
+def autonomy_reject(
+    promotion_id: PromotionId,
+    token: GatewayToken,
+    reason: Annotated[
+        str, typer.Option(help="Why (required; recorded in the ledger).", show_default=False)
+    ],
+    url: GatewayUrl = DEFAULT_URL,
+    as_json: AsJson = False,
+) -> None:
+    """Reject a proposed promotion: one rejection rejects. Exit 1 if it is no longer pending."""
+    if not reason.strip():
+        raise fail("a reason is required to reject (--reason)")
+    _promotion_vote(promotion_id, False, reason, url, token, as_json)
+
+
+@audits_app.command("list")
+def audits_list(
+    token: GatewayToken,
+    status: Annotated[str, typer.Option(help="pending, correct or incorrect.")] = "pending",
+    url: GatewayUrl = DEFAULT_URL,
+    as_json: AsJson = False,
+) -> None:
+    """List the audits your token may carry out, oldest first."""
+    from gateway.client import MandateClient, MandateError
+
+    states = ("pending", "correct", "incorrect")
+    if status not in states:
+        raise fail(f"unknown status {status!r}; one of {', '.join(states)}")
+    try:
+        with MandateClient(url, token) as client:
+            found = client.audits(status)
+    except (MandateError, ValueError) as exc:
+        raise _refused(exc) from None
+    if as_json:
+        print(json.dumps([a.model_dump(mode="json") for a in found], indent=2))
+        return
+    if not found:
+        err.print(f"no {status} audits", highlight=False)
+        return
+    rows = [
+        [
+            a.id,
+            a.action_id,
+            a.workflow,
+            a.case_type,
+            a.executor,
+            a.amount or "-",
+            str(a.level),
+            a.status,
+            f"{a.action_type} on {a.resource}",
+        ]
+        for a in found
+    ]
+    headers = ["AUDIT", "ACTION", "WORKFLOW", "CASE TYPE", "EXECUTOR", "AMOUNT", "LEVEL"]
+    print(_columns([[*headers, "STATUS", "WHAT"], *rows]))
+
+
+@audits_app.command("record")
+def audits_record(
+    audit_id: Annotated[str, typer.Argument(metavar="ID", help="The audit's id (aud_…).")],
+    finding: Annotated[str, typer.Argument(metavar="FINDING", help="correct or incorrect.")],
+    token: GatewayToken,
+    note: Annotated[str, typer.Option(help="What you found (required if incorrect).")] = "",
+    url: GatewayUrl = DEFAULT_URL,
+    as_json: AsJson = False,
+) -> None:
+    """Record a finding on an audited action (an `audit` ledger entry). Exit 1 if it has one."""
+    from gateway.client import MandateClient, MandateError
+
+    if finding not in ("correct", "incorrect"):
+        raise fail(f"the finding is correct or incorrect, not {finding!r}")
+    if finding == "incorrect" and not note.strip():
+        raise fail("a note is required for an incorrect finding (--note)")
+    try:
+        with MandateClient(url, token) as client:
+            view = client.record_finding(
+                audit_id, "correct" if finding == "correct" else "incorrect", note
+            )
+    except (MandateError, ValueError) as exc:
+        raise _refused(exc) from None
+    if as_json:
+        print(view.model_dump_json(indent=2))
+        return
+    print(f"{view.id} {view.status}; action {view.action_id}; ledger #{view.finding_seq}")
+
+
 def _columns(rows: list[list[str]]) -> str:
     """Rows as left-aligned columns (the last one unpadded), for people and for `cut`/`awk`."""
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]) - 1)]
@@ -672,3 +961,459 @@ def _summary(entry: dict[str, Any], limit: int = 160) -> str:
         text = json.dumps(rest, sort_keys=True)
     text = " ".join(text.split())
     return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+# -- policy: test, activate, replay ------------------------------------------------------------
+# `policy test` works on a directory alone. `activate` and `replay` talk to a running gateway
+# when --url (or MANDATE_URL) is given, with a policy-admin token; without it they work on the
+# local database (--data-dir, --database-url) directly, as the operator who holds it.
+
+policy_app = typer.Typer(
+    help=(
+        "Policy bundles: test one (Rego unit tests, decision cases, coverage), activate one "
+        "(or run it in shadow), replay the recorded history with a candidate. activate and "
+        "replay talk to a running gateway when --url (or MANDATE_URL) is set, with a "
+        "policy-admin token; otherwise they work on the local database directly."
+    ),
+    no_args_is_help=True,
+)
+app.add_typer(policy_app, name="policy")
+
+BundleDir = Annotated[
+    Path,
+    typer.Argument(metavar="DIR", help="The bundle directory (rego/, casbin/, data.json, tests/)."),
+]
+RemoteUrl = Annotated[
+    str | None,
+    typer.Option(
+        "--url",
+        envvar="MANDATE_URL",
+        help="A running gateway to do it through (with --token); without it, the local "
+        "database is used directly.",
+        show_envvar=True,
+        show_default=False,
+    ),
+]
+RemoteToken = Annotated[
+    str | None,
+    typer.Option(
+        "--token",
+        envvar="MANDATE_TOKEN",
+        help="A policy-admin token, with --url. Prefer the environment variable.",
+        show_default=False,
+        show_envvar=True,
+    ),
+]
+
+
+def _checked(directory: Path, *, report: bool) -> Any:
+    """Load and check a bundle; exit 2 if it cannot be checked, 1 if it fails."""
+    from gateway.policy.bundle import BundleError, load_bundle
+    from gateway.policy.checks import check_bundle, describe
+
+    try:
+        bundle = load_bundle(directory)
+    except BundleError as exc:
+        raise fail(str(exc)) from None
+    check = check_bundle(bundle)
+    if report or not check.passed:
+        for line in describe(check):
+            err.print(escape(line), highlight=False, soft_wrap=True)
+    if not check.usable:
+        raise fail("the bundle cannot be checked (see above)")
+    if not check.passed:
+        raise fail(f"the bundle fails its checks: {len(check.failures())} failures", code=1)
+    return check
+
+
+@policy_app.command("test")
+def policy_test(
+    directory: Annotated[
+        Path,
+        typer.Argument(metavar="[DIR]", help="The bundle directory [default: ./policies]."),
+    ] = Path("policies"),
+    as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
+) -> None:
+    """Test a bundle: its Rego unit tests, its decision cases, and which rules fired.
+
+    Rego unit tests are the `test_` rules of rego/*_test.rego, run as `opa test` runs them.
+    Decision cases (tests/*.yaml, format in policies/README.md) are decided exactly as the
+    gateway decides: Casbin, the workflow's Rego at the autonomy level, the level-1 rule.
+    Coverage (regorus) shows each rule with the number of cases that fired it and whether a
+    unit test did. Exit 0 when everything passes, 1 on any failure, 2 if the bundle or a case
+    file cannot be used.
+    """
+    from gateway.policy.bundle import BundleError, load_bundle
+    from gateway.policy.checks import check_bundle, describe
+
+    try:
+        bundle = load_bundle(directory)
+    except BundleError as exc:
+        raise fail(str(exc)) from None
+    check = check_bundle(bundle)
+    if as_json:
+        print(json.dumps(check.to_json(), indent=2))
+    else:
+        print("\n".join(describe(check)))
+    raise typer.Exit(0 if check.passed else (2 if not check.usable else 1))
+
+
+def _operator() -> Any:
+    """Who acts when a command works on the database directly."""
+    import getpass
+    import socket
+
+    from gateway.identity import Identity
+
+    user = getpass.getuser()
+    name = f"{user}@{socket.gethostname()}"[:120]
+    return Identity(
+        token_id="local",  # noqa: S106 - a name, not a secret
+        name=name,
+        role="policy-admin",
+        workflow=None,
+        owner=user,
+    )
+
+
+def _bundle_texts(directory: Path) -> dict[str, str]:
+    from gateway.policy.bundle import BundleError, read_bundle_files
+
+    try:
+        files = read_bundle_files(directory)
+        return {path: content.decode("utf-8") for path, content in files.items()}
+    except BundleError as exc:
+        raise fail(str(exc)) from None
+    except UnicodeDecodeError as exc:
+        raise fail(f"{directory}: a bundle holds UTF-8 text files only: {exc}") from None
+
+
+def _http_failure(response: Any) -> typer.Exit:
+    """A problem answer as a message: exit 1 when the gateway found the bundle bad (422) or
+    the state refuses (409), else 2."""
+    try:
+        problem = response.json()
+        detail = problem.get("detail") or problem.get("title")
+        errors = problem.get("errors") or []
+    except ValueError:
+        detail, errors = response.text[:500], []
+    for item in errors:
+        err.print(f"  {escape(item['field'])}: {escape(item['message'])}", highlight=False)
+    code = 1 if response.status_code in (409, 422) else 2
+    return fail(f"the gateway answered {response.status_code}: {detail}", code=code)
+
+
+def _client(url: str, token: str | None) -> Any:
+    import httpx
+
+    if not token:
+        raise fail("--url needs a policy-admin token (--token or MANDATE_TOKEN)")
+    return httpx.Client(
+        base_url=url, headers={"Authorization": f"Bearer {token}"}, timeout=httpx.Timeout(60.0)
+    )
+
+
+@policy_app.command("activate")
+def policy_activate(
+    directory: BundleDir,
+    reason: Annotated[str, typer.Option(help="Why (recorded in the ledger).", show_default=False)],
+    shadow: Annotated[
+        bool,
+        typer.Option(
+            "--shadow",
+            help="Run it beside the active bundle instead: every proposal is decided by both, "
+            "only the active verdict is enforced, disagreements are listed by GET "
+            "/v1/policies/shadow.",
+        ),
+    ] = False,
+    url: RemoteUrl = None,
+    token: RemoteToken = None,
+    data_dir: DataDir = None,
+    database_url: DatabaseUrl = None,
+) -> None:
+    """Check a bundle and make it the active one (or the shadow).
+
+    The bundle must load and pass its Rego tests and decision cases (as `policy test`), here
+    and again on the gateway. Activation writes a `policy` ledger entry (digest, every file's
+    SHA-256, who, why) and stores the files in the database: every gateway process on it
+    switches within its poll interval (policy_poll_interval, 0.5 s); held approvals are
+    re-evaluated at their next vote.
+
+    With --url, through that gateway with a policy-admin token. Without it, on the database
+    directly (--data-dir / --database-url), recorded as the operator (user@host). Exit 1 if
+    the bundle fails its checks, 2 if it cannot be used.
+    """
+    if not reason.strip():
+        raise fail("a reason is required (--reason)")
+    mode = "shadow" if shadow else "active"
+    check = _checked(directory, report=False)
+    bundle = check.bundle
+    if url:
+        with _client(url, token) as client:
+            try:
+                response = client.post(
+                    "/v1/policies",
+                    json={"files": _bundle_texts(directory), "reason": reason, "mode": mode},
+                )
+            except Exception as exc:
+                raise fail(f"cannot reach the gateway at {url}: {exc}") from None
+        if response.status_code != 200:
+            raise _http_failure(response)
+        answer = response.json()
+        changed, seq, who = answer["changed"], answer["policy"]["ledger_seq"], "the gateway"
+    else:
+        from gateway.models import create_gateway_tables
+        from gateway.policies import write_slot
+        from gateway.storage import open_engine, open_ledger
+
+        settings = settings_from(data_dir, database_url)
+        engine = open_engine(settings)
+        create_gateway_tables(engine)
+        try:
+            with open_ledger(settings, engine) as ledger:
+                written = write_slot(
+                    engine,
+                    ledger,
+                    mode,  # type: ignore[arg-type]
+                    bundle,
+                    by=_operator(),
+                    reason=reason,
+                    validation=check.summary(),
+                )
+        except LedgerError as exc:
+            raise fail(exc.diagnostics()) from None
+        finally:
+            engine.dispose()
+        changed, seq, who = written.changed, written.slot.seq, "the local database"
+    summary = check.summary()
+    if not changed:
+        err.print(f"bundle {bundle.digest[:12]} is already the {mode} one; nothing changed")
+    else:
+        err.print(
+            f"bundle {bundle.digest[:12]} ({len(bundle.files)} files, workflows "
+            f"{', '.join(sorted(bundle.workflows))}; {summary['rego_tests']['passed']} Rego "
+            f"tests and {summary['cases']['passed']} decision cases passed) is now the {mode} "
+            f"bundle in {who}: policy entry #{seq}",
+            highlight=False,
+        )
+    print(bundle.digest)
+
+
+@policy_app.command("replay")
+def policy_replay(
+    candidate: Annotated[
+        Path | None,
+        typer.Option(
+            "--candidate",
+            help="The candidate bundle directory. Without it, each decision is replayed with "
+            "the bundle that made it: a check that the history is reproducible.",
+            show_default=False,
+        ),
+    ] = None,
+    since: Annotated[
+        str | None,
+        typer.Option(
+            help="Only decisions made at or after this date or time (2026-11-01, "
+            "2026-11-01T08:00:00Z).",
+            show_default=False,
+        ),
+    ] = None,
+    examples: Annotated[
+        int, typer.Option(help="Examples shown per verdict change.", min=0, max=50)
+    ] = 3,
+    fail_on_change: Annotated[
+        bool, typer.Option("--fail-on-change", help="Exit 1 if any verdict would change.")
+    ] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
+    url: RemoteUrl = None,
+    token: RemoteToken = None,
+    data_dir: DataDir = None,
+    database_url: DatabaseUrl = None,
+) -> None:
+    """Re-decide the recorded history with a candidate bundle and report what would change.
+
+    Every decision in the ledger (since --since) is decided again with the candidate from the
+    inputs its entries recorded: the proposal, the executor, the autonomy level, the figures
+    and the time. The report: how many verdicts would change and from what to what, by
+    workflow and case type, the reason codes the candidate adds or removes, and examples.
+    Nothing is written. The ledger is read in pages (a progress bar shows how far).
+
+    With --url, the gateway replays (policy-admin token); without it, this process reads the
+    local database. Exit 0, or 1 with --fail-on-change when a verdict would change; 2 if the
+    candidate or --since cannot be used.
+    """
+    from gateway.replay import parse_since
+
+    try:
+        since_stamp = None if since is None else parse_since(since)
+    except ValueError:
+        raise fail(f"--since {since!r}: a date (2026-11-01) or an ISO time") from None
+    if url:
+        report = _replay_remote(url, token, candidate, since, examples)
+    else:
+        report = _replay_local(candidate, since_stamp, examples, data_dir, database_url)
+    if as_json:
+        print(json.dumps(report, indent=2))
+    else:
+        print("\n".join(_replay_lines(report)))
+    raise typer.Exit(1 if fail_on_change and report["changed"] else 0)
+
+
+def _replay_local(
+    candidate: Path | None,
+    since: str | None,
+    examples: int,
+    data_dir: Path | None,
+    database_url: str | None,
+) -> dict[str, Any]:
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from gateway.policies import BundleStore, build_policy
+    from gateway.policy.bundle import BundleError, load_bundle
+    from gateway.replay import Replayer
+    from gateway.storage import open_engine
+    from ledger.store import Ledger
+
+    policy = None
+    if candidate is not None:
+        try:
+            policy = build_policy(load_bundle(candidate))
+        except BundleError as exc:
+            raise fail(str(exc)) from None
+        except Exception as exc:  # the Rego does not load
+            raise fail(f"{candidate}: {exc}") from None
+    settings = settings_from(data_dir, database_url)
+    engine = open_engine(settings)
+    store = BundleStore(engine)
+    try:
+        ledger = Ledger(engine, origin=settings.ledger_origin)  # read only: no writer
+        replayer = Replayer(
+            ledger,
+            engine,
+            policy,
+            recorded=lambda digest: build_policy(store.bundle(digest)),
+            since=since,
+            examples=examples,
+        )
+        with _bar("replaying") as bar:
+            task = bar.add_task("replaying", total=None)
+            result = replayer.run(
+                lambda p: bar.update(task, completed=p.scanned, total=p.total or None)
+            )
+    except LedgerError as exc:
+        raise fail(exc.diagnostics()) from None
+    except SQLAlchemyError as exc:
+        first = str(exc).splitlines()[0]
+        where = make_url(settings.database).render_as_string(hide_password=True)
+        raise fail(f"cannot read the ledger at {where}: {first}") from None
+    finally:
+        engine.dispose()
+    return result.to_json()
+
+
+def _replay_remote(
+    url: str, token: str | None, candidate: Path | None, since: str | None, examples: int
+) -> dict[str, Any]:
+    files = None if candidate is None else _bundle_texts(candidate)
+    body = {"files": files, "since": since, "examples": examples}
+    report: dict[str, Any] | None = None
+    with _client(url, token) as client, _bar("replaying") as bar:
+        task = bar.add_task("replaying", total=None)
+        try:
+            with client.stream("POST", "/v1/policies/replay", json=body, timeout=None) as got:
+                if got.status_code != 200:
+                    got.read()
+                    raise _http_failure(got)
+                for line in got.iter_lines():
+                    if not line.strip():
+                        continue
+                    event = json.loads(line)
+                    if event["event"] == "progress":
+                        bar.update(task, completed=event["scanned"], total=event["total"] or None)
+                    elif event["event"] == "report":
+                        report = event
+                    else:
+                        raise fail(f"the replay failed: {event.get('detail')}")
+        except typer.Exit:
+            raise
+        except Exception as exc:
+            raise fail(f"the replay through {url} failed: {exc}") from None
+    if report is None:
+        raise fail("the gateway ended the replay without a report")
+    return report
+
+
+def _replay_lines(report: dict[str, Any]) -> list[str]:
+    """The replay report for people."""
+    decisions = report["decisions"]
+    changed = report["changed"]
+    share = f" ({changed / decisions:.2%})" if decisions else ""
+    rate = report.get("decisions_per_second")
+    lines = [
+        f"Replayed {decisions:,} decisions ({report['entries_scanned']:,} ledger entries read"
+        + (f", since {report['since']}" if report.get("since") else "")
+        + (
+            ") with the bundle that made each"
+            if report["candidate_digest"] == "as-recorded"
+            else f") with candidate {report['candidate_digest'][:16]}…"
+        )
+        + f" in {report['seconds']:.1f} s"
+        + (f" ({rate:,.0f} decisions/s)" if rate else ""),
+        f"Verdicts that would change: {changed:,}{share}; unchanged: {report['unchanged']:,}; "
+        f"same verdict for other reasons: {report['reasons_changed']:,}; the candidate "
+        f"refuses or fails on: {report['refused_or_failed']:,}",
+    ]
+    for t in report["transitions"]:
+        lines.append(f"  {t['from']} → {t['to']}: {t['count']:,}")
+    if changed:
+        lines += ["", "By workflow and case type (changed of decided; from → to; rules):"]
+        rows = []
+        for g in report["groups"]:
+            if not g["changed"]:
+                continue
+            moves = ", ".join(f"{t['from']}→{t['to']} {t['count']}" for t in g["transitions"])
+            rules = ", ".join(_rule_text(r) for r in g["rules"]) or "-"
+            rows.append(
+                [g["workflow"], g["case_type"], f"{g['changed']}/{g['decisions']}", moves, rules]
+            )
+        lines.append(_columns([["WORKFLOW", "CASE TYPE", "CHANGED", "FROM → TO", "RULES"], *rows]))
+        lines += ["", "Rules that made the difference (+ the candidate adds it, - it drops it):"]
+        lines += [f"  {_rule_text(r)}" for r in report["rules"]] or [
+            "  (none: Casbin or the level)"
+        ]
+        lines += ["", "Examples:"]
+        for ex in report["examples"]:
+            before = ex["before"]
+            after = ex["after"]
+            codes_before = ", ".join(r["code"] for r in before["reasons"]) or "-"
+            codes_after = (
+                ", ".join(r["code"] for r in after["reasons"]) or after.get("error") or "-"
+            )
+            lines.append(
+                f"  {before['verdict']} → {after['verdict']}  {ex['action_id']} "
+                f"({ex['workflow']}/{ex['case_type']}, {ex['role']}, level {ex['level']}, "
+                f"{ex['decided_at']}): was [{codes_before}], now [{codes_after}]"
+            )
+            lines.append(f"      proposal {json.dumps(ex['proposal'], sort_keys=True)}")
+    lines.append("")
+    if report["input_mismatches"]:
+        lines.append(
+            f"WARNING: {report['input_mismatches']} decisions' Rego input could not be rebuilt "
+            f"from the ledger (seqs {report['input_mismatch_seqs']}): they depended on "
+            "something not recorded"
+        )
+    else:
+        lines.append("Every replayed decision's Rego input was rebuilt from the ledger exactly.")
+    if report.get("proposals_missing"):
+        lines.append(f"{report['proposals_missing']} decisions had no proposal entry to replay.")
+    return lines
+
+
+def _rule_text(rule: dict[str, Any]) -> str:
+    parts = []
+    if rule["added"]:
+        parts.append(f"+{rule['code']} {rule['added']}")
+    if rule["removed"]:
+        parts.append(f"-{rule['code']} {rule['removed']}")
+    return ", ".join(parts)

@@ -47,7 +47,18 @@ from typing import Any, Literal, NoReturn, ParamSpec, TypeVar, cast
 import httpx
 from pydantic import ValidationError
 
-from gateway.schemas import ActionView, ApprovalView, Problem, ProblemField, Reason, Verdict
+from gateway.schemas import (
+    ActionView,
+    ApprovalView,
+    AuditView,
+    AutonomyDetail,
+    AutonomyView,
+    Problem,
+    ProblemField,
+    PromotionView,
+    Reason,
+    Verdict,
+)
 
 __all__ = [
     "ActionRejected",
@@ -569,6 +580,51 @@ class MandateClient:
         """
         call = self._common.vote(approval_id, decision, reason)
         return ApprovalView.model_validate_json(self._send(call).content)
+
+    # -- earned autonomy and audits ---------------------------------------------------------
+
+    def autonomy(self, workflow: str | None = None) -> list[AutonomyView]:
+        """Every case type's level, figures, next level's criteria and pending promotion."""
+        params = None if workflow is None else {"workflow": workflow}
+        response = self._send(_Call("GET", "/v1/autonomy", params=params))
+        return [AutonomyView.model_validate(item) for item in response.json()]
+
+    def autonomy_of(self, workflow: str, case_type: str) -> AutonomyDetail:
+        """One case type, with its changes of level and its figures day by day."""
+        path = f"/v1/autonomy/{_segment(workflow)}/{_segment(case_type)}"
+        return AutonomyDetail.model_validate_json(self._send(_Call("GET", path)).content)
+
+    def set_level(self, workflow: str, case_type: str, level: int, reason: str) -> AutonomyDetail:
+        """Set a case type's level by hand (a governor's token), with a reason for the ledger.
+        ``Conflict`` when it is at that level already."""
+        path = f"/v1/autonomy/{_segment(workflow)}/{_segment(case_type)}"
+        call = _Call("POST", path, {"level": level, "reason": reason})
+        return AutonomyDetail.model_validate_json(self._send(call).content)
+
+    def promotions(self, status: str = "pending") -> list[PromotionView]:
+        """Promotions the gateway proposed, newest first."""
+        response = self._send(_Call("GET", "/v1/autonomy/promotions", params={"status": status}))
+        return [PromotionView.model_validate(item) for item in response.json()]
+
+    def decide_promotion(
+        self, promotion_id: str, decision: Literal["approve", "reject"], reason: str = ""
+    ) -> PromotionView:
+        """A governor approves or rejects a proposed promotion (rejecting needs a reason)."""
+        path = f"/v1/autonomy/promotions/{_segment(promotion_id)}/decisions"
+        call = _Call("POST", path, {"decision": decision, "reason": reason})
+        return PromotionView.model_validate_json(self._send(call).content)
+
+    def audits(self, status: str = "pending") -> list[AuditView]:
+        """Executed actions drawn for audit that this token may audit, oldest first."""
+        response = self._send(_Call("GET", "/v1/audits", params={"status": status}))
+        return [AuditView.model_validate(item) for item in response.json()]
+
+    def record_finding(
+        self, audit_id: str, finding: Literal["correct", "incorrect"], note: str = ""
+    ) -> AuditView:
+        """An auditor's finding on an executed action (an incorrect one needs a note)."""
+        call = _Call("POST", f"/v1/audits/{_segment(audit_id)}", {"finding": finding, "note": note})
+        return AuditView.model_validate_json(self._send(call).content)
 
 
 # -- the async client -------------------------------------------------------------------------

@@ -18,7 +18,7 @@ import logging
 import os
 import random
 import secrets
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,6 +27,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
 from adapters.base import Adapter, Dispatch, DispatchResult
+from gateway.figures import mark_outcome
 from gateway.models import ACTIONS, EVENTS, INTENTS
 from ledger.database import WRITE
 from ledger.entry import format_time
@@ -112,7 +113,8 @@ async def record_outcome(
     expect: tuple[str, ...],
     adapter: str | None = None,
 ) -> Appended:
-    """Write an ``outcome`` entry and settle the intent and the action, atomically.
+    """Write an ``outcome`` entry and settle the intent and the action (and the action's
+    measured figures), atomically.
 
     ``expect`` lists the intent statuses (and ``adapter`` the adapter) from which this outcome
     may be recorded; otherwise (already settled, say) nothing is written and ``LookupError`` is
@@ -134,6 +136,7 @@ async def record_outcome(
             raise LookupError(f"action {action_id} has no intent waiting for an outcome")
         conn.execute(sa.update(ACTIONS).where(ACTIONS.c.id == action_id).values(status=status))
         conn.execute(sa.insert(EVENTS).values(_event(entry.seq, action_id, "outcome", entry.time)))
+        mark_outcome(conn, action_id, status)
 
     return (
         await ledger.append_many_async(
@@ -171,6 +174,9 @@ class Dispatcher:
         self._stopping = False
         self._random = random.Random()  # noqa: S311 - jitter, not secrecy
         self._next_due: dt.datetime | None = None
+        # Awaited with the action id after each outcome this dispatcher records (the runtime
+        # points it at the autonomy review).
+        self.on_outcome: Callable[[str], Awaitable[None]] | None = None
 
     def wake(self) -> None:
         """New intents are due: look now rather than at the next tick."""
@@ -314,7 +320,7 @@ class Dispatcher:
         detail = {"detail": result.detail, "http_status": result.http_status}
         if result.status == "retry":
             detail["detail"] = f"gave up after {attempt} attempts: {result.detail}"
-        with contextlib.suppress(LookupError):  # another process settled it first
+        try:
             await record_outcome(
                 self._ledger,
                 action_id,
@@ -324,6 +330,10 @@ class Dispatcher:
                 attempt=attempt,
                 expect=("dispatching",),
             )
+        except LookupError:  # another process settled it first
+            return
+        if self.on_outcome is not None:
+            await self.on_outcome(action_id)
 
     async def _schedule_retry(self, action_id: str, attempt: int, result: DispatchResult) -> None:
         delay = min(60.0, self._backoff * 2 ** (attempt - 1)) * (0.5 + self._random.random())

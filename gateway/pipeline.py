@@ -12,9 +12,12 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import hashlib
+import logging
+import math
 import re
 import secrets
-from collections.abc import Callable
+import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -22,11 +25,14 @@ import orjson
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
+from gateway.audits import audit_row, sampled
 from gateway.errors import Conflict, DecisionUnavailable, Forbidden, InvalidInput
 from gateway.execution import Routing, intent_row
+from gateway.figures import ZERO_FIGURES, FigureBook, Standing, WindowSpec, figures_row
 from gateway.identity import Identity
-from gateway.models import ACTIONS, APPROVALS, EVENTS, INTENTS
-from gateway.policy.bundle import Bundle
+from gateway.models import ACTIONS, APPROVALS, AUDITS, AUTONOMY, EVENTS, FIGURES, INTENTS
+from gateway.policy.autonomy import Terms, terms_for
+from gateway.policy.bundle import Bundle, BundleError
 from gateway.policy.permit import PermitResult, Permitter
 from gateway.policy.rego import EngineError, RegoEngine, RegoResult, package_of
 from gateway.schemas import (
@@ -60,16 +66,10 @@ __all__ = [
 ]
 
 LEVEL_NAMES = {1: "advisory", 2: "supervised", 3: "conditional", 4: "full"}
-ZERO_STATS: dict[str, int] = {
-    "decisions": 0,
-    "holds": 0,
-    "approvals": 0,
-    "agreements": 0,
-    "overrides": 0,
-    "failures": 0,
-    "audit_findings": 0,
-    "corrections": 0,
-}
+# The figures a decision sees when none are kept (``AutonomyBook(figures=None)``); the names
+# are those of ``gateway.figures``.
+ZERO_STATS: dict[str, int] = dict(ZERO_FIGURES)
+log = logging.getLogger("mandate")
 _DECIMAL = re.compile(r"-?(0|[1-9][0-9]{0,17})(\.[0-9]{1,18})?")
 
 
@@ -87,21 +87,162 @@ class ActivePolicy:
         return self.permitter.roles_with_act("propose")
 
 
-class AutonomyBook:
-    """Autonomy levels per (workflow, case type): set by hand or by promotion, else the
-    bundle's initial level."""
+_STANDINGS = sa.select(
+    AUTONOMY.c.workflow, AUTONOMY.c.case_type, AUTONOMY.c.level, AUTONOMY.c.seq,
+    AUTONOMY.c.reason, AUTONOMY.c.changed_at,
+)  # fmt: skip
+_CASE_OF = sa.select(FIGURES.c.workflow, FIGURES.c.case_type).where(
+    FIGURES.c.action_id == sa.bindparam("action_id")
+)
+_EVENTS = ("promotion", "demotion", "set")
 
-    def __init__(self, levels: dict[tuple[str, str], int] | None = None) -> None:
-        self._levels = dict(levels or {})
+
+class AutonomyBook:
+    """Autonomy levels per (workflow, case type), and the measured figures of the level in force.
+
+    A case type runs at its bundle's initial level until a promotion, a demotion or a governor
+    changes it; then ``gateway_autonomy`` holds its level and the ledger entry that set it
+    (where the window of its figures starts). Every process reads that table through a cache
+    that lives ``ttl`` seconds and is dropped when this process changes a level, so a change
+    made on one gateway is in force on all of them within ``ttl``. ``levels`` fixes levels in
+    memory instead (no database). ``figures`` reads and keeps the figures; without it (None)
+    every decision sees zeros and none are kept. ``reviewer`` (set by the runtime) is awaited
+    after each event that judges an action, to promote or demote.
+    """
+
+    def __init__(
+        self,
+        levels: dict[tuple[str, str], int] | None = None,
+        *,
+        engine: Engine | None = None,
+        figures: FigureBook | None = None,
+        ttl: float = 1.0,
+    ) -> None:
+        self._engine = engine
+        self.figures = figures
+        self.ttl = ttl
+        self._standings = {
+            key: Standing(level, -1, "set", "") for key, level in (levels or {}).items()
+        }
+        self._read_at = -math.inf
+        self.reviewer: Callable[[str, str], Awaitable[None]] | None = None
+
+    def standings(self, *, fresh: bool = False) -> dict[tuple[str, str], Standing]:
+        """Every case type whose level was changed, by (workflow, case type)."""
+        if self._engine is None:
+            return self._standings
+        clock = time.monotonic()
+        if fresh or clock - self._read_at >= self.ttl:
+            with self._engine.connect() as conn:
+                rows = conn.execute(_STANDINGS).all()
+            self._standings = {
+                (row.workflow, row.case_type): Standing(
+                    row.level, row.seq, _event_of(row.reason), row.changed_at
+                )
+                for row in rows
+            }
+            self._read_at = clock
+        return self._standings
+
+    def standing(self, workflow: str, case_type: str, *, fresh: bool = False) -> Standing | None:
+        """The case type's changed level and since when; None while it runs at the initial
+        level."""
+        return self.standings(fresh=fresh).get((workflow, case_type))
 
     def level(self, bundle: Bundle, workflow: str, case_type: str) -> tuple[int, str]:
         """The level in force and where it comes from."""
-        level = self._levels.get((workflow, case_type))
-        if level is not None:
-            return level, "set"
+        standing = self.standing(workflow, case_type)
+        if standing is not None:
+            if standing.seq < 0:
+                return standing.level, "set"
+            return standing.level, f"{standing.event} at ledger #{standing.seq}"
         config = bundle.workflows.get(workflow)
         initial = config.initial_level(case_type) if config else 1
         return initial, "bundle initial level"
+
+    def terms(self, bundle: Bundle, workflow: str, case_type: str) -> Terms:
+        """The bundle's autonomy terms for the case type; a malformed bundle fails closed."""
+        try:
+            return terms_for(bundle, workflow, case_type)
+        except BundleError as exc:
+            raise DecisionUnavailable(f"the bundle's autonomy terms are unusable: {exc}") from exc
+
+    def window(
+        self, bundle: Bundle, workflow: str, case_type: str, level: int, *, fresh: bool = False
+    ) -> WindowSpec:
+        """The window the figures of ``level`` are counted over."""
+        terms = self.terms(bundle, workflow, case_type)
+        standing = self.standing(workflow, case_type, fresh=fresh)
+        since = standing.seq if standing is not None and standing.level == level else -1
+        return WindowSpec(
+            workflow, case_type, level, since, terms.window_decisions, terms.window_days
+        )
+
+    def stats(
+        self, bundle: Bundle, workflow: str, case_type: str, level: int, moment: dt.datetime
+    ) -> dict[str, int]:
+        """The figures a decision at ``level`` sees (``input.stats``), through the cache."""
+        if self.figures is None:
+            return dict(ZERO_STATS)
+        return self.figures.cached(self.window(bundle, workflow, case_type, level), moment)
+
+    def audit(
+        self,
+        bundle: Bundle,
+        workflow: str,
+        case_type: str,
+        level: int,
+        verdict: str,
+        action_id: str,
+    ) -> dict[str, Any] | None:
+        """For an executed action: the level's audit rate and whether the action is in the
+        sample (``gateway.audits.sampled``), as its decision entry records them."""
+        if verdict != "execute":
+            return None
+        rate = self.terms(bundle, workflow, case_type).audit_rate(level)
+        return {"rate_bp": rate, "sampled": sampled(action_id, rate)}
+
+    def decided(self, workflow: str, case_type: str, verdict: str) -> None:
+        """This process recorded a decision: count it in the cached figures."""
+        if self.figures is not None:
+            self.figures.bump(workflow, case_type, verdict)
+
+    def forget(self, workflow: str | None = None, case_type: str | None = None) -> None:
+        """Read levels and figures from the database next time (after a local change)."""
+        self._read_at = -math.inf
+        if self.figures is not None:
+            self.figures.forget(workflow, case_type)
+
+    async def after(self, workflow: str, case_type: str) -> None:
+        """An event judged an action of this case type: drop its cached figures and let the
+        reviewer promote or demote. A failing review is logged: the event stands recorded."""
+        if self.figures is not None:
+            self.figures.forget(workflow, case_type)
+        if self.reviewer is None:
+            return
+        try:
+            await self.reviewer(workflow, case_type)
+        except Exception:
+            log.exception("the autonomy review of %s/%s failed", workflow, case_type)
+
+    async def after_action(self, action_id: str) -> None:
+        """``after`` for the case type of an action (once its outcome is recorded)."""
+        if self._engine is None or self.figures is None:
+            return
+        try:
+            with self._engine.connect() as conn:
+                row = conn.execute(_CASE_OF, {"action_id": action_id}).first()
+        except Exception:
+            log.exception("the case type of %s could not be read for its review", action_id)
+            return
+        if row is not None:
+            await self.after(row.workflow, row.case_type)
+
+
+def _event_of(reason: str) -> str:
+    """The event a ``gateway_autonomy`` reason names (``promotion: ...``)."""
+    event = reason.split(":", 1)[0]
+    return event if event in _EVENTS else "set"
 
 
 # -- the steps -------------------------------------------------------------------------------
@@ -272,12 +413,20 @@ class Decider:
     on_execute: Callable[[], None] | None = None
     clock: Callable[[], dt.datetime] = _utcnow
     new_id: Callable[[str], str] = _new_id
+    # The shadow bundle's hook (``gateway.policies.ShadowRunner.offer``): told of every fresh
+    # decision once it is durable and answered; it only queues, and what it raises is logged.
+    shadow: Callable[[Verdict], None] | None = None
+    # Why this process must not decide now (the active bundle does not load here): every
+    # proposal gets 503 until it does (``gateway.policies``), never a verdict of a stale bundle.
+    unavailable: str | None = None
     _inflight: dict[tuple[str, str], tuple[str, asyncio.Future[Verdict]]] = field(
         default_factory=dict
     )
 
     async def propose(self, identity: Identity, proposal: Proposal) -> Verdict:
         """Validate, permit, evaluate, decide and record; answer once the ledger has it."""
+        if self.unavailable is not None:
+            raise DecisionUnavailable(self.unavailable)
         policy = self.policy
         validate(proposal, policy)
         key = (identity.owner, proposal.idempotency_key)
@@ -302,9 +451,20 @@ class Decider:
             raise
         else:
             waiter.set_result(verdict)
+            self._offer_shadow(verdict)
             return verdict
         finally:
             del self._inflight[key]
+
+    def _offer_shadow(self, verdict: Verdict) -> None:
+        """Hand a fresh decision to the shadow bundle, if one runs: never the live verdict's
+        business, so nothing it does can fail or change it."""
+        if self.shadow is None:
+            return
+        try:
+            self.shadow(verdict)
+        except Exception:
+            log.exception("the shadow bundle was not told of %s", verdict.action_id)
 
     def _recorded(self, key: tuple[str, str], digest: str) -> Verdict | None:
         """The earlier answer to this idempotency key, or Conflict if the body differs."""
@@ -334,7 +494,9 @@ class Decider:
         level, level_source = self.autonomy.level(
             policy.bundle, proposal.workflow, proposal.case_type
         )
-        stats = dict(ZERO_STATS)
+        stats = self.autonomy.stats(
+            policy.bundle, proposal.workflow, proposal.case_type, level, moment
+        )
         permitted = permit(policy.permitter, identity, proposal, admitted=admitted)
         input_ = rego_input(recorded, identity, level, stats, now)
         rego = evaluate(policy.engine, proposal.workflow, input_) if permitted.allowed else None
@@ -388,9 +550,22 @@ class Decider:
             "approval": None if approval is None else approval.model_dump(),
             "execution": None if execution is None else execution.model_dump(),
         }
+        autonomy = self.autonomy
+        # The audit sample is drawn now, by the action id, and recorded with the decision.
+        audit = autonomy.audit(
+            policy.bundle,
+            proposal.workflow,
+            proposal.case_type,
+            trace.autonomy.level,
+            decision.verdict,
+            action_id,
+        )
+        decision_body = answer | {"stats": judgement.stats}
+        if audit is not None:
+            decision_body["audit"] = audit
         records = [
             Record("proposal", identity.name, action_id, proposal_body),
-            Record("decision", "mandate", action_id, answer | {"stats": judgement.stats}),
+            Record("decision", "mandate", action_id, decision_body),
         ]
         # What a retry with the same idempotency key is answered; the ledger block is rebuilt.
         stored = orjson.dumps(answer)
@@ -406,6 +581,8 @@ class Decider:
                 appended,
                 policy,
                 self.routing,
+                audit=audit,
+                figures=autonomy.figures is not None,
             )
 
         try:
@@ -415,6 +592,7 @@ class Decider:
             if raced is not None:
                 return raced
             raise DecisionUnavailable(f"the ledger did not record the decision: {exc}") from exc
+        autonomy.decided(proposal.workflow, proposal.case_type, decision.verdict)
         verdict = Verdict(
             action_id=action_id,
             verdict=decision.verdict,
@@ -514,8 +692,14 @@ def _decision_rows(
     appended: list[Appended],
     policy: ActivePolicy,
     routing: Routing,
+    *,
+    audit: dict[str, Any] | None = None,
+    figures: bool = True,
 ) -> list[tuple[sa.Table, dict[str, Any]]]:
-    """The gateway's rows, written in the ledger's transaction: both land or neither does."""
+    """The gateway's rows, written in the ledger's transaction: both land or neither does.
+
+    With ``figures``, the action's row of measured figures; with an ``audit`` that sampled it,
+    its pending audit."""
     created = appended[0].time
     verdict = judgement.decision.verdict
     approval = judgement.approval
@@ -558,6 +742,32 @@ def _decision_rows(
         rows.append(
             (INTENTS, intent_row(action_id, routing, identity.name, proposal.workflow, created))
         )
+    level = judgement.trace.autonomy.level
+    if figures:
+        row = figures_row(
+            action_id,
+            proposal.workflow,
+            proposal.case_type,
+            appended[1].seq,
+            judgement.trace.decided_at,
+            level,
+            verdict,
+            judgement.decision.recommendation,
+        )
+        rows.append((FIGURES, row))
+    if audit is not None and audit["sampled"]:
+        row = audit_row(
+            action_id,
+            proposal.workflow,
+            proposal.case_type,
+            level,
+            audit["rate_bp"],
+            created,
+            appended[1].seq,
+            identity.owner,
+            approval_summary(identity, proposal, judgement),
+        )
+        rows.append((AUDITS, row))
     return rows
 
 

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import MutableMapping
+import re
+from collections.abc import Mapping, MutableMapping
 from typing import Any
 
 import orjson
@@ -107,12 +108,19 @@ def install_problem_handlers(app: FastAPI) -> None:
             message = "not valid JSON in UTF-8"
             errors = [{"field": "body", "message": message}]
             return problem(422, "invalid input", f"body: {message}", errors=errors)
+        headers = dict(exc.headers or {})
+        if exc.status_code == 405:
+            # Starlette names the methods of the first route that matched the path; a path
+            # served by several routes (GET and DELETE, say) allows all of theirs.
+            headers["Allow"] = ", ".join(_allowed(app, request.url.path)) or headers.get(
+                "Allow", ""
+            )
         return problem(
             exc.status_code,
             _title(exc.status_code),
             str(exc.detail),
             instance=request.url.path,
-            headers=dict(exc.headers or {}),
+            headers=headers,
         )
 
     async def unexpected(request: Request, exc: Exception) -> Response:
@@ -124,6 +132,21 @@ def install_problem_handlers(app: FastAPI) -> None:
     app.add_exception_handler(AuthError, auth_error)
     app.add_exception_handler(StarletteHTTPException, http_error)
     app.add_exception_handler(Exception, unexpected)
+
+
+def _allowed(app: FastAPI, path: str) -> list[str]:
+    """Every method the API documents at ``path`` (by its OpenAPI path templates)."""
+    table: list[tuple[re.Pattern[str], list[str]]] | None = getattr(app.state, "allowed", None)
+    if table is None:
+        table = [
+            (
+                re.compile("^" + re.sub(r"\\\{[^/]+?\\\}", "[^/]+", re.escape(template)) + "$"),
+                sorted(m.upper() for m in operations),
+            )
+            for template, operations in app.openapi().get("paths", {}).items()
+        ]
+        app.state.allowed = table
+    return sorted({m for pattern, methods in table if pattern.match(path) for m in methods})
 
 
 def _unauthenticated(request: Request) -> AuthError | None:
@@ -148,20 +171,25 @@ def _title(status: int) -> str:
 
 
 class BodyLimit:
-    """Refuse request bodies over ``max_bytes`` with 413 before the app reads them."""
+    """Refuse request bodies over ``max_bytes`` with 413 before the app reads them; paths in
+    ``larger`` (a policy bundle's upload) have their own limit."""
 
-    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+    def __init__(
+        self, app: ASGIApp, max_bytes: int, larger: Mapping[str, int] | None = None
+    ) -> None:
         self.app = app
         self.max_bytes = max_bytes
+        self.larger = dict(larger or {})
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["method"] in ("GET", "HEAD", "OPTIONS"):
             await self.app(scope, receive, send)
             return
+        limit = self.larger.get(scope["path"], self.max_bytes)
         headers = dict(scope["headers"])
         declared = headers.get(b"content-length")
-        if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
-            await self._refuse(send)
+        if declared is not None and declared.isdigit() and int(declared) > limit:
+            await self._refuse(send, limit)
             return
         # Read the body here (at most max_bytes) and hand it on, so a chunked body that grows
         # past the limit is refused before the app sees any of it.
@@ -174,8 +202,8 @@ class BodyLimit:
                 return
             chunk = message.get("body", b"")
             size += len(chunk)
-            if size > self.max_bytes:
-                await self._refuse(send)
+            if size > limit:
+                await self._refuse(send, limit)
                 return
             chunks.append(chunk)
             more = message.get("more_body", False)
@@ -191,11 +219,11 @@ class BodyLimit:
 
         await self.app(scope, replay, send)
 
-    async def _refuse(self, send: Send) -> None:
+    async def _refuse(self, send: Send, limit: int) -> None:
         response = problem(
             413,
             "payload too large",
-            f"request bodies are limited to {self.max_bytes} bytes",
+            f"request bodies are limited to {limit} bytes",
         )
         scope: MutableMapping[str, Any] = {"type": "http"}
 

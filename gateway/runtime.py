@@ -9,19 +9,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from adapters.base import Adapter, Notifier, load_factories
 from gateway.approvals import Approvals
+from gateway.audits import Audits
+from gateway.autonomy import Governance
 from gateway.execution import Dispatcher, Routing, load_webhook_secret, payload_for
+from gateway.figures import FigureBook
 from gateway.identity import Identity, TokenBook
 from gateway.metrics import Metrics
-from gateway.models import AUTONOMY, create_gateway_tables
+from gateway.models import create_gateway_tables
 from gateway.pipeline import ActivePolicy, AutonomyBook, Decider
+from gateway.policies import PolicyLifecycle, build_policy
 from gateway.policy.bundle import load_bundle
-from gateway.policy.permit import Permitter
-from gateway.policy.rego import OpaServerEngine, RegoEngine, RegorusEngine
 from gateway.schemas import Proposal, Verdict
 from gateway.settings import Settings
 from gateway.storage import open_engine, open_ledger
@@ -32,9 +33,7 @@ __all__ = ["Runtime", "load_policy"]
 
 def load_policy(root: Path, opa_url: str | None = None) -> ActivePolicy:
     """Load a bundle and build its engines (regorus in-process, or an OPA server)."""
-    bundle = load_bundle(root)
-    engine: RegoEngine = OpaServerEngine(opa_url) if opa_url else RegorusEngine(bundle)
-    return ActivePolicy(bundle, Permitter(bundle.casbin_model, bundle.casbin_policy), engine)
+    return build_policy(load_bundle(root), opa_url)
 
 
 @dataclass
@@ -50,6 +49,10 @@ class Runtime:
     approvals: Approvals
     dispatcher: Dispatcher
     notifier: Notifier | None = None
+    policies: PolicyLifecycle | None = None
+    # Earned autonomy (levels, promotions, demotions) and post-hoc audits; set by ``start``.
+    governance: Governance = field(init=False)
+    audits: Audits = field(init=False)
     _stop: asyncio.Event = field(default_factory=asyncio.Event)
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
     _notices: set[asyncio.Task[Any]] = field(default_factory=set)
@@ -61,16 +64,19 @@ class Runtime:
         """Open the database, the ledger (signing key made on first start) and the policy."""
         engine = open_engine(settings)
         create_gateway_tables(engine)
-        policy = load_policy(settings.policies, settings.opa_url)
         ledger = open_ledger(settings, engine)
-        with engine.connect() as conn:
-            levels = {
-                (row.workflow, row.case_type): row.level
-                for row in conn.execute(sa.select(AUTONOMY))
-            }
-        decider = Decider(
-            engine, ledger, policy, AutonomyBook(levels), routing=Routing(settings.webhooks)
-        )
+        # The active bundle is the database's, shared by every process (gateway.policies).
+        lifecycle = PolicyLifecycle(settings, engine, ledger)
+        try:
+            policy = lifecycle.bootstrap()
+        except BaseException:
+            ledger.close()
+            engine.dispose()
+            raise
+        # Levels and figures are read from the database (short caches), so every process
+        # sees a change another one made.
+        autonomy = AutonomyBook(engine=engine, figures=FigureBook(engine))
+        decider = Decider(engine, ledger, policy, autonomy, routing=Routing(settings.webhooks))
         if clock is not None:
             decider.clock = clock
         factories = load_factories()
@@ -111,6 +117,12 @@ class Runtime:
             notifier,
         )
         decider.on_hold = runtime.announce_hold
+        runtime.governance = Governance(engine, decider, notify=runtime.announce)
+        runtime.audits = Audits(engine, decider)
+        autonomy.reviewer = runtime.governance.review
+        dispatcher.on_outcome = autonomy.after_action
+        runtime.policies = lifecycle
+        lifecycle.attach(decider)
         return runtime
 
     def start_background(self) -> None:
@@ -122,12 +134,22 @@ class Runtime:
                 name="expiry-sweeper",
             ),
         ]
+        if self.policies is not None:
+            self.policies.shadow.start()
+            self._tasks.append(
+                asyncio.create_task(
+                    self.policies.watch_forever(self.settings.policy_poll_interval, self._stop),
+                    name="policy-watcher",
+                )
+            )
 
     async def stop_background(self) -> None:
         """Stop the background work, letting attempts in flight finish."""
         self._stop.set()
         self.dispatcher.stop()
         await asyncio.gather(*self._tasks, *self._notices, return_exceptions=True)
+        if self.policies is not None:
+            await asyncio.to_thread(self.policies.shadow.stop)
 
     def announce_hold(self, verdict: Verdict, proposal: Proposal, identity: Identity) -> None:
         """Tell approvers of a held action through the notify adapter, if one is set."""
@@ -147,6 +169,17 @@ class Runtime:
         if verdict.approval is not None:
             base = self.settings.public_url or f"http://{self.settings.host}:{self.settings.port}"
             event["url"] = f"{base.rstrip('/')}/ui/approvals/{verdict.approval.id}"
+        task = asyncio.get_running_loop().create_task(self.notifier.notify(event))
+        self._notices.add(task)
+        task.add_done_callback(self._notices.discard)
+
+    def announce(self, event: dict[str, Any], path: str = "/ui/autonomy") -> None:
+        """Tell people of an autonomy change (a demotion, a proposed or applied promotion)
+        through the notify adapter, if one is set, with a link to ``path`` in the inbox."""
+        if self.notifier is None:
+            return
+        base = self.settings.public_url or f"http://{self.settings.host}:{self.settings.port}"
+        event = event | {"url": f"{base.rstrip('/')}{path}"}
         task = asyncio.get_running_loop().create_task(self.notifier.notify(event))
         self._notices.add(task)
         task.add_done_callback(self._notices.discard)

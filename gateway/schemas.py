@@ -8,28 +8,49 @@ from pydantic import BaseModel, ConfigDict, Field, JsonValue, StringConstraints
 
 __all__ = [
     "ActionView",
+    "ActivationView",
     "ApprovalRef",
     "ApprovalView",
+    "AuditView",
+    "AutonomyChange",
+    "AutonomyDetail",
     "AutonomyTrace",
+    "AutonomyView",
+    "BundleFileView",
+    "BundleUpload",
     "CasbinTrace",
     "CheckpointView",
     "ConsistencyProofView",
+    "CorrectionRequest",
+    "CriteriaView",
+    "DemotionView",
+    "DisagreementView",
     "EntryView",
     "ExecutionRef",
     "ExecutionView",
+    "Figures",
+    "FindingRequest",
     "InclusionProofView",
     "LedgerRef",
+    "LevelRequest",
     "OutcomeReport",
+    "PolicyView",
     "Problem",
     "ProblemField",
+    "PromotionView",
     "Proposal",
     "Reason",
     "RegoTrace",
+    "ReplayRequest",
+    "SeriesPoint",
+    "ShadowView",
+    "SideView",
     "Trace",
     "Verdict",
     "VerdictName",
     "VoteRequest",
     "VoteView",
+    "WindowView",
 ]
 
 Name = Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9_-]{0,63}$")]
@@ -290,3 +311,316 @@ class Problem(BaseModel):
     detail: str | None = None
     instance: str | None = None
     errors: list[ProblemField] | None = None
+
+
+# -- earned autonomy and audits ---------------------------------------------------------------
+
+
+class Figures(BaseModel):
+    """Measured figures of a case type's window. Counts, and rates in basis points (1 % = 100;
+    0 when the rate has no denominator yet)."""
+
+    decisions: int = Field(description="Decisions in the window.")
+    holds: int = Field(description="...held for people.")
+    approvals: int = Field(description="...held, and approved.")
+    expiries: int = Field(description="...held, and expired without a quorum.")
+    reviewed: int = Field(
+        description="Execute recommendations a person judged: by a vote that closed the "
+        "approval, or by a post-hoc audit."
+    )
+    agreements: int = Field(description="...approved, or found correct.")
+    overrides: int = Field(description="...rejected by the people who held them.")
+    executions: int = Field(description="Actions carried out, with an outcome.")
+    failures: int = Field(description="...that failed.")
+    audits: int = Field(description="Executed actions audited after the fact.")
+    audit_findings: int = Field(description="...found incorrect.")
+    corrections: int = Field(description="Executed actions corrected afterwards.")
+    checked: int = Field(description="Actions reviewed, carried out or corrected (each once).")
+    errors: int = Field(description="Actions overridden, failed, found incorrect or corrected.")
+    agreement_bp: int = Field(description="agreements × 10000 ÷ reviewed.")
+    failure_bp: int = Field(description="failures × 10000 ÷ executions.")
+    error_bp: int = Field(description="errors × 10000 ÷ checked.")
+
+
+class WindowView(BaseModel):
+    """Which decisions the figures count: the latest `decisions` decided in the last `days`
+    days at the level in force, since the ledger entry that set it."""
+
+    decisions: int
+    days: int
+    since_seq: int | None = Field(
+        description="The `autonomy` entry that set the level (None: the bundle's initial "
+        "level, never changed)."
+    )
+    since: str | None
+
+
+class CriteriaView(BaseModel):
+    """The entry criteria of the next level, and whether the figures meet them."""
+
+    level: int = Field(description="The level these criteria admit to.")
+    min_reviewed: int
+    min_agreement_bp: int
+    max_failure_bp: int
+    max_error_bp: int
+    met: bool
+    unmet: list[str] = Field(description="Each criterion not met, in words.")
+
+
+class DemotionView(BaseModel):
+    """When the gateway lowers the level by itself."""
+
+    max_error_bp: int = Field(description="Demote when error_bp in the window is above this...")
+    min_checked: int = Field(description="...once at least this many actions were checked.")
+    due: bool
+
+
+class PromotionView(BaseModel):
+    """A promotion the gateway proposed; it takes effect when governors approve it."""
+
+    id: str
+    workflow: str
+    case_type: str
+    from_level: int
+    to_level: int
+    status: Literal["pending", "approved", "rejected", "superseded"]
+    quorum: int
+    approvals: int
+    figures: Figures = Field(description="The figures that met the criteria.")
+    criteria: dict[str, int]
+    created_at: str
+    seq: int = Field(description="The `autonomy` entry that proposed it.")
+    votes: list[VoteView]
+    closed_at: str | None = None
+    closed_reason: str | None = None
+
+
+class AutonomyChange(BaseModel):
+    """One change of level, as its `autonomy` entry records it."""
+
+    seq: int
+    time: str
+    event: Literal["promotion", "demotion", "set"]
+    from_level: int
+    to_level: int
+    actor: str
+    reason: str
+    figures: Figures
+
+
+class SeriesPoint(BaseModel):
+    """One day of a case type's decisions: how many were reviewed and agreed, checked and
+    wrong (rates None when there was nothing to divide by)."""
+
+    day: str
+    decisions: int
+    reviewed: int
+    agreement_bp: int | None
+    checked: int
+    error_bp: int | None
+
+
+class AutonomyView(BaseModel):
+    """A case type's autonomy: its level, its figures, and what would change the level."""
+
+    workflow: str
+    case_type: str
+    level: int
+    name: str
+    source: str = Field(description="Where the level comes from.")
+    window: WindowView
+    figures: Figures
+    audit_rate_bp: int = Field(description="Share of executed actions drawn for audit (bp).")
+    promotion: CriteriaView | None = Field(
+        description="The next level's entry criteria (None at the highest level allowed)."
+    )
+    demotion: DemotionView
+    pending_promotion: PromotionView | None = None
+
+
+class AutonomyDetail(AutonomyView):
+    """A case type's autonomy with its changes and its figures day by day."""
+
+    history: list[AutonomyChange]
+    series: list[SeriesPoint]
+
+
+class LevelRequest(BaseModel):
+    """A governor's change of level, by hand."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    level: Annotated[int, Field(ge=1, le=4, strict=True)] = Field(
+        description="1 advisory, 2 supervised, 3 conditional, 4 full."
+    )
+    reason: Annotated[str, StringConstraints(min_length=1, max_length=2000)] = Field(
+        description="Why (recorded in the ledger)."
+    )
+
+
+class AuditView(BaseModel):
+    """An executed action drawn for post-hoc audit, and the finding once there is one."""
+
+    id: str
+    action_id: str
+    workflow: str
+    case_type: str
+    action_type: str
+    resource: str
+    executor: str
+    amount: str | None
+    level: int
+    rate_bp: int
+    status: Literal["pending", "correct", "incorrect"]
+    created_at: str
+    decision_seq: int
+    auditor: str | None = None
+    note: str | None = None
+    finding_seq: int | None = None
+    closed_at: str | None = None
+
+
+class FindingRequest(BaseModel):
+    """An auditor's finding on an executed action. An incorrect one needs a note."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    finding: Literal["correct", "incorrect"]
+    note: Annotated[str, StringConstraints(max_length=2000)] = ""
+
+
+class CorrectionRequest(BaseModel):
+    """An executed action had to be corrected afterwards: why, and anything worth keeping."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    reason: Annotated[str, StringConstraints(min_length=1, max_length=2000)]
+    details: dict[str, JsonValue] = Field(default_factory=dict)
+
+
+# -- the policy lifecycle (gateway.policies, gateway.replay) ----------------------------------
+
+BundleFiles = Annotated[
+    dict[str, str],
+    Field(
+        min_length=1,
+        description="The bundle's files: path relative to the bundle directory (rego/x.rego, "
+        "casbin/model.conf, data.json, tests/cases.yaml, ...) → the file's UTF-8 text. "
+        "`mandate policy activate DIR` sends every file of DIR.",
+    ),
+]
+
+
+class BundleUpload(BaseModel):
+    """A bundle to activate, or to run in shadow beside the active one."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    files: BundleFiles
+    reason: Annotated[str, StringConstraints(min_length=1, max_length=2000)] = Field(
+        description="Why (recorded in the `policy` ledger entry)."
+    )
+    mode: Literal["active", "shadow"] = Field(
+        "active",
+        description="`active`: decide with it from now on. `shadow`: decide every new proposal "
+        "with it too, enforce only the active verdict, and record the disagreements.",
+    )
+
+
+class BundleFileView(BaseModel):
+    """One file of a bundle, as its `policy` ledger entry lists it."""
+
+    path: str
+    sha256: str
+    bytes: int
+    content: str | None = Field(None, description="The text, when asked for (`content=true`).")
+
+
+class PolicyView(BaseModel):
+    """The bundle in a slot (active or shadow): what it is, and who put it there, when, why."""
+
+    mode: Literal["active", "shadow"]
+    digest: str
+    activated_at: str
+    activated_by: str
+    reason: str
+    ledger_seq: int = Field(description="The `policy` entry that put it there.")
+    workflows: list[str]
+    files: list[BundleFileView]
+
+
+class ActivationView(BaseModel):
+    """The answer to an activation: the slot now, and whether this request changed it."""
+
+    changed: bool = Field(description="False when the slot already held this bundle.")
+    policy: PolicyView
+    validation: dict[str, Any] | None = Field(
+        None, description="Rego tests, decision cases and rules fired, as recorded."
+    )
+
+
+class SideView(BaseModel):
+    """One side of a shadow comparison: the verdict and its reasons (or why there is none)."""
+
+    verdict: str = Field(description="execute, hold, reject; for the shadow also refused, error")
+    reasons: list[Reason]
+    error: str | None = None
+
+
+class DisagreementView(BaseModel):
+    """A proposal the shadow bundle decided otherwise than the active one."""
+
+    id: int
+    action_id: str
+    decision_seq: int
+    decided_at: str
+    workflow: str
+    case_type: str
+    action_type: str
+    executor: str
+    level: int
+    verdict_changed: bool = Field(description="False: the same verdict for other reasons.")
+    active: SideView
+    shadow: SideView
+    proposal: dict[str, Any]
+
+
+class ShadowView(BaseModel):
+    """The shadow bundle, how it compares, and its disagreements (newest first)."""
+
+    shadow: PolicyView | None
+    active_digest: str
+    decided_while_running: int = Field(
+        description="Proposals decided since the shadow started (processes follow it within "
+        "their poll interval)."
+    )
+    disagreements: int
+    verdict_changes: int
+    errors: int = Field(description="Disagreements where the shadow failed or refused.")
+    this_process: dict[str, int] = Field(
+        description="This process's comparisons: compared, disagreements, skipped (queue "
+        "full), pending."
+    )
+    items: list[DisagreementView]
+    next_before: int | None = Field(None, description="Pass as `before` for the next page.")
+
+
+class ReplayRequest(BaseModel):
+    """A candidate bundle to re-decide the recorded history with (or none: each decision's
+    own bundle)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    files: BundleFiles | None = Field(
+        None,
+        description="The candidate bundle's files. Without them, each decision is replayed "
+        "with the bundle that made it (a reproducibility check: no verdict may change).",
+    )
+    since: str | None = Field(
+        None,
+        description="Only decisions made at or after this time (2026-11-01 or "
+        "2026-11-01T08:00:00Z).",
+    )
+    examples: Annotated[int, Field(ge=0, le=50)] = Field(
+        3, description="Examples kept per verdict change (from → to)."
+    )

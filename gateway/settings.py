@@ -64,6 +64,14 @@ class Settings(BaseSettings):
         30.0, gt=0, description="seconds a dispatch attempt holds its intent before a retry"
     )
     sweep_interval: float = Field(5.0, gt=0, description="how often expired approvals close")
+    policy_poll_interval: float = Field(
+        0.5, gt=0, description="how often a process looks for a newly activated policy bundle"
+    )
+    max_bundle_bytes: int = Field(
+        4 * 1024 * 1024,
+        ge=1024,
+        description="larger bodies of POST /v1/policies and /v1/policies/replay get 413",
+    )
     signing_key: Path | None = Field(
         None, description="Ed25519 key file (mode 0600); default: <data dir>/ledger-signing-key.pem"
     )

@@ -40,13 +40,16 @@ from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
 from markupsafe import Markup, escape
 
+from gateway.autonomy import SERIES_DAYS
+from gateway.charts import trend_chart
 from gateway.errors import Conflict, Forbidden, GatewayError, InvalidInput, NotFound
 from gateway.identity import Identity
 from gateway.models import TOKENS
+from gateway.pipeline import LEVEL_NAMES
 from gateway.routes.actions import show as show_action
 from gateway.routes.deps import Rt
 from gateway.runtime import Runtime
-from gateway.schemas import ActionView, ApprovalView, VoteRequest
+from gateway.schemas import ActionView, ApprovalView, LevelRequest, VoteRequest
 
 __all__ = ["SESSION_COOKIE", "router", "session_secret", "static_files"]
 
@@ -301,6 +304,7 @@ def _linkify(text: str, base: str) -> Markup:
 templates.env.filters["when"] = _when
 templates.env.filters["pretty"] = _pretty
 templates.env.filters["linkify"] = _linkify
+templates.env.filters["pct"] = lambda bp: f"{bp // 100}.{bp % 100:02d} %"
 
 
 def _page(visit: Visit, name: str, context: dict[str, Any], status_code: int = 200) -> Response:
@@ -622,3 +626,123 @@ async def vote(
     else:
         visit.say("ok", f"Your approval is recorded: {view.approvals} of {view.quorum}.")
     return _redirect(visit, f"{visit.base}/approvals/{approval_id}")
+
+
+# -- autonomy --------------------------------------------------------------------------------
+
+
+def _anchor(workflow: str, case_type: str) -> str:
+    return f"case-{workflow}-{case_type}".replace(".", "-")
+
+
+def _autonomy(visit: Visit, *, status_code: int = 200, error: str | None = None) -> Response:
+    """Every case type: level, figures, chart, next level, pending promotion, and (for
+    governors) the forms that change a level."""
+    assert visit.identity is not None
+    runtime = visit.runtime
+    governance = runtime.governance
+    try:
+        views = governance.overview(visit.identity)
+    except GatewayError as exc:
+        return _problem(visit, _status_of(exc), exc.title, exc.detail)
+    today = runtime.decider.clock().date()
+    workflows: dict[str, list[dict[str, Any]]] = {}
+    for view in views:
+        history = governance.history(view.workflow, view.case_type, limit=20)
+        days = min(90, max(view.window.days, SERIES_DAYS))
+        chart = trend_chart(governance.series(view.workflow, view.case_type), history, today, days)
+        workflows.setdefault(view.workflow, []).append(
+            {
+                "view": view,
+                "chart": chart,
+                "history": history[:5],
+                "anchor": _anchor(view.workflow, view.case_type),
+                "may_govern": governance.may_govern(visit.identity, view.workflow, view.case_type),
+            }
+        )
+    pending = sum(1 for v in views if v.pending_promotion is not None)
+    context = {
+        "section": "autonomy",
+        "workflows": workflows,
+        "pending": pending,
+        "levels": LEVEL_NAMES,
+        "error": error,
+    }
+    return _page(visit, "autonomy.html", context, status_code)
+
+
+@router.get("/autonomy", response_class=HTMLResponse)
+def autonomy_page(request: Request, runtime: Rt) -> Response:
+    """The autonomy levels: what each case type earned, and promotions waiting for governors."""
+    visit = _visit(request, runtime)
+    if visit.identity is None:
+        return _to_sign_in(visit)
+    return _autonomy(visit)
+
+
+@router.post("/autonomy/promotions/{promotion_id}", response_class=HTMLResponse)
+async def promotion_vote(
+    promotion_id: str,
+    request: Request,
+    runtime: Rt,
+    decision: Annotated[str, Form()] = "",
+    reason: Annotated[str, Form()] = "",
+    csrf: Annotated[str, Form()] = "",
+) -> Response:
+    """A governor approves or rejects a promotion through ``Governance.decide``."""
+    visit = _visit(request, runtime)
+    if visit.identity is None:
+        return _to_sign_in(visit)
+    refused = _csrf_refused(visit, csrf)
+    if refused is not None:
+        return refused
+    try:
+        vote_ = VoteRequest.model_validate({"decision": decision, "reason": reason})
+        view = await runtime.governance.decide(visit.identity, promotion_id, vote_)
+    except pydantic.ValidationError as exc:
+        first = exc.errors()[0]
+        where = str(first["loc"][0]) if first["loc"] else "decision"
+        return _autonomy(visit, status_code=422, error=f"{where}: {first['msg']}")
+    except GatewayError as exc:
+        return _autonomy(visit, status_code=_status_of(exc), error=exc.detail)
+    where = f"{view.workflow} {view.case_type}"
+    if view.status == "approved":
+        visit.say("ok", f"Promoted: {where} is at level {view.to_level} now.")
+    elif view.status == "rejected":
+        visit.say("ok", f"Promotion of {where} rejected.")
+    else:
+        visit.say("ok", f"Your approval is recorded: {view.approvals} of {view.quorum}.")
+    anchor = _anchor(view.workflow, view.case_type)
+    return _redirect(visit, f"{visit.base}/autonomy#{anchor}")
+
+
+@router.post("/autonomy/{workflow}/{case_type}", response_class=HTMLResponse)
+async def level_set(
+    workflow: str,
+    case_type: str,
+    request: Request,
+    runtime: Rt,
+    level: Annotated[str, Form()] = "",
+    reason: Annotated[str, Form()] = "",
+    csrf: Annotated[str, Form()] = "",
+) -> Response:
+    """A governor sets a level by hand through ``Governance.set_level``."""
+    visit = _visit(request, runtime)
+    if visit.identity is None:
+        return _to_sign_in(visit)
+    refused = _csrf_refused(visit, csrf)
+    if refused is not None:
+        return refused
+    try:
+        wanted = LevelRequest.model_validate(
+            {"level": int(level) if level.isdigit() else level, "reason": reason}
+        )
+        view = await runtime.governance.set_level(visit.identity, workflow, case_type, wanted)
+    except pydantic.ValidationError as exc:
+        first = exc.errors()[0]
+        where = str(first["loc"][0]) if first["loc"] else "level"
+        return _autonomy(visit, status_code=422, error=f"{where}: {first['msg']}")
+    except GatewayError as exc:
+        return _autonomy(visit, status_code=_status_of(exc), error=exc.detail)
+    visit.say("ok", f"{workflow} {case_type} is at level {view.level} ({view.name}) now.")
+    return _redirect(visit, f"{visit.base}/autonomy#{_anchor(workflow, case_type)}")

@@ -40,6 +40,7 @@ def tokens(gateway: LiveGateway) -> dict[str, str]:
     return {
         "executor": gateway.token("fuzz-executor", "booking-agent"),
         "auditor": gateway.token("fuzz-auditor", "auditor"),
+        "policy-admin": gateway.token("fuzz-policy-admin", "policy-admin"),
     }
 
 
@@ -53,9 +54,12 @@ def tokens(gateway: LiveGateway) -> dict[str, str]:
 def test_every_endpoint_answers_within_its_schema(
     case: schemathesis.Case[Any], gateway: LiveGateway, tokens: dict[str, str]
 ) -> None:
-    # Executors propose; auditors read the ledger: each operation is driven by the role that
-    # may call it, so the generated requests reach the code behind the auth check.
+    # Executors propose; policy admins change bundles; auditors read the ledger: each
+    # operation is driven by the role that may call it, so the generated requests reach the
+    # code behind the auth check.
     role = "executor" if case.path.startswith("/v1/actions") else "auditor"
+    if case.path.startswith("/v1/policies"):
+        role = "policy-admin"
     case.call_and_validate(
         base_url=gateway.url,
         headers={"Authorization": f"Bearer {tokens[role]}"},

@@ -1,28 +1,53 @@
 """A policy bundle: a directory of Rego modules, a Casbin model and policy, data and tests.
 
 Its digest is SHA-256 over its files in sorted path order (each as path, NUL, length, NUL,
-bytes), so a decision that names a digest names exactly the files that made it.
+bytes), so a decision that names a digest names exactly the files that made it. The same files
+make the same bundle wherever they come from: a directory (``load_bundle``), or the database and
+an upload (``bundle_from_files``).
 """
 
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 import orjson
 
-__all__ = ["Bundle", "BundleError", "WorkflowConfig", "bundle_digest", "load_bundle"]
+__all__ = [
+    "MAX_FILES",
+    "Bundle",
+    "BundleError",
+    "WorkflowConfig",
+    "bundle_digest",
+    "bundle_from_files",
+    "check_file_path",
+    "digest_files",
+    "file_manifest",
+    "load_bundle",
+    "read_bundle_files",
+]
 
 MODEL_FILE = Path("casbin/model.conf")
 POLICY_FILE = Path("casbin/policy.csv")
 DATA_FILE = Path("data.json")
 REGO_DIR = Path("rego")
+CASES_DIR = "tests"
+MAX_FILES = 500
+MAX_PATH = 256
 
 
 class BundleError(ValueError):
-    """A bundle that cannot be loaded; the message says which file and what to fix."""
+    """A bundle that cannot be loaded; the message says which file and what to fix.
+
+    ``path`` is the file inside the bundle that is wrong, when one is (``rego/claims.rego``).
+    """
+
+    def __init__(self, message: str, path: str | None = None) -> None:
+        super().__init__(message)
+        self.path = path
 
 
 @dataclass(frozen=True)
@@ -44,7 +69,9 @@ class WorkflowConfig:
 
 @dataclass(frozen=True)
 class Bundle:
-    """A loaded bundle. ``modules`` and ``tests`` map relative paths to Rego source."""
+    """A loaded bundle. ``modules`` and ``tests`` map relative paths to Rego source; ``cases``
+    maps ``tests/*.yaml`` paths to decision cases (YAML text); ``files`` holds every file's
+    bytes, as digested."""
 
     root: Path
     digest: str
@@ -54,6 +81,14 @@ class Bundle:
     casbin_model: str
     casbin_policy: str
     workflows: dict[str, WorkflowConfig] = field(default_factory=dict)
+    cases: dict[str, str] = field(default_factory=dict)
+    files: Mapping[str, bytes] = field(default_factory=dict, repr=False)
+
+
+def _order(path: str) -> tuple[str, ...]:
+    """Sorted path order: by path components, as ``sorted()`` orders ``pathlib.Path``s (so the
+    digest of a directory is the one it always had)."""
+    return tuple(path.split("/"))
 
 
 def _files(root: Path) -> list[Path]:
@@ -64,60 +99,134 @@ def _files(root: Path) -> list[Path]:
     )
 
 
-def bundle_digest(root: Path) -> str:
-    """SHA-256 (hex) over the bundle's files in a defined order."""
+def digest_files(files: Mapping[str, bytes]) -> str:
+    """SHA-256 (hex) over files given as relative POSIX path → bytes, in the defined order."""
     digest = hashlib.sha256()
-    for path in _files(root):
-        content = path.read_bytes()
-        digest.update(path.relative_to(root).as_posix().encode() + b"\0")
+    for path in sorted(files, key=_order):
+        content = files[path]
+        digest.update(path.encode() + b"\0")
         digest.update(str(len(content)).encode() + b"\0")
         digest.update(content)
     return digest.hexdigest()
 
 
-def _read(root: Path, relative: Path) -> str:
-    path = root / relative
+def bundle_digest(root: Path) -> str:
+    """SHA-256 (hex) over the bundle's files in a defined order."""
+    return digest_files(read_bundle_files(root))
+
+
+def read_bundle_files(root: Path) -> dict[str, bytes]:
+    """Every file of a bundle directory (hidden ones left out), by relative POSIX path."""
+    if not root.is_dir():
+        raise BundleError(f"{root}: not a directory (a bundle holds rego/, casbin/, data.json)")
+    files: dict[str, bytes] = {}
+    for path in _files(root):
+        relative = path.relative_to(root).as_posix()
+        try:
+            files[relative] = path.read_bytes()
+        except OSError as exc:
+            raise BundleError(f"{path}: cannot read: {exc}", relative) from None
+    return files
+
+
+def file_manifest(files: Mapping[str, bytes]) -> list[dict[str, Any]]:
+    """The files of a bundle as a ledger entry lists them: path, SHA-256 and size, in order."""
+    return [
+        {"path": path, "sha256": hashlib.sha256(files[path]).hexdigest(), "bytes": len(files[path])}
+        for path in sorted(files, key=_order)
+    ]
+
+
+def check_file_path(path: str) -> str | None:
+    """Why ``path`` cannot name a file in a bundle (relative, POSIX, no ``..``, nothing hidden),
+    or None when it can."""
+    if not path or len(path) > MAX_PATH:
+        return f"a file path has 1 to {MAX_PATH} characters"
+    if "\\" in path or "\0" in path or path.startswith("/"):
+        return "a file path is relative, with / between its parts"
+    parts = path.split("/")
+    if any(part in ("", ".", "..") for part in parts):
+        return "a file path has no empty, '.' or '..' parts"
+    if any(part.startswith(".") for part in parts):
+        return "hidden files are not part of a bundle"
+    if PurePosixPath(path).as_posix() != path:
+        return "a file path must be in normal form"
+    return None
+
+
+def _text(files: Mapping[str, bytes], where: Path, relative: str) -> str:
+    content = files.get(relative)
+    if content is None:
+        raise BundleError(f"{where}: missing {relative}", relative)
     try:
-        return path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise BundleError(f"{root}: missing {relative}") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise BundleError(f"{path}: cannot read: {exc}") from None
+        return content.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise BundleError(f"{where / relative}: not UTF-8 text: {exc}", relative) from None
 
 
 def load_bundle(root: Path) -> Bundle:
     """Read a bundle directory; raise BundleError naming the file that is wrong."""
-    if not root.is_dir():
-        raise BundleError(f"{root}: not a directory (a bundle holds rego/, casbin/, data.json)")
+    return bundle_from_files(read_bundle_files(root), root)
+
+
+def bundle_from_files(files: Mapping[str, bytes], root: Path | None = None) -> Bundle:
+    """Make a bundle of files given as relative POSIX path → bytes (from a directory, the
+    database or an upload); raise BundleError naming the file that is wrong. ``root`` names
+    where the files came from in messages."""
+    files = dict(files)
+    digest = digest_files(files)
+    where = root if root is not None else Path(f"bundle {digest[:12]}")
+    if len(files) > MAX_FILES:
+        raise BundleError(f"{where}: {len(files)} files; a bundle has at most {MAX_FILES}")
+    for path in files:
+        problem = check_file_path(path)
+        if problem is not None:
+            raise BundleError(f"{where}: {path!r}: {problem}", path)
     modules: dict[str, str] = {}
     tests: dict[str, str] = {}
-    for path in sorted((root / REGO_DIR).glob("*.rego")):
-        target = tests if path.stem.endswith("_test") else modules
-        target[path.relative_to(root).as_posix()] = path.read_text(encoding="utf-8")
+    cases: dict[str, str] = {}
+    for path in sorted(files, key=_order):
+        pure = PurePosixPath(path)
+        if pure.parent.as_posix() == REGO_DIR.as_posix() and pure.suffix == ".rego":
+            target = tests if pure.stem.endswith("_test") else modules
+            target[path] = _text(files, where, path)
+        elif pure.parent.as_posix() == CASES_DIR and pure.suffix in (".yaml", ".yml"):
+            cases[path] = _text(files, where, path)
     if not modules:
-        raise BundleError(f"{root}: no Rego modules in {REGO_DIR}/")
+        raise BundleError(f"{where}: no Rego modules in {REGO_DIR}/", REGO_DIR.as_posix())
+    data_path = DATA_FILE.as_posix()
     try:
-        data = orjson.loads(_read(root, DATA_FILE))
+        data = orjson.loads(_text(files, where, data_path))
     except orjson.JSONDecodeError as exc:
-        raise BundleError(f"{root / DATA_FILE}: not JSON: {exc}") from None
+        raise BundleError(f"{where / DATA_FILE}: not JSON: {exc}", data_path) from None
     if not isinstance(data, dict) or not isinstance(data.get("workflows"), dict):
-        raise BundleError(f"{root / DATA_FILE}: needs an object with a 'workflows' object")
+        raise BundleError(
+            f"{where / DATA_FILE}: needs an object with a 'workflows' object", data_path
+        )
     workflows = {}
     for name, config in data["workflows"].items():
         if not isinstance(config, dict) or not isinstance(config.get("case_types", {}), dict):
-            raise BundleError(f"{root / DATA_FILE}: workflows.{name} must be an object")
-        workflows[name] = WorkflowConfig(
-            name=name,
-            case_types=config.get("case_types", {}),
-            approval_ttl_hours=float(config.get("approval_ttl_hours", 24)),
-        )
+            raise BundleError(f"{where / DATA_FILE}: workflows.{name} must be an object", data_path)
+        try:
+            workflows[name] = WorkflowConfig(
+                name=name,
+                case_types=config.get("case_types", {}),
+                approval_ttl_hours=float(config.get("approval_ttl_hours", 24)),
+            )
+        except (TypeError, ValueError):
+            raise BundleError(
+                f"{where / DATA_FILE}: workflows.{name}.approval_ttl_hours must be a number",
+                data_path,
+            ) from None
     return Bundle(
-        root=root,
-        digest=bundle_digest(root),
+        root=where,
+        digest=digest,
         modules=modules,
         tests=tests,
         data=data,
-        casbin_model=_read(root, MODEL_FILE),
-        casbin_policy=_read(root, POLICY_FILE),
+        casbin_model=_text(files, where, MODEL_FILE.as_posix()),
+        casbin_policy=_text(files, where, POLICY_FILE.as_posix()),
         workflows=workflows,
+        cases=cases,
+        files=files,
     )

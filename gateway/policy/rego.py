@@ -11,6 +11,7 @@ The policy contract: package ``mandate.workflows.<workflow>`` defines the sets `
 from __future__ import annotations
 
 import importlib.metadata
+import re
 import threading
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -26,6 +27,7 @@ __all__ = [
     "OpaServerEngine",
     "RegoEngine",
     "RegoResult",
+    "RegoRule",
     "RegoTestResult",
     "RegorusEngine",
     "package_of",
@@ -46,6 +48,23 @@ class RegoResult:
     def to_json(self) -> dict[str, Any]:
         """As recorded in a decision's trace."""
         return {"deny": self.deny, "hold": self.hold}
+
+
+@dataclass(frozen=True, slots=True)
+class RegoRule:
+    """One rule definition of a module, as coverage reports it: where it is, what it is called
+    and, for ``deny``/``hold`` rules, the reason ``code`` it produces."""
+
+    module: str
+    name: str
+    line: int
+    end_line: int
+    code: str | None = None
+
+    @property
+    def label(self) -> str:
+        """``deny over_hard_limit`` or, for a helper rule, its name."""
+        return f"{self.name} {self.code}" if self.code else self.name
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,8 +117,11 @@ class RegorusEngine:
 
     name = "regorus"
 
-    def __init__(self, bundle: Bundle, *, include_tests: bool = False) -> None:
+    def __init__(
+        self, bundle: Bundle, *, include_tests: bool = False, coverage: bool = False
+    ) -> None:
         self.version = importlib.metadata.version("gordon-to-regorus")
+        self._coverage = coverage
         self._sources = dict(bundle.modules)
         if include_tests:
             self._sources.update(bundle.tests)
@@ -120,7 +142,11 @@ class RegorusEngine:
                     engine.add_policy(path, source)
                 engine.add_data_json(self._data)
             except Exception as exc:  # regorus reports parse errors as plain exceptions
-                raise EngineError(f"the bundle's Rego does not load: {exc}") from exc
+                # Dropped here, on its thread: the traceback travels, and may end elsewhere.
+                engine = None
+                raise EngineError(f"the bundle's Rego does not load: {_first_line(exc)}") from exc
+            if self._coverage:
+                engine.set_enable_coverage(True)
             self._local.engine = engine
         return engine
 
@@ -160,6 +186,45 @@ class RegorusEngine:
                     continue
                 results.append(RegoTestResult(path, name, value is True))
         return results
+
+    # -- coverage (``coverage=True``): which lines, and so which rules, evaluation reached --
+
+    def covered_lines(self) -> dict[str, set[int]]:
+        """Lines of each module this thread's evaluations reached since the last clear."""
+        report = orjson.loads(self._engine().get_coverage_report_as_json())
+        return {f["path"]: set(f.get("covered") or ()) for f in report.get("files", [])}
+
+    def clear_coverage(self) -> None:
+        """Forget what this thread's evaluations reached so far."""
+        self._engine().clear_coverage_data()
+
+    def rules(self) -> list[RegoRule]:
+        """Every rule definition of the bundle's modules (test modules left out), in order."""
+        found: list[RegoRule] = []
+        for module in orjson.loads(self._engine().get_ast_as_json()):
+            path = module["source"]["file"]
+            if path in self._tests or path not in self._sources:
+                continue
+            text = module["source"]["contents"].encode()
+            for rule in module["ast"]["rules"]:
+                span = next(iter(rule.values()))["span"]
+                source = text[span["start"] : span["end"]].decode(errors="replace")
+                name = _RULE_NAME.match(source)
+                code = _REASON_CODE.search(source)
+                found.append(
+                    RegoRule(
+                        module=path,
+                        name=name.group(1) if name else source.split()[0],
+                        line=int(span["line"]),
+                        end_line=int(span["line"]) + source.count("\n"),
+                        code=code.group(1) if code else None,
+                    )
+                )
+        return sorted(found, key=lambda r: (r.module, r.line))
+
+
+_RULE_NAME = re.compile(r"(?:default\s+)?([A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z_][A-Za-z0-9_]*)*)")
+_REASON_CODE = re.compile(r'"code"\s*:\s*"([^"\\]+)"')
 
 
 def _first_line(exc: BaseException) -> str:

@@ -149,4 +149,5 @@ async def report_outcome(
             f"action {action_id} is {row.status}: it is not waiting for an outcome from its "
             "executor"
         ) from None
+    await runtime.decider.autonomy.after(row.workflow, row.case_type)  # the figures moved
     return show(action_id, runtime, identity)

@@ -43,6 +43,10 @@ def readyz(runtime: Rt, _caller: Caller) -> Response:
     checks["policy"] = unavailable or (
         f"ok ({policy.engine.name} {policy.engine.version}, bundle {policy.bundle.digest[:12]})"
     )
+    if runtime.policies is not None and runtime.policies.problem:
+        # The database's active bundle could not be loaded here: this process decides with a
+        # stale one until it can.
+        checks["policy"] = runtime.policies.problem
     ready = all(value == "ok" or value.startswith("ok ") for value in checks.values())
     return JSONResponse(
         {"status": "ready" if ready else "not ready", "checks": checks}, 200 if ready else 503

@@ -1,0 +1,262 @@
+"""In-process decisions: ``Decider.propose`` with no HTTP, durable ledger append included.
+
+A ``Runtime`` is started as the gateway starts it (``Runtime.start(Settings(...))``: SQLite in
+WAL mode with ``synchronous=FULL``, the repository's policies, regorus in-process) on a uvloop
+event loop, with a ``booking-agent`` token from ``runtime.tokens``. Every proposal is a booking
+that executes (``booking.create``, confidence 0.95, level 3) with a key of its own, so each
+runs validate, the idempotency look-up, permit, evaluate, decide and the append of its
+proposal and decision entries (and its execution intent, in the same transaction); the call
+returns once they are durable. The dispatcher is not started: the intents stay queued
+(dispatch is measured by the ``dispatch`` group, and with HTTP by ``gateway_http``).
+
+- ``decide_c1``: one caller, one proposal at a time; ``decide_c16``: 16 asyncio tasks.
+  Latency is per ``propose`` call; decisions/s is proposals over the wall time of the run.
+- baselines ``ledger_c1`` and ``ledger_c16``: the same Ledger appending the same two entries
+  per call (the bodies of a recorded proposal and decision) with ``append_many_async``, at the
+  same concurrency: the floor that the durable append alone sets.
+- ``judge``: ``Decider.judge`` alone (permit, evaluate, decide and the trace; no idempotency
+  look-up, no ledger), one call at a time: the CPU the decision itself costs.
+
+One Runtime serves all runs (the ledger grows as it would in a running gateway); runs of the
+variants are interleaved.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+import shutil
+import statistics
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+from bench._common import Context, Figure, percentile
+from bench._gateway import POLICIES
+from gateway.identity import Identity
+from gateway.runtime import Runtime
+from gateway.schemas import Proposal
+from gateway.settings import Settings
+from ledger.store import Record
+
+NAME = "gateway_decide"
+GROUP = "gateway"
+DESCRIPTION = "in-process Decider.propose, durable append included: p50/p99, decisions/s, 1 and 16"
+
+CONCURRENCIES = (1, 16)
+_PROPOSAL: dict[str, Any] = {
+    "workflow": "parking",
+    "action_type": "booking.create",
+    "resource": "lot-7/space-42",
+    "params": {"customer": "C-1001", "start": "2026-12-01T08:00:00Z", "spaces": "1"},
+    "case_type": "booking.create",
+    "confidence": 0.95,
+    "context": {"channel": "bench", "agent_run": "r-0001"},
+}
+
+
+@dataclass
+class _Variant:
+    name: str
+    concurrency: int
+    count: int
+    rates: list[float] = field(default_factory=list)
+    p50: list[float] = field(default_factory=list)  # ms
+    p99: list[float] = field(default_factory=list)  # ms
+
+
+def run(ctx: Context) -> list[Figure]:
+    """Start a Runtime on a uvloop loop, measure every variant ``ctx.repeat`` times."""
+    work = ctx.out / NAME
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    try:
+        import uvloop
+
+        runner = asyncio.Runner(loop_factory=uvloop.new_event_loop)
+        loop_name = "uvloop"
+    except ImportError:  # pragma: no cover - uvloop is a gateway dependency
+        runner = asyncio.Runner()
+        loop_name = "asyncio"
+    with runner:
+        figures = runner.run(_main(ctx, work, loop_name))
+    shutil.rmtree(work, ignore_errors=True)  # kept only when the bench failed
+    return figures
+
+
+async def _main(ctx: Context, work: Path, loop_name: str) -> list[Figure]:
+    n1 = 20 if ctx.quick else 300
+    n16 = 64 if ctx.quick else 1200
+    n_judge = 50 if ctx.quick else 2000
+    settings = Settings(
+        data_dir=work / "data",
+        policies=POLICIES,
+        database_url=None,
+        opa_url=None,
+        webhooks={},
+        notify_url=None,
+    )
+    with ctx.step(f"setup: Runtime.start on {loop_name} (SQLite in {settings.data_dir})"):
+        runtime = Runtime.start(settings)
+    try:
+        _, identity = runtime.tokens.create(name="bench-booking", role="booking-agent")
+        tag = secrets.token_hex(3)
+        counter = iter(range(10**9))
+
+        def proposals(count: int) -> list[Proposal]:
+            return [
+                Proposal.model_validate(
+                    _PROPOSAL | {"idempotency_key": f"bench-{tag}-{next(counter)}"}
+                )
+                for _ in range(count)
+            ]
+
+        first = await runtime.decider.propose(identity, proposals(1)[0])
+        if first.verdict != "execute":
+            raise RuntimeError(f"the bench proposal was not executed: {first.verdict}")
+        bodies = (
+            runtime.ledger.entry(first.ledger.proposal_seq).body,
+            runtime.ledger.entry(first.ledger.decision_seq).body,
+        )
+        with ctx.step("warm-up: 200 proposals, 16 at a time"):
+            await _concurrent(runtime, identity, proposals(200 if not ctx.quick else 32), 16)
+
+        variants = [
+            _Variant("ledger_c1", 1, n1),
+            _Variant("decide_c1", 1, n1),
+            _Variant("ledger_c16", 16, n16),
+            _Variant("decide_c16", 16, n16),
+        ]
+        judge_us: list[float] = []
+        ctx.log(
+            f"measuring {', '.join(v.name for v in variants)} and judge: {n1} calls per run at "
+            f"concurrency 1, {n16} at 16, {n_judge} judge calls; {ctx.repeat} runs, interleaved"
+        )
+        for rep in range(ctx.repeat):
+            for v in variants:
+                if v.name.startswith("decide"):
+                    batch = proposals(v.count)
+                    seconds, latencies = await _concurrent(runtime, identity, batch, v.concurrency)
+                else:
+                    records = [
+                        [
+                            Record("proposal", identity.name, f"act_bench_{i}", bodies[0]),
+                            Record("decision", "mandate", f"act_bench_{i}", bodies[1]),
+                        ]
+                        for i in range(v.count)
+                    ]
+                    seconds, latencies = await _timed(
+                        [partial(runtime.ledger.append_many_async, r) for r in records],
+                        v.concurrency,
+                    )
+                v.rates.append(v.count / seconds)
+                v.p50.append(percentile(latencies, 50) * 1000)
+                v.p99.append(percentile(latencies, 99) * 1000)
+            judge_us.append(_judge(runtime, identity, proposals(n_judge)) * 1e6)
+            ctx.log(
+                f"  run {rep + 1}/{ctx.repeat}: "
+                + ", ".join(
+                    f"{v.name} {v.rates[-1]:,.0f}/s p50 {v.p50[-1]:.2f} ms p99 {v.p99[-1]:.2f} ms"
+                    for v in variants
+                )
+                + f", judge {judge_us[-1]:.0f} us"
+            )
+        ctx.log(f"ledger size at the end: {runtime.ledger.size():,} entries")
+    finally:
+        runtime.close()
+    return _figures(ctx, variants, judge_us)
+
+
+async def _concurrent(
+    runtime: Runtime, identity: Identity, batch: Sequence[Proposal], concurrency: int
+) -> tuple[float, list[float]]:
+    async def one(proposal: Proposal) -> None:
+        verdict = await runtime.decider.propose(identity, proposal)
+        if verdict.verdict != "execute":
+            raise RuntimeError(f"unexpected verdict {verdict.verdict}")
+
+    return await _timed([partial(one, p) for p in batch], concurrency)
+
+
+async def _timed(
+    calls: Sequence[Callable[[], Awaitable[Any]]], concurrency: int
+) -> tuple[float, list[float]]:
+    """Run ``calls`` with ``concurrency`` workers; (wall seconds, per-call seconds)."""
+    latencies: list[float] = []
+    shares = [calls[i::concurrency] for i in range(concurrency)]
+
+    async def worker(share: Sequence[Callable[[], Awaitable[Any]]]) -> None:
+        for call in share:
+            began = time.perf_counter()
+            await call()
+            latencies.append(time.perf_counter() - began)
+
+    start = time.perf_counter()
+    await asyncio.gather(*(worker(share) for share in shares))
+    return time.perf_counter() - start, latencies
+
+
+def _judge(runtime: Runtime, identity: Identity, batch: Sequence[Proposal]) -> float:
+    """Seconds per ``Decider.judge`` call (permit, evaluate, decide, trace)."""
+    decider = runtime.decider
+    policy = decider.policy
+    start = time.perf_counter()
+    for proposal in batch:
+        decider.judge(identity, proposal, policy, decider.clock())
+    return (time.perf_counter() - start) / len(batch)
+
+
+def _figures(ctx: Context, variants: list[_Variant], judge_us: list[float]) -> list[Figure]:
+    by = {v.name: v for v in variants}
+    figures: list[Figure] = []
+    for c in CONCURRENCIES:
+        ledger, decide = by[f"ledger_c{c}"], by[f"decide_c{c}"]
+        base = statistics.median(ledger.rates)
+        figures.append(
+            Figure(
+                f"{NAME}.ledger_c{c}_rate",
+                tuple(ledger.rates),
+                "appends/s",
+                baseline=f"{NAME}.ledger_c{c}_rate",
+                ratio=1.0,
+                note=f"baseline: append_many_async of a recorded proposal and decision entry, "
+                f"{c} at a time; p50 {statistics.median(ledger.p50):.2f} ms, "
+                f"p99 {statistics.median(ledger.p99):.2f} ms",
+            )
+        )
+        figures.append(
+            Figure(
+                f"{NAME}.decide_c{c}_rate",
+                tuple(decide.rates),
+                "decisions/s",
+                baseline=f"{NAME}.ledger_c{c}_rate",
+                ratio=statistics.median(decide.rates) / base,
+                note=f"Decider.propose, {c} at a time, durable append included; "
+                f"{decide.count} proposals per run",
+            )
+        )
+        for which in ("p50", "p99"):
+            values = getattr(decide, which)
+            figures.append(
+                Figure(
+                    f"{NAME}.decide_c{c}_{which}",
+                    tuple(values),
+                    "ms",
+                    note=f"Decider.propose {which} latency at concurrency {c} (ledger alone: "
+                    f"{statistics.median(getattr(ledger, which)):.2f} ms)",
+                    digits=2,
+                )
+            )
+    figures.append(
+        Figure(
+            f"{NAME}.judge",
+            tuple(judge_us),
+            "us/call",
+            note="Decider.judge alone: permit (cached), Rego evaluate, decide, trace; "
+            "no idempotency look-up, no ledger",
+        )
+    )
+    return [ctx.figure(f) for f in figures]

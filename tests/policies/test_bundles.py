@@ -1,0 +1,78 @@
+"""Bundles as files: one digest wherever the files come from, paths that cannot escape, errors
+that name the file."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import pytest
+
+from gateway.policy.bundle import (
+    BundleError,
+    bundle_from_files,
+    check_file_path,
+    digest_files,
+    file_manifest,
+    load_bundle,
+    read_bundle_files,
+)
+from tests.policies.support import POLICIES, bundle_copy
+
+
+def _digest_as_paths_sort(root: Path) -> str:
+    """The digest as first written: pathlib's sort over the directory (kept by every ledger
+    that names a bundle)."""
+    digest = hashlib.sha256()
+    for path in sorted(p for p in root.rglob("*") if p.is_file()):
+        content = path.read_bytes()
+        digest.update(path.relative_to(root).as_posix().encode() + b"\0")
+        digest.update(str(len(content)).encode() + b"\0")
+        digest.update(content)
+    return digest.hexdigest()
+
+
+def test_a_directory_and_its_files_have_one_digest(tmp_path: Path) -> None:
+    # Paths that sort differently as strings and as path components ("rego-x/" vs "rego/").
+    root = bundle_copy(tmp_path / "b")
+    (root / "rego-x").mkdir()
+    (root / "rego-x" / "notes.txt").write_text("x")
+    (root / "rego" / "a.rego.orig").write_text("y")
+    files = read_bundle_files(root)
+    assert load_bundle(root).digest == digest_files(files) == _digest_as_paths_sort(root)
+    assert bundle_from_files(files).digest == load_bundle(root).digest
+    assert load_bundle(POLICIES).digest == _digest_as_paths_sort(POLICIES)
+
+
+def test_the_manifest_lists_every_file_with_its_hash() -> None:
+    files = read_bundle_files(POLICIES)
+    manifest = file_manifest(files)
+    assert [m["path"] for m in manifest] == sorted(files, key=lambda p: tuple(p.split("/")))
+    for item in manifest:
+        assert item["sha256"] == hashlib.sha256(files[item["path"]]).hexdigest()
+        assert item["bytes"] == len(files[item["path"]])
+    assert "tests/verdicts.yaml" in files
+
+
+@pytest.mark.parametrize(
+    "path",
+    ["/etc/passwd", "../x", "rego/../../x", "rego//x.rego", ".git/config", "rego/.hidden",
+     "rego\\x.rego", "", "./data.json", "a" * 300],
+)  # fmt: skip
+def test_a_path_that_could_escape_or_hide_is_refused(path: str) -> None:
+    assert check_file_path(path) is not None
+    files = {**read_bundle_files(POLICIES), path: b"x"}
+    with pytest.raises(BundleError) as raised:
+        bundle_from_files(files)
+    assert raised.value.path == path
+
+
+def test_a_file_that_is_wrong_is_named() -> None:
+    files = read_bundle_files(POLICIES)
+    for path, content in (("data.json", b"{"), ("rego/claims.rego", b"\xff\xfe")):
+        with pytest.raises(BundleError) as raised:
+            bundle_from_files({**files, path: content})
+        assert raised.value.path == path
+    without = {p: c for p, c in files.items() if p != "casbin/model.conf"}
+    with pytest.raises(BundleError, match=r"missing casbin/model\.conf"):
+        bundle_from_files(without)
