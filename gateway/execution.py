@@ -36,6 +36,7 @@ from ledger.store import Appended, Ledger, Record
 __all__ = [
     "Dispatcher",
     "Routing",
+    "handover",
     "intent_row",
     "load_webhook_secret",
     "payload_for",
@@ -90,6 +91,18 @@ def intent_row(
         "last_error": None,
         "created_at": now,
         "updated_at": now,
+    }
+
+
+def handover(action_id: str) -> dict[str, Any]:
+    """The ``execution`` entry of an action handed to its executor (the callback adapter):
+    one attempt, now waiting for the executor's outcome."""
+    return {
+        "action_id": action_id,
+        "attempt": 1,
+        "adapter": "callback",
+        "target": None,
+        "result": "awaiting_outcome",
     }
 
 

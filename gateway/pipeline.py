@@ -27,7 +27,7 @@ from sqlalchemy.engine import Engine
 
 from gateway.audits import audit_row, sampled
 from gateway.errors import Conflict, DecisionUnavailable, Forbidden, InvalidInput
-from gateway.execution import Routing, intent_row
+from gateway.execution import Routing, handover, intent_row
 from gateway.figures import ZERO_FIGURES, FigureBook, Standing, WindowSpec, figures_row
 from gateway.identity import Identity
 from gateway.models import ACTIONS, APPROVALS, AUDITS, AUTONOMY, EVENTS, FIGURES, INTENTS
@@ -438,13 +438,22 @@ class Decider:
             if earlier[0] != digest:
                 raise _conflict(key[1], verdict.action_id)
             return verdict
-        replay = self._recorded(key, digest)
-        if replay is not None:
-            return replay
+        # A retry of a proposal decided earlier is recognised when its rows meet the unique
+        # (owner, key) constraint in the ledger's transaction, which then rolls back: no lookup
+        # on the way in for every proposal, and no entries for the retry.
         waiter: asyncio.Future[Verdict] = asyncio.get_running_loop().create_future()
         self._inflight[key] = (digest, waiter)
         try:
-            verdict = await self._decide_and_record(identity, proposal, digest, policy)
+            try:
+                verdict = await self._decide_and_record(identity, proposal, digest, policy)
+            except DecisionUnavailable:
+                try:
+                    recorded = self._recorded(key, digest)  # decided before: its answer stands
+                except sa.exc.SQLAlchemyError:
+                    recorded = None  # the database is down: say why the decision is not made
+                if recorded is None:
+                    raise
+                verdict = recorded
         except BaseException as exc:
             waiter.set_exception(exc)
             waiter.exception()  # mark retrieved: duplicates that never came must not warn
@@ -567,6 +576,10 @@ class Decider:
             Record("proposal", identity.name, action_id, proposal_body),
             Record("decision", "mandate", action_id, decision_body),
         ]
+        if decision.verdict == "execute" and execution and execution.adapter == "callback":
+            # Handed to the executor in the decision's own transaction: nothing for the
+            # dispatcher to claim, no second write competing for the ledger's lock.
+            records.append(Record("execution", "mandate", action_id, handover(action_id)))
         # What a retry with the same idempotency key is answered; the ledger block is rebuilt.
         stored = orjson.dumps(answer)
 
@@ -602,7 +615,7 @@ class Decider:
             approval=approval,
             execution=execution,
         )
-        if decision.verdict == "execute" and self.on_execute is not None:
+        if decision.verdict == "execute" and len(records) == 2 and self.on_execute is not None:
             self.on_execute()
         elif decision.verdict == "hold" and self.on_hold is not None:
             self.on_hold(verdict, proposal, identity)
@@ -725,7 +738,7 @@ def _decision_rows(
             },
         )
     ]
-    for entry, kind in zip(appended, ("proposal", "decision"), strict=True):
+    for entry, kind in zip(appended, ("proposal", "decision", "execution"), strict=False):
         rows.append(
             (EVENTS, {"seq": entry.seq, "action_id": action_id, "kind": kind, "time": entry.time})
         )
@@ -739,9 +752,10 @@ def _decision_rows(
             )
         )
     if verdict == "execute":
-        rows.append(
-            (INTENTS, intent_row(action_id, routing, identity.name, proposal.workflow, created))
-        )
+        intent = intent_row(action_id, routing, identity.name, proposal.workflow, created)
+        if len(appended) == 3:  # handed over to the executor with the decision
+            intent |= {"status": "awaiting_outcome", "attempts": 1}
+        rows.append((INTENTS, intent))
     level = judgement.trace.autonomy.level
     if figures:
         row = figures_row(
