@@ -15,7 +15,13 @@ from pathlib import Path
 from typing import TextIO
 
 from ledger.errors import LedgerError, VerificationError
-from ledger.verify import VerifyResult, load_verifier_keys, verify_export
+from ledger.verify import (
+    MAX_AUTO_WORKERS,
+    PARALLEL_MIN_BYTES,
+    VerifyResult,
+    load_verifier_keys,
+    verify_export,
+)
 
 __all__ = ["main", "run_verify"]
 
@@ -30,11 +36,14 @@ def run_verify(
     as_json: bool = False,
     out: TextIO | None = None,
     err: TextIO | None = None,
+    workers: int | None = None,
 ) -> int:
     """Verify ``export`` against the keys in ``public_key``; print and return the outcome.
 
     ``out`` and ``err`` default to the ``sys.stdout`` and ``sys.stderr`` of the moment of the
     call, so a caller that swaps them (a test runner, typer's CliRunner) sees the output.
+    ``workers``: processes that check the export in parallel (None: by its size; see
+    ``verify_export``); the outcome is the same whatever the number.
     """
     out = sys.stdout if out is None else out
     err = sys.stderr if err is None else err
@@ -44,7 +53,9 @@ def run_verify(
         if not export.is_file():
             raise FileNotFoundError(f"no export at {export}")
         with _progress(export, err, enabled=not as_json) as progress:
-            result = verify_export(export, keys, trusted_checkpoint=kept, progress=progress)
+            result = verify_export(
+                export, keys, trusted_checkpoint=kept, progress=progress, workers=workers
+            )
     except VerificationError as exc:
         if as_json:
             print(json.dumps({"valid": False, "seq": exc.seq, "problem": exc.problem}), file=out)
@@ -137,8 +148,31 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="a signed checkpoint you kept from earlier: proves nothing was rewritten or cut",
     )
     verify.add_argument("--json", action="store_true", help="print one JSON object")
+    verify.add_argument(
+        "--workers",
+        type=_positive,
+        metavar="N",
+        help="processes checking the export in parallel (default: 1 for small exports, up to "
+        f"{MAX_AUTO_WORKERS} CPUs from {PARALLEL_MIN_BYTES >> 20} MB on); the outcome is the same",
+    )
     try:
         args = parser.parse_args(argv)
     except SystemExit as exc:
         return EXIT_UNUSABLE if exc.code else EXIT_VALID
-    return run_verify(args.export, args.public_key, args.trusted_checkpoint, as_json=args.json)
+    return run_verify(
+        args.export,
+        args.public_key,
+        args.trusted_checkpoint,
+        as_json=args.json,
+        workers=args.workers,
+    )
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"want a whole number of at least 1, got {text!r}")
+    return value

@@ -87,6 +87,41 @@ class CompactRange:
         hashes.append(h)
         return completed
 
+    def append_nodes(self, leaf_hash: bytes) -> bytes:
+        """Like ``append``, returning the completed subtree hashes already joined.
+
+        The hashes are those ``append`` returns, lowest level first, concatenated (32 bytes
+        each; empty when the leaf completes no subtree, as for every other leaf): the form a
+        store persists, without a tuple per subtree. Requires a 32-byte hash (ProofError
+        otherwise).
+        """
+        if len(leaf_hash) != HASH_SIZE:
+            raise ProofError(f"leaf hash: got {len(leaf_hash)} bytes, want {HASH_SIZE}")
+        hashes = self._hashes
+        n = self._size
+        self._size = n + 1
+        if not n & 1:
+            hashes.append(leaf_hash)
+            return b""
+        h = leaf_hash
+        nodes = []
+        while n & 1:
+            node = _new_node_hasher()
+            node.update(hashes.pop())
+            node.update(h)
+            h = node.digest()
+            nodes.append(h)
+            n >>= 1
+        hashes.append(h)
+        return b"".join(nodes)
+
+    def copy(self) -> CompactRange:
+        """An independent copy: appending to one leaves the other as it was."""
+        rng = CompactRange()
+        rng._size = self._size
+        rng._hashes = self._hashes.copy()
+        return rng
+
     def append_leaf(self, leaf_hash: bytes) -> None:
         """Like ``append``, without building the list of completed subtrees."""
         if len(leaf_hash) != HASH_SIZE:

@@ -20,10 +20,22 @@ from sqlmodel import SQLModel
 
 from ledger.models import LEDGER_TABLES
 
-__all__ = ["WRITE", "advisory_lock_key", "create_engine", "create_tables", "sqlite_url"]
+__all__ = [
+    "JOIN_TRANSACTION",
+    "WRITE",
+    "advisory_lock_key",
+    "create_engine",
+    "create_tables",
+    "sqlite_url",
+]
 
 # Execution option that makes a SQLite transaction start with BEGIN IMMEDIATE.
 WRITE = "ledger_write"
+
+# ``Connection.info`` flag, for the ledger's writer: it has issued BEGIN IMMEDIATE on the driver
+# connection itself, and the SQLAlchemy transaction that begins next joins that one instead of
+# beginning another. Taken (popped) by that begin, so it holds for one transaction only.
+JOIN_TRANSACTION = "ledger_join_transaction"
 
 
 def sqlite_url(path: Path) -> str:
@@ -86,6 +98,11 @@ def _switch_to_wal(cursor: sqlite3.Cursor) -> None:
 
 
 def _sqlite_begin(conn: Connection) -> None:
+    if conn.info.pop(JOIN_TRANSACTION, False):
+        if not conn.connection.driver_connection.in_transaction:  # type: ignore[union-attr]
+            # Never let SQLAlchemy think it is in a transaction that holds no lock.
+            raise RuntimeError("asked to join a transaction, but the connection is in none")
+        return
     immediate = conn.get_execution_options().get(WRITE, False)
     conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
 

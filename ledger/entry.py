@@ -12,7 +12,9 @@ typical body here) and sits on the append and verify paths. On the values this l
 whose encoding is pure ASCII with no number token that has a fraction or exponent, orjson with
 sorted keys produces the same bytes as JCS (same escapes, same key order, same integers), so that
 case takes orjson and everything else takes ``rfc8785``. ``tests/ledger/test_entry.py`` checks the
-two agree on generated values.
+two agree on generated values. Telling whether bytes hold a float token is itself on the hot path
+(a regex over every byte costs more than orjson's parse); ``_may_hold_float`` answers first with a
+byte translation that never misses one, and only when it says maybe does the regex decide.
 """
 
 from __future__ import annotations
@@ -45,10 +47,26 @@ __all__ = [
 GENESIS_PREV = "0" * 64
 MAX_SAFE_INTEGER = 2**53 - 1
 
-# In minified JSON every number token sits between one of ":,[" and one of ",}]"; this finds
-# those with a fraction or an exponent. It may also match inside a string, which only sends that
-# value down the exact (slower) path.
+# In minified JSON every number token inside an object or array sits between one of ":,[" and
+# one of ",}]"; this finds those with a fraction or an exponent. It may also match inside a string,
+# which only sends that value down the exact (slower) path. A number standing alone (the whole
+# document) has neither neighbour: ``_may_hold_float`` sends every such document the exact way.
 _FLOAT_TOKEN = re.compile(rb"[:,\[]-?\d+(?:\.\d+(?:[eE][+-]?\d+)?|[eE][+-]?\d+)[,}\]]")
+# Cheap pre-tests in front of that regex (``_may_hold_float``), both byte translations that
+# delete digits, '-' and '+'. A match of _FLOAT_TOKEN is, byte by byte,
+#     P  -?D+  ( "." D+ ( [eE] [+-]? D+ )?  |  [eE] [+-]? D+ )  F      (P in ":,[", F in ",}]").
+# Translation maps each byte on its own, so the image of a match is a contiguous piece of the
+# image of the whole: a shape that every match's image contains is in the whole image whenever
+# the regex would match. There is no false negative, only false positives (string content that
+# has the shape), and those cost the next test, never a wrong answer.
+# - _END_SHAPE maps ',' ']' '}' to ';' and 'e' 'E' to '.': the match becomes ":"/";"/"[" then
+#   "." or ".." then ";", which holds ".;" (a fraction or exponent right before the number's end).
+#   One scan; string content such as "one, two" ("e,") or "1.5," has it too.
+# - _BOTH_SHAPE maps ',' '[' ']' '}' to ':' and 'e' 'E' to '.': the match becomes ":.:" or ":..:",
+#   which string content only has in rarer forms such as "x:1.5," or ",e,".
+_END_SHAPE = bytes.maketrans(b",]}eE", b";;;..")
+_BOTH_SHAPE = bytes.maketrans(b",[]}eE", b"::::..")
+_NUMBER_DROP = b"0123456789+-"
 _KIND = re.compile(r"[a-z][a-z0-9_.-]{0,63}")
 _ORJSON_OPTS = (
     orjson.OPT_SORT_KEYS
@@ -72,10 +90,27 @@ def canonical_json(value: Any, path: str = "body") -> bytes:
         fast = orjson.dumps(value, option=_ORJSON_OPTS)
     except (orjson.JSONEncodeError, TypeError):
         fast = None
-    if fast is not None and fast.isascii() and _FLOAT_TOKEN.search(fast) is None:
+    if fast is not None and fast.isascii() and not _may_hold_float(fast):
         return fast
     _check_value(value, path)
     return rfc8785.dumps(value)
+
+
+def _may_hold_float(data: bytes) -> bool:
+    """False only when minified JSON ``data`` holds no number token with a fraction or exponent.
+
+    True for a document that is not an object or array (a lone number has no neighbours for the
+    regex to see), and wherever the regex finds a float token; a string that merely looks like
+    one may give True too, which costs the exact path and never a wrong answer.
+    """
+    if not data.startswith((b"{", b"[")):
+        return True
+    if b".;" not in data.translate(_END_SHAPE, _NUMBER_DROP):
+        return False
+    shape = data.translate(_BOTH_SHAPE, _NUMBER_DROP)
+    if b":.:" not in shape and b":..:" not in shape:
+        return False
+    return _FLOAT_TOKEN.search(data) is not None
 
 
 def _check_value(value: Any, path: str) -> None:
@@ -244,7 +279,7 @@ def check_canonical(data: bytes) -> Any:
         value = orjson.loads(data)
     except orjson.JSONDecodeError as exc:
         raise EntryError("", f"not valid JSON: {exc}") from exc
-    if data.isascii() and _FLOAT_TOKEN.search(data) is None:
+    if data.isascii() and not _may_hold_float(data):
         try:
             again = orjson.dumps(value, option=orjson.OPT_SORT_KEYS | orjson.OPT_STRICT_INTEGER)
         except orjson.JSONEncodeError as exc:

@@ -1,27 +1,43 @@
 """The ledger store: durable, serialised, group-committed appends; proofs; checkpoints; erasure.
 
-One writer thread per ``Ledger`` owns the append path. Callers (threads or asyncio tasks) hand it
-records and wait; it takes everything queued, opens one transaction, takes the cross-process
-append lock (SQLite ``BEGIN IMMEDIATE``, PostgreSQL advisory lock), reads the tail, assigns
-contiguous ``seq`` numbers, chains and hashes the entries, stores them with the subtree hashes
-they complete, signs a checkpoint when one is due, and commits. Only then do the callers return:
-an append is durable when ``append`` returns. The more callers wait together, the more entries
-share one fsync, so throughput grows with concurrency.
+Appends go through one writer thread per ``Ledger``, pipelined so that what the callers do and
+what the database does overlap:
+
+- A caller (a thread, or an asyncio task on its event loop) validates and encodes its records,
+  then queues them under the ledger's lock. While the writer commits one batch, what is queued
+  meanwhile is built right there into the next one (the draft): each entry gets its ``seq``, its
+  ``prev`` link, its leaf hash and the subtree hashes it completes, on top of the tail that the
+  committing batch leaves.
+- The writer takes what is queued as the next batch (building what the draft did not, and
+  adding a checkpoint when one is due) and writes it under the cross-process append lock. On
+  SQLite a batch of entries alone is one statement that checks that the log still ends where
+  the batch starts, inserts and commits, with the GIL released for all of it, fsync included.
+  Any other batch, and every batch on PostgreSQL, is a transaction: ``BEGIN IMMEDIATE`` or the
+  advisory lock, the tail, the entries, the other rows, the callers' rows and hooks, commit.
+  When the log does not end where a batch was built to start (another process appended, or the
+  batch before failed), the batch is built again from the database's tail under the lock:
+  contiguous ``seq``, one chain, never a fork.
+- Callers return only once their batch is committed (an append is durable when ``append``
+  returns). The writer tells them at once and starts on the next batch, already built: their
+  next appends are made while that one waits for fsync. With many concurrent callers the
+  appends settle into two groups that take turns, one committing while the other prepares; the
+  writer splits the crowd in two when it finds everybody waiting at once.
 """
 
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import contextlib
 import datetime as dt
+import functools
 import hashlib
+import itertools
 import os
-import queue
+import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 import orjson
@@ -30,7 +46,7 @@ from sqlalchemy.engine import Connection, Engine
 
 from ledger.checkpoint import Checkpoint, sign_checkpoint
 from ledger.compact import CompactRange
-from ledger.database import WRITE, advisory_lock_key, create_tables
+from ledger.database import JOIN_TRANSACTION, WRITE, advisory_lock_key, create_tables
 from ledger.entry import (
     Entry,
     assemble_entry,
@@ -55,6 +71,26 @@ SEALED_MARK = "$sealed"
 _SELECT_TAIL = "SELECT seq, leaf_hash FROM ledger_entries ORDER BY seq DESC LIMIT 1"
 _INSERT_ENTRIES = "INSERT INTO ledger_entries (seq, kind, leaf_hash, data, nodes) VALUES ({})"
 _HASH = 32
+# When the writer wakes to find this many requests waiting, it commits only half of them: the
+# other half becomes the next batch, and from then on one group of callers prepares its next
+# appends while the other's batch commits (see Ledger._take).
+_PIPELINE_FROM = 16
+# The most entries the SQLite writer appends in one statement (one prepared statement per count
+# up to this, kept in the driver's statement cache); larger batches take the transaction path.
+_ONE_STATEMENT_MAX = 64
+_ONE_STATEMENT = (
+    "INSERT INTO ledger_entries (seq, kind, leaf_hash, data, nodes) "
+    "SELECT * FROM (VALUES {values}) "
+    "WHERE EXISTS (SELECT 1 FROM ledger_entries WHERE seq = ? AND leaf_hash = ?) "
+    "AND NOT EXISTS (SELECT 1 FROM ledger_entries WHERE seq >= ?)"
+)
+
+
+@functools.lru_cache(maxsize=_ONE_STATEMENT_MAX)
+def _one_statement(count: int) -> str:
+    """Insert ``count`` entries if, and only if, the log ends where they start."""
+    values = ", ".join(["(?, ?, ?, ?, ?)"] * count)  # placeholders only: nothing is quoted
+    return _ONE_STATEMENT.replace("{values}", values)
 
 
 class Record(NamedTuple):
@@ -93,46 +129,270 @@ class _Prepared(NamedTuple):
     actor: bytes  # canonical JSON
     subject: bytes  # canonical JSON
     body: bytes  # canonical JSON
-    sealed: list[tuple[str, bytes, bytes]]  # (path, salt, canonical value)
+    sealed: Sequence[tuple[str, bytes, bytes]]  # (path, salt, canonical value)
     subject_text: str
 
 
 InTransaction = Callable[[Connection, list[Appended]], None]
 RowsFor = Callable[[list[Appended]], Sequence[tuple[sa.Table, Mapping[str, Any]]]]
+_Outcome = list[Appended] | BaseException
+_Row = tuple[int, str, bytes, bytes, bytes]  # seq, kind, leaf_hash, data, nodes
+
+# RFC 9162 leaf hashes start from a copy of a hasher seeded with the prefix 0x00 (no copy of
+# the entry's bytes behind a prefix). The seed is never updated, so threads may share it.
+_new_leaf_hasher = hashlib.sha256(b"\x00").copy
+
+
+class _Waiter:
+    """A thread waiting for its request: a lock it does not hold, released once settled.
+
+    Lighter than a ``concurrent.futures.Future`` (no condition variable, no callbacks): the
+    waiting thread blocks acquiring the lock, the writer sets the outcome and releases it.
+    """
+
+    __slots__ = ("_settled", "outcome")
+
+    def __init__(self) -> None:
+        self._settled = threading.Lock()
+        self._settled.acquire()
+        self.outcome: _Outcome | None = None
+
+    def set(self, outcome: _Outcome) -> None:
+        self.outcome = outcome
+        self._settled.release()
+
+    def wait(self) -> list[Appended]:
+        self._settled.acquire()
+        outcome = self.outcome
+        if isinstance(outcome, BaseException):
+            raise outcome
+        assert outcome is not None
+        return outcome
 
 
 @dataclass(slots=True)
 class _Request:
-    """Work for the writer and who waits for it: a thread (``future``) or a coroutine."""
+    """Work for the writer and who waits for it: a thread (``thread``) or a coroutine."""
 
     records: list[_Prepared]
     rows: RowsFor | None = None
     in_transaction: InTransaction | None = None
     force_checkpoint: bool = False
     rotate_to: NoteSigner | None = None
-    future: concurrent.futures.Future[list[Appended]] | None = None
-    waiter: asyncio.Future[list[Appended]] | None = None
+    thread: _Waiter | None = None
+    future: asyncio.Future[list[Appended]] | None = None
 
 
-@dataclass(slots=True)
+@dataclass(frozen=True, slots=True)
 class _Tail:
-    """What the writer knows of the end of the log; checked against the database each time."""
+    """The end of the log as this writer sees it: committed, or past a batch not yet committed.
+
+    ``frontier`` is never appended to once it is a tail's: a ``_Build`` works on a copy.
+    """
 
     size: int
     prev: bytes
     frontier: CompactRange
     checkpoint_size: int
     vkey: str | None
+    signer: NoteSigner
 
 
-@dataclass(slots=True)
-class _Batch:
-    """Rows of one transaction, built before anything is written."""
+class _Build:
+    """The rows of one transaction, built from a known tail before anything is written.
 
-    entries: list[tuple[int, str, bytes, bytes, bytes]] = field(default_factory=list)
-    sealed: list[Mapping[str, Any]] = field(default_factory=list)
-    checkpoints: list[Mapping[str, Any]] = field(default_factory=list)
-    keys: list[Mapping[str, Any]] = field(default_factory=list)
+    Entries get their ``seq``, ``prev``, leaf hash and completed subtree hashes here, and the
+    checkpoint and key rows when due. A build is only valid on top of ``base`` (the size and
+    last leaf hash it started from): the writer checks that against the database under the
+    append lock, and builds again from the database's tail when another process appended.
+    """
+
+    __slots__ = (
+        "base",
+        "checkpoint_size",
+        "checkpoints",
+        "end",
+        "entries",
+        "every",
+        "forced",
+        "frontier",
+        "keys",
+        "origin",
+        "prev",
+        "records",
+        "results",
+        "sealed",
+        "signer",
+        "size",
+        "time",
+        "time_json",
+        "vkey",
+    )
+
+    def __init__(self, tail: _Tail, *, origin: str, every: int, now: dt.datetime) -> None:
+        self.base = (tail.size, tail.prev)
+        self.size = tail.size
+        self.prev = tail.prev
+        self.frontier = tail.frontier.copy()
+        self.checkpoint_size = tail.checkpoint_size
+        self.vkey = tail.vkey
+        self.signer = tail.signer
+        self.origin = origin
+        self.every = every
+        self.time = format_time(now)
+        self.time_json = canonical_json(self.time, "time")
+        self.entries: list[_Row] = []
+        self.sealed: list[Mapping[str, Any]] = []
+        self.checkpoints: list[Mapping[str, Any]] = []
+        self.keys: list[Mapping[str, Any]] = []
+        self.results: list[list[Appended]] = []  # one list per request added
+        self.records = 0  # the callers' records among the entries
+        self.forced = False
+        self.end: _Tail | None = None  # set by finish()
+        if self.size == 0:
+            self._add_key(self.signer.vkey, None)
+            self.vkey = self.signer.vkey
+
+    def add(self, request: _Request) -> None:
+        """Add a request's records (and the key handover it asks for) after those so far."""
+        appended = list(map(self._add, request.records))
+        if request.rotate_to is not None:
+            self._add_key(request.rotate_to.vkey, self.vkey)
+            self._add_checkpoint(self.signer)
+            self.signer, self.vkey = request.rotate_to, request.rotate_to.vkey
+        self.forced = self.forced or request.force_checkpoint
+        self.results.append(appended)
+        self.records += len(appended)
+
+    def finish(self, *, forced: bool = False) -> _Tail:
+        """Sign a checkpoint if one is due; return (and keep as ``end``) the tail after it."""
+        uncovered = self.size - self.checkpoint_size - (1 if self.checkpoint_size else 0)
+        if uncovered >= self.every or ((forced or self.forced) and uncovered > 0):
+            self._add_checkpoint(self.signer)
+        self.end = _Tail(
+            self.size, self.prev, self.frontier, self.checkpoint_size, self.vkey, self.signer
+        )
+        return self.end
+
+    def _add(self, item: _Prepared) -> Appended:
+        size = self.size
+        data = assemble_entry(
+            size, self.time_json, item.kind, item.actor, item.subject, item.body, self.prev.hex()
+        )
+        hasher = _new_leaf_hasher()
+        hasher.update(data)
+        leaf = hasher.digest()
+        self.entries.append((size, item.kind, leaf, data, self.frontier.append_nodes(leaf)))
+        for path, salt, value in item.sealed:
+            self.sealed.append(
+                {
+                    "seq": size,
+                    "path": path,
+                    "subject": item.subject_text,
+                    "salt": salt,
+                    "value": value,
+                    "erased_by": None,
+                }
+            )
+        self.size = size + 1
+        self.prev = leaf
+        appended: Appended = _new_tuple(Appended, (size, leaf, self.time, data))
+        return appended
+
+    def _add_checkpoint(self, by: NoteSigner) -> None:
+        if by.vkey != self.vkey:
+            raise SignatureError(
+                f"this process signs with {by.vkey} but the ledger's current key is "
+                f"{self.vkey}; restart it with the current signing key"
+            )
+        size = self.size
+        root = self.frontier.root()
+        note = sign_checkpoint(Checkpoint(self.origin, size, root), by)
+        self.checkpoints.append(
+            {"size": size, "seq": size, "root_hash": root, "note": note, "signed_at": self.time}
+        )
+        self.checkpoint_size = size
+        self._add(self._internal("checkpoint", {"note": note}))
+
+    def _add_key(self, new: str, previous: str | None) -> None:
+        # A new key signs from the size after the checkpoint its predecessor signs next.
+        size = self.size
+        from_size = size + 1 if previous is None else size + 2
+        self.keys.append({"from_size": from_size, "seq": size, "vkey": new})
+        body: dict[str, Any] = {"vkey": new, "from_size": from_size}
+        if previous is not None:
+            body["previous"] = previous
+        self._add(self._internal("key", body))
+
+    def _internal(self, kind: str, body: Mapping[str, Any]) -> _Prepared:
+        """An entry the ledger writes about itself (keys, checkpoints)."""
+        return _prepare(Record(kind, "ledger", self.origin, body))
+
+
+class _Transaction:
+    """One append transaction on the writer's connection, holding the cross-process lock.
+
+    SQLite: the hot statements (``BEGIN IMMEDIATE``, the tail, the entries, ``COMMIT``) go
+    through the driver connection under the writer's SQLAlchemy connection: per batch that
+    saves more Python time than the rows of a 16-entry batch cost SQLite. Whatever needs
+    SQLAlchemy (the other tables, the callers' rows and hooks, reading a frontier back) calls
+    ``core()``, which makes SQLAlchemy join the transaction the driver began (see
+    ``ledger.database.JOIN_TRANSACTION``): one transaction, one commit. PostgreSQL: all Core,
+    the transaction-scoped advisory lock taken first.
+    """
+
+    __slots__ = ("_conn", "_core", "_cursor")
+
+    def __init__(self, conn: Connection, cursor: sqlite3.Cursor | None) -> None:
+        self._conn = conn
+        self._cursor = cursor
+        self._core: sa.RootTransaction | None = None
+
+    def begin(self, lock_key: int | None) -> None:
+        if self._cursor is not None:
+            self._cursor.execute("BEGIN IMMEDIATE")
+            return
+        self._core = self._conn.begin()
+        if lock_key is not None:
+            self._conn.execute(sa.select(sa.func.pg_advisory_xact_lock(lock_key)))
+
+    def tail(self) -> tuple[int, bytes]:
+        """The size of the log and its last leaf hash (zeros when empty), as the database has it."""
+        if self._cursor is not None:
+            last = self._cursor.execute(_SELECT_TAIL).fetchone()
+        else:
+            last = self._conn.exec_driver_sql(_SELECT_TAIL).first()
+        return (0, bytes(_HASH)) if last is None else (int(last[0]) + 1, bytes(last[1]))
+
+    def insert_entries(self, statement: str, rows: list[_Row]) -> None:
+        if self._cursor is not None:
+            self._cursor.executemany(statement, rows)
+        else:
+            self._conn.exec_driver_sql(statement, rows)
+
+    def core(self) -> Connection:
+        """The writer's SQLAlchemy connection, in this very transaction."""
+        if self._core is None:
+            self._conn.info[JOIN_TRANSACTION] = True
+            self._core = self._conn.begin()
+        return self._conn
+
+    def commit(self) -> None:
+        if self._core is not None:
+            self._core.commit()
+        else:
+            assert self._cursor is not None
+            self._cursor.execute("COMMIT")
+
+    def abandon(self) -> None:
+        """Roll back what can be (the caller drops the connection anyway)."""
+        with contextlib.suppress(Exception):
+            if self._core is not None and self._core.is_active:
+                self._core.rollback()
+            elif self._cursor is not None and self._cursor.connection.in_transaction:
+                self._cursor.connection.rollback()
+        with contextlib.suppress(Exception):
+            self._conn.info.pop(JOIN_TRANSACTION, None)
 
 
 def _utcnow() -> dt.datetime:
@@ -173,13 +433,23 @@ class Ledger:
         mark = "?" if engine.dialect.paramstyle == "qmark" else "%s"
         self._insert_entries = _INSERT_ENTRIES.format(", ".join([mark] * 5))
         self._lock_key: int | None = None
-        self._tail: _Tail | None = None
-        self._queue: queue.SimpleQueue[_Request | None] = queue.SimpleQueue()
         self._writer: threading.Thread | None = None
         self._opened = False
         self._closed = False
-        self._submitting = threading.Lock()
+        # What callers and the writer share, under _lock: the requests not yet taken, in order;
+        # the draft (those requests, or the first of them, built on _draft_base); whether the
+        # writer sleeps, waiting to acquire _wakeup, which whoever sees it idle releases.
+        self._lock = threading.Lock()
+        self._wakeup = threading.Lock()
+        self._wakeup.acquire()
+        self._pending: list[_Request] = []
+        self._draft: _Build | None = None
+        self._draft_base: _Tail | None = None
+        self._idle = False
+        # The writer's own: its connection, and the tail it last committed.
         self._conn: Connection | None = None
+        self._cursor: sqlite3.Cursor | None = None
+        self._tail: _Tail | None = None
         self._last_checkpoint_at = time.monotonic()
 
     # -- lifecycle ---------------------------------------------------------------------------
@@ -237,11 +507,12 @@ class Ledger:
 
     def close(self) -> None:
         """Stop the writer after it has committed everything queued."""
-        with self._submitting:
+        with self._lock:
             if self._writer is None or self._closed:
                 return
+            # Nothing can be queued after this: _submit checks it under the same lock.
             self._closed = True
-            self._queue.put(None)  # nothing can be queued behind this: _submit holds the lock
+            self._wake()
         self._writer.join()
         self._drop_connection()
 
@@ -296,11 +567,9 @@ class Ledger:
 
         Invalid records raise ``EntryError`` before anything is queued.
         """
-        waiter: asyncio.Future[list[Appended]] = asyncio.get_running_loop().create_future()
-        request = _Request(self._prepare_all(records), rows=rows, in_transaction=in_transaction)
-        request.waiter = waiter
-        self._submit(request)
-        return await waiter
+        future: asyncio.Future[list[Appended]] = asyncio.get_running_loop().create_future()
+        self._submit(_Request(self._prepare_all(records), rows, in_transaction, future=future))
+        return await future
 
     def checkpoint(self) -> StoredCheckpoint:
         """Sign a checkpoint of the whole log now, unless the latest one already covers it."""
@@ -354,192 +623,266 @@ class Ledger:
         return [_prepare(record) for record in records]
 
     def _submit(self, request: _Request) -> None:
-        with self._submitting:
+        """Queue a request for the writer, building its entries now when the draft allows.
+
+        While the writer commits one batch, callers build the next one (the draft) on top of
+        it, in their own thread and under the lock, so that the writer's next transaction has
+        little left to do but write. The draft only ever covers the first pending requests,
+        and only plain ones (no key rotation, no checkpoint on demand): anything else, and
+        anything that fails here, the writer builds itself.
+        """
+        with self._lock:
             if self._writer is None or self._closed:
                 raise StorageError("the ledger is not open for appends")
-            self._queue.put(request)
+            pending = self._pending
+            if request.records and request.rotate_to is None and not request.force_checkpoint:
+                draft = self._draft
+                if draft is None:
+                    if not pending and self._draft_base is not None:
+                        with contextlib.suppress(Exception):
+                            draft = self._draft = self._new_build(self._draft_base)
+                elif len(draft.results) != len(pending) or draft.records >= self._max_batch:
+                    draft = None
+                if draft is not None:
+                    try:
+                        draft.add(request)
+                    except Exception:
+                        self._draft = None  # the writer builds these requests itself
+            pending.append(request)
+            if self._idle:
+                self._wake()
 
     def _wait(self, request: _Request) -> list[Appended]:
-        request.future = concurrent.futures.Future()
+        waiter = request.thread = _Waiter()
         self._submit(request)
-        return request.future.result()
+        return waiter.wait()
+
+    def _new_build(self, tail: _Tail) -> _Build:
+        return _Build(tail, origin=self._origin, every=self._every, now=self._clock())
 
     # -- the writer ------------------------------------------------------------------------
 
     def _run_writer(self) -> None:
-        stopping = False
-        while not stopping:
-            request = self._next_request()
-            if request is None:
-                break
-            batch, count = [request], len(request.records)
-            while count < self._max_batch:
-                try:
-                    more = self._queue.get_nowait()
-                except queue.Empty:
-                    break
-                if more is None:
-                    stopping = True
-                    break
-                batch.append(more)
-                count += len(more.records)
-            self._commit_or_split(batch)
-
-    def _next_request(self) -> _Request | None:
-        """Wait for work; when the checkpoint interval passes, make a checkpoint request."""
+        woke = False  # whether the writer had nothing to do before this batch
         while True:
-            timeout = None
-            if self._interval is not None:
-                timeout = max(0.0, self._last_checkpoint_at + self._interval - time.monotonic())
-            try:
-                return self._queue.get(timeout=timeout)
-            except queue.Empty:
-                self._last_checkpoint_at = time.monotonic()
-                self._commit_or_split([_Request([])], timed=True)
+            with self._lock:
+                taken = self._take(split=woke) if self._pending else None
+            if taken is not None:
+                woke = False
+                self._commit_or_split(*taken)
+                continue
+            with self._lock:
+                if self._closed and not self._pending:
+                    return
+            self._wait_for_work()
+            woke = True
 
-    def _commit_or_split(self, batch: list[_Request], *, timed: bool = False) -> None:
+    def _wake(self) -> None:
+        """Wake the idle writer (lock held)."""
+        self._idle = False
+        self._wakeup.release()
+
+    def _wait_for_work(self) -> None:
+        """Sleep until a request comes or the ledger closes; when the checkpoint interval
+        passes first, queue a checkpoint request."""
+        deadline = None
+        with self._lock:
+            if self._pending or self._closed:
+                return
+            self._idle = True
+        if self._interval is not None:
+            deadline = self._last_checkpoint_at + self._interval
+        woken = self._wakeup.acquire(
+            timeout=-1 if deadline is None else max(0.0, deadline - time.monotonic())
+        )
+        if woken:
+            return
+        with self._lock:
+            if not self._idle:  # woken just after the timeout: take the release back
+                self._wakeup.acquire()
+            self._idle = False
+            if not self._pending and not self._closed:
+                self._last_checkpoint_at = time.monotonic()
+                self._pending.append(_Request([], force_checkpoint=True))
+
+    def _take(self, *, split: bool) -> tuple[list[_Request], _Build | None]:
+        """Take the next batch off the queue (lock held) and finish building it.
+
+        Returns the requests and their build, on top of the tail the last batch leaves, or None
+        when that tail is unknown (after a failure, or before the first batch) or the build
+        failed: the writer then builds under the append lock, from the database.
+        """
+        pending = self._pending
+        n, count = 1, len(pending[0].records)
+        while n < len(pending) and count < self._max_batch:
+            count += len(pending[n].records)
+            n += 1
+        build, self._draft = self._draft, None
+        if split and n >= _PIPELINE_FROM:
+            # The writer was idle and now everybody waits at once: nothing the callers do
+            # would overlap this commit. Commit half of them; the other half is the next
+            # batch, ready when this one returns, and the two groups take turns from then on
+            # (the draft is not used: the first half is built again here).
+            n = (n + 1) // 2
+            build = None
+        requests = pending[:n]
+        del pending[:n]
+        base, self._draft_base = self._draft_base, None
         try:
-            results: Sequence[list[Appended] | BaseException] = self._commit(batch, timed=timed)
+            if build is None and base is not None:
+                build = self._new_build(base)
+            if build is not None:
+                if len(build.results) > n:  # cannot happen: the draft stops at max_batch
+                    raise AssertionError("the draft outgrew its batch")
+                for request in requests[len(build.results) :]:
+                    build.add(request)
+                # The next draft starts where this batch ends.
+                self._draft_base = build.finish()
+        except Exception:
+            build = None  # built again under the append lock, where a failure is handled
+        return requests, build
+
+    def _commit_or_split(self, batch: list[_Request], build: _Build | None) -> None:
+        try:
+            results = self._commit(batch, build)
         except Exception as exc:
             self._drop_connection()
             if len(batch) > 1:
                 # One bad request must not fail the others: retry each on its own.
                 for request in batch:
-                    self._commit_or_split([request])
+                    self._commit_or_split([request], None)
                 return
-            results = [exc.cause if isinstance(exc, _CallerFailed) else _as_storage_error(exc)]
-        _deliver(batch, results)
+            cause = exc.cause if isinstance(exc, _CallerFailed) else _as_storage_error(exc)
+            _deliver([(batch[0], cause)])
+            return
+        _deliver(zip(batch, results, strict=True))
 
-    def _commit(self, batch: list[_Request], *, timed: bool) -> list[list[Appended]]:
-        signer = self._signer
-        assert signer is not None
-        conn = self._connection()
-        with conn.begin():
-            if self._lock_key is not None:
-                conn.execute(sa.select(sa.func.pg_advisory_xact_lock(self._lock_key)))
-            tail = self._current_tail(conn)
-            frontier = CompactRange.from_subtrees(tail.size, tail.frontier.hashes)
-            size, prev = tail.size, tail.prev
-            checkpoint_size, vkey = tail.checkpoint_size, tail.vkey
-            now = format_time(self._clock())
-            now_json = canonical_json(now, "time")
-            rows = _Batch()
-            results: list[list[Appended]] = []
+    def _commit(self, batch: list[_Request], build: _Build | None) -> list[list[Appended]]:
+        """Write one batch in one transaction under the append lock; return once durable."""
+        if (
+            build is not None
+            and 0 < len(build.entries) <= _ONE_STATEMENT_MAX
+            and not self._postgres
+            and not (build.sealed or build.checkpoints or build.keys)
+            and all(r.rows is None and r.in_transaction is None for r in batch)
+            and self._commit_in_one_statement(build)
+        ):
+            assert build.end is not None
+            self._tail = build.end
+            return build.results
+        return self._commit_in_transaction(batch, build)
 
-            def add(item: _Prepared) -> Appended:
-                nonlocal size, prev
-                data = assemble_entry(
-                    size, now_json, item.kind, item.actor, item.subject, item.body, prev.hex()
-                )
-                leaf = hashlib.sha256(b"\x00" + data).digest()
-                completed = frontier.append(leaf)
-                rows.entries.append(
-                    (size, item.kind, leaf, data, b"".join(h for _, _, h in completed))
-                )
-                for path, salt, value in item.sealed:
-                    rows.sealed.append(
-                        {
-                            "seq": size,
-                            "path": path,
-                            "subject": item.subject_text,
-                            "salt": salt,
-                            "value": value,
-                            "erased_by": None,
-                        }
-                    )
-                appended = Appended(size, leaf, now, data)
-                size, prev = size + 1, leaf
-                return appended
+    def _commit_in_one_statement(self, build: _Build) -> bool:
+        """SQLite, entries only: check the tail, insert and commit in one statement.
 
-            def add_checkpoint(by: NoteSigner) -> None:
-                nonlocal checkpoint_size
-                if by.vkey != vkey:
-                    raise SignatureError(
-                        f"this process signs with {by.vkey} but the ledger's current key is "
-                        f"{vkey}; restart it with the current signing key"
-                    )
-                root = frontier.root()
-                note = sign_checkpoint(Checkpoint(self._origin, size, root), by)
-                rows.checkpoints.append(
-                    {"size": size, "seq": size, "root_hash": root, "note": note, "signed_at": now}
-                )
-                checkpoint_size = size
-                add(self._internal("checkpoint", {"note": note}))
+        An INSERT takes SQLite's write lock when it starts, before it reads anything (its
+        program opens a write transaction first, as BEGIN IMMEDIATE does), so the check that
+        the log still ends at ``build.base`` and the insert are one atomic step, as a separate
+        tail read under BEGIN IMMEDIATE would be. Run as one statement outside any explicit
+        transaction, it also commits (and waits for fsync) inside that one call into SQLite,
+        which releases the GIL for all of it: callers keep preparing the next batch meanwhile.
 
-            def add_key(new: str, previous: str | None) -> None:
-                # A new key signs from the size after the checkpoint its predecessor signs next.
-                from_size = size + 1 if previous is None else size + 2
-                rows.keys.append({"from_size": from_size, "seq": size, "vkey": new})
-                body: dict[str, Any] = {"vkey": new, "from_size": from_size}
-                if previous is not None:
-                    body["previous"] = previous
-                add(self._internal("key", body))
+        False when nothing was written: another process appended (the tail moved), or SQLite
+        refused (busy). The caller then takes the transaction path, which reads the tail under
+        BEGIN IMMEDIATE and builds again.
+        """
+        self._connection()
+        cursor = self._cursor
+        assert cursor is not None
+        driver = cursor.connection
+        if driver.isolation_level is not None or driver.in_transaction:
+            # Not in autocommit mode (an engine not made by ledger.database.create_engine), or
+            # inside a transaction: the statement would not commit by itself.
+            return False
+        entries = build.entries
+        size, prev = build.base
+        statement = _one_statement(len(entries))
+        params = [*itertools.chain.from_iterable(entries), size - 1, prev, size]
+        try:
+            cursor.execute(statement, params)
+        except sqlite3.Error:
+            return False
+        return cursor.rowcount == len(entries) and not driver.in_transaction
 
-            if size == 0:
-                add_key(signer.vkey, None)
-                vkey = signer.vkey
-            for request in batch:
-                results.append([add(item) for item in request.records])
-                if request.rotate_to is not None:
-                    add_key(request.rotate_to.vkey, vkey)
-                    add_checkpoint(signer)
-                    signer, vkey = request.rotate_to, request.rotate_to.vkey
-            forced = any(r.force_checkpoint for r in batch) or timed
-            uncovered = size - checkpoint_size - (1 if checkpoint_size else 0)
-            if uncovered >= self._every or (forced and uncovered > 0):
-                add_checkpoint(signer)
-            if rows.entries:
-                conn.exec_driver_sql(self._insert_entries, rows.entries)
+    def _commit_in_transaction(
+        self, batch: list[_Request], build: _Build | None
+    ) -> list[list[Appended]]:
+        """The general path: one transaction holding the append lock from its first statement."""
+        txn = _Transaction(self._connection(), self._cursor)
+        try:
+            txn.begin(self._lock_key)
+            size, prev = txn.tail()
+            if build is None or build.base != (size, prev):
+                # Another process appended since (or there was no build): build again from
+                # the database's tail, and let the next draft start after this batch.
+                build = self._new_build(self._current_tail(txn, size, prev))
+                for request in batch:
+                    build.add(request)
+                end = build.finish()
+                with self._lock:
+                    self._draft = None
+                    self._draft_base = end
+            if build.entries:
+                txn.insert_entries(self._insert_entries, build.entries)
             extra: dict[sa.Table, list[Mapping[str, Any]]] = {
-                SEALED: rows.sealed,
-                CHECKPOINTS: rows.checkpoints,
-                KEYS: rows.keys,
+                SEALED: build.sealed,
+                CHECKPOINTS: build.checkpoints,
+                KEYS: build.keys,
             }
-            for request, appended in zip(batch, results, strict=True):
+            for request, appended in zip(batch, build.results, strict=True):
                 if request.rows is not None and appended:
                     for table, row in request.rows(appended):
                         extra.setdefault(table, []).append(row)
             for table, values in extra.items():
                 if values:
-                    conn.execute(sa.insert(table), values)
-            for request, appended in zip(batch, results, strict=True):
+                    txn.core().execute(sa.insert(table), values)
+            for request, appended in zip(batch, build.results, strict=True):
                 if request.in_transaction is not None and appended:
                     try:
-                        request.in_transaction(conn, appended)
+                        request.in_transaction(txn.core(), appended)
                     except Exception as exc:
                         raise _CallerFailed(exc) from exc
-        self._tail = _Tail(size, prev, frontier, checkpoint_size, vkey)
-        self._signer = signer
-        if rows.checkpoints:
+            txn.commit()
+        except BaseException:
+            txn.abandon()
+            raise
+        assert build.end is not None
+        self._tail = build.end
+        self._signer = build.end.signer
+        if build.checkpoints:
             self._last_checkpoint_at = time.monotonic()
-        return results
-
-    def _internal(self, kind: str, body: Mapping[str, Any]) -> _Prepared:
-        """An entry the ledger writes about itself (keys, checkpoints)."""
-        return _prepare(Record(kind, "ledger", self._origin, body))
+        return build.results
 
     def _connection(self) -> Connection:
         """The writer's own connection, kept open between batches (no pool round trip)."""
         if self._conn is None:
-            self._conn = self._engine.connect().execution_options(**{WRITE: True})
+            conn = self._engine.connect().execution_options(**{WRITE: True})
+            if not self._postgres:
+                driver = conn.connection.driver_connection
+                assert isinstance(driver, sqlite3.Connection)
+                self._cursor = driver.cursor()
+            self._conn = conn
         return self._conn
 
     def _drop_connection(self) -> None:
         """After a failure, forget the tail and the connection: the next batch starts afresh."""
         self._tail = None
+        with self._lock:
+            self._draft = None
+            self._draft_base = None
+        self._cursor = None
         if self._conn is not None:
             conn, self._conn = self._conn, None
             with contextlib.suppress(Exception):
                 conn.invalidate()
                 conn.close()
 
-    def _current_tail(self, conn: Connection) -> _Tail:
+    def _current_tail(self, txn: _Transaction, size: int, prev: bytes) -> _Tail:
         """The tail as the database has it; the cached one when no other process appended."""
-        last = conn.exec_driver_sql(_SELECT_TAIL).first()
-        size, prev = (0, bytes(_HASH)) if last is None else (last[0] + 1, bytes(last[1]))
         cached = self._tail
         if cached is not None and cached.size == size and cached.prev == prev:
             return cached
+        conn = txn.core()
         frontier = CompactRange.from_subtrees(
             size, _subtree_hashes(conn, complete_subtrees(0, size))
         )
@@ -547,8 +890,9 @@ class Ledger:
         vkey = conn.execute(
             sa.select(KEYS.c.vkey).order_by(KEYS.c.from_size.desc()).limit(1)
         ).scalar()
-        self._tail = _Tail(size, prev, frontier, checkpoint_size, vkey)
-        return self._tail
+        signer = self._signer
+        assert signer is not None
+        return _Tail(size, prev, frontier, checkpoint_size, vkey, signer)
 
     # -- reading ---------------------------------------------------------------------------
 
@@ -665,38 +1009,46 @@ class Ledger:
 def _prepare(record: Record) -> _Prepared:
     """Validate and encode a record in the caller's thread, before it is queued."""
     kind, actor, subject, body, sensitive = record
-    check_kind(kind)
-    sealed = []
+    if kind not in _KINDS_SEEN:
+        check_kind(kind)
+        if len(_KINDS_SEEN) < _KINDS_SEEN_MAX:
+            _KINDS_SEEN.add(kind)
+    sealed: Sequence[tuple[str, bytes, bytes]] = ()
     if sensitive:
         body = dict(body)
         sealed = [_seal(body, path) for path in sensitive]
-    return _Prepared(
-        kind,
-        canonical_json(actor, "actor"),
-        canonical_json(subject, "subject"),
-        canonical_json(body),
-        sealed,
-        subject,
+    # tuple.__new__: a NamedTuple's own constructor is a Python function, on the hot path.
+    prepared: _Prepared = _new_tuple(
+        _Prepared,
+        (
+            kind,
+            canonical_json(actor, "actor"),
+            canonical_json(subject, "subject"),
+            canonical_json(body),
+            sealed,
+            subject,
+        ),
     )
+    return prepared
 
 
-_Outcome = list[Appended] | BaseException
+# Kinds that passed check_kind (a few dozen in practice; bounded all the same).
+_KINDS_SEEN: set[str] = set()
+_KINDS_SEEN_MAX = 1024
+_new_tuple: Any = tuple.__new__
 
 
-def _deliver(batch: Sequence[_Request], outcomes: Sequence[_Outcome]) -> None:
+def _deliver(settled: Iterable[tuple[_Request, _Outcome]]) -> None:
     """Wake every waiter: threads directly, each event loop once for all its coroutines."""
     by_loop: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Future[Any], _Outcome]]] = {}
-    for request, outcome in zip(batch, outcomes, strict=True):
-        if request.future is not None:
-            if isinstance(outcome, BaseException):
-                request.future.set_exception(outcome)
-            else:
-                request.future.set_result(outcome)
-        elif request.waiter is not None:
-            by_loop.setdefault(request.waiter.get_loop(), []).append((request.waiter, outcome))
-    for loop, settled in by_loop.items():
+    for request, outcome in settled:
+        if request.thread is not None:
+            request.thread.set(outcome)
+        elif request.future is not None:
+            by_loop.setdefault(request.future.get_loop(), []).append((request.future, outcome))
+    for loop, settled_there in by_loop.items():
         with contextlib.suppress(RuntimeError):  # that loop has closed: nobody waits any more
-            loop.call_soon_threadsafe(_settle, settled)
+            loop.call_soon_threadsafe(_settle, settled_there)
 
 
 def _settle(settled: list[tuple[asyncio.Future[Any], _Outcome]]) -> None:

@@ -55,6 +55,26 @@ def test_append_leaf_agrees_with_append() -> None:
         assert (a.size, a.hashes, a.root()) == (b.size, b.hashes, b.root())
 
 
+def test_append_nodes_agrees_with_append() -> None:
+    a, b = CompactRange(), CompactRange()
+    for leaf in LEAF_HASHES:
+        completed = a.append(leaf)
+        assert b.append_nodes(leaf) == b"".join(h for _, _, h in completed)
+        assert (a.size, a.hashes, a.root()) == (b.size, b.hashes, b.root())
+
+
+def test_a_copy_is_independent() -> None:
+    rng = CompactRange.from_subtrees(5, COMPACT[5])
+    copy = rng.copy()
+    for leaf in LEAF_HASHES[5:]:
+        copy.append_nodes(leaf)
+    assert (rng.size, rng.hashes, rng.root()) == (5, COMPACT[5], ROOTS[5])
+    assert (copy.size, copy.hashes, copy.root()) == (8, COMPACT[8], ROOTS[8])
+    rng.append_leaf(LEAF_HASHES[5])
+    assert copy.root() == ROOTS[8]
+    assert rng.root() == ROOTS[6]
+
+
 def test_hashes_is_a_copy() -> None:
     rng = CompactRange.from_subtrees(3, COMPACT[3])
     rng.hashes.clear()
@@ -62,7 +82,7 @@ def test_hashes_is_a_copy() -> None:
     assert rng.root() == ROOTS[3]
 
 
-@pytest.mark.parametrize("append", ["append", "append_leaf"])
+@pytest.mark.parametrize("append", ["append", "append_leaf", "append_nodes"])
 def test_a_bad_leaf_hash_is_refused_and_changes_nothing(append: str) -> None:
     rng = CompactRange.from_subtrees(7, COMPACT[7])
     with pytest.raises(ProofError, match="leaf hash: got 31 bytes, want 32"):
@@ -136,6 +156,23 @@ def test_completed_subtrees_are_the_hashes_of_their_leaves(leaves: list[bytes]) 
         # What was persisted is enough to rebuild the range, as a store does after a restart.
         subtrees = complete_subtrees(0, rng.size)
         assert rng.hashes == [persisted[s] for s in subtrees]
+
+
+@settings(max_examples=40, deadline=None)
+@given(leaves=leaf_lists, data=st.data())
+def test_append_nodes_after_a_rebuild_matches_the_stored_form(
+    leaves: list[bytes], data: st.DataObject
+) -> None:
+    # What a store keeps per entry (the joined nodes) from a range rebuilt mid-way, then copied.
+    cut = data.draw(st.integers(0, len(leaves)), label="cut")
+    whole = CompactRange()
+    expected = [b"".join(h for _, _, h in whole.append(leaf)) for leaf in leaves]
+    head = CompactRange()
+    for leaf in leaves[:cut]:
+        head.append_leaf(leaf)
+    rebuilt = CompactRange.from_subtrees(head.size, head.hashes).copy()
+    assert [rebuilt.append_nodes(leaf) for leaf in leaves[cut:]] == expected[cut:]
+    assert rebuilt.root() == whole.root() == root_hash(leaves)
 
 
 @settings(max_examples=60, deadline=None)

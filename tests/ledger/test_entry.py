@@ -5,11 +5,13 @@ from __future__ import annotations
 import json
 from typing import Any
 
+import orjson
 import pytest
 import rfc8785
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from ledger import entry as entry_module
 from ledger.entry import (
     GENESIS_PREV,
     canonical_json,
@@ -153,3 +155,126 @@ def test_bad_kind_is_refused() -> None:
         encode_entry(
             seq=0, time="t", kind="Bad Kind", actor="a", subject="s", body=b"{}", prev=GENESIS_PREV
         )
+
+
+# -- the float pre-test ---------------------------------------------------------------------------
+#
+# ``_may_hold_float`` answers "could these bytes hold a number token with a fraction or exponent?"
+# with byte translations before the regex. A false positive only costs the exact path; a false
+# negative would let orjson's bytes for a float pass as canonical, so these look for one.
+
+
+def _regex_hit(data: bytes) -> bool:
+    return entry_module._FLOAT_TOKEN.search(data) is not None
+
+
+def _shapes(data: bytes) -> tuple[bool, bool]:
+    """Whether each pre-test shape is in its translation."""
+    drop = entry_module._NUMBER_DROP
+    end = b".;" in data.translate(entry_module._END_SHAPE, drop)
+    both = data.translate(entry_module._BOTH_SHAPE, drop)
+    return end, b":.:" in both or b":..:" in both
+
+
+numbers = (
+    st.integers(min_value=-SAFE, max_value=SAFE)
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.sampled_from([0.0, -0.0, 1.0, 1e21, 1e-7, 1.5e300, -2.5e-300, 123456.789])
+)
+# Strings made of the bytes the translations care about, to look like numbers and structure.
+tricky_text = st.text(alphabet='0123456789-+.eEx:,[]{}" ', max_size=12)
+json_with_numbers = st.recursive(
+    st.none() | st.booleans() | numbers | tricky_text,
+    lambda children: (
+        st.lists(children, max_size=4) | st.dictionaries(tricky_text, children, max_size=4)
+    ),
+    max_leaves=12,
+)
+
+
+def _has_float(value: Any) -> bool:
+    if isinstance(value, float):
+        return True
+    if isinstance(value, list):
+        return any(_has_float(v) for v in value)
+    if isinstance(value, dict):
+        return any(_has_float(v) for v in value.values())
+    return False
+
+
+@settings(max_examples=1500, deadline=None)
+@given(json_with_numbers)
+def test_the_pre_test_misses_no_float_in_minified_json(value: Any) -> None:
+    data = orjson.dumps(value, option=orjson.OPT_SORT_KEYS)
+    if _regex_hit(data):
+        assert _shapes(data) == (True, True)
+    if _has_float(value):
+        # Every float orjson writes is found: by a shape and the regex, or, standing alone, by
+        # not being an object or array.
+        assert entry_module._may_hold_float(data)
+        with pytest.raises(EntryError):
+            check_canonical(data)
+        with pytest.raises(EntryError, match="floats are not allowed"):
+            canonical_json(value)
+    else:
+        again = canonical_json(value)
+        assert again == rfc8785.dumps(value)
+        assert check_canonical(again) == value
+
+
+@settings(max_examples=3000, deadline=None)
+@given(st.binary(max_size=40) | st.text(alphabet='0123456789-+.eE:,[]{}"ax', max_size=40))
+def test_the_pre_test_shapes_hold_wherever_the_regex_matches(raw: bytes | str) -> None:
+    # The proof is about bytes, not JSON: any match of the regex leaves both shapes.
+    data = raw.encode() if isinstance(raw, str) else raw
+    for candidate in (data, b"[" + data, b'{"k":' + data + b"}"):
+        if _regex_hit(candidate):
+            assert _shapes(candidate) == (True, True), candidate
+            if candidate.startswith((b"{", b"[")):
+                assert entry_module._may_hold_float(candidate)
+
+
+@pytest.mark.parametrize(
+    "data",
+    [b'{"a":1.5}', b'{"a":[1,-2.5e+3]}', b'{"a":1E5}', b"[0.0]", b'{"a":{"b":[7,1e-7]}}'],
+)
+def test_floats_are_found_by_every_tier(data: bytes) -> None:
+    assert _regex_hit(data)
+    assert _shapes(data) == (True, True)
+    assert entry_module._may_hold_float(data)
+    with pytest.raises(EntryError, match="floats"):
+        check_canonical(data)
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        b'{"t":"2026-11-25T14:55:40.684834Z"}',  # a time: ":40." has no end after the fraction
+        b'{"case":"case:C-0006727","amount":"12388.08"}',
+        b'{"n":[1,2,3],"m":-4}',
+    ],
+)
+def test_ordinary_entries_do_not_trip_the_pre_test(data: bytes) -> None:
+    assert not entry_module._may_hold_float(data)
+
+
+def test_strings_that_trip_the_pre_test_still_take_the_fast_answer() -> None:
+    # A string holding ",e," or "x:1.5," has the shapes but no float: the regex says so.
+    for value in ({"s": "a,e,b"}, {"s": "x:1.5,"}, {"s": "[1.5]"}):
+        data = rfc8785.dumps(value)
+        assert entry_module._may_hold_float(data) == _regex_hit(data)
+        assert check_canonical(data) == value
+        assert canonical_json(value) == data
+
+
+def test_a_float_standing_alone_is_refused() -> None:
+    # No ":,[" before it and no ",}]" after it for the regex to see.
+    for value in (1.5, -2.0, 1e21):
+        with pytest.raises(EntryError, match="floats are not allowed"):
+            canonical_json(value)
+        with pytest.raises(EntryError, match="floats are not allowed"):
+            check_canonical(orjson.dumps(value))
+    # Other values standing alone keep their JCS form.
+    for other in (7, -3, True, None):
+        assert canonical_json(other) == rfc8785.dumps(other)
+        assert check_canonical(rfc8785.dumps(other)) == other

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import hashlib
+import multiprocessing
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -33,6 +34,8 @@ from ledger.errors import (
     VerificationError,
 )
 from ledger.export import write_export
+from ledger.keys import generate_signing_key, load_signing_key
+from ledger.models import ENTRIES
 from ledger.note import NoteSigner, NoteVerifier
 from ledger.store import Appended, Ledger, Record
 from ledger.verify import VerifyResult, verify_export
@@ -797,3 +800,315 @@ def test_appends_racing_close_land_or_are_refused_but_never_hang(
         entries = assert_one_chain(reopened)
         audits = [e for e in entries if parse_entry(e).kind == "audit"]
         assert len(audits) == outcomes.count("landed")
+
+
+# -- the pipelined writer -------------------------------------------------------------------------
+#
+# While one batch commits, callers build the next one on top of it; the writer checks, under the
+# append lock, that the log still ends where that build starts, and builds again when it does
+# not. These tests make the log move under a build that was made ahead: another process appends,
+# a batch fails after the one before it committed, the ledger closes with appends in flight.
+
+
+def append_in_another_process(
+    url: str, schema: str | None, key_path: str, subjects: list[str]
+) -> None:
+    """Another gateway process: its own engine, ledger and writer (``spawn``: nothing shared)."""
+    engine = create_engine(url, schema=schema)
+    signer = load_signing_key(Path(key_path), ORIGIN)
+    try:
+        with Ledger(engine, origin=ORIGIN, signer=signer, checkpoint_interval=None).open() as other:
+            for subject in subjects:
+                other.append("audit", actor="other-process", subject=subject, body={})
+    finally:
+        engine.dispose()
+
+
+def start_another_process(
+    database: Database, key_path: Path, subjects: list[str]
+) -> multiprocessing.process.BaseProcess:
+    context = multiprocessing.get_context("spawn")
+    process = context.Process(
+        target=append_in_another_process,
+        args=(database.url, database.schema, str(key_path), subjects),
+    )
+    process.start()
+    return process
+
+
+def finish(process: multiprocessing.process.BaseProcess) -> None:
+    process.join(timeout=120)
+    assert process.exitcode == 0
+
+
+def test_a_batch_built_ahead_is_built_again_when_another_process_appended_first(
+    database: Database, engine: Engine, tmp_path: Path
+) -> None:
+    key_path = tmp_path / "ledger-signing-key.pem"
+    signer = generate_signing_key(key_path, ORIGIN)
+    with open_ledger(engine, signer) as ledger:
+        first = ledger.append("audit", actor="a", subject="before", body={})
+        # The writer now expects the log to end at `first`, and the next append is built on
+        # top of it as soon as it is queued; another process moves the end meanwhile.
+        finish(start_another_process(database, key_path, ["other-1", "other-2"]))
+        after = ledger.append("audit", actor="a", subject="after", body={})
+        entries = assert_one_chain(ledger)
+    assert after.seq == first.seq + 3
+    assert [parse_entry(e).subject for e in entries[first.seq :]] == [
+        "before",
+        "other-1",
+        "other-2",
+        "after",
+    ]
+    assert entries[after.seq] == after.data
+    assert parse_entry(after.data).prev == merkle.leaf_hash(entries[after.seq - 1]).hex()
+
+
+def test_pipelined_appends_and_another_process_make_one_chain(
+    database: Database, engine: Engine, tmp_path: Path
+) -> None:
+    key_path = tmp_path / "ledger-signing-key.pem"
+    signer = generate_signing_key(key_path, ORIGIN)
+    theirs = [f"other-{i}" for i in range(60)]
+    appenders, each = 24, 12
+
+    async def ours(ledger: Ledger) -> list[int]:
+        async def appender(a: int) -> list[int]:
+            seqs = []
+            for i in range(each):
+                done = await ledger.append_many_async([record(f"ours-{a}-{i}")])
+                seqs.append(done[0].seq)
+            return seqs
+
+        results = await asyncio.gather(*(appender(a) for a in range(appenders)))
+        return [seq for seqs in results for seq in seqs]
+
+    with open_ledger(engine, signer, checkpoint_every=40) as ledger:
+        ledger.append("audit", actor="a", subject="first", body={})
+        other = start_another_process(database, key_path, theirs)
+        try:
+            seqs = asyncio.run(ours(ledger))
+        finally:
+            finish(other)
+        entries = assert_one_chain(ledger)
+        subjects = [parse_entry(e).subject for e in entries]
+        mine = [f"ours-{a}-{i}" for a in range(appenders) for i in range(each)]
+        assert sorted(s for s in subjects if s.startswith("ours-")) == sorted(mine)
+        assert [s for s in subjects if s.startswith("other-")] == theirs
+        for seq in seqs:  # what each append returned is where its entry is
+            assert subjects[seq].startswith("ours-")
+        assert len(set(seqs)) == len(seqs)
+        result = export_and_verify(ledger, tmp_path / "export.jsonl", [verifier_of(signer)])
+    assert result.size >= len(entries) - 1
+
+
+def _refuse_kind_poison(engine: Engine, database: Database) -> None:
+    """A database-side refusal of entries of kind 'poison' (a storage failure on demand)."""
+    with engine.begin() as conn:
+        if database.backend == "sqlite":
+            conn.exec_driver_sql(
+                "CREATE TRIGGER refuse_poison BEFORE INSERT ON ledger_entries "
+                "WHEN NEW.kind = 'poison' BEGIN SELECT RAISE(ABORT, 'poison refused'); END"
+            )
+        else:
+            conn.exec_driver_sql(
+                "CREATE FUNCTION refuse_poison() RETURNS trigger AS $$ BEGIN "
+                "IF NEW.kind = 'poison' THEN RAISE EXCEPTION 'poison refused'; END IF; "
+                "RETURN NEW; END $$ LANGUAGE plpgsql"
+            )
+            conn.exec_driver_sql(
+                "CREATE TRIGGER refuse_poison BEFORE INSERT ON ledger_entries "
+                "FOR EACH ROW EXECUTE FUNCTION refuse_poison()"
+            )
+
+
+def test_a_batch_that_fails_after_the_one_before_it_committed(
+    database: Database, engine: Engine, signer: NoteSigner
+) -> None:
+    gate, inside = threading.Event(), threading.Event()
+
+    def hold(conn: Connection, appended: list[Appended]) -> None:
+        inside.set()
+        assert gate.wait(30)
+
+    async def scenario(ledger: Ledger) -> tuple[list[Appended], list[Any]]:
+        held = asyncio.ensure_future(
+            ledger.append_many_async([record("held")], in_transaction=hold)
+        )
+        assert await asyncio.to_thread(inside.wait, 30)
+        # Queued while the batch before commits, so built on top of it, as one batch.
+        queued = [
+            Record("audit", "a", "good-a", {}),
+            Record("poison", "a", "bad", {}),
+            Record("audit", "a", "good-b", {}),
+            Record("audit", "a", "good-c", {}),
+        ]
+        tasks = [asyncio.ensure_future(ledger.append_many_async([r])) for r in queued]
+        for _ in range(3):
+            await asyncio.sleep(0)
+        gate.set()
+        return await held, list(await asyncio.gather(*tasks, return_exceptions=True))
+
+    with open_ledger(engine, signer) as ledger:
+        ledger.append("audit", actor="a", subject="first", body={})
+        _refuse_kind_poison(engine, database)
+        held, (good_a, bad, good_b, good_c) = asyncio.run(scenario(ledger))
+        assert isinstance(bad, StorageError)
+        assert "poison refused" in str(bad)
+        landed = [held[0], good_a[0], good_b[0], good_c[0]]
+        assert [a.seq for a in landed] == list(range(held[0].seq, held[0].seq + 4))
+        # The ledger goes on from there: the next batch is built on what was committed.
+        after = ledger.append("audit", actor="a", subject="after", body={})
+        assert after.seq == good_c[0].seq + 1
+        entries = assert_one_chain(ledger)
+    for appended in [*landed, after]:
+        assert entries[appended.seq] == appended.data
+    assert "poison" not in [parse_entry(e).kind for e in entries]
+
+
+def test_close_while_asyncio_appenders_are_in_flight(engine: Engine, signer: NoteSigner) -> None:
+    ledger = open_ledger(engine, signer)
+    landed: list[Appended] = []
+    refused = 0
+    started = threading.Event()
+
+    async def appender(a: int) -> None:
+        nonlocal refused
+        for i in range(10_000):
+            try:
+                done = await ledger.append_many_async([record(f"{a}-{i}")])
+            except StorageError:
+                refused += 1
+                return
+            landed.extend(done)
+            if len(landed) >= 64:
+                started.set()
+
+    async def scenario() -> None:
+        await asyncio.wait_for(asyncio.gather(*(appender(a) for a in range(32))), 60)
+
+    def close_once_started() -> None:
+        started.wait(60)
+        ledger.close()
+
+    closer = threading.Thread(target=close_once_started)
+    closer.start()
+    asyncio.run(scenario())  # every appender saw the close: none hangs
+    closer.join()
+    assert refused == 32
+    with open_ledger(engine, signer) as reopened:
+        entries = assert_one_chain(reopened)
+        proposals = [e for e in entries if parse_entry(e).kind == "proposal"]
+    assert len(proposals) == len(landed)
+    for appended in landed:
+        assert entries[appended.seq] == appended.data
+
+
+def test_entries_committed_together_share_their_time(engine: Engine, signer: NoteSigner) -> None:
+    # Group commit, seen from the log: one transaction's entries are built at one time.
+    threads, each = 32, 10
+    with open_ledger(engine, signer) as ledger:
+        start = threading.Barrier(threads)
+        results: list[Appended] = []
+
+        def work(t: int) -> None:
+            start.wait()
+            for i in range(each):
+                results.append(ledger.append("audit", actor="a", subject=f"{t}-{i}", body={}))
+
+        workers = [threading.Thread(target=work, args=(t,)) for t in range(threads)]
+        for w in workers:
+            w.start()
+        for w in workers:
+            w.join()
+        entries = assert_one_chain(ledger)
+    assert len(results) == threads * each
+    times = {parse_entry(entries[a.seq]).time for a in results}
+    assert len(times) < len(results)
+
+
+def test_hooks_run_in_the_transaction_that_writes_the_entries(
+    engine: Engine, signer: NoteSigner
+) -> None:
+    # Batches with hooks and batches without them alternate on the writer's one connection.
+    seen: list[tuple[int, int]] = []
+    marks = sa.Table("marks", sa.MetaData(), sa.Column("seq", sa.Integer, primary_key=True))
+    marks.create(engine)
+
+    def look(conn: Connection, appended: list[Appended]) -> None:
+        # This batch's entries are visible here, uncommitted: the same transaction.
+        count = conn.execute(
+            sa.select(sa.func.count()).where(ENTRIES.c.seq.in_([a.seq for a in appended]))
+        ).scalar_one()
+        seen.append((appended[0].seq, count))
+
+    with open_ledger(engine, signer, checkpoint_every=7) as ledger:
+        plain, hooked = [], []
+        for i in range(12):
+            plain.append(ledger.append("audit", actor="a", subject=f"p{i}", body={}).seq)
+            got = ledger.append_many(
+                [record(f"h{i}"), record(f"h{i}-2")],
+                in_transaction=look,
+                rows=lambda appended: [(marks, {"seq": appended[0].seq})],
+            )
+            hooked.append(got[0].seq)
+        assert_one_chain(ledger)
+        with engine.connect() as conn:
+            assert sorted(conn.execute(sa.select(marks.c.seq)).scalars()) == hooked
+    assert seen == [(seq, 2) for seq in hooked]
+    assert len(set(plain) | set(hooked)) == 24
+
+
+def test_a_small_max_batch_splits_what_callers_queue(engine: Engine, signer: NoteSigner) -> None:
+    async def scenario(ledger: Ledger) -> list[list[Appended]]:
+        return list(
+            await asyncio.gather(
+                *(ledger.append_many_async([record(f"a{i}"), record(f"b{i}")]) for i in range(40))
+            )
+        )
+
+    with open_ledger(engine, signer, max_batch=3) as ledger:
+        results = asyncio.run(scenario(ledger))
+        entries = assert_one_chain(ledger)
+    assert len({a.seq for pair in results for a in pair}) == 80
+    for i, (first, second) in enumerate(results):
+        assert second.seq == first.seq + 1
+        assert entries[first.seq] == first.data
+        assert parse_entry(entries[second.seq]).subject == f"b{i}"
+
+
+def test_appends_built_on_a_batch_that_then_fails(engine: Engine, signer: NoteSigner) -> None:
+    gate, inside = threading.Event(), threading.Event()
+
+    class Refused(Exception):
+        pass
+
+    def hold_then_refuse(conn: Connection, appended: list[Appended]) -> None:
+        inside.set()
+        assert gate.wait(30)
+        raise Refused("the caller changed its mind")
+
+    async def scenario(ledger: Ledger) -> tuple[Any, list[Any]]:
+        doomed = asyncio.ensure_future(
+            ledger.append_many_async([record("doomed")], in_transaction=hold_then_refuse)
+        )
+        assert await asyncio.to_thread(inside.wait, 30)
+        # Built on top of the doomed batch, which never commits.
+        tasks = [
+            asyncio.ensure_future(ledger.append_many_async([record(f"n{i}")])) for i in range(5)
+        ]
+        for _ in range(3):
+            await asyncio.sleep(0)
+        gate.set()
+        outcome = await asyncio.gather(doomed, return_exceptions=True)
+        return outcome[0], list(await asyncio.gather(*tasks))
+
+    with open_ledger(engine, signer) as ledger:
+        before = ledger.append("audit", actor="a", subject="first", body={})
+        doomed, rest = asyncio.run(scenario(ledger))
+        assert isinstance(doomed, Refused)
+        entries = assert_one_chain(ledger)
+    assert [a[0].seq for a in rest] == list(range(before.seq + 1, before.seq + 6))
+    for appended in rest:
+        assert entries[appended[0].seq] == appended[0].data
+    assert "doomed" not in [parse_entry(e).subject for e in entries]

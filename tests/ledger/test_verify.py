@@ -4,6 +4,11 @@ Exports come from a real ``Ledger`` on SQLite with a checkpoint every 7 entries.
 copy of an export the way someone hiding something would, then checks that both the verifier
 API (``VerificationError.seq``) and the regulator's command (the first line it prints) name the
 entry where the tampering is.
+
+Every test runs three ways (``verify_mode``): in this process with the whole export in one chunk,
+in this process in chunks of a few lines, and with two worker processes on such chunks. The tests
+at the end compare those ways with ``ExportVerifier.feed`` line by line (the reference) on a
+larger export tampered at and around chunk boundaries: same result, or same seq and message.
 """
 
 from __future__ import annotations
@@ -11,7 +16,10 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import os
+import random
 import re
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,15 +27,20 @@ from typing import Any
 import pytest
 import rfc8785
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
+import ledger.verify
+from ledger import merkle
+from ledger.checkpoint import Checkpoint, sign_checkpoint
 from ledger.cli import main as ledger_cli
 from ledger.database import create_engine
-from ledger.entry import GENESIS_PREV
-from ledger.errors import VerificationError
+from ledger.entry import GENESIS_PREV, encode_entry
+from ledger.errors import LedgerError, VerificationError
 from ledger.export import checkpoint_line, write_export
 from ledger.note import NoteSigner, NoteVerifier, parse_note
-from ledger.store import Ledger
-from ledger.verify import VerifyResult, verify_export
+from ledger.store import Ledger, Record
+from ledger.verify import ExportVerifier, VerifyResult, verify_export
 
 ORIGIN = "test.mandate.example/ledger"
 EVERY = 7
@@ -116,6 +129,36 @@ def rotated(tmp_path_factory: pytest.TempPathFactory) -> Export:
 @pytest.fixture(scope="module")
 def other_history(tmp_path_factory: pytest.TempPathFactory) -> Export:
     return build_export(tmp_path_factory.mktemp("other"), [f"other-{i}" for i in range(30)])
+
+
+# -- the ways to verify --------------------------------------------------------------------------
+
+# workers, chunk bytes (None: the default, which holds these small exports whole)
+MODES = {"serial": (1, None), "serial-chunked": (1, 300), "parallel": (2, 300)}
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    # Each test runs in every mode, except those that compare the modes themselves.
+    if "verify_mode" in metafunc.fixturenames and not getattr(
+        metafunc.function, "compares_modes", False
+    ):
+        metafunc.parametrize("verify_mode", list(MODES), indirect=True)
+
+
+@pytest.fixture(autouse=True)
+def verify_mode(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Make ``verify_export`` and the command (which leave ``workers`` to it) use this mode."""
+    mode = getattr(request, "param", "serial")
+    workers, chunk = MODES[mode]
+    monkeypatch.setattr(ledger.verify, "_auto_workers", lambda size: workers)
+    if chunk is not None:
+        monkeypatch.setattr(ledger.verify, "CHUNK_BYTES", chunk)
+    return str(mode)
+
+
+def compares_modes(test: Any) -> Any:
+    test.compares_modes = True
+    return test
 
 
 # -- helpers -------------------------------------------------------------------------------------
@@ -377,6 +420,16 @@ def test_two_entries_swapped(
     assert_names(write(tmp_path, lines), export, K, "swapped", capsys)
 
 
+def test_a_seq_of_true_is_not_seq_1(
+    export: Export, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # JSON true is not 1, though Python says True == 1.
+    entries = list(export.entries)
+    entries[1] = encode({**entry(entries[1]), "seq": True})
+    lines = [*rechain(entries, 1), export.lines[-1]]
+    assert_names(write(tmp_path, lines), export, 1, "seq must be an integer, got True", capsys)
+
+
 def test_two_entries_swapped_and_renumbered(
     export: Export, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -508,3 +561,405 @@ def test_a_trusted_checkpoint_from_a_different_history(
     with pytest.raises(VerificationError) as failed:
         verify(path, export, trusted=elsewhere)
     assert failed.value.seq == 15
+
+
+# -- chunks and workers against the reference -----------------------------------------------------
+
+BIG_ENTRIES = 1000
+BIG_EVERY = 25
+
+
+@dataclass(frozen=True)
+class Big:
+    """A larger export (with a key rotation, non-ASCII text and float-looking strings) and the
+    chunk size that makes line ``boundary`` start exactly where the first chunk ends."""
+
+    lines: list[bytes]  # with their newlines
+    keys: list[NoteVerifier]
+    chunk: int
+    boundary: int
+    signer: NoteSigner  # the first key's
+
+    def kept(self, size: int, *, altered: bool = False) -> str:
+        """A checkpoint of the first ``size`` entries, as an auditor may have kept one."""
+        leaves = [merkle.leaf_hash(line.rstrip(b"\n")) for line in self.lines[:size]]
+        root = merkle.root_hash(leaves)
+        if altered:
+            root = hashlib.sha256(root).digest()
+        return sign_checkpoint(Checkpoint(ORIGIN, size, root), self.signer)
+
+    def boundaries(self) -> list[int]:
+        """Lines that start a chunk: the one starting exactly at the first chunk's edge, and
+        the first to start after the edge of a chunk that ends inside a line."""
+        starts, offset = [], 0
+        for line in self.lines:
+            starts.append(offset)
+            offset += len(line)
+        edge = 5 * self.chunk + self.chunk // 2
+        assert edge not in starts
+        return [self.boundary, next(i for i, start in enumerate(starts) if start > edge)]
+
+
+@pytest.fixture(scope="module")
+def big(tmp_path_factory: pytest.TempPathFactory) -> Big:
+    directory = tmp_path_factory.mktemp("big")
+    engine = create_engine(f"sqlite:///{directory / 'mandate.db'}")
+    signers = [new_signer(), new_signer()]
+    try:
+        with Ledger(
+            engine,
+            origin=ORIGIN,
+            signer=signers[0],
+            checkpoint_every=BIG_EVERY,
+            checkpoint_interval=None,
+        ).open() as ledger:
+            for batch in range(BIG_ENTRIES // 100):
+                if batch == 6:
+                    ledger.rotate_key(signers[1])
+                records = [
+                    Record(
+                        "decision",
+                        "agent-7",
+                        f"change-{i}",
+                        {
+                            "amount": f"{i}.50",
+                            # Non-ASCII text, and ASCII that looks like a float to the pre-test.
+                            "note": "Zoë"
+                            if i % 7 == 0
+                            else "one:1.5, [e]"
+                            if i % 11 == 0
+                            else f"{i}",
+                            "n": -i,
+                            "list": [i, i + 1, {"k": "v"}],
+                        },
+                    )
+                    for i in range(batch * 100, batch * 100 + 100)
+                ]
+                ledger.append_many(records)
+            path = directory / "export.jsonl"
+            with path.open("wb") as out:
+                write_export(ledger, out)
+    finally:
+        engine.dispose()
+    lines = path.read_bytes().splitlines(keepends=True)
+    boundary = 120
+    chunk = sum(map(len, lines[:boundary]))
+    return Big(lines, [NoteVerifier.from_vkey(signers[0].vkey)], chunk, boundary, signers[0])
+
+
+def outcome(
+    path: Path, keys: list[NoteVerifier], trusted: str | None = None, workers: int | None = None
+) -> tuple[Any, ...]:
+    """What verifying says: the result, or the seq and message, or the error.
+
+    ``workers`` None: the reference, ``ExportVerifier.feed`` line by line.
+    """
+    try:
+        if workers is None:
+            verifier = ExportVerifier(keys, trusted)
+            with path.open("rb") as lines:
+                verifier.feed_all(lines, None)
+            result = verifier.finish()
+        else:
+            result = verify_export(path, keys, trusted_checkpoint=trusted, workers=workers)
+    except VerificationError as exc:
+        return ("tampered", exc.seq, exc.problem)
+    except (LedgerError, OSError) as exc:
+        return ("unusable", type(exc).__name__, str(exc))
+    return ("valid", result)
+
+
+def assert_same(
+    tmp_path: Path,
+    big: Big,
+    lines: list[bytes],
+    trusted: str | None = None,
+    workers: tuple[int, ...] = (1, 2),
+) -> tuple[Any, ...]:
+    """Verifying ``lines`` in chunks, here and with workers, says what the reference says."""
+    path = tmp_path / "big.jsonl"
+    path.write_bytes(b"".join(lines))
+    want = outcome(path, big.keys, trusted)
+    for count in workers:
+        got = outcome(path, big.keys, trusted, count)
+        assert got == want, f"workers={count}: {got} != reference {want}"
+    return want
+
+
+def big_entry(line: bytes) -> dict[str, Any]:
+    return entry(line.rstrip(b"\n"))
+
+
+def reencode(obj: dict[str, Any]) -> bytes:
+    return encode(obj) + b"\n"
+
+
+@pytest.fixture
+def chunked(big: Big, monkeypatch: pytest.MonkeyPatch) -> Big:
+    monkeypatch.setattr(ledger.verify, "CHUNK_BYTES", big.chunk)
+    return big
+
+
+@compares_modes
+def test_chunks_and_workers_agree_on_the_untouched_export(chunked: Big, tmp_path: Path) -> None:
+    big = chunked
+    assert sum(map(len, big.lines)) > 8 * big.chunk  # many chunks
+    result = assert_same(tmp_path, big, big.lines)
+    assert result[0] == "valid"
+    assert result[1].size == len(big.lines) - 1
+    assert len(result[1].keys) == 2
+    # Kept checkpoints: the closing one, and inline ones including one at a chunk's edge.
+    notes = [
+        (i, big_entry(line)["body"]["note"])
+        for i, line in enumerate(big.lines[:-1])
+        if big_entry(line)["kind"] == "checkpoint"
+    ]
+    at_edge = [note for i, note in notes if i in (big.boundary, big.boundary - 1)]
+    closing_note = json.loads(big.lines[-1])["checkpoint"]
+    for trusted in (closing_note, notes[0][1], notes[len(notes) // 2][1], *at_edge):
+        assert assert_same(tmp_path, big, big.lines, trusted)[0] == "valid"
+    # Kept checkpoints of sizes no checkpoint entry has, on and off a chunk's edge.
+    for size in (big.boundary - 1, big.boundary, big.boundary + 1, 333):
+        assert big_entry(big.lines[size])["kind"] == "decision"
+        result = assert_same(tmp_path, big, big.lines, big.kept(size))
+        assert result[0] == "valid"
+        assert result[1].anchored_at == size
+        result = assert_same(tmp_path, big, big.lines, big.kept(size, altered=True))
+        assert result[:2] == ("tampered", size)
+
+
+def _tampers(big: Big) -> list[tuple[str, list[bytes]]]:
+    """Ways to tamper with the export, each at lines on, before and after chunk edges."""
+    out: list[tuple[str, list[bytes]]] = []
+    lines = big.lines
+    for at in {*(b + d for b in big.boundaries() for d in (-1, 0)), 1, len(lines) - 2}:
+        # (the last line of a chunk and the first of the next; the second entry; the last one)
+        obj = big_entry(lines[at])
+        name = f"{at}-{obj['kind']}"
+        flipped = list(lines)
+        flipped[at] = lines[at].replace(b'"subject":"', b'"subject":"X', 1)
+        out.append((f"altered@{name}", flipped))
+        out.append((f"deleted@{name}", lines[:at] + lines[at + 1 :]))
+        out.append((f"duplicated@{name}", lines[: at + 1] + lines[at:]))
+        out.append((f"swapped@{name}", [*lines[:at], lines[at + 1], lines[at], *lines[at + 2 :]]))
+        out.append((f"truncated@{name}", lines[:at]))
+        out.append((f"cut-mid-line@{name}", [*lines[:at], lines[at][:20]]))
+        out.append((f"merged@{name}", [*lines[:at], lines[at].rstrip(b"\n"), *lines[at + 1 :]]))
+        out.append((f"blank@{name}", [*lines[:at], b"\n", *lines[at:]]))
+        spaced = list(lines)
+        spaced[at] = lines[at].replace(b'":', b'": ', 1)
+        out.append((f"not-canonical@{name}", spaced))
+        if obj["kind"] == "decision":
+            floated = list(lines)
+            floated[at] = lines[at].replace(b'"n":', b'"n":0.5,"o":', 1)
+            out.append((f"float@{name}", floated))
+            rewritten = [line.rstrip(b"\n") for line in lines[:-1]]
+            body = {**obj["body"], "amount": "9000.00"}
+            rewritten[at] = encode({**obj, "body": body})
+            rewritten = rechain(rewritten, at)
+            out.append((f"rewritten@{name}", [line + b"\n" for line in rewritten] + lines[-1:]))
+            as_true = list(lines)
+            as_true[at] = reencode({**obj, "seq": True})
+            out.append((f"seq-true@{name}", as_true))
+        if at + 1 < len(lines) - 1:
+            renumbered = [
+                *lines[:at],
+                *(
+                    reencode({**big_entry(x), "seq": big_entry(x)["seq"] - 1})
+                    for x in lines[at + 1 : -1]
+                ),
+                lines[-1],
+            ]
+            out.append((f"deleted-renumbered@{name}", renumbered))
+    out.append(("no-trailing-newline", [*lines[:-1], lines[-1].rstrip(b"\n")]))
+    out.append(("closing-twice", [*lines, lines[-1]]))
+    out.append(("no-closing", lines[:-1]))
+    out.append(("empty", []))
+    return out
+
+
+@pytest.mark.slow
+@compares_modes
+def test_chunks_and_workers_name_the_same_seq_for_every_tampering(
+    chunked: Big, tmp_path: Path
+) -> None:
+    big = chunked
+    tampered = _tampers(big)
+    assert len(tampered) > 80
+    for name, lines in tampered:
+        try:
+            # Workers only: the tests above run every tampering in chunks here too.
+            result = assert_same(tmp_path, big, lines, workers=(2,))
+        except AssertionError as exc:
+            raise AssertionError(f"{name}: {exc}") from None
+        # Without its final newline, or closed twice, the export is as good as it was.
+        valid = name in ("no-trailing-newline", "closing-twice")
+        assert result[0] == ("valid" if valid else "tampered"), name
+
+
+@pytest.mark.slow
+@compares_modes
+def test_chunks_and_workers_agree_on_random_byte_flips(chunked: Big, tmp_path: Path) -> None:
+    big = chunked
+    data = b"".join(big.lines)
+    rng = random.Random(20261125)
+    interesting = b'0159-+.eE"\\{}[]:, \nx\xc3\xff'
+    for case in range(30):
+        mutated = bytearray(data)
+        for _ in range(1 + case % 3):
+            at = rng.randrange(len(mutated))
+            mutated[at] = rng.choice(interesting) if case % 2 else rng.randrange(256)
+        lines = bytes(mutated).splitlines(keepends=True)
+        try:
+            assert_same(tmp_path, big, lines, workers=(1, 2) if case < 5 else (2,))
+        except AssertionError as exc:
+            raise AssertionError(f"case {case}: {exc}") from None
+
+
+@compares_modes
+def test_only_checkpoint_and_key_lines_take_the_line_by_line_path(
+    chunked: Big, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    big = chunked
+    path = tmp_path / "big.jsonl"
+    path.write_bytes(b"".join(big.lines))
+    fed: list[bytes] = []
+    feed = ExportVerifier.feed
+
+    def counting(self: ExportVerifier, line: bytes) -> None:
+        fed.append(line)
+        feed(self, line)
+
+    monkeypatch.setattr(ExportVerifier, "feed", counting)
+    special = [
+        line.rstrip(b"\n")
+        for line in big.lines
+        if line.startswith(b'{"checkpoint":') or big_entry(line)["kind"] in ("checkpoint", "key")
+    ]
+    for workers in (1, 2):
+        fed.clear()
+        assert verify_export(path, big.keys, workers=workers).size == len(big.lines) - 1
+        assert fed == special
+
+
+@compares_modes
+def test_progress_is_told_in_file_order_up_to_the_end(chunked: Big, tmp_path: Path) -> None:
+    big = chunked
+    path = tmp_path / "big.jsonl"
+    path.write_bytes(b"".join(big.lines))
+    for workers in (1, 2):
+        told: list[int] = []
+        verify_export(path, big.keys, workers=workers, progress=told.append)
+        assert len(told) > 8
+        assert told == sorted(told)
+        assert told[-1] == path.stat().st_size
+
+
+@compares_modes
+def test_workers_from_a_fresh_interpreter_agree(
+    chunked: Big, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Where fork is not used (other systems, or threads running): spawned workers.
+    monkeypatch.setattr(ledger.verify, "_start_method", lambda: "spawn")
+    big = chunked
+    lines = list(big.lines)
+    lines[big.boundary] = lines[big.boundary].replace(b'"subject":"', b'"subject":"X', 1)
+    assert assert_same(tmp_path, big, lines)[0] == "tampered"
+
+
+@compares_modes
+def test_the_workers_option(
+    export: Export, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = write(tmp_path, export.lines)
+    args = ["verify", str(path), "--public-key", str(export.key_file)]
+    for workers in ("1", "2", "3"):
+        assert ledger_cli([*args, "--workers", workers]) == 0
+        assert capsys.readouterr().out.startswith("VALID: 35 entries")
+    for bad in ("0", "-1", "two"):
+        assert ledger_cli([*args, "--workers", bad]) == 2
+        assert "--workers" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="workers"):
+        verify_export(path, export.keys, workers=0)
+
+
+@compares_modes
+@settings(max_examples=60, deadline=None)
+@given(
+    before=st.integers(min_value=0, max_value=300),
+    length=st.integers(min_value=1, max_value=300),
+)
+def test_a_run_appended_whole_gives_the_tree_leaf_by_leaf(before: int, length: int) -> None:
+    # A scanned run carries the complete subtrees over [before, before + length); appended to
+    # the tree of the first ``before`` leaves they give the same tree as its leaves one by one.
+    leaves = [hashlib.sha256(i.to_bytes(4, "big")).digest() for i in range(before)]
+    lines, prev = [], "ab" * 32
+    for seq in range(before, before + length):
+        line = encode_entry(
+            seq=seq, time="t", kind="decision", actor="a", subject="s", body=b"{}", prev=prev
+        )
+        lines.append(line)
+        leaves.append(merkle.leaf_hash(line))
+        prev = leaves[-1].hex()
+    (run,) = ledger.verify._scan(lines, 0, -1)
+    assert isinstance(run, ledger.verify._Run)
+    assert (run.first_seq, run.length, run.last_leaf) == (before, length, prev)
+    frontier = ledger.verify._Frontier()
+    for leaf in leaves[:before]:
+        frontier.append_leaf(leaf)
+    levels = ledger.verify._subtree_levels(before, before + length)
+    assert len(levels) == len(run.hashes)
+    for level, subtree in zip(levels, run.hashes, strict=True):
+        frontier.append_subtree(level, subtree)
+    assert frontier.size == before + length
+    assert frontier.root() == merkle.root_hash(leaves)
+
+
+@compares_modes
+@settings(max_examples=200, deadline=None)
+@given(
+    text=st.lists(st.sampled_from([b"a", b"bc", b"\n", b"\n\n", b"x" * 300]), max_size=40),
+    block=st.sampled_from([1, 2, 5, 64, 1 << 16]),
+    step=st.integers(min_value=1, max_value=700),
+)
+def test_chunks_cut_where_lines_start_and_hold_every_line_once(
+    text: list[bytes], block: int, step: int, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    data = b"".join(text)
+    path = tmp_path_factory.mktemp("lines") / "lines"
+    path.write_bytes(data)
+    want = data.split(b"\n")
+    if want[-1] == b"":
+        want.pop()  # as iterating over the file gives them
+    got: list[bytes] = []
+    done = 0
+    with path.open("rb", buffering=0) as file, pytest.MonkeyPatch.context() as patch:
+        patch.setattr(ledger.verify, "_BLOCK", block)
+        for start in range(0, len(data), step):
+            stop = min(start + step, len(data))
+            first = ledger.verify._line_start(file, start)
+            end = ledger.verify._line_start(file, stop) if first < stop else first
+            assert first == done
+            got += ledger.verify._read_lines(file, first, end)
+            done = end
+    assert done == len(data)
+    assert got == want
+
+
+@compares_modes
+def test_an_export_read_from_a_pipe_is_verified_line_by_line(
+    export: Export, tmp_path: Path
+) -> None:
+    if not hasattr(os, "mkfifo"):
+        pytest.skip("no named pipes here")
+    fifo = tmp_path / "export.fifo"
+    os.mkfifo(fifo)
+    writer = threading.Thread(
+        target=fifo.write_bytes, args=(b"".join(x + b"\n" for x in export.lines),)
+    )
+    writer.start()
+    try:
+        result = verify_export(fifo, export.keys[:1], workers=2)
+    finally:
+        writer.join()
+    assert result == verify(write(tmp_path, export.lines), export)
