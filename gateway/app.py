@@ -9,6 +9,7 @@ from contextlib import asynccontextmanager
 from fastapi import Depends, FastAPI
 
 from gateway import ui
+from gateway.limits import Limits
 from gateway.problems import BodyLimit, install_problem_handlers
 from gateway.routes import actions, approvals, audits, autonomy, health, ledger
 from gateway.routes import policies as policy_routes
@@ -52,6 +53,13 @@ def create_app(
         dependencies=[Depends(reject_unknown_query)],
     )
     install_problem_handlers(app)
+    # Inside BodyLimit (added after it), so the body it scans is bounded already.
+    app.add_middleware(
+        Limits,
+        rate=settings.rate_limit_per_second,
+        burst=settings.rate_limit_burst,
+        max_depth=settings.max_json_depth,
+    )
     bundles = settings.max_bundle_bytes  # a bundle's files come in one body
     app.add_middleware(
         BodyLimit,

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
@@ -18,6 +18,9 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemaining
 
 from gateway.settings import Settings
 from ledger.errors import LedgerError
+
+if TYPE_CHECKING:
+    from sqlalchemy.engine import Engine
 
 # Commands import what they use when they run: `mandate --help` and the HTTP commands should
 # not pay for SQLAlchemy, FastAPI and the policy engines.
@@ -78,6 +81,21 @@ def fail(message: str, code: int = 2) -> typer.Exit:
     return typer.Exit(code)
 
 
+def open_database(settings: Settings) -> Engine:
+    """The database of ``settings``, its schema brought to head as a starting gateway would
+    (or refused, exit 2, when it cannot be: ``auto_migrate=false``, a newer revision)."""
+    from gateway.migrations import SchemaError, ensure_schema
+    from gateway.storage import open_engine
+
+    engine = open_engine(settings)
+    try:
+        ensure_schema(engine, auto_migrate=settings.auto_migrate)
+    except SchemaError as exc:
+        engine.dispose()
+        raise fail(str(exc)) from None
+    return engine
+
+
 token_app = typer.Typer(
     help="Bearer tokens: made here, stored hashed, shown once.", no_args_is_help=True
 )
@@ -103,21 +121,42 @@ def serve(
     data_dir: DataDir = None,
     policies: Policies = None,
     database_url: DatabaseUrl = None,
+    workers: Annotated[
+        int,
+        typer.Option(
+            help="Worker processes serving on the one port; they share the database and the "
+            "ledger as separate gateway processes do.",
+            min=1,
+        ),
+    ] = 1,
 ) -> None:
     """Start the gateway: SQLite under ./.mandate and policies from ./policies by default.
 
     The checkpoint signing key is made on first start (mode 0600).
     """
+    import os
+
     import uvicorn
 
     from gateway.app import create_app
     from gateway.policy.bundle import BundleError, load_bundle
+    from gateway.serving import WORKER_FACTORY, export_settings
+    from gateway.storage import signing_key
 
     settings = settings_from(data_dir, database_url, policies=policies, host=host, port=port)
     try:
         bundle = load_bundle(settings.policies)
     except BundleError as exc:
         raise fail(f"{exc}") from None
+    # What would stop the gateway from becoming ready is said here, plainly, before the banner
+    # (the app checks again when it starts: another process may change things meanwhile).
+    try:
+        signing_key(settings)
+    except LedgerError as exc:
+        raise fail(str(exc)) from None
+    except OSError as exc:
+        raise fail(f"signing key {settings.key_path}: {exc.strerror or exc}") from None
+    open_database(settings).dispose()
     url = f"http://{settings.host}:{settings.port}"
     where = settings.database_url or f"SQLite in {settings.data_dir}/"
     err.print(
@@ -131,8 +170,17 @@ def serve(
         f"  open {url}/docs                  # the API, try it out",
         highlight=False,
     )
+    if workers > 1:
+        # Each worker is a new interpreter: it imports the app factory (uvicorn takes an
+        # import string to start more than one) and reads its settings from the environment
+        # it inherits. The workers start at once, as separate gateway processes may: what a
+        # first start makes (schema, signing key, secrets, the bundle's activation) is made
+        # once, whoever comes first.
+        export_settings(settings, os.environ)
     uvicorn.run(
-        create_app(settings),
+        create_app(settings) if workers == 1 else WORKER_FACTORY,
+        factory=workers > 1,
+        workers=workers,
         host=settings.host,
         port=settings.port,
         loop="uvloop",
@@ -189,10 +237,8 @@ def token_create(
     """Make a token and print it (alone, on stdout). It is shown this once; only its hash is
     kept."""
     from gateway.identity import PERSON_ROLES, TokenBook
-    from gateway.models import create_gateway_tables
     from gateway.policy.bundle import BundleError, load_bundle
     from gateway.policy.permit import Permitter
-    from gateway.storage import open_engine
 
     settings = settings_from(data_dir, database_url, policies=policies)
     try:
@@ -207,8 +253,7 @@ def token_create(
         raise fail(
             f"unknown workflow {workflow!r}; workflows: {', '.join(sorted(bundle.workflows))}"
         )
-    engine = open_engine(settings)
-    create_gateway_tables(engine)
+    engine = open_database(settings)
     try:
         token, identity = TokenBook(engine).create(
             name=name, role=role, workflow=workflow, owner=owner
@@ -234,12 +279,9 @@ def token_revoke(
 ) -> None:
     """Revoke a token; it stops working within a second."""
     from gateway.identity import TokenBook
-    from gateway.models import create_gateway_tables
-    from gateway.storage import open_engine
 
     settings = settings_from(data_dir, database_url)
-    engine = open_engine(settings)
-    create_gateway_tables(engine)
+    engine = open_database(settings)
     try:
         revoked = TokenBook(engine).revoke(name)
     finally:
@@ -1162,13 +1204,11 @@ def policy_activate(
         answer = response.json()
         changed, seq, who = answer["changed"], answer["policy"]["ledger_seq"], "the gateway"
     else:
-        from gateway.models import create_gateway_tables
         from gateway.policies import write_slot
-        from gateway.storage import open_engine, open_ledger
+        from gateway.storage import open_ledger
 
         settings = settings_from(data_dir, database_url)
-        engine = open_engine(settings)
-        create_gateway_tables(engine)
+        engine = open_database(settings)
         try:
             with open_ledger(settings, engine) as ledger:
                 written = write_slot(
@@ -1417,3 +1457,101 @@ def _rule_text(rule: dict[str, Any]) -> str:
     if rule["removed"]:
         parts.append(f"-{rule['code']} {rule['removed']}")
     return ", ".join(parts)
+
+
+# -- db: the database's schema (Alembic migrations, gateway/migrations) ------------------------
+
+db_app = typer.Typer(
+    help=(
+        "The database's schema (the gateway's tables and the ledger's): bring it up to date, "
+        "show its revision, check it. A gateway brings its database up to date itself when it "
+        "starts, unless auto_migrate is off (MANDATE_AUTO_MIGRATE=false): then run `mandate db "
+        "upgrade` after installing a new Mandate, before starting the gateways."
+    ),
+    no_args_is_help=True,
+)
+app.add_typer(db_app, name="db")
+
+
+def _schema_state(data_dir: Path | None, database_url: str | None) -> Any:
+    """Where the database stands against this code's revisions (exit 2 if it is unreachable)."""
+    import sqlalchemy.exc
+
+    from gateway.migrations import schema_state
+    from gateway.storage import open_engine
+
+    engine = open_engine(settings_from(data_dir, database_url))
+    try:
+        return schema_state(engine)
+    except sqlalchemy.exc.OperationalError as exc:
+        raise fail(f"cannot use the database: {exc.orig or exc}") from None
+    finally:
+        engine.dispose()
+
+
+@db_app.command("upgrade")
+def db_upgrade(data_dir: DataDir = None, database_url: DatabaseUrl = None) -> None:
+    """Apply the migrations this database lacks, so that this version of Mandate can use it.
+
+    Run it after installing a new Mandate when the gateways run with auto_migrate=false, or
+    to prepare a new PostgreSQL database before the first gateway starts. At head it changes
+    nothing, so running it again is safe; so is running it from several hosts at once (one
+    applies each revision while holding the database's lock, the others wait and find it
+    done). A database made before migrations existed is checked against the tables Mandate
+    made then and stamped with the first revision. Prints the revision on stdout.
+
+    Exit 0 up to date, 1 the tables are not what Mandate expects (nothing was changed),
+    2 the database cannot be reached.
+    """
+    import sqlalchemy.exc
+
+    from gateway.migrations import BASELINE, SchemaError, upgrade
+    from gateway.storage import open_engine
+
+    engine = open_engine(settings_from(data_dir, database_url))
+    try:
+        done = upgrade(engine)
+    except SchemaError as exc:
+        raise fail(str(exc), code=1) from None
+    except sqlalchemy.exc.OperationalError as exc:
+        raise fail(f"cannot use the database: {exc.orig or exc}") from None
+    finally:
+        engine.dispose()
+    if done.adopted:
+        err.print(
+            f"adopted {len(done.adopted)} tables made before migrations: they match revision "
+            f"{BASELINE}, which is now stamped",
+            highlight=False,
+        )
+    if done.applied:
+        start = done.start or "an empty schema"
+        err.print(f"upgraded from {start} to {done.after} (head)", highlight=False)
+    elif not done.adopted:
+        err.print(f"already at head {done.after}; nothing to do", highlight=False)
+    print(done.after)
+
+
+@db_app.command("current")
+def db_current(data_dir: DataDir = None, database_url: DatabaseUrl = None) -> None:
+    """Print the database's revision (alone on stdout; nothing if it has none).
+
+    On stderr: how it compares with this version of Mandate's head, and what to run.
+    """
+    state = _schema_state(data_dir, database_url)
+    if state.current is not None:
+        print(state.current)
+    err.print(state.describe(), highlight=False, soft_wrap=True)
+
+
+@db_app.command("check")
+def db_check(data_dir: DataDir = None, database_url: DatabaseUrl = None) -> None:
+    """Check that the database is at this version of Mandate's head.
+
+    For deployment scripts with auto_migrate=false: exit 0 at head; 1 behind it (empty,
+    made before migrations, an older revision) or upgraded by a newer Mandate, saying what
+    to run; 2 the database cannot be reached.
+    """
+    state = _schema_state(data_dir, database_url)
+    if not state.at_head:
+        raise fail(state.describe(), code=1)
+    err.print(state.describe(), highlight=False)

@@ -25,7 +25,7 @@ from rich.console import Console
 from rich.table import Table
 
 from gateway.identity import TokenBook
-from gateway.models import create_gateway_tables
+from gateway.migrations import ensure_schema
 from gateway.serving import serve_in_background
 from gateway.settings import Settings
 from gateway.storage import open_engine, signing_key
@@ -173,7 +173,7 @@ def run_demo(
 ) -> DemoResult:
     """Make executor tokens, send ``actions`` proposals, export and verify the ledger."""
     engine = open_engine(settings)
-    create_gateway_tables(engine)
+    ensure_schema(engine, auto_migrate=settings.auto_migrate)
     book = TokenBook(engine)
     suffix = secrets.token_hex(3)
     tokens = {

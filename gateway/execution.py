@@ -61,18 +61,30 @@ class Routing:
 
 
 def load_webhook_secret(given: str | None, path: Path) -> bytes:
-    """The webhook HMAC key: the configured one, or one kept (mode 0600) in the data dir."""
+    """The webhook HMAC key: the configured one, or one kept (mode 0600) in the data dir.
+
+    Made on first use: written whole to a private temporary file, then linked into place,
+    which fails rather than overwrite. Processes that share the data dir and start at once
+    (gateways, ``serve --workers``) therefore all read the one key that was published first;
+    none reads a file still being written (an empty key) or dies on losing the race.
+    """
     if given:
         return given.encode()
-    try:
-        return path.read_bytes().strip()
-    except FileNotFoundError:
+    if not path.exists():
         path.parent.mkdir(parents=True, exist_ok=True)
-        secret = secrets.token_hex(32).encode()
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        scratch = path.with_name(f".{path.name}.{secrets.token_hex(6)}")
+        fd = os.open(scratch, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(fd, "wb") as out:
-            out.write(secret)
-        return secret
+            out.write(secrets.token_hex(32).encode())
+            out.flush()
+            os.fsync(out.fileno())
+        with contextlib.suppress(FileExistsError):  # another process published one first
+            os.link(scratch, path)
+        scratch.unlink()
+    secret = path.read_bytes().strip()
+    if not secret:  # left so by an earlier version that died while writing it
+        raise RuntimeError(f"{path} is empty; delete it to have a new key made")
+    return secret
 
 
 def intent_row(

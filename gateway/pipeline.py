@@ -601,7 +601,10 @@ class Decider:
         try:
             appended = await self.ledger.append_many_async(records, rows=rows)
         except LedgerError as exc:
-            raced = self._recorded((identity.owner, proposal.idempotency_key), digest)
+            try:
+                raced = self._recorded((identity.owner, proposal.idempotency_key), digest)
+            except sa.exc.SQLAlchemyError:
+                raced = None  # the database is down too: the ledger's failure is the reason
             if raced is not None:
                 return raced
             raise DecisionUnavailable(f"the ledger did not record the decision: {exc}") from exc

@@ -8,6 +8,7 @@ from collections.abc import Mapping, MutableMapping
 from typing import Any
 
 import orjson
+import sqlalchemy as sa
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -123,6 +124,20 @@ def install_problem_handlers(app: FastAPI) -> None:
             headers=headers,
         )
 
+    async def database_unavailable(request: Request, exc: Exception) -> Response:
+        # The database went away (or its disk filled) under a request that needed it, be it
+        # only to check the token: nothing was decided or done. The driver's own words, which
+        # name hosts and ports, go to the log, not to a caller who may not be authenticated.
+        cause = getattr(exc, "orig", None) or exc
+        log.warning("failing closed on %s: the database failed: %s", request.url.path, cause)
+        return problem(
+            503,
+            "database unavailable",
+            "the gateway's database is unavailable: nothing was decided or executed; "
+            "try again later",
+            instance=request.url.path,
+        )
+
     async def unexpected(request: Request, exc: Exception) -> Response:
         log.exception("unexpected error on %s", request.url.path)
         return problem(500, "internal error", "the gateway failed; nothing was executed")
@@ -131,6 +146,7 @@ def install_problem_handlers(app: FastAPI) -> None:
     app.add_exception_handler(GatewayError, gateway_error)
     app.add_exception_handler(AuthError, auth_error)
     app.add_exception_handler(StarletteHTTPException, http_error)
+    app.add_exception_handler(sa.exc.OperationalError, database_unavailable)
     app.add_exception_handler(Exception, unexpected)
 
 

@@ -19,7 +19,7 @@ from gateway.execution import Dispatcher, Routing, load_webhook_secret, payload_
 from gateway.figures import FigureBook
 from gateway.identity import Identity, TokenBook
 from gateway.metrics import Metrics
-from gateway.models import create_gateway_tables
+from gateway.migrations import ensure_schema
 from gateway.pipeline import ActivePolicy, AutonomyBook, Decider
 from gateway.policies import PolicyLifecycle, build_policy
 from gateway.policy.bundle import load_bundle
@@ -61,9 +61,14 @@ class Runtime:
     def start(
         cls, settings: Settings, *, clock: Callable[[], dt.datetime] | None = None
     ) -> Runtime:
-        """Open the database, the ledger (signing key made on first start) and the policy."""
+        """Bring the database's schema to head (or refuse, with auto_migrate off), then open
+        the ledger (signing key made on first start) and the policy."""
         engine = open_engine(settings)
-        create_gateway_tables(engine)
+        try:
+            ensure_schema(engine, auto_migrate=settings.auto_migrate)
+        except BaseException:
+            engine.dispose()
+            raise
         ledger = open_ledger(settings, engine)
         # The active bundle is the database's, shared by every process (gateway.policies).
         lifecycle = PolicyLifecycle(settings, engine, ledger)

@@ -616,7 +616,7 @@ class ReplayRequest(BaseModel):
         description="The candidate bundle's files. Without them, each decision is replayed "
         "with the bundle that made it (a reproducibility check: no verdict may change).",
     )
-    since: str | None = Field(
+    since: Annotated[str, StringConstraints(max_length=64)] | None = Field(
         None,
         description="Only decisions made at or after this time (2026-11-01 or "
         "2026-11-01T08:00:00Z).",

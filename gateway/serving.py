@@ -1,21 +1,35 @@
-"""Serving the app in a background thread on a free loopback port (the demo, the tests)."""
+"""Serving the app: in a background thread on a free loopback port (the demo, the tests), or
+in worker processes that each build it from the environment (``mandate serve --workers N``)."""
 
 from __future__ import annotations
 
+import json
 import socket
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, MutableMapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 
 import uvicorn
+from fastapi import FastAPI
 
 from gateway.app import create_app
 from gateway.runtime import Runtime
 from gateway.settings import Settings
 
-__all__ = ["Served", "free_port", "serve_in_background"]
+__all__ = [
+    "WORKER_FACTORY",
+    "Served",
+    "app_from_environment",
+    "export_settings",
+    "free_port",
+    "serve_in_background",
+]
+
+# What uvicorn imports in each worker process: it needs an import string, not an app object,
+# to start more than one.
+WORKER_FACTORY = "gateway.serving:app_from_environment"
 
 
 @dataclass
@@ -53,3 +67,24 @@ def serve_in_background(settings: Settings, *, timeout: float = 30.0) -> Iterato
     finally:
         server.should_exit = True
         thread.join(timeout=timeout)
+
+
+def export_settings(settings: Settings, environ: MutableMapping[str, str]) -> None:
+    """Put the settings that were given (command line, environment, ``mandate.toml``) into
+    ``environ`` as ``MANDATE_*`` variables, so that worker processes resolve the same ones.
+
+    Only the given ones: a worker must tell a given ``--policies`` from the default as this
+    process does (a given bundle directory is activated at start, the default one is not).
+    """
+    prefix = str(settings.model_config.get("env_prefix", ""))
+    for name, value in settings.model_dump(mode="json", include=settings.model_fields_set).items():
+        key = f"{prefix}{name}".upper()
+        if value is None:
+            environ.pop(key, None)
+        else:
+            environ[key] = value if isinstance(value, str) else json.dumps(value)
+
+
+def app_from_environment() -> FastAPI:
+    """The app of one worker process, with the settings ``export_settings`` passed on."""
+    return create_app(Settings())

@@ -27,6 +27,12 @@ class Settings(BaseSettings):
         None, description="SQLAlchemy URL; default: SQLite in the data dir"
     )
     database_schema: str | None = Field(None, description="PostgreSQL schema (search path)")
+    auto_migrate: bool = Field(
+        True,
+        description="on start, bring the database's schema up to date (Alembic migrations); "
+        "false: refuse to start on a database behind this version until `mandate db upgrade` "
+        "has run (for deployments that migrate in a step of their own)",
+    )
     policies: Path = Field(Path("policies"), description="the active policy bundle")
     host: str = "127.0.0.1"
     port: int = 8080
@@ -38,6 +44,20 @@ class Settings(BaseSettings):
         60.0, gt=0, description="...or every T seconds, whichever comes first"
     )
     max_body_bytes: int = Field(64 * 1024, ge=1024, description="larger request bodies get 413")
+    max_json_depth: int = Field(
+        32, ge=2, description="JSON bodies nested deeper than this (arrays, objects) get 422"
+    )
+    # Above what one process decides (bench gateway_http drives one token as fast as it goes),
+    # so the default stops a runaway client without throttling honest load.
+    rate_limit_per_second: float = Field(
+        5000.0,
+        ge=0,
+        description="requests per second per token, in this process (0: no limit); over it, "
+        "429 with Retry-After",
+    )
+    rate_limit_burst: int = Field(
+        10000, ge=1, description="requests a token may send at once before the rate applies"
+    )
     opa_url: str | None = Field(
         None, description="evaluate Rego on this OPA server instead of in-process regorus"
     )

@@ -2,9 +2,11 @@
 
 The pages call the same domain objects as the API: ``runtime.approvals`` lists, shows and
 decides approvals, and the action with its ledger timeline comes from
-``gateway.routes.actions.show``. Who may see and vote, separation of duties, the reason a
-rejection needs, expiry and conflicts are decided there; this module turns the answers (and the
-domain errors) into HTML with the same HTTP status the API would give.
+``gateway.routes.actions.show``; the audit queue lists and settles audits through
+``runtime.audits``, and the ledger's status page reads ``runtime.ledger``. Who may see and
+vote or audit, separation of duties, the reason a rejection or an incorrect finding needs, expiry
+and conflicts are decided there; this module turns the answers (and the domain errors) into
+HTML with the same HTTP status the API would give.
 
 Sessions: signing in with a token sets a cookie that holds the token's id (never the token), a
 CSRF nonce and the time of sign-in, signed with HMAC-SHA256 under a key kept in
@@ -40,6 +42,7 @@ from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
 from markupsafe import Markup, escape
 
+from gateway.access import ACCESS, route_path
 from gateway.autonomy import SERIES_DAYS
 from gateway.charts import trend_chart
 from gateway.errors import Conflict, Forbidden, GatewayError, InvalidInput, NotFound
@@ -49,7 +52,7 @@ from gateway.pipeline import LEVEL_NAMES
 from gateway.routes.actions import show as show_action
 from gateway.routes.deps import Rt
 from gateway.runtime import Runtime
-from gateway.schemas import ActionView, ApprovalView, LevelRequest, VoteRequest
+from gateway.schemas import ActionView, ApprovalView, FindingRequest, LevelRequest, VoteRequest
 
 __all__ = ["SESSION_COOKIE", "router", "session_secret", "static_files"]
 
@@ -250,6 +253,17 @@ def _safe_next(visit: Visit, target: str) -> str:
     return f"{base}/"
 
 
+def _role_refused(visit: Visit) -> Response | None:
+    """The 403 page, naming the roles that may, when the signed-in role may not use this page
+    (``gateway.access``, the same rules as the API's)."""
+    assert visit.identity is not None
+    try:
+        ACCESS.check(visit.identity, visit.request.method, route_path(visit.request))
+    except Forbidden as exc:
+        return _problem(visit, 403, exc.title, exc.detail)
+    return None
+
+
 def _csrf_refused(visit: Visit, given: str) -> Response | None:
     if given and hmac.compare_digest(given.encode(errors="replace"), visit.session.csrf.encode()):
         return None
@@ -305,6 +319,8 @@ templates.env.filters["when"] = _when
 templates.env.filters["pretty"] = _pretty
 templates.env.filters["linkify"] = _linkify
 templates.env.filters["pct"] = lambda bp: f"{bp // 100}.{bp % 100:02d} %"
+# The nav shows a section only to roles whose rule lets them in (the same rules as the pages').
+templates.env.globals["allows"] = ACCESS.allows
 
 
 def _page(visit: Visit, name: str, context: dict[str, Any], status_code: int = 200) -> Response:
@@ -452,6 +468,8 @@ def inbox(request: Request, runtime: Rt, status: Annotated[str, Query()] = "pend
     visit = _visit(request, runtime)
     if visit.identity is None:
         return _to_sign_in(visit)
+    if (denied := _role_refused(visit)) is not None:
+        return denied
     if status not in FILTERS:
         return _problem(
             visit, 422, "invalid input", f"status: one of {', '.join(FILTERS)}, not {status!r}"
@@ -570,6 +588,8 @@ def approval_page(approval_id: str, request: Request, runtime: Rt) -> Response:
     visit = _visit(request, runtime)
     if visit.identity is None:
         return _to_sign_in(visit)
+    if (denied := _role_refused(visit)) is not None:
+        return denied
     return _detail(visit, approval_id)
 
 
@@ -586,6 +606,8 @@ async def vote(
     visit = _visit(request, runtime)
     if visit.identity is None:
         return _to_sign_in(visit)
+    if (denied := _role_refused(visit)) is not None:
+        return denied
     refused = _csrf_refused(visit, csrf)
     if refused is not None:
         return refused
@@ -677,6 +699,8 @@ def autonomy_page(request: Request, runtime: Rt) -> Response:
     visit = _visit(request, runtime)
     if visit.identity is None:
         return _to_sign_in(visit)
+    if (denied := _role_refused(visit)) is not None:
+        return denied
     return _autonomy(visit)
 
 
@@ -693,6 +717,8 @@ async def promotion_vote(
     visit = _visit(request, runtime)
     if visit.identity is None:
         return _to_sign_in(visit)
+    if (denied := _role_refused(visit)) is not None:
+        return denied
     refused = _csrf_refused(visit, csrf)
     if refused is not None:
         return refused
@@ -730,6 +756,8 @@ async def level_set(
     visit = _visit(request, runtime)
     if visit.identity is None:
         return _to_sign_in(visit)
+    if (denied := _role_refused(visit)) is not None:
+        return denied
     refused = _csrf_refused(visit, csrf)
     if refused is not None:
         return refused
@@ -746,3 +774,155 @@ async def level_set(
         return _autonomy(visit, status_code=_status_of(exc), error=exc.detail)
     visit.say("ok", f"{workflow} {case_type} is at level {view.level} ({view.name}) now.")
     return _redirect(visit, f"{visit.base}/autonomy#{_anchor(workflow, case_type)}")
+
+
+# -- the audit queue -------------------------------------------------------------------------
+
+AUDIT_STATUSES = ("pending", "correct", "incorrect")
+AUDIT_FILTERS = (*AUDIT_STATUSES, "all")
+
+
+@dataclass
+class _Draft:
+    """A finding the page did not record, shown again on its row: what was chosen and typed,
+    and why the note was refused."""
+
+    audit_id: str
+    finding: str
+    note: str
+    note_error: str | None = None
+
+
+def _audits(
+    visit: Visit,
+    status: str = "pending",
+    *,
+    status_code: int = 200,
+    draft: _Draft | None = None,
+    error: str | None = None,
+) -> Response:
+    """The audits in one state, oldest first (the queue's order); pending ones carry the form
+    that records a finding. ``error`` says why the last finding was not recorded."""
+    assert visit.identity is not None
+    runtime = visit.runtime
+    try:
+        views = runtime.audits.list(visit.identity, None if status == "all" else status)
+    except GatewayError as exc:
+        return _problem(visit, _status_of(exc), exc.title, exc.detail)
+    now = runtime.decider.clock()
+    context = {
+        "section": "audits",
+        "rows": [{"view": view, "age": _age(view.created_at, now)} for view in views],
+        "status": status,
+        "filters": AUDIT_FILTERS,
+        "draft": draft,
+        "error": error,
+        "now": now.strftime("%Y-%m-%d %H:%M"),
+    }
+    return _page(visit, "audits.html", context, status_code)
+
+
+@router.get("/audits", response_class=HTMLResponse)
+def audits_page(
+    request: Request, runtime: Rt, status: Annotated[str, Query()] = "pending"
+) -> Response:
+    """Executed actions drawn for post-hoc audit that this auditor may audit, by state."""
+    visit = _visit(request, runtime)
+    if visit.identity is None:
+        return _to_sign_in(visit)
+    if (denied := _role_refused(visit)) is not None:
+        return denied
+    if status not in AUDIT_FILTERS:
+        return _problem(
+            visit,
+            422,
+            "invalid input",
+            f"status: one of {', '.join(AUDIT_FILTERS)}, not {status!r}",
+        )
+    return _audits(visit, status)
+
+
+@router.post("/audits/{audit_id}", response_class=HTMLResponse)
+async def record_finding(
+    audit_id: str,
+    request: Request,
+    runtime: Rt,
+    finding: Annotated[str, Form()] = "",
+    note: Annotated[str, Form()] = "",
+    csrf: Annotated[str, Form()] = "",
+) -> Response:
+    """Record a finding through ``Audits.record``; then back to the queue, with a message.
+    A refused finding shows the queue again with what was typed and why."""
+    visit = _visit(request, runtime)
+    if visit.identity is None:
+        return _to_sign_in(visit)
+    if (denied := _role_refused(visit)) is not None:
+        return denied
+    refused = _csrf_refused(visit, csrf)
+    if refused is not None:
+        return refused
+    draft = _Draft(audit_id, finding, note)
+    try:
+        wanted = FindingRequest.model_validate({"finding": finding, "note": note})
+    except pydantic.ValidationError as exc:
+        first = exc.errors()[0]
+        where = str(first["loc"][0]) if first["loc"] else "finding"
+        message = f"{where}: {first['msg']}"
+        if where == "note":
+            draft.note_error = message
+        error = None if where == "note" else message
+        return _audits(visit, status_code=422, draft=draft, error=error)
+    try:
+        view = await runtime.audits.record(visit.identity, audit_id, wanted)
+    except InvalidInput as exc:
+        fields = dict(exc.errors)
+        draft.note_error = fields.get("note")
+        error = None if "note" in fields else exc.detail
+        return _audits(visit, status_code=422, draft=draft, error=error)
+    except GatewayError as exc:
+        return _audits(visit, status_code=_status_of(exc), draft=draft, error=exc.detail)
+    visit.say(
+        "ok",
+        f"Finding recorded: {view.action_type} on {view.resource} was {view.status} "
+        f"(ledger #{view.finding_seq}).",
+    )
+    return _redirect(visit, f"{visit.base}/audits")
+
+
+# -- the ledger's status ---------------------------------------------------------------------
+
+
+def _key_ranges(keys: list[tuple[int, str]]) -> list[dict[str, Any]]:
+    """Each signing key with the tree sizes it signs: from its first size up to the size
+    before the next key's first (the newest key signs from its first size on: ``last`` None)."""
+    lasts: list[int | None] = [first - 1 for first, _ in keys[1:]]
+    lasts.append(None)
+    return [
+        {"vkey": vkey, "first": first, "last": last}
+        for (first, vkey), last in zip(keys, lasts, strict=True)
+    ]
+
+
+@router.get("/ledger", response_class=HTMLResponse)
+def ledger_page(request: Request, runtime: Rt) -> Response:
+    """The ledger's size, its latest signed checkpoint, the signing keys with their ranges,
+    and how an auditor verifies an export offline. Read-only."""
+    visit = _visit(request, runtime)
+    if visit.identity is None:
+        return _to_sign_in(visit)
+    if (denied := _role_refused(visit)) is not None:
+        return denied
+    ledger = runtime.ledger
+    # The checkpoint before the size: the log only grows, so the size shown is never smaller
+    # than the checkpoint's even if one is signed in between.
+    latest = ledger.latest_checkpoint()
+    context = {
+        "section": "ledger",
+        "checkpoint": latest,
+        "root": None if latest is None else latest.root_hash.hex(),
+        "size": ledger.size(),
+        "keys": _key_ranges(ledger.keys()),
+        "every": runtime.settings.checkpoint_every,
+        "interval": runtime.settings.checkpoint_interval,
+    }
+    return _page(visit, "ledger.html", context)

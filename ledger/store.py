@@ -451,6 +451,9 @@ class Ledger:
         self._cursor: sqlite3.Cursor | None = None
         self._tail: _Tail | None = None
         self._last_checkpoint_at = time.monotonic()
+        # Why the writer's last transaction failed for the database's sake (not a caller's),
+        # until one commits: what readiness reports while the disk is full or the server gone.
+        self._failure: str | None = None
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -463,6 +466,13 @@ class Ledger:
     def signer(self) -> NoteSigner | None:
         """The key this process signs checkpoints with, if any."""
         return self._signer
+
+    @property
+    def failure(self) -> str | None:
+        """Why the writer's most recent transaction did not commit, if it did not: the
+        database's failure (unreachable, disk full), never a caller's. None once one commits,
+        be it only the periodic checkpoint's, so a ledger that recovers says so by itself."""
+        return self._failure
 
     @property
     def writing(self) -> bool:
@@ -512,7 +522,10 @@ class Ledger:
                 return
             # Nothing can be queued after this: _submit checks it under the same lock.
             self._closed = True
-            self._wake()
+            # Only an idle writer needs waking (a busy one sees _closed before it idles), and
+            # only once: a second release of a wake-up not yet taken would raise.
+            if self._idle:
+                self._wake()
         self._writer.join()
         self._drop_connection()
 
@@ -753,8 +766,13 @@ class Ledger:
                     self._commit_or_split([request], None)
                 return
             cause = exc.cause if isinstance(exc, _CallerFailed) else _as_storage_error(exc)
+            # A caller's own failure, or its rows meeting a unique key (a retry that raced its
+            # first attempt), says nothing about the database.
+            if not isinstance(exc, (_CallerFailed, sa.exc.IntegrityError, sqlite3.IntegrityError)):
+                self._failure = str(cause)
             _deliver([(batch[0], cause)])
             return
+        self._failure = None
         _deliver(zip(batch, results, strict=True))
 
     def _commit(self, batch: list[_Request], build: _Build | None) -> list[list[Appended]]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 from collections.abc import Iterator
 from pathlib import Path
@@ -67,6 +68,15 @@ class RoleToken:
         case.headers["Authorization"] = f"Bearer role:{data}"
 
 
+def _with_token(case: schemathesis.Case[Any], tokens: dict[str, str]) -> dict[str, Any]:
+    """The case's headers with the real token in place of ``RoleToken``'s placeholder."""
+    headers = dict(case.headers or {})
+    role = headers.get("Authorization", "").removeprefix("Bearer role:")
+    if role in tokens:
+        headers["Authorization"] = f"Bearer {tokens[role]}"
+    return headers
+
+
 @schema.parametrize()
 @settings(
     max_examples=40,
@@ -77,14 +87,66 @@ class RoleToken:
 def test_every_endpoint_answers_within_its_schema(
     case: schemathesis.Case[Any], gateway: LiveGateway, tokens: dict[str, str]
 ) -> None:
-    headers = dict(case.headers or {})
-    role = headers.get("Authorization", "").removeprefix("Bearer role:")
-    if role in tokens:
-        headers["Authorization"] = f"Bearer {tokens[role]}"
     case.call_and_validate(
         base_url=gateway.url,
-        headers=headers,
+        headers=_with_token(case, tokens),
         # The schema cannot know which workflows the active bundle has, or which seq exists:
         # a schema-valid request may still get a 422 that names the field.
         excluded_checks=[schemathesis.checks.positive_data_acceptance],
     )
+
+
+def test_linked_calls_answer_within_their_schema(
+    gateway: LiveGateway, tokens: dict[str, str]
+) -> None:
+    """Stateful: calls chained by the links schemathesis infers (an action proposed, then
+    looked up, its approval voted on, its outcome reported), each answered within its schema."""
+    machine = schema.as_state_machine()
+    answered: list[tuple[str, int]] = []
+    keys = itertools.count()
+
+    class Linked(machine):  # type: ignore[misc, valid-type]
+        def before_call(self, case: schemathesis.Case[Any]) -> None:
+            # A random proposal names no workflow of the bundle: chains would stop at a 422.
+            # Propose what booking-agent may, so the calls after it reach a real action.
+            if (case.method, case.path) == ("POST", "/v1/actions"):
+                case.body = {
+                    "workflow": "parking",
+                    "action_type": "booking.create",
+                    "case_type": "booking.create",
+                    "resource": f"bay/{next(keys)}",
+                    "params": {},
+                    "confidence": 0.95,
+                    "idempotency_key": f"linked-{next(keys)}",
+                }
+
+        def after_call(self, response: Any, case: schemathesis.Case[Any]) -> None:
+            answered.append((f"{case.method} {case.path}", response.status_code))
+
+        def get_call_kwargs(self, case: schemathesis.Case[Any]) -> dict[str, Any]:
+            return {"base_url": gateway.url, "headers": _with_token(case, tokens)}
+
+        def validate_response(
+            self,
+            response: Any,
+            case: schemathesis.Case[Any],
+            additional_checks: Any = None,
+            **kwargs: Any,
+        ) -> None:
+            case.validate_response(
+                response,
+                excluded_checks=[schemathesis.checks.positive_data_acceptance],
+                transport_kwargs=kwargs,
+            )
+
+    Linked.run(
+        settings=settings(
+            max_examples=25,
+            stateful_step_count=6,
+            deadline=None,
+            derandomize=True,
+            suppress_health_check=list(HealthCheck),
+        )
+    )
+    # The links were followed: an action proposed in a step was then found by its id.
+    assert ("GET /v1/actions/{action_id}", 200) in answered, sorted(set(answered))

@@ -1,4 +1,5 @@
-"""Request dependencies: the runtime, and who is calling (the pipeline's authenticate step)."""
+"""Request dependencies: the runtime, and who is calling (the pipeline's authenticate step,
+with the gateway's role rule for the endpoint, ``gateway.access``)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,8 @@ from fastapi.dependencies.models import Dependant
 from fastapi.routing import APIRoute
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
-from gateway.errors import Forbidden, InvalidInput
+from gateway.access import ACCESS, route_path
+from gateway.errors import InvalidInput
 from gateway.identity import Identity, authenticate
 from gateway.runtime import Runtime
 from gateway.schemas import Problem
@@ -20,7 +22,6 @@ __all__ = [
     "Rt",
     "problem_doc",
     "reject_unknown_query",
-    "require_role",
 ]
 
 
@@ -37,7 +38,19 @@ def problem_doc(description: str) -> dict[str, Any]:
 
 AUTH_PROBLEMS: dict[int | str, dict[str, Any]] = {
     401: problem_doc("No token, or an unknown or revoked one."),
-    403: problem_doc("The caller's role may not do this."),
+    403: problem_doc(
+        "The caller's role may not call this endpoint; the detail names the roles "
+        "that may (README: Who may call what)."
+    ),
+    429: problem_doc("The token is over its rate limit: wait `Retry-After` seconds.")
+    | {
+        "headers": {
+            "Retry-After": {
+                "description": "Seconds until the token may send again.",
+                "schema": {"type": "integer", "minimum": 1},
+            }
+        }
+    },
 }
 
 _bearer = HTTPBearer(auto_error=False, description="A token from `mandate token create`.")
@@ -53,11 +66,14 @@ Rt = Annotated[Runtime, Depends(_runtime)]
 
 
 async def _caller(
+    request: Request,
     runtime: Rt,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
 ) -> Identity:
     header = None if credentials is None else f"{credentials.scheme} {credentials.credentials}"
-    return authenticate(runtime.tokens, header)
+    identity = authenticate(runtime.tokens, header)
+    ACCESS.check(identity, request.method, route_path(request))
+    return identity
 
 
 Caller = Annotated[Identity, Depends(_caller)]
@@ -82,12 +98,4 @@ async def reject_unknown_query(request: Request) -> None:
         takes = ", ".join(sorted(known)) or "no query parameters"
         raise InvalidInput(
             [(name, f"unknown query parameter; this endpoint takes {takes}") for name in unknown]
-        )
-
-
-def require_role(identity: Identity, *roles: str) -> None:
-    """Refuse (403) a caller whose role is not one of ``roles``."""
-    if identity.role not in roles:
-        raise Forbidden(
-            f"role {identity.role!r} may not do this; it needs one of {', '.join(roles)}"
         )

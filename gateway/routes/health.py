@@ -2,11 +2,18 @@
 
 from __future__ import annotations
 
+import datetime as dt
+from typing import Any
+
 import sqlalchemy as sa
 from fastapi import APIRouter
 from fastapi.responses import JSONResponse, Response
 
+from gateway.identity import Identity
+from gateway.pipeline import ZERO_STATS, ActivePolicy, rego_input
 from gateway.routes.deps import AUTH_PROBLEMS, Caller, Rt
+from ledger.entry import format_time
+from ledger.store import Ledger
 
 router = APIRouter(tags=["health"])
 
@@ -31,15 +38,14 @@ def readyz(runtime: Rt, _caller: Caller) -> Response:
             conn.execute(sa.text("SELECT 1"))
         checks["database"] = "ok"
     except Exception as exc:
-        checks["database"] = f"unavailable: {exc}"
+        checks["database"] = f"unavailable: {_why(exc)}"
     try:
-        runtime.ledger.size()  # the ledger's own table, not just its writer thread
-        checks["ledger"] = "ok" if runtime.ledger.writing else "the ledger writer is not running"
+        checks["ledger"] = _ledger_check(runtime.ledger)
     except Exception as exc:
-        checks["ledger"] = f"unavailable: {exc}"
+        checks["ledger"] = f"unavailable: {_why(exc)}"
     checks["signing_key"] = "ok" if runtime.ledger.signer is not None else "no signing key"
     policy = runtime.decider.policy
-    unavailable = policy.engine.unavailable()
+    unavailable = policy.engine.unavailable() or _policy_fails(policy)
     checks["policy"] = unavailable or (
         f"ok ({policy.engine.name} {policy.engine.version}, bundle {policy.bundle.digest[:12]})"
     )
@@ -51,6 +57,67 @@ def readyz(runtime: Rt, _caller: Caller) -> Response:
     return JSONResponse(
         {"status": "ready" if ready else "not ready", "checks": checks}, 200 if ready else 503
     )
+
+
+def _why(exc: BaseException) -> str:
+    """The driver's own first line: SQLAlchemy's text adds the statement and a link."""
+    cause = getattr(exc, "orig", None) or exc
+    lines = str(cause).strip().splitlines() or [""]
+    return f"{type(cause).__name__}: {lines[0]}"
+
+
+def _ledger_check(ledger: Ledger) -> str:
+    """Whether the ledger can take an append now.
+
+    Its table must be readable and its writer running. After a transaction of the writer
+    failed (the disk full, the server gone), the ledger is not ready until one commits; a
+    checkpoint of the entries since the last one is that commit, made here, a real append. With
+    no entry to checkpoint there is nothing to try: the ledger's periodic checkpoint tries."""
+    size = ledger.size()  # the ledger's own table, not just its writer thread
+    if not ledger.writing:
+        return "the ledger writer is not running"
+    failure = ledger.failure
+    if failure is None:
+        return "ok"
+    latest = ledger.latest_checkpoint()
+    if latest is not None and size <= latest.size + 1:
+        return f"appends are failing: {failure}"
+    try:
+        ledger.checkpoint()
+    except Exception as exc:
+        return f"appends are failing: {exc}"
+    return "ok"
+
+
+# A plain proposal every workflow's policy must be able to evaluate: an engine that raises on it
+# (a bundle that does not load on this thread, a rule that errors on every input, an OPA server
+# without the package) cannot decide anything. An error that only some inputs reach is the
+# answer to those inputs (503), not the instance's readiness: a caller could otherwise take
+# every instance out of service with one crafted proposal.
+_PROBE_EXECUTOR = Identity("tok_readyz", "readyz", "readyz", None, "readyz")
+
+
+def _policy_fails(policy: ActivePolicy) -> str | None:
+    """Why the Rego engine cannot evaluate a plain proposal of some workflow, or None."""
+    now = format_time(dt.datetime.now(dt.UTC))
+    for workflow in sorted(policy.bundle.workflows):
+        probe: dict[str, Any] = {
+            "workflow": workflow,
+            "action_type": "readiness.probe",
+            "resource": "readiness/probe",
+            "params": {},
+            "case_type": "readiness.probe",
+            "confidence": None,
+            "context": {},
+            "idempotency_key": "readyz",
+        }
+        try:
+            policy.engine.evaluate(
+                workflow, rego_input(probe, _PROBE_EXECUTOR, 1, dict(ZERO_STATS), now)
+            )
+        except Exception as exc:
+            return f"the Rego engine fails on a plain {workflow} proposal: {exc}"
+    return None
 
 
 @router.get(

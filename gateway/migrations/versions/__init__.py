@@ -1,0 +1,2 @@
+"""Revisions, oldest first (files rev<NNNN>_<slug>.py); each names the one before it in
+``down_revision``."""
