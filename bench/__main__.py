@@ -1,6 +1,7 @@
 """Run the benchmarks: ``python -m bench [GROUP-OR-BENCH ...] [--quick] [--repeat N]``.
 
-With no names every bench runs; a group name (``ledger``) runs the benches of that group, a
+With no names every bench runs but the long ones (``ON_REQUEST = True``: the soak), which run
+when named or with ``--quick``; a group name (``ledger``) runs the benches of that group, a
 bench name (``ledger_verify``) runs that one. ``--quick`` uses tiny sizes and a scratch
 directory, for the smoke test that keeps the benches from rotting; its figures mean nothing.
 Figures are printed (lines starting with ``FIGURE``), never asserted.
@@ -22,18 +23,21 @@ from types import ModuleType
 
 from bench._common import Context, Figure, print_summary
 
-# Bench modules, in the order they run. Each has NAME, GROUP, DESCRIPTION and run(ctx).
+# Bench modules, in the order they run. Each has NAME, GROUP, DESCRIPTION and run(ctx), and may
+# set ON_REQUEST = True to be left out of a run without names unless it is --quick.
 BENCHES = (
     "bench.ledger_append",
     "bench.ledger_verify",
     "bench.ledger_proofs",
     "bench.gateway_http",
+    "bench.gateway_scale",
     "bench.gateway_decide",
     "bench.permit",
     "bench.dispatch_latency",
     "bench.dispatch_outbox",
     "bench.autonomy",
     "bench.replay",
+    "bench.soak",
 )
 DEFAULT_OUT = Path(__file__).resolve().parent / "out"
 
@@ -42,15 +46,21 @@ def _modules() -> list[ModuleType]:
     return [importlib.import_module(name) for name in BENCHES]
 
 
-def _select(modules: Sequence[ModuleType], names: Sequence[str]) -> list[ModuleType]:
+def _select(
+    modules: Sequence[ModuleType], names: Sequence[str], quick: bool = False
+) -> list[ModuleType]:
     if not names:
-        return list(modules)
+        return [m for m in modules if quick or not getattr(m, "ON_REQUEST", False)]
     return [m for m in modules if m.NAME in names or m.GROUP in names]
 
 
 def _parser(modules: Sequence[ModuleType]) -> argparse.ArgumentParser:
     groups = sorted({m.GROUP for m in modules})
-    listing = "\n".join(f"  {m.NAME:<16} ({m.GROUP}) {m.DESCRIPTION}" for m in modules)
+    listing = "\n".join(
+        f"  {m.NAME:<16} ({m.GROUP}) {m.DESCRIPTION}"
+        + (" [only when named]" if getattr(m, "ON_REQUEST", False) else "")
+        for m in modules
+    )
     parser = argparse.ArgumentParser(
         prog="python -m bench",
         description="Benchmarks: figures against baselines measured in the same run.",
@@ -95,7 +105,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     unknown = [n for n in args.names if n not in known]
     if unknown:
         parser.error(f"unknown group or bench: {', '.join(unknown)} (known: {sorted(known)})")
-    chosen = _select(modules, args.names)
+    chosen = _select(modules, args.names, quick=args.quick)
     repeat = args.repeat if args.repeat is not None else (2 if args.quick else 5)
     if repeat < 1:
         parser.error("--repeat must be at least 1")

@@ -10,8 +10,10 @@ measured. It is stopped by its process id.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import random
+import secrets
 import shutil
 import signal
 import socket
@@ -21,20 +23,26 @@ import sys
 import threading
 import time
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from http.server import ThreadingHTTPServer
 from pathlib import Path
+from typing import Any
 
 import httpx
+import sqlalchemy as sa
 
 from adapters.receiver import Receiver, _handler
 from gateway.serving import free_port
+from ledger.database import create_engine
 
 __all__ = [
+    "DATABASE_URL_ENVS",
     "POLICIES",
     "REPO",
     "Served",
+    "Store",
     "TimedReceiver",
+    "bench_database_url",
     "clean_env",
     "counts",
     "cpu_seconds",
@@ -43,9 +51,13 @@ __all__ = [
     "intent_counts",
     "mandate_command",
     "receiving",
+    "rss_mib",
     "serve",
+    "serve_many",
     "sqlite_rows",
+    "store",
     "tokens",
+    "verify_ledger",
 ]
 
 REPO = Path(__file__).resolve().parent.parent
@@ -73,20 +85,29 @@ def clean_env(**settings: str) -> dict[str, str]:
     return env
 
 
-def tokens(data_dir: Path, wanted: Sequence[tuple[str, str, str | None]]) -> dict[str, str]:
+def tokens(
+    data_dir: Path,
+    wanted: Sequence[tuple[str, str, str | None]],
+    *,
+    database_url: str | None = None,
+    env: Mapping[str, str] | None = None,
+) -> dict[str, str]:
     """Make tokens with ``mandate token create``, one after another: (name, role, workflow)
-    each; returns name -> token."""
+    each; returns name -> token. ``database_url`` and ``env`` (default ``clean_env()``) for a
+    gateway on another database than SQLite in ``data_dir`` (``Store.url``, ``Store.env``)."""
     made = {}
     data_dir.mkdir(parents=True, exist_ok=True)
     for name, role, workflow in wanted:
         cmd = [*mandate_command(), "token", "create", "--name", name, "--role", role]
         cmd += ["--data-dir", str(data_dir), "--policies", str(POLICIES)]
+        if database_url:
+            cmd += ["--database-url", database_url]
         if workflow:
             cmd += ["--workflow", workflow]
         done = subprocess.run(
             cmd,
             cwd=data_dir.parent,
-            env=clean_env(),
+            env=dict(env) if env is not None else clean_env(),
             capture_output=True,
             text=True,
             timeout=120,
@@ -172,8 +193,9 @@ def _stop(process: subprocess.Popen[bytes]) -> None:
         process.wait(timeout=10)
 
 
-def gateway_command(port: int, data_dir: Path) -> list[str]:
-    """``mandate serve`` on loopback ``port`` with ``data_dir`` and the repository's policies."""
+def gateway_command(port: int, data_dir: Path, database_url: str | None = None) -> list[str]:
+    """``mandate serve`` on loopback ``port`` with ``data_dir`` and the repository's policies
+    (and ``database_url`` instead of SQLite in ``data_dir`` when given)."""
     return [
         *mandate_command(),
         "serve",
@@ -185,6 +207,7 @@ def gateway_command(port: int, data_dir: Path) -> list[str]:
         str(data_dir),
         "--policies",
         str(POLICIES),
+        *(["--database-url", database_url] if database_url else []),
     ]
 
 
@@ -196,6 +219,207 @@ def cpu_seconds(pid: int) -> float | None:
         return None
     ticks = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
     return (int(fields[11]) + int(fields[12])) / ticks
+
+
+def rss_mib(pid: int) -> float | None:
+    """A process's resident set size (``VmRSS`` in Linux ``/proc``) in MiB, else None."""
+    try:
+        text = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return None
+    for line in text.splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024  # kB
+    return None
+
+
+# -- several gateway processes on one database -------------------------------------------------
+
+# Where the PostgreSQL of the benches is, first found wins; unset: the PostgreSQL half is skipped.
+DATABASE_URL_ENVS = ("MANDATE_BENCH_DATABASE_URL", "MANDATE_TEST_DATABASE_URL")
+
+
+def bench_database_url() -> str | None:
+    """The PostgreSQL URL given in ``DATABASE_URL_ENVS``, else None."""
+    for name in DATABASE_URL_ENVS:
+        value = os.environ.get(name, "").strip()
+        if value:
+            return value
+    return None
+
+
+@dataclass
+class Store:
+    """Where the processes of one gateway keep their state: a data dir (the signing key, which
+    every process of one ledger must share, the webhook secret and, without ``url``, the
+    SQLite file) and, on PostgreSQL, a URL and a schema of this run's own."""
+
+    data_dir: Path
+    url: str | None = None
+    schema: str | None = None
+    _engine: sa.Engine | None = field(default=None, repr=False)
+
+    @property
+    def backend(self) -> str:
+        return "postgresql" if self.url else "sqlite"
+
+    def env(self) -> dict[str, str]:
+        """``clean_env()`` with the schema for the subprocesses."""
+        return clean_env(database_schema=self.schema) if self.schema else clean_env()
+
+    def command(self, port: int) -> list[str]:
+        """``mandate serve`` on ``port`` over this store."""
+        return gateway_command(port, self.data_dir, self.url)
+
+    def args(self) -> list[str]:
+        """The CLI options that name this store."""
+        return [
+            "--data-dir",
+            str(self.data_dir),
+            *(["--database-url", self.url] if self.url else []),
+        ]
+
+    def rows(self, sql: str) -> list[tuple[Any, ...]]:
+        """Rows of a query (from this module's callers, never from input) on the store."""
+        if self._engine is None:
+            url = self.url or f"sqlite:///{self.data_dir / 'mandate.db'}"
+            self._engine = create_engine(url, schema=self.schema)
+        with self._engine.connect() as conn:
+            return [tuple(row) for row in conn.execute(sa.text(sql))]
+
+    def count(self, table: str, column: str) -> dict[str, int]:
+        """Rows of ``table`` by ``column``."""
+        rows = self.rows(f"SELECT {column}, count(*) FROM {table} GROUP BY {column}")
+        return {str(value): int(n) for value, n in rows}
+
+    def backlog(self) -> int:
+        """Execution intents not yet handed over (pending or being dispatched)."""
+        by_status = self.count("gateway_intents", "status")
+        return by_status.get("pending", 0) + by_status.get("dispatching", 0)
+
+    def drain(self, timeout: float = 180.0) -> tuple[int, float]:
+        """Wait until no intent is pending or being dispatched; return how many there were at
+        the call and how long they took."""
+        start = time.perf_counter()
+        first = None
+        while True:
+            waiting = self.backlog()
+            first = waiting if first is None else first
+            if waiting == 0:
+                return first, time.perf_counter() - start
+            if time.perf_counter() - start > timeout:
+                raise RuntimeError(f"the dispatchers did not drain {waiting} intents in time")
+            time.sleep(0.05)
+
+    def close(self) -> None:
+        if self._engine is not None:
+            self._engine.dispose()
+            self._engine = None
+
+
+@contextlib.contextmanager
+def store(workdir: Path, url: str | None = None, *, prefix: str = "bench") -> Iterator[Store]:
+    """A fresh store under ``workdir``: SQLite in its data dir, or on PostgreSQL at ``url`` a
+    schema of its own (``<prefix>_<pid>_<random>``), dropped when the block ends. Its signing
+    key is made here, before any gateway starts, so that all of them share it."""
+    data_dir = workdir / "data"
+    shutil.rmtree(data_dir, ignore_errors=True)
+    data_dir.mkdir(parents=True)
+    schema = None
+    admin = None
+    if url:
+        schema = f"{prefix}_{os.getpid()}_{secrets.token_hex(4)}"
+        admin = sa.create_engine(url)
+        with admin.begin() as conn:
+            conn.execute(sa.text(f'CREATE SCHEMA "{schema}"'))
+    made = Store(data_dir, url, schema)
+    try:
+        _mandate(made, "ledger", "public-key")  # makes the shared signing key (mode 0600)
+        yield made
+    finally:
+        made.close()
+        if admin is not None:
+            with admin.begin() as conn:
+                conn.execute(sa.text(f'DROP SCHEMA "{schema}" CASCADE'))
+            admin.dispose()
+
+
+def _mandate(where: Store, *args: str, timeout: float = 600) -> str:
+    """Run ``mandate ARGS`` on ``where``; its stdout (raises with stderr if it failed)."""
+    cmd = [*mandate_command(), *args, *where.args()]
+    done = subprocess.run(
+        cmd,
+        cwd=where.data_dir.parent,
+        env=where.env(),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+    if done.returncode != 0:
+        raise RuntimeError(f"mandate {' '.join(args)} failed: {done.stderr[-2000:]}")
+    return done.stdout
+
+
+def verify_ledger(where: Store, workdir: Path) -> dict[str, Any]:
+    """Export the store's ledger (``mandate ledger export``) and verify the export offline
+    against the public key (``mandate ledger verify --json``); the verifier's JSON, which says
+    ``valid`` and ``size``. Raises if the export does not verify."""
+    key = workdir / "ledger-public-key"
+    key.write_text(_mandate(where, "ledger", "public-key"))
+    export = workdir / "ledger-export.jsonl"
+    _mandate(where, "ledger", "export", "--out", str(export))
+    cmd = [*mandate_command(), "ledger", "verify", str(export), "--public-key", str(key)]
+    done = subprocess.run(
+        [*cmd, "--json"], env=where.env(), capture_output=True, text=True, timeout=600, check=False
+    )
+    lines = done.stdout.strip().splitlines()
+    result: dict[str, Any] = json.loads(lines[-1]) if lines else {"valid": None}
+    export.unlink(missing_ok=True)
+    if done.returncode != 0 or result.get("valid") is not True:
+        raise RuntimeError(f"the ledger export does not verify: {result} {done.stderr[-2000:]}")
+    return result
+
+
+@contextlib.contextmanager
+def serve_many(
+    where: Store, count: int, *, workdir: Path, name: str = "gateway"
+) -> Iterator[list[Served]]:
+    """``count`` gateway processes (``mandate serve``) on ``where``, each on a port of its own,
+    started together and all answering ``/healthz`` when the block begins; stopped (SIGTERM by
+    pid) when it ends."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    ports: list[int] = []
+    while len(ports) < count:
+        port = free_port()
+        if port not in ports:
+            ports.append(port)
+    started: list[Served] = []
+    try:
+        for number, port in enumerate(ports):
+            log = workdir / f"{name}-{number}.log"
+            with log.open("wb") as out:
+                process = subprocess.Popen(
+                    where.command(port),
+                    cwd=workdir,
+                    env=where.env(),
+                    stdout=out,
+                    stderr=subprocess.STDOUT,
+                )
+            started.append(Served(f"http://127.0.0.1:{port}", process, log))
+        for served in started:
+            _wait_ready(served.process, served.url, "/healthz", served.log)
+        yield started
+    finally:  # all told at once (one SIGTERM each: a second one makes uvicorn force its exit)
+        for served in started:
+            if served.process.poll() is None:
+                served.process.send_signal(signal.SIGTERM)
+        for served in started:
+            try:
+                served.process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                served.process.kill()
+                served.process.wait(timeout=10)
 
 
 def sqlite_rows(db: Path, sql: str, params: Sequence[object] = ()) -> list[tuple[object, ...]]:

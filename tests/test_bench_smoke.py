@@ -82,7 +82,20 @@ EXPECTED = [
     "autonomy.review",
     "replay.live_decide",
     "replay.replay",
+    "gateway_scale.sqlite_n1_rate",
+    "gateway_scale.sqlite_n2_rate",
+    "gateway_scale.sqlite_n2_p99",
 ]
+# The PostgreSQL halves run where the suite has a database; the soak then runs there too.
+if os.environ.get("MANDATE_TEST_DATABASE_URL"):
+    EXPECTED += [
+        "gateway_scale.postgresql_n1_rate",
+        "gateway_scale.postgresql_n2_rate",
+        "soak.postgresql_errors",
+        "soak.postgresql_ledger",
+    ]
+else:
+    EXPECTED += ["soak.sqlite_errors", "soak.sqlite_ledger"]
 
 
 def _run(
