@@ -236,8 +236,8 @@ def _figures(ctx: Context, bare: _Target, gateway: _Target, tool: str) -> list[F
             met=ratio >= TARGET_RATIO,
             note=f"mandate serve, booking.create executes, durable ledger append; {short}, "
             f"{CONCURRENCY} connections; server CPU {med(gateway.cpu_ms):.2f} ms/decision; "
-            "each execute also enqueues a dispatch (callback adapter) whose execution entry "
-            "the background dispatcher writes during the run; at the end of a run "
+            "each execute is also handed to its executor (callback adapter: an execution "
+            "entry in the decision's transaction); at the end of a run "
             f"{med([float(b) for b in gateway.backlog]):.0f} intents were still queued "
             f"(median; drained in {med(gateway.drain):.1f} s before the next run)",
         ),
