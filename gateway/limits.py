@@ -12,10 +12,10 @@ import re
 import time
 from collections.abc import Callable
 
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from gateway.identity import AuthError, Identity, authenticate
-from gateway.problems import problem
+from gateway.problems import problem, replaying
 
 __all__ = ["Limits", "TokenBuckets", "json_too_deep"]
 
@@ -123,16 +123,7 @@ class Limits:
             )
             await response(scope, receive, send)
             return
-        sent = False
-
-        async def replay() -> Message:
-            nonlocal sent
-            if not sent:
-                sent = True
-                return {"type": "http.request", "body": body, "more_body": False}
-            return await receive()
-
-        await self.app(scope, replay, send)
+        await self.app(scope, replaying(body, receive), send)
 
     async def _too_many(
         self, scope: Scope, receive: Receive, send: Send, identity: Identity, wait: float

@@ -25,7 +25,23 @@ from gateway.errors import (
 )
 from gateway.identity import AuthError, authenticate
 
-__all__ = ["BodyLimit", "install_problem_handlers", "problem"]
+__all__ = ["BodyLimit", "install_problem_handlers", "problem", "replaying"]
+
+
+def replaying(body: bytes, receive: Receive) -> Receive:
+    """A ``receive`` that gives the app a body already read, whole, then defers to the
+    original (for the disconnect message)."""
+    sent = False
+
+    async def replay() -> Message:
+        nonlocal sent
+        if not sent:
+            sent = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        return await receive()
+
+    return replay
+
 
 PROBLEM_JSON = "application/problem+json"
 _STATUS: dict[type[Exception], int] = {
@@ -223,17 +239,7 @@ class BodyLimit:
                 return
             chunks.append(chunk)
             more = message.get("more_body", False)
-        body = b"".join(chunks)
-        sent = False
-
-        async def replay() -> Message:
-            nonlocal sent
-            if not sent:
-                sent = True
-                return {"type": "http.request", "body": body, "more_body": False}
-            return await receive()
-
-        await self.app(scope, replay, send)
+        await self.app(scope, replaying(b"".join(chunks), receive), send)
 
     async def _refuse(self, send: Send, limit: int) -> None:
         response = problem(
