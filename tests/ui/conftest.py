@@ -148,9 +148,13 @@ def lazy_sweeper_gateway(tmp_path: Path) -> Iterator[Gateway]:
     yield from _serve(tmp_path, sweep_interval=3600.0)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def browser() -> Iterator[Browser]:
-    """Debian's Chromium, headless (no browser download is possible here)."""
+    """Debian's Chromium, headless (no browser download is possible here).
+
+    Package-scoped: Playwright's sync API keeps an event loop running on the main thread
+    while it is started, and tests run after these (``asyncio.run``) must not find it.
+    """
     if not CHROMIUM.exists():
         pytest.skip(
             f"{CHROMIUM} is missing: `apt-get install -y chromium` (Debian's package; .ci/run "
