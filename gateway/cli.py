@@ -1493,12 +1493,11 @@ def _schema_state(data_dir: Path | None, database_url: str | None) -> Any:
 def db_upgrade(data_dir: DataDir = None, database_url: DatabaseUrl = None) -> None:
     """Apply the migrations this database lacks, so that this version of Mandate can use it.
 
-    Run it after installing a new Mandate when the gateways run with auto_migrate=false, or
-    to prepare a new PostgreSQL database before the first gateway starts. At head it changes
-    nothing, so running it again is safe; so is running it from several hosts at once (one
-    applies each revision while holding the database's lock, the others wait and find it
-    done). A database made before migrations existed is checked against the tables Mandate
-    made then and stamped with the first revision. Prints the revision on stdout.
+    When: after installing a new Mandate, if the gateways run with auto_migrate=false;
+    or to prepare a new PostgreSQL database before the first gateway starts.
+    Safe to repeat, and to run from several hosts at once: one applies each revision.
+    A database made before migrations existed is checked, then stamped with revision 0001.
+    Prints the revision on stdout.
 
     Exit 0 up to date, 1 the tables are not what Mandate expects (nothing was changed),
     2 the database cannot be reached.
@@ -1547,9 +1546,9 @@ def db_current(data_dir: DataDir = None, database_url: DatabaseUrl = None) -> No
 def db_check(data_dir: DataDir = None, database_url: DatabaseUrl = None) -> None:
     """Check that the database is at this version of Mandate's head.
 
-    For deployment scripts with auto_migrate=false: exit 0 at head; 1 behind it (empty,
-    made before migrations, an older revision) or upgraded by a newer Mandate, saying what
-    to run; 2 the database cannot be reached.
+    For deployment scripts with auto_migrate=false. Exit 0 at head;
+    1 behind it, or upgraded by a newer Mandate (it says what to run);
+    2 the database cannot be reached.
     """
     state = _schema_state(data_dir, database_url)
     if not state.at_head:
