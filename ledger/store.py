@@ -16,7 +16,9 @@ what the database does overlap:
   advisory lock, the tail, the entries, the other rows, the callers' rows and hooks, commit.
   When the log does not end where a batch was built to start (another process appended, or the
   batch before failed), the batch is built again from the database's tail under the lock:
-  contiguous ``seq``, one chain, never a fork.
+  contiguous ``seq``, one chain, never a fork. That tail is caught up from the one this writer
+  last saw, with the same read that checks it: the leaf hashes appended since, added to its
+  frontier (see ``Ledger._catch_up``).
 - Callers return only once their batch is committed (an append is durable when ``append``
   returns). The writer tells them at once and starts on the next batch, already built: their
   next appends are made while that one waits for fsync. With many concurrent callers the
@@ -69,6 +71,12 @@ __all__ = ["Appended", "Ledger", "Record", "StoredCheckpoint"]
 
 SEALED_MARK = "$sealed"
 _SELECT_TAIL = "SELECT seq, leaf_hash FROM ledger_entries ORDER BY seq DESC LIMIT 1"
+# The most entries other processes may have appended since this writer's last batch for it to
+# catch up on them leaf by leaf (see Ledger._catch_up); past that it rebuilds the tail whole.
+_CATCH_UP_MAX = 4096
+_SELECT_SINCE = (
+    "SELECT seq, kind, leaf_hash FROM ledger_entries WHERE seq >= {mark} ORDER BY seq LIMIT {mark}"
+)
 _INSERT_ENTRIES = "INSERT INTO ledger_entries (seq, kind, leaf_hash, data, nodes) VALUES ({})"
 _HASH = 32
 # When the writer wakes to find this many requests waiting, it commits only half of them: the
@@ -364,6 +372,16 @@ class _Transaction:
             last = self._conn.exec_driver_sql(_SELECT_TAIL).first()
         return (0, bytes(_HASH)) if last is None else (int(last[0]) + 1, bytes(last[1]))
 
+    def since(self, statement: str, start: int) -> list[tuple[int, str, bytes]]:
+        """(seq, kind, leaf hash) of the entries from ``start`` on, in order (``_SELECT_SINCE``)."""
+        params = (start, _CATCH_UP_MAX + 1)
+        rows: Iterable[Any]
+        if self._cursor is not None:
+            rows = self._cursor.execute(statement, params).fetchall()
+        else:
+            rows = self._conn.exec_driver_sql(statement, params).all()
+        return [(int(seq), str(kind), bytes(leaf)) for seq, kind, leaf in rows]
+
     def insert_entries(self, statement: str, rows: list[_Row]) -> None:
         if self._cursor is not None:
             self._cursor.executemany(statement, rows)
@@ -432,6 +450,7 @@ class Ledger:
         # the rows themselves.
         mark = "?" if engine.dialect.paramstyle == "qmark" else "%s"
         self._insert_entries = _INSERT_ENTRIES.format(", ".join([mark] * 5))
+        self._select_since = _SELECT_SINCE.format(mark=mark)
         self._lock_key: int | None = None
         self._writer: threading.Thread | None = None
         self._opened = False
@@ -829,11 +848,14 @@ class Ledger:
         txn = _Transaction(self._connection(), self._cursor)
         try:
             txn.begin(self._lock_key)
-            size, prev = txn.tail()
+            tail = self._catch_up(txn)
+            size, prev = txn.tail() if tail is None else (tail.size, tail.prev)
             if build is None or build.base != (size, prev):
                 # Another process appended since (or there was no build): build again from
                 # the database's tail, and let the next draft start after this batch.
-                build = self._new_build(self._current_tail(txn, size, prev))
+                if tail is None:
+                    tail = self._current_tail(txn, size, prev)
+                build = self._new_build(tail)
                 for request in batch:
                     build.add(request)
                 end = build.finish()
@@ -904,13 +926,50 @@ class Ledger:
         frontier = CompactRange.from_subtrees(
             size, _subtree_hashes(conn, complete_subtrees(0, size))
         )
-        checkpoint_size = conn.execute(sa.select(sa.func.max(CHECKPOINTS.c.size))).scalar() or 0
-        vkey = conn.execute(
-            sa.select(KEYS.c.vkey).order_by(KEYS.c.from_size.desc()).limit(1)
-        ).scalar()
         signer = self._signer
         assert signer is not None
-        return _Tail(size, prev, frontier, checkpoint_size, vkey, signer)
+        return _Tail(size, prev, frontier, _checkpoint_size(conn), _current_key(conn), signer)
+
+    def _catch_up(self, txn: _Transaction) -> _Tail | None:
+        """The database's tail, from the cached one and what was appended after it.
+
+        One read, in the place of the tail's: the entries from the cached tail's last one on.
+        When that one is still there with the same leaf hash, the entries after it (another
+        process's) are appended to a copy of the cached frontier, and the checkpoint size and
+        the current key read again only if a ``checkpoint`` or ``key`` entry is among them.
+        Returns the cached tail itself when nothing follows it, and None when there is no
+        cached tail, the log does not continue it, or too much follows it: the caller then
+        reads the tail and rebuilds it from the database (``_current_tail``).
+        """
+        cached = self._tail
+        if cached is None or cached.size == 0:
+            return None
+        rows = txn.since(self._select_since, cached.size - 1)
+        if (
+            not rows
+            or len(rows) > _CATCH_UP_MAX
+            or rows[0][0] != cached.size - 1
+            or rows[0][2] != cached.prev
+        ):
+            return None
+        if len(rows) == 1:
+            return cached
+        frontier = cached.frontier.copy()
+        kinds = set()
+        for expected, (seq, kind, leaf) in enumerate(rows[1:], cached.size):
+            if seq != expected:
+                return None
+            frontier.append_leaf(leaf)
+            kinds.add(kind)
+        checkpoint_size, vkey = cached.checkpoint_size, cached.vkey
+        if "checkpoint" in kinds:
+            checkpoint_size = _checkpoint_size(txn.core())
+        if "key" in kinds:
+            vkey = _current_key(txn.core())
+        signer = self._signer
+        assert signer is not None
+        seq, _, prev = rows[-1]
+        return _Tail(seq + 1, prev, frontier, checkpoint_size, vkey, signer)
 
     # -- reading ---------------------------------------------------------------------------
 
@@ -1086,6 +1145,17 @@ def _stored(row: sa.Row[Any]) -> StoredCheckpoint:
 def _size(conn: Connection) -> int:
     last = conn.execute(sa.select(sa.func.max(ENTRIES.c.seq))).scalar()
     return 0 if last is None else int(last) + 1
+
+
+def _checkpoint_size(conn: Connection) -> int:
+    """The size the latest checkpoint signs (0 when there is none)."""
+    return int(conn.execute(sa.select(sa.func.max(CHECKPOINTS.c.size))).scalar() or 0)
+
+
+def _current_key(conn: Connection) -> str | None:
+    """The verifier key that signs from the latest size on (None before the first)."""
+    vkey = conn.execute(sa.select(KEYS.c.vkey).order_by(KEYS.c.from_size.desc()).limit(1)).scalar()
+    return None if vkey is None else str(vkey)
 
 
 def _check_size(size: int, current: int) -> None:

@@ -9,6 +9,7 @@ contiguous, hash-chained sequence that the offline verifier accepts.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import multiprocessing
 import sqlite3
 import threading
@@ -115,6 +116,14 @@ def check_the_log(database: Database, key_path: Path, tmp_path: Path) -> None:
             assert parse_entry(entries[0]).kind == "key"
             assert len(entries) == PROCESSES * APPENDS + 1 + kinds["checkpoint"]
             assert kinds["checkpoint"] >= (PROCESSES * APPENDS) // (2 * CHECKPOINT_EVERY)
+            # Each writer knew of the others' checkpoints (caught up across them): the first
+            # covers at least CHECKPOINT_EVERY entries, and each next one that many more after
+            # the one before it; a writer that missed one would have signed too early.
+            signed = [
+                seq for seq, data in enumerate(entries) if parse_entry(data).kind == "checkpoint"
+            ]
+            assert signed[0] >= CHECKPOINT_EVERY
+            assert all(b - a > CHECKPOINT_EVERY for a, b in itertools.pairwise(signed))
             expected = {f"p{w}-{i}" for w in range(PROCESSES) for i in range(APPENDS)}
             assert set(subjects) == expected
             assert set(subjects.values()) == {1}
