@@ -253,6 +253,18 @@ def _safe_next(visit: Visit, target: str) -> str:
     return f"{base}/"
 
 
+def _gate(visit: Visit, csrf: str | None = None) -> Identity | Response:
+    """Who is signed in, if they may use this page; else what the page answers instead: sign
+    in first; the 403 page for a role the page is not for; and, for a form (``csrf`` given),
+    the refusal of a form that does not carry this session's CSRF value."""
+    if visit.identity is None:
+        return _to_sign_in(visit)
+    if (denied := _role_refused(visit)) is not None:
+        return denied
+    refused = None if csrf is None else _csrf_refused(visit, csrf)
+    return visit.identity if refused is None else refused
+
+
 def _role_refused(visit: Visit) -> Response | None:
     """The 403 page, naming the roles that may, when the signed-in role may not use this page
     (``gateway.access``, the same rules as the API's)."""
@@ -466,15 +478,14 @@ def logout(request: Request, runtime: Rt, csrf: Annotated[str, Form()] = "") -> 
 def inbox(request: Request, runtime: Rt, status: Annotated[str, Query()] = "pending") -> Response:
     """Approvals this person may decide, newest first, filtered by status."""
     visit = _visit(request, runtime)
-    if visit.identity is None:
-        return _to_sign_in(visit)
-    if (denied := _role_refused(visit)) is not None:
-        return denied
+    identity = _gate(visit)
+    if isinstance(identity, Response):
+        return identity
     if status not in FILTERS:
         return _problem(
             visit, 422, "invalid input", f"status: one of {', '.join(FILTERS)}, not {status!r}"
         )
-    views = runtime.approvals.list(visit.identity, None if status == "all" else status)
+    views = runtime.approvals.list(identity, None if status == "all" else status)
     now = runtime.decider.clock()
     context = {
         "section": "inbox",
@@ -586,10 +597,9 @@ def _detail(
 def approval_page(approval_id: str, request: Request, runtime: Rt) -> Response:
     """One approval: the proposal, the trace, the votes, the timeline, and the vote form."""
     visit = _visit(request, runtime)
-    if visit.identity is None:
-        return _to_sign_in(visit)
-    if (denied := _role_refused(visit)) is not None:
-        return denied
+    identity = _gate(visit)
+    if isinstance(identity, Response):
+        return identity
     return _detail(visit, approval_id)
 
 
@@ -604,13 +614,9 @@ async def vote(
 ) -> Response:
     """Approve or reject through ``Approvals.decide``; then back to the page, with a message."""
     visit = _visit(request, runtime)
-    if visit.identity is None:
-        return _to_sign_in(visit)
-    if (denied := _role_refused(visit)) is not None:
-        return denied
-    refused = _csrf_refused(visit, csrf)
-    if refused is not None:
-        return refused
+    identity = _gate(visit, csrf)
+    if isinstance(identity, Response):
+        return identity
     try:
         request_ = VoteRequest.model_validate({"decision": decision, "reason": reason})
     except pydantic.ValidationError as exc:
@@ -626,7 +632,7 @@ async def vote(
             reason=reason,
         )
     try:
-        view = await runtime.approvals.decide(visit.identity, approval_id, request_)
+        view = await runtime.approvals.decide(identity, approval_id, request_)
     except InvalidInput as exc:
         fields = dict(exc.errors)
         return _detail(
@@ -697,10 +703,9 @@ def _autonomy(visit: Visit, *, status_code: int = 200, error: str | None = None)
 def autonomy_page(request: Request, runtime: Rt) -> Response:
     """The autonomy levels: what each case type earned, and promotions waiting for governors."""
     visit = _visit(request, runtime)
-    if visit.identity is None:
-        return _to_sign_in(visit)
-    if (denied := _role_refused(visit)) is not None:
-        return denied
+    identity = _gate(visit)
+    if isinstance(identity, Response):
+        return identity
     return _autonomy(visit)
 
 
@@ -715,16 +720,12 @@ async def promotion_vote(
 ) -> Response:
     """A governor approves or rejects a promotion through ``Governance.decide``."""
     visit = _visit(request, runtime)
-    if visit.identity is None:
-        return _to_sign_in(visit)
-    if (denied := _role_refused(visit)) is not None:
-        return denied
-    refused = _csrf_refused(visit, csrf)
-    if refused is not None:
-        return refused
+    identity = _gate(visit, csrf)
+    if isinstance(identity, Response):
+        return identity
     try:
         vote_ = VoteRequest.model_validate({"decision": decision, "reason": reason})
-        view = await runtime.governance.decide(visit.identity, promotion_id, vote_)
+        view = await runtime.governance.decide(identity, promotion_id, vote_)
     except pydantic.ValidationError as exc:
         first = exc.errors()[0]
         where = str(first["loc"][0]) if first["loc"] else "decision"
@@ -754,18 +755,14 @@ async def level_set(
 ) -> Response:
     """A governor sets a level by hand through ``Governance.set_level``."""
     visit = _visit(request, runtime)
-    if visit.identity is None:
-        return _to_sign_in(visit)
-    if (denied := _role_refused(visit)) is not None:
-        return denied
-    refused = _csrf_refused(visit, csrf)
-    if refused is not None:
-        return refused
+    identity = _gate(visit, csrf)
+    if isinstance(identity, Response):
+        return identity
     try:
         wanted = LevelRequest.model_validate(
             {"level": int(level) if level.isdigit() else level, "reason": reason}
         )
-        view = await runtime.governance.set_level(visit.identity, workflow, case_type, wanted)
+        view = await runtime.governance.set_level(identity, workflow, case_type, wanted)
     except pydantic.ValidationError as exc:
         first = exc.errors()[0]
         where = str(first["loc"][0]) if first["loc"] else "level"
@@ -828,10 +825,9 @@ def audits_page(
 ) -> Response:
     """Executed actions drawn for post-hoc audit that this auditor may audit, by state."""
     visit = _visit(request, runtime)
-    if visit.identity is None:
-        return _to_sign_in(visit)
-    if (denied := _role_refused(visit)) is not None:
-        return denied
+    identity = _gate(visit)
+    if isinstance(identity, Response):
+        return identity
     if status not in AUDIT_FILTERS:
         return _problem(
             visit,
@@ -854,13 +850,9 @@ async def record_finding(
     """Record a finding through ``Audits.record``; then back to the queue, with a message.
     A refused finding shows the queue again with what was typed and why."""
     visit = _visit(request, runtime)
-    if visit.identity is None:
-        return _to_sign_in(visit)
-    if (denied := _role_refused(visit)) is not None:
-        return denied
-    refused = _csrf_refused(visit, csrf)
-    if refused is not None:
-        return refused
+    identity = _gate(visit, csrf)
+    if isinstance(identity, Response):
+        return identity
     draft = _Draft(audit_id, finding, note)
     try:
         wanted = FindingRequest.model_validate({"finding": finding, "note": note})
@@ -873,7 +865,7 @@ async def record_finding(
         error = None if where == "note" else message
         return _audits(visit, status_code=422, draft=draft, error=error)
     try:
-        view = await runtime.audits.record(visit.identity, audit_id, wanted)
+        view = await runtime.audits.record(identity, audit_id, wanted)
     except InvalidInput as exc:
         fields = dict(exc.errors)
         draft.note_error = fields.get("note")
@@ -908,10 +900,9 @@ def ledger_page(request: Request, runtime: Rt) -> Response:
     """The ledger's size, its latest signed checkpoint, the signing keys with their ranges,
     and how an auditor verifies an export offline. Read-only."""
     visit = _visit(request, runtime)
-    if visit.identity is None:
-        return _to_sign_in(visit)
-    if (denied := _role_refused(visit)) is not None:
-        return denied
+    identity = _gate(visit)
+    if isinstance(identity, Response):
+        return identity
     ledger = runtime.ledger
     # The checkpoint before the size: the log only grows, so the size shown is never smaller
     # than the checkpoint's even if one is signed in between.
