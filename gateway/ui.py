@@ -253,6 +253,14 @@ def _safe_next(visit: Visit, target: str) -> str:
     return f"{base}/"
 
 
+def _first_error(exc: pydantic.ValidationError, field: str) -> tuple[str, str]:
+    """The field of a form's first invalid value (``field`` if it names none), and the line
+    the page shows for it."""
+    first = exc.errors()[0]
+    where = str(first["loc"][0]) if first["loc"] else field
+    return where, f"{where}: {first['msg']}"
+
+
 def _gate(visit: Visit, csrf: str | None = None) -> Identity | Response:
     """Who is signed in, if they may use this page; else what the page answers instead: sign
     in first; the 403 page for a role the page is not for; and, for a form (``csrf`` given),
@@ -620,9 +628,7 @@ async def vote(
     try:
         request_ = VoteRequest.model_validate({"decision": decision, "reason": reason})
     except pydantic.ValidationError as exc:
-        first = exc.errors()[0]
-        where = str(first["loc"][0]) if first["loc"] else "decision"
-        message = f"{where}: {first['msg']}"
+        where, message = _first_error(exc, "decision")
         return _detail(
             visit,
             approval_id,
@@ -727,9 +733,7 @@ async def promotion_vote(
         vote_ = VoteRequest.model_validate({"decision": decision, "reason": reason})
         view = await runtime.governance.decide(identity, promotion_id, vote_)
     except pydantic.ValidationError as exc:
-        first = exc.errors()[0]
-        where = str(first["loc"][0]) if first["loc"] else "decision"
-        return _autonomy(visit, status_code=422, error=f"{where}: {first['msg']}")
+        return _autonomy(visit, status_code=422, error=_first_error(exc, "decision")[1])
     except GatewayError as exc:
         return _autonomy(visit, status_code=_status_of(exc), error=exc.detail)
     where = f"{view.workflow} {view.case_type}"
@@ -764,9 +768,7 @@ async def level_set(
         )
         view = await runtime.governance.set_level(identity, workflow, case_type, wanted)
     except pydantic.ValidationError as exc:
-        first = exc.errors()[0]
-        where = str(first["loc"][0]) if first["loc"] else "level"
-        return _autonomy(visit, status_code=422, error=f"{where}: {first['msg']}")
+        return _autonomy(visit, status_code=422, error=_first_error(exc, "level")[1])
     except GatewayError as exc:
         return _autonomy(visit, status_code=_status_of(exc), error=exc.detail)
     visit.say("ok", f"{workflow} {case_type} is at level {view.level} ({view.name}) now.")
@@ -857,9 +859,7 @@ async def record_finding(
     try:
         wanted = FindingRequest.model_validate({"finding": finding, "note": note})
     except pydantic.ValidationError as exc:
-        first = exc.errors()[0]
-        where = str(first["loc"][0]) if first["loc"] else "finding"
-        message = f"{where}: {first['msg']}"
+        where, message = _first_error(exc, "finding")
         if where == "note":
             draft.note_error = message
         error = None if where == "note" else message
