@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: run test lint bench setup clean openapi
+.PHONY: run test lint bench setup clean openapi audit
 
 setup: $(STAMP)
 
@@ -28,8 +28,18 @@ test: lint
 bench: $(STAMP)
 	$(BIN)/python -m bench
 
+# Known vulnerabilities in the locked dependencies. pip-audit lives in a venv of its own, so the
+# lock holds only what Mandate runs. It asks PyPI's per-release JSON API for each pin; --strict
+# fails when a pin could not be checked, rather than passing on what it never looked at.
+AUDIT_VENV := .venv-audit
+audit:
+	test -x $(AUDIT_VENV)/bin/pip-audit || \
+	  ($(PYTHON) -m venv $(AUDIT_VENV) && $(AUDIT_VENV)/bin/pip install --quiet pip-audit==2.10.1)
+	$(AUDIT_VENV)/bin/pip-audit --strict --no-deps --disable-pip --progress-spinner off \
+	  -r requirements.lock
+
 openapi: $(STAMP)
 	$(BIN)/python -m gateway.openapi > openapi/openapi.json
 
 clean:
-	rm -rf $(VENV) .mandate .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(AUDIT_VENV) .mandate .pytest_cache .mypy_cache .ruff_cache

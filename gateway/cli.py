@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any, Literal, TypeVar
 
 import typer
 from rich.console import Console
@@ -20,7 +21,11 @@ from gateway.settings import Settings
 from ledger.errors import LedgerError
 
 if TYPE_CHECKING:
+    from pydantic import BaseModel
     from sqlalchemy.engine import Engine
+
+    from gateway.client import MandateClient
+    from gateway.schemas import AutonomyDetail
 
 # Commands import what they use when they run: `mandate --help` and the HTTP commands should
 # not pay for SQLAlchemy, FastAPI and the policy engines.
@@ -489,6 +494,42 @@ def _refused(exc: Exception) -> typer.Exit:
     return fail(escape(str(exc)), code=1 if isinstance(exc, Conflict) else 2)
 
 
+_T = TypeVar("_T")
+
+
+def _ask(url: str, token: str, call: Callable[[MandateClient], _T]) -> _T:
+    """Run ``call`` on a client of the gateway at ``url``; an SDK error exits (``_refused``)."""
+    from gateway.client import MandateClient, MandateError
+
+    try:
+        with MandateClient(url, token) as client:
+            return call(client)
+    except (MandateError, ValueError) as exc:
+        raise _refused(exc) from None
+
+
+def _check_status(status: str, states: Sequence[str]) -> None:
+    if status not in states:
+        raise fail(f"unknown status {status!r}; one of {', '.join(states)}")
+
+
+def _print_list(
+    found: Sequence[BaseModel],
+    *,
+    as_json: bool,
+    empty: str,
+    headers: list[str],
+    rows: list[list[str]],
+) -> None:
+    """A list command's answer: JSON, a line saying there is nothing, or columns."""
+    if as_json:
+        print(json.dumps([item.model_dump(mode="json") for item in found], indent=2))
+    elif not found:
+        err.print(empty, highlight=False)
+    else:
+        print(_columns([headers, *rows]))
+
+
 @approvals_app.command("list")
 def approvals_list(
     token: GatewayToken,
@@ -508,23 +549,9 @@ def approvals_list(
     """
     from typing import cast
 
-    from gateway.client import MandateClient, MandateError
-
-    states = ("pending", "approved", "rejected", "expired", "superseded")
-    if status not in states:
-        raise fail(f"unknown status {status!r}; one of {', '.join(states)}")
-
-    try:
-        with MandateClient(url, token) as client:
-            approvals = client.approvals(cast(Any, status))
-    except MandateError as exc:
-        raise _refused(exc) from None
-    if as_json:
-        print(json.dumps([a.model_dump(mode="json") for a in approvals], indent=2))
-        return
-    if not approvals:
-        err.print(f"no {status} approvals", highlight=False)
-        return
+    _check_status(status, ("pending", "approved", "rejected", "expired", "superseded"))
+    approvals = _ask(url, token, lambda client: client.approvals(cast(Any, status)))
+    headers = ["APPROVAL", "WORKFLOW", "CASE TYPE", "EXECUTOR", "AMOUNT", "CONF", "VOTES"]
     rows = [
         [
             a.id,
@@ -539,20 +566,20 @@ def approvals_list(
         ]
         for a in approvals
     ]
-    headers = ["APPROVAL", "WORKFLOW", "CASE TYPE", "EXECUTOR", "AMOUNT", "CONF", "VOTES"]
-    print(_columns([[*headers, "EXPIRES", "HELD BECAUSE"], *rows]))
+    _print_list(
+        approvals,
+        as_json=as_json,
+        empty=f"no {status} approvals",
+        headers=[*headers, "EXPIRES", "HELD BECAUSE"],
+        rows=rows,
+    )
 
 
 def _vote(
     approval_id: str, approve: bool, reason: str, url: str, token: str, as_json: bool
 ) -> None:
-    from gateway.client import MandateClient, MandateError
-
-    try:
-        with MandateClient(url, token) as client:
-            approval = client.decide(approval_id, "approve" if approve else "reject", reason)
-    except (MandateError, ValueError) as exc:
-        raise _refused(exc) from None
+    verdict: Literal["approve", "reject"] = "approve" if approve else "reject"
+    approval = _ask(url, token, lambda client: client.decide(approval_id, verdict, reason))
     if as_json:
         print(approval.model_dump_json(indent=2))
         return
@@ -614,13 +641,7 @@ def actions_show(
     rejection, expiry, execution, outcome...) and what happened. The proposer, and approvers,
     governors and auditors of its workflow may look.
     """
-    from gateway.client import MandateClient, MandateError
-
-    try:
-        with MandateClient(url, token) as client:
-            action = client.get_action(action_id)
-    except (MandateError, ValueError) as exc:
-        raise _refused(exc) from None
+    action = _ask(url, token, lambda client: client.get_action(action_id))
     if as_json:
         print(action.model_dump_json(indent=2))
         return
@@ -696,19 +717,7 @@ def autonomy_show(
     recommendations people judged), agreement, failures and errors (rates in the window), and
     the promotion: a pending one (id and votes), else the next level's unmet criteria.
     """
-    from gateway.client import MandateClient, MandateError
-
-    try:
-        with MandateClient(url, token) as client:
-            views = client.autonomy(workflow)
-    except (MandateError, ValueError) as exc:
-        raise _refused(exc) from None
-    if as_json:
-        print(json.dumps([v.model_dump(mode="json") for v in views], indent=2))
-        return
-    if not views:
-        err.print("no case types", highlight=False)
-        return
+    views = _ask(url, token, lambda client: client.autonomy(workflow))
     rows = []
     for v in views:
         f = v.figures
@@ -737,7 +746,13 @@ def autonomy_show(
             ]
         )
     headers = ["WORKFLOW", "CASE TYPE", "LEVEL", "NAME", "DECISIONS", "HOLDS", "REVIEWED"]
-    print(_columns([[*headers, "AGREEMENT", "FAILURES", "ERRORS", "PROMOTION"], *rows]))
+    _print_list(
+        views,
+        as_json=as_json,
+        empty="no case types",
+        headers=[*headers, "AGREEMENT", "FAILURES", "ERRORS", "PROMOTION"],
+        rows=rows,
+    )
 
 
 @autonomy_app.command("set")
@@ -763,16 +778,14 @@ def autonomy_set(
     applies it within a second and starts a new window of figures. Exit 1 if the case type is
     at that level already.
     """
-    from gateway.client import MandateClient, MandateError
-
     if not reason.strip():
         raise fail("a reason is required (--reason)")
-    try:
-        with MandateClient(url, token) as client:
-            before = client.autonomy_of(workflow, case_type).level
-            view = client.set_level(workflow, case_type, level, reason)
-    except (MandateError, ValueError) as exc:
-        raise _refused(exc) from None
+
+    def change(client: MandateClient) -> tuple[int, AutonomyDetail]:
+        before = client.autonomy_of(workflow, case_type).level
+        return before, client.set_level(workflow, case_type, level, reason)
+
+    before, view = _ask(url, token, change)
     if as_json:
         print(view.model_dump_json(indent=2))
         return
@@ -790,22 +803,8 @@ def autonomy_promotions(
 ) -> None:
     """List promotions the gateway proposed, newest first: id, case type, levels, votes, and
     the figures that met the criteria."""
-    from gateway.client import MandateClient, MandateError
-
-    states = ("pending", "approved", "rejected", "superseded")
-    if status not in states:
-        raise fail(f"unknown status {status!r}; one of {', '.join(states)}")
-    try:
-        with MandateClient(url, token) as client:
-            found = client.promotions(status)
-    except (MandateError, ValueError) as exc:
-        raise _refused(exc) from None
-    if as_json:
-        print(json.dumps([p.model_dump(mode="json") for p in found], indent=2))
-        return
-    if not found:
-        err.print(f"no {status} promotions", highlight=False)
-        return
+    _check_status(status, ("pending", "approved", "rejected", "superseded"))
+    found = _ask(url, token, lambda client: client.promotions(status))
     rows = [
         [
             p.id,
@@ -820,19 +819,14 @@ def autonomy_promotions(
         for p in found
     ]
     headers = ["PROMOTION", "WORKFLOW", "CASE TYPE", "LEVELS", "VOTES", "STATUS", "FIGURES"]
-    print(_columns([headers, *rows]))
+    _print_list(found, as_json=as_json, empty=f"no {status} promotions", headers=headers, rows=rows)
 
 
 def _promotion_vote(
     promotion_id: str, approve: bool, reason: str, url: str, token: str, as_json: bool
 ) -> None:
-    from gateway.client import MandateClient, MandateError
-
-    try:
-        with MandateClient(url, token) as client:
-            view = client.decide_promotion(promotion_id, "approve" if approve else "reject", reason)
-    except (MandateError, ValueError) as exc:
-        raise _refused(exc) from None
+    verdict: Literal["approve", "reject"] = "approve" if approve else "reject"
+    view = _ask(url, token, lambda client: client.decide_promotion(promotion_id, verdict, reason))
     if as_json:
         print(view.model_dump_json(indent=2))
         return
@@ -883,22 +877,8 @@ def audits_list(
     as_json: AsJson = False,
 ) -> None:
     """List the audits your token may carry out, oldest first."""
-    from gateway.client import MandateClient, MandateError
-
-    states = ("pending", "correct", "incorrect")
-    if status not in states:
-        raise fail(f"unknown status {status!r}; one of {', '.join(states)}")
-    try:
-        with MandateClient(url, token) as client:
-            found = client.audits(status)
-    except (MandateError, ValueError) as exc:
-        raise _refused(exc) from None
-    if as_json:
-        print(json.dumps([a.model_dump(mode="json") for a in found], indent=2))
-        return
-    if not found:
-        err.print(f"no {status} audits", highlight=False)
-        return
+    _check_status(status, ("pending", "correct", "incorrect"))
+    found = _ask(url, token, lambda client: client.audits(status))
     rows = [
         [
             a.id,
@@ -914,7 +894,13 @@ def audits_list(
         for a in found
     ]
     headers = ["AUDIT", "ACTION", "WORKFLOW", "CASE TYPE", "EXECUTOR", "AMOUNT", "LEVEL"]
-    print(_columns([[*headers, "STATUS", "WHAT"], *rows]))
+    _print_list(
+        found,
+        as_json=as_json,
+        empty=f"no {status} audits",
+        headers=[*headers, "STATUS", "WHAT"],
+        rows=rows,
+    )
 
 
 @audits_app.command("record")
@@ -927,19 +913,12 @@ def audits_record(
     as_json: AsJson = False,
 ) -> None:
     """Record a finding on an audited action (an `audit` ledger entry). Exit 1 if it has one."""
-    from gateway.client import MandateClient, MandateError
-
     if finding not in ("correct", "incorrect"):
         raise fail(f"the finding is correct or incorrect, not {finding!r}")
     if finding == "incorrect" and not note.strip():
         raise fail("a note is required for an incorrect finding (--note)")
-    try:
-        with MandateClient(url, token) as client:
-            view = client.record_finding(
-                audit_id, "correct" if finding == "correct" else "incorrect", note
-            )
-    except (MandateError, ValueError) as exc:
-        raise _refused(exc) from None
+    kind: Literal["correct", "incorrect"] = "correct" if finding == "correct" else "incorrect"
+    view = _ask(url, token, lambda client: client.record_finding(audit_id, kind, note))
     if as_json:
         print(view.model_dump_json(indent=2))
         return
