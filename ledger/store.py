@@ -24,6 +24,12 @@ what the database does overlap:
   next appends are made while that one waits for fsync. With many concurrent callers the
   appends settle into two groups that take turns, one committing while the other prepares; the
   writer splits the crowd in two when it finds everybody waiting at once.
+
+Checkpoints come due by entry count, inside the append that makes them due (whichever process
+makes it, under the append lock), or by time: when the checkpoint interval passes with entries
+unsigned. With several processes on one database only one signs those periodic checkpoints,
+the holder of the signer lease (``ledger.lease``), which dies with its holder: the others try
+to take it at each tick of their own timers, so one of them takes over within an interval.
 """
 
 from __future__ import annotations
@@ -58,6 +64,7 @@ from ledger.entry import (
     parse_entry,
 )
 from ledger.errors import EntryError, LedgerError, ProofError, SignatureError, StorageError
+from ledger.lease import SignerLease
 from ledger.merkle import (
     complete_subtrees,
     consistency_proof_ranges,
@@ -422,7 +429,10 @@ class Ledger:
 
     ``signer`` signs checkpoints; without one the ledger is read-only. ``checkpoint_every``
     entries or ``checkpoint_interval`` seconds (whichever comes first) trigger a checkpoint;
-    ``clock`` is injected so tests and replays control time.
+    ``clock`` is injected so tests and replays control time. Of the processes (or ``Ledger``
+    objects) writing to one database, only the holder of the signer lease signs when the
+    interval passes (``signs_periodically``); a checkpoint due by count is signed by whichever
+    appends it, and one asked for (``checkpoint``, ``rotate_key``) by whoever asks.
     """
 
     def __init__(
@@ -470,6 +480,9 @@ class Ledger:
         self._cursor: sqlite3.Cursor | None = None
         self._tail: _Tail | None = None
         self._last_checkpoint_at = time.monotonic()
+        # The duty of signing the periodic checkpoints: made and first tried by open(), then
+        # checked by the writer alone at each tick of the interval, released by close().
+        self._lease: SignerLease | None = None
         # Why the writer's last transaction failed for the database's sake (not a caller's),
         # until one commits: what readiness reports while the disk is full or the server gone.
         self._failure: str | None = None
@@ -494,6 +507,14 @@ class Ledger:
         return self._failure
 
     @property
+    def signs_periodically(self) -> bool:
+        """Whether this ledger signs the periodic (interval) checkpoints: it holds the signer
+        lease, as its last check found (one per tick; no I/O here). False without a signer
+        or an interval, or once closed."""
+        lease = self._lease
+        return lease is not None and lease.held and not self._closed
+
+    @property
     def writing(self) -> bool:
         """Whether this ledger's writer is running (appends can be made)."""
         return self._writer is not None and self._writer.is_alive() and not self._closed
@@ -511,6 +532,9 @@ class Ledger:
             with self._engine.connect() as conn:
                 self._lock_key = advisory_lock_key(conn)
         if self._signer is not None:
+            if self._interval is not None:
+                self._lease = SignerLease(self._engine)
+                self._lease.hold()  # before the writer starts: from then on, the writer's
             self._writer = threading.Thread(
                 target=self._run_writer, name="ledger-writer", daemon=True
             )
@@ -547,6 +571,8 @@ class Ledger:
                 self._wake()
         self._writer.join()
         self._drop_connection()
+        if self._lease is not None:
+            self._lease.release()
 
     def __enter__(self) -> Ledger:
         return self.open()
@@ -716,7 +742,12 @@ class Ledger:
 
     def _wait_for_work(self) -> None:
         """Sleep until a request comes or the ledger closes; when the checkpoint interval
-        passes first, queue a checkpoint request."""
+        passes first, queue a checkpoint request if this ledger holds the signer lease (taking
+        it if it is free).
+
+        One that does not hold it signs nothing, but after a failed transaction it still
+        queues an empty request: that one commits as soon as the database is back, and so
+        clears ``failure`` (or signs, if a checkpoint is due by count)."""
         deadline = None
         with self._lock:
             if self._pending or self._closed:
@@ -733,9 +764,16 @@ class Ledger:
             if not self._idle:  # woken just after the timeout: take the release back
                 self._wakeup.acquire()
             self._idle = False
+            if self._pending or self._closed:
+                return
+        self._last_checkpoint_at = time.monotonic()
+        # Outside the lock: on PostgreSQL this is a round trip, which callers need not wait on.
+        signs = self._lease is not None and self._lease.hold()
+        if not signs and self._failure is None:
+            return
+        with self._lock:
             if not self._pending and not self._closed:
-                self._last_checkpoint_at = time.monotonic()
-                self._pending.append(_Request([], force_checkpoint=True))
+                self._pending.append(_Request([], force_checkpoint=signs))
 
     def _take(self, *, split: bool) -> tuple[list[_Request], _Build | None]:
         """Take the next batch off the queue (lock held) and finish building it.

@@ -54,6 +54,8 @@ def readyz(runtime: Rt, _caller: Caller) -> Response:
         # stale one until it can.
         checks["policy"] = runtime.policies.problem
     ready = all(value == "ok" or value.startswith("ok ") for value in checks.values())
+    # Informational, after readiness is settled: any process can decide, whichever signs.
+    checks["checkpoint_signer"] = _signer_check(runtime.ledger)
     return JSONResponse(
         {"status": "ready" if ready else "not ready", "checks": checks}, 200 if ready else 503
     )
@@ -64,6 +66,17 @@ def _why(exc: BaseException) -> str:
     cause = getattr(exc, "orig", None) or exc
     lines = str(cause).strip().splitlines() or [""]
     return f"{type(cause).__name__}: {lines[0]}"
+
+
+def _signer_check(ledger: Ledger) -> str:
+    """Which process signs the periodic checkpoints: one at a time holds the signer lease, and
+    another takes it over within a checkpoint interval when that one dies (``ledger.lease``).
+    As this process's writer last checked it; never a reason not to be ready."""
+    if ledger.signs_periodically:
+        return "ok (this process signs the periodic checkpoints)"
+    if ledger.signer is None or not ledger.writing:
+        return "ok (this process signs no periodic checkpoints)"
+    return "ok (another process holds the signer lease)"
 
 
 def _ledger_check(ledger: Ledger) -> str:

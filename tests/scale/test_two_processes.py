@@ -1,7 +1,7 @@
 """Two gateway processes on one PostgreSQL database, started together on an empty schema, as a
 deployment behind a load balancer has them: what one process records, the other answers from
-(an idempotency key, an approval's votes, a revoked token), and they take turns signing
-checkpoints without signing over each other."""
+(an idempotency key, an approval's votes, a revoked token), and one of them at a time signs the
+periodic checkpoints, never one over another."""
 
 from __future__ import annotations
 
@@ -72,7 +72,8 @@ def pair(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pair]:
     with pg_schema() as database:
         gateways = Gateways(tmp / "logs")
         try:
-            # Each process's checkpoint timer fires every half second.
+            # Each process's checkpoint timer fires every half second (and, in the one that
+            # does not hold the signer lease, tries to take it).
             env = gateway_environment(database, MANDATE_CHECKPOINT_INTERVAL="0.5")
             a, b = gateways.start(2, tmp / "data", env)
             yield Pair(a, b, database, tmp / "data")
@@ -254,14 +255,24 @@ def test_a_token_revoked_on_the_command_line_stops_working_on_every_process(
 def test_each_new_tail_is_signed_once_whichever_process_signs_it(
     pair: Pair, tmp_path: Path
 ) -> None:
-    """Every process signs when its checkpoint interval passes with entries unsigned, under the
-    append lock: whichever comes first signs, and the others find nothing left to sign. Never
-    a checkpoint over a checkpoint, though both timers fire twice a second all along."""
+    """One process holds the signer lease and signs when its checkpoint interval passes with
+    entries unsigned; the other's timer signs nothing (it only tries to take the lease). The
+    decision is made on A, and whichever holds the lease signs it. Never a checkpoint over a
+    checkpoint, though both timers fire twice a second all along."""
     tokens = pair.tokens({"booker": "booking-agent", "auditor": "auditor"})
     with (
         http_client(pair.a.url, tokens["booker"]) as booker,
         http_client(pair.b.url, tokens["auditor"]) as auditor,
+        http_client(pair.a.url, tokens["auditor"]) as auditor_on_a,
     ):
+        signers = [
+            client.get("/readyz").json()["checks"]["checkpoint_signer"]
+            for client in (auditor_on_a, auditor)
+        ]
+        assert sorted(signers) == [
+            "ok (another process holds the signer lease)",
+            "ok (this process signs the periodic checkpoints)",
+        ], signers
         answer = post(booker, proposal("parking", "booking.create", confidence=0.95))
         assert answer.status_code == 200, answer.text
         decided = answer.json()["ledger"]["decision_seq"]
