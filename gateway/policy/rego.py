@@ -11,8 +11,10 @@ The policy contract: package ``mandate.workflows.<workflow>`` defines the sets `
 from __future__ import annotations
 
 import importlib.metadata
+import itertools
 import re
 import threading
+import weakref
 from dataclasses import dataclass
 from typing import Any, Protocol
 from urllib.parse import urlsplit
@@ -30,6 +32,7 @@ __all__ = [
     "RegoRule",
     "RegoTestResult",
     "RegorusEngine",
+    "live_engines",
     "package_of",
 ]
 
@@ -105,7 +108,35 @@ def _reasons(value: Any, rule: str) -> list[dict[str, Any]]:
     return sorted(value, key=lambda r: orjson.dumps(r, option=orjson.OPT_SORT_KEYS))
 
 
-_KEEP_ALIVE: list[threading.local] = []
+class _ThreadEngines(threading.local):
+    """This thread's regorus engines, by the ``RegorusEngine`` each was loaded for.
+
+    A regorus engine may only be used, and dropped, on the thread that made it (dropped
+    anywhere else it raises and leaks). So engines live here, in one thread-local that lasts as
+    long as the process, and never in a ``RegorusEngine``: when one of those goes (a bundle
+    replaced, a bundle checked), each thread drops its own engine for it at its next
+    evaluation, and a thread that ends drops all of its own as it ends.
+    """
+
+    def __init__(self) -> None:
+        self.engines: dict[int, regorus.Engine] = {}
+
+
+_THREAD_ENGINES = _ThreadEngines()
+_NEXT_ID = itertools.count()
+# Ids of RegorusEngines gone, whose engines threads drop at their next evaluation. (An id is a
+# few bytes, kept because a thread that holds an engine for it may not have evaluated since.)
+_RETIRED: set[int] = set()
+
+
+def _retire(engine_id: int) -> None:
+    _RETIRED.add(engine_id)  # a set's add is atomic: safe from whichever thread collects
+
+
+def live_engines() -> int:
+    """How many regorus engines this thread holds (one per bundle it evaluated, until the
+    bundle's ``RegorusEngine`` goes and the thread evaluates again)."""
+    return len(_THREAD_ENGINES.engines)
 
 
 class RegorusEngine:
@@ -126,15 +157,17 @@ class RegorusEngine:
         if include_tests:
             self._sources.update(bundle.tests)
         self._data = orjson.dumps(bundle.data).decode()
-        self._local = threading.local()
-        # A thread's engine must be dropped on that thread; if this object went first, its
-        # thread-local values would be dropped wherever that happened. Kept until exit.
-        _KEEP_ALIVE.append(self._local)
+        self._id = next(_NEXT_ID)
+        weakref.finalize(self, _retire, self._id)
         self._packages = set(self._engine().get_packages())
         self._tests = bundle.tests if include_tests else {}
 
     def _engine(self) -> regorus.Engine:
-        engine: regorus.Engine | None = getattr(self._local, "engine", None)
+        engines = _THREAD_ENGINES.engines
+        if _RETIRED:
+            for gone in _RETIRED.intersection(engines):
+                del engines[gone]  # dropped here, on the thread that made it
+        engine = engines.get(self._id)
         if engine is None:
             engine = regorus.Engine()
             try:
@@ -147,7 +180,7 @@ class RegorusEngine:
                 raise EngineError(f"the bundle's Rego does not load: {_first_line(exc)}") from exc
             if self._coverage:
                 engine.set_enable_coverage(True)
-            self._local.engine = engine
+            engines[self._id] = engine
         return engine
 
     def unavailable(self) -> str | None:

@@ -3,8 +3,12 @@ per-domain enforcers and cache; the Rego unit tests of a bundle."""
 
 from __future__ import annotations
 
+import gc
 import socket
+import sys
+import threading
 import unicodedata
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +19,7 @@ from gateway.identity import Identity
 from gateway.pipeline import ActivePolicy, decide, evaluate, permit, rego_input, validate
 from gateway.policy.bundle import load_bundle
 from gateway.policy.permit import DENY_BY_DEFAULT, PermitResult, Permitter
-from gateway.policy.rego import OpaServerEngine, RegoResult, RegorusEngine
+from gateway.policy.rego import OpaServerEngine, RegoResult, RegorusEngine, live_engines
 from gateway.runtime import load_policy
 from gateway.schemas import Proposal
 from tests.gateway.support import POLICIES, copy_bundle, proposal
@@ -237,6 +241,9 @@ def _input(body: dict[str, Any], role: str, level: int) -> dict[str, Any]:
     return rego_input(recorded, who(role), level, stats, "2026-01-01T00:00:00.000000Z")
 
 
+PARKING_BOOKING = proposal("parking", "booking.create", confidence=0.95)
+
+
 def broken_rego_bundle(tmp_path: Path) -> Path:
     """The default bundle plus a parking rule that divides by zero when evaluated."""
     root = copy_bundle(tmp_path)
@@ -264,6 +271,50 @@ def test_evaluate_fails_closed_when_the_bundle_has_no_package_for_the_workflow()
         DecisionUnavailable, match=r"no Rego package data\.mandate\.workflows\.laundry"
     ):
         evaluate(engine, "laundry", {"proposal": {}})
+
+
+def test_the_engines_of_a_bundle_that_is_gone_are_dropped_not_kept() -> None:
+    """Each activation or check of a bundle makes a RegorusEngine; the regorus engines of the
+    ones gone must not pile up in a gateway that runs for months."""
+    bundle = load_bundle(POLICIES)
+    held: list[int] = []
+
+    def activate_twenty_times() -> None:
+        for _ in range(20):
+            engine = RegorusEngine(bundle)
+            evaluate(engine, "parking", _input(PARKING_BOOKING, "booking-agent", 3))
+            del engine
+            gc.collect()
+        held.append(live_engines())
+
+    thread = threading.Thread(target=activate_twenty_times)  # a thread of its own: a clean count
+    thread.start()
+    thread.join()
+    assert held == [1]  # the last one's, until that thread evaluates again
+
+
+def test_engines_are_dropped_on_the_threads_that_made_them() -> None:
+    """A regorus engine dropped on another thread than its own raises (and leaks): the engines
+    that worker threads made for a bundle go on those threads, never where the bundle went."""
+    bundle = load_bundle(POLICIES)
+    problems: list[str] = []
+
+    def sixteen_evaluations(pool: ThreadPoolExecutor, engine: RegorusEngine) -> None:
+        body = _input(PARKING_BOOKING, "booking-agent", 3)
+        answers = list(pool.map(lambda _: evaluate(engine, "parking", body), range(16)))
+        assert all(answer.deny == [] for answer in answers)
+
+    previous = sys.unraisablehook
+    sys.unraisablehook = lambda report: problems.append(str(report.exc_value))
+    try:
+        with ThreadPoolExecutor(4) as pool:
+            sixteen_evaluations(pool, RegorusEngine(bundle))
+            gc.collect()  # that engine's RegorusEngine goes here, on the main thread
+            sixteen_evaluations(pool, RegorusEngine(bundle))
+        gc.collect()
+    finally:
+        sys.unraisablehook = previous
+    assert problems == []
 
 
 def test_evaluate_fails_closed_when_the_opa_server_is_unreachable() -> None:
