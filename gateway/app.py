@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import gc
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
@@ -39,9 +40,16 @@ def create_app(
         runtime = Runtime.start(settings, clock=clock)
         app.state.runtime = runtime
         runtime.start_background()
+        # What starting made (routes, schemas, SQLAlchemy metadata, policy engines) lives as long
+        # as the server: out of the collector's reach, a full collection no longer walks it all.
+        # Walking it paused every request for ~85 ms several times a minute under load (p99 of
+        # POST /v1/actions 96 ms, 18 ms frozen; bench gateway_http).
+        gc.collect()
+        gc.freeze()
         try:
             yield
         finally:
+            gc.unfreeze()  # a process that starts another app (tests) collects this one's cycles
             await runtime.stop_background()
             runtime.close()
 
