@@ -3,13 +3,19 @@
 Appends are serialised across processes: on SQLite by ``BEGIN IMMEDIATE`` (the write lock is
 taken before the tail is read), on PostgreSQL by a transaction-scoped advisory lock whose key is
 derived from the schema, so two ledgers in two schemas of one database never block each other.
+On SQLite the writers of several processes also take turns (``AppendTurns``), so that none of
+them waits out SQLite's busy-handler sleeps while the others write.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
+import os
 import sqlite3
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -23,9 +29,11 @@ from ledger.models import LEDGER_TABLES
 __all__ = [
     "JOIN_TRANSACTION",
     "WRITE",
+    "AppendTurns",
     "advisory_lock_key",
     "create_engine",
     "create_tables",
+    "sqlite_file",
     "sqlite_url",
 ]
 
@@ -41,6 +49,62 @@ JOIN_TRANSACTION = "ledger_join_transaction"
 def sqlite_url(path: Path) -> str:
     """The SQLAlchemy URL of a SQLite file."""
     return f"sqlite:///{path}"
+
+
+def sqlite_file(engine: Engine) -> Path | None:
+    """The file of a SQLite engine's database; None for another database or an in-memory one."""
+    if engine.dialect.name != "sqlite":
+        return None
+    database = engine.url.database
+    if not database or database == ":memory:" or database.startswith("file::memory:"):
+        return None
+    return Path(database)
+
+
+class AppendTurns:
+    """The order in which the ledger writers of several processes write to one SQLite file.
+
+    SQLite's own lock keeps their transactions apart, but a writer that finds it taken sleeps
+    (its busy handler waits 1, 2, 5 ... up to 100 ms between tries) while the writer that just
+    committed takes it again at once: with two or more busy processes, one of them waited
+    hundreds of milliseconds at a time (p99 of ``POST /v1/actions`` 200-850 ms against 16 ms
+    for one process). So a writer first waits in the kernel for an exclusive ``flock`` on a
+    file beside the database (``<db>.append-lock``), which wakes it as soon as the writer
+    before it is done, and holds it for its one transaction. Only the order changes: SQLite's
+    lock still guards the data, so where the lock file cannot be made, writers go without.
+    """
+
+    def __init__(self, engine: Engine) -> None:
+        found = sqlite_file(engine)
+        self._path = None if found is None else Path(f"{found}.append-lock")
+        self._fd: int | None = None
+
+    @contextlib.contextmanager
+    def turn(self) -> Iterator[None]:
+        """Wait for this process's turn (the GIL released meanwhile); hold it in the block."""
+        fd = self._open()
+        if fd is None:
+            yield
+            return
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+
+    def close(self) -> None:
+        """Close the lock file (harmless when it was never opened)."""
+        fd, self._fd = self._fd, None
+        if fd is not None:
+            os.close(fd)
+
+    def _open(self) -> int | None:
+        if self._fd is None and self._path is not None:
+            try:
+                self._fd = os.open(self._path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            except OSError:
+                self._path = None  # a read-only directory, say: SQLite's lock alone, then
+        return self._fd
 
 
 def create_engine(url: str, *, schema: str | None = None, **kwargs: Any) -> Engine:

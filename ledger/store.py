@@ -54,7 +54,13 @@ from sqlalchemy.engine import Connection, Engine
 
 from ledger.checkpoint import Checkpoint, sign_checkpoint
 from ledger.compact import CompactRange
-from ledger.database import JOIN_TRANSACTION, WRITE, advisory_lock_key, create_tables
+from ledger.database import (
+    JOIN_TRANSACTION,
+    WRITE,
+    AppendTurns,
+    advisory_lock_key,
+    create_tables,
+)
 from ledger.entry import (
     Entry,
     assemble_entry,
@@ -462,6 +468,7 @@ class Ledger:
         self._insert_entries = _INSERT_ENTRIES.format(", ".join([mark] * 5))
         self._select_since = _SELECT_SINCE.format(mark=mark)
         self._lock_key: int | None = None
+        self._turns = AppendTurns(engine)  # SQLite: the processes' writers take turns
         self._writer: threading.Thread | None = None
         self._opened = False
         self._closed = False
@@ -571,6 +578,7 @@ class Ledger:
                 self._wake()
         self._writer.join()
         self._drop_connection()
+        self._turns.close()
         if self._lease is not None:
             self._lease.release()
 
@@ -814,7 +822,8 @@ class Ledger:
 
     def _commit_or_split(self, batch: list[_Request], build: _Build | None) -> None:
         try:
-            results = self._commit(batch, build)
+            with self._turns.turn():
+                results = self._commit(batch, build)
         except Exception as exc:
             self._drop_connection()
             if len(batch) > 1:

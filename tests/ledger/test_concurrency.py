@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 
-from ledger.database import create_engine
+from ledger.database import AppendTurns, create_engine
 from ledger.entry import GENESIS_PREV, parse_entry
 from ledger.export import write_export
 from ledger.keys import generate_signing_key, load_signing_key
@@ -218,3 +218,45 @@ def test_ledgers_opening_at_once_on_an_empty_database(database: Database, tmp_pa
     finally:
         for engine in engines:
             engine.dispose()
+
+
+# -- turns: the writers of several processes on one SQLite file -------------------------------
+
+
+def test_a_sqlite_writer_waits_its_turn_then_appends(tmp_path: Path) -> None:
+    """Writers on one SQLite file take turns through ``<db>.append-lock``: while another
+    process's writer holds its turn, an append waits, then goes in once that turn is over."""
+    db = tmp_path / "ledger.db"
+    engine = create_engine(f"sqlite:///{db}")
+    signer = generate_signing_key(tmp_path / "key.pem", ORIGIN)
+    # Another writer's turns, as another process on the same file has them.
+    other = AppendTurns(create_engine(f"sqlite:///{db}"))
+    with Ledger(engine, origin=ORIGIN, signer=signer, checkpoint_interval=None) as ledger:
+        done = threading.Event()
+
+        def append() -> None:
+            ledger.append("proposal", actor="agent", subject="case-1", body={"n": 1})
+            done.set()
+
+        with other.turn():
+            appending = threading.Thread(target=append)
+            appending.start()
+            assert not done.wait(0.5), "an append went in during another writer's turn"
+            assert ledger.size() == 1  # the key entry alone
+        assert done.wait(30), "the append did not go in once the other writer's turn was over"
+        appending.join()
+        assert ledger.size() == 2
+    other.close()
+    assert (tmp_path / "ledger.db.append-lock").exists()
+
+
+def test_writers_go_without_turns_where_the_lock_file_cannot_be_made(tmp_path: Path) -> None:
+    """Turns only order the writers (SQLite's lock guards the data): a lock file that cannot be
+    opened (here a directory stands in its place) costs the order, never an append."""
+    db = tmp_path / "ledger.db"
+    (tmp_path / "ledger.db.append-lock").mkdir()
+    engine = create_engine(f"sqlite:///{db}")
+    signer = generate_signing_key(tmp_path / "key.pem", ORIGIN)
+    with Ledger(engine, origin=ORIGIN, signer=signer, checkpoint_interval=None) as ledger:
+        ledger.append("proposal", actor="agent", subject="case-1", body={"n": 1})
+        assert ledger.size() == 2
