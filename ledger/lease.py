@@ -40,6 +40,8 @@ from pathlib import Path
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
+from ledger.database import sqlite_file
+
 __all__ = ["SignerLease", "signer_lock_key", "signer_lock_path"]
 
 _LOCK_SUFFIX = ".signer-lock"
@@ -55,10 +57,8 @@ def signer_lock_key(conn: Connection) -> int:
 
 def signer_lock_path(engine: Engine) -> Path | None:
     """The lock file of a SQLite database's signer lease; None for an in-memory database."""
-    database = engine.url.database
-    if not database or database == ":memory:" or database.startswith("file::memory:"):
-        return None
-    return Path(database + _LOCK_SUFFIX)
+    database = sqlite_file(engine)
+    return None if database is None else Path(f"{database}{_LOCK_SUFFIX}")
 
 
 class SignerLease:
@@ -114,8 +114,11 @@ class SignerLease:
         self._held = False
         conn, self._conn = self._conn, None
         if conn is not None:
-            # Closing the session releases every lock it has; never return it to the pool
-            # holding one.
+            # Unlock first: the server ends a closed session (and frees its locks) a moment
+            # after the close returns, and whoever takes over next must find the lock free.
+            # Then close the session, so that it never returns to the pool holding a lock.
+            with contextlib.suppress(Exception):
+                conn.execute(sa.select(sa.func.pg_advisory_unlock(self._key)))
             with contextlib.suppress(Exception):
                 conn.invalidate()
             with contextlib.suppress(Exception):
