@@ -27,6 +27,7 @@ from sqlmodel import SQLModel
 from ledger.models import LEDGER_TABLES
 
 __all__ = [
+    "CONNECT_TIMEOUT",
     "JOIN_TRANSACTION",
     "WRITE",
     "AppendTurns",
@@ -36,6 +37,9 @@ __all__ = [
     "sqlite_file",
     "sqlite_url",
 ]
+
+# Seconds a PostgreSQL connection attempt may take before it fails (libpq's connect_timeout).
+CONNECT_TIMEOUT = 10
 
 # Execution option that makes a SQLite transaction start with BEGIN IMMEDIATE.
 WRITE = "ledger_write"
@@ -112,7 +116,8 @@ def create_engine(url: str, *, schema: str | None = None, **kwargs: Any) -> Engi
 
     SQLite: WAL journal, ``synchronous=FULL`` (a commit returns after fsync), a long busy
     timeout so concurrent writers queue instead of failing. PostgreSQL: ``schema`` sets the
-    search path, so a test run (or a tenant) can keep its rows apart.
+    search path, so a test run (or a tenant) can keep its rows apart; a connection attempt gives
+    up after ``CONNECT_TIMEOUT`` seconds (``connect_args={"connect_timeout": N}`` to change it).
     """
     if url.startswith("sqlite"):
         engine = sa.create_engine(
@@ -124,6 +129,9 @@ def create_engine(url: str, *, schema: str | None = None, **kwargs: Any) -> Engi
         event.listen(engine, "begin", _sqlite_begin)
         return engine
     connect_args: dict[str, Any] = dict(kwargs.pop("connect_args", {}))
+    # Without it, a connect to a server that does not answer (a dropped route, a full backlog)
+    # waits for minutes, and with it whoever waits: the ledger's writer, a readiness check.
+    connect_args.setdefault("connect_timeout", CONNECT_TIMEOUT)
     if schema is not None:
         connect_args["options"] = f"-c search_path={schema}"
     return sa.create_engine(url, connect_args=connect_args, pool_pre_ping=True, **kwargs)
