@@ -6,25 +6,17 @@ from __future__ import annotations
 
 import json
 import os
-import signal
-import subprocess
-import sys
 import threading
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
-import httpx
 import pytest
 
 from adapters.receiver import Receiver, running_receiver
 from gateway.identity import TokenBook
 from gateway.models import create_gateway_tables
-from gateway.serving import free_port
 from gateway.settings import Settings
 from gateway.storage import open_engine
 from tests.approvals.harness import (
-    POLICIES,
     SECRET,
     action_status,
     held_refund,
@@ -36,70 +28,10 @@ from tests.approvals.harness import (
     wait_for,
 )
 from tests.conftest import Database
+from tests.scale.conftest import Gateways
 
-MANDATE = Path(sys.executable).parent / "mandate"
 HOLDS = 8  # refunds held at level 1, then approved
 EXECUTES = 4  # bookings executed at once
-
-
-class Process:
-    """``mandate serve`` as a child process, its output kept in files."""
-
-    def __init__(self, settings: Settings, env: dict[str, str], logs: Path) -> None:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        logs.mkdir(parents=True, exist_ok=True)
-        self.log = logs / f"gateway-{self.port}.log"
-        with self.log.open("wb") as out:
-            self.popen = subprocess.Popen(
-                [
-                    str(MANDATE),
-                    "serve",
-                    "--port",
-                    str(self.port),
-                    "--data-dir",
-                    str(settings.data_dir),
-                    "--policies",
-                    str(POLICIES),
-                ],
-                env=env,
-                cwd=logs,  # no mandate.toml there
-                stdout=out,
-                stderr=subprocess.STDOUT,
-            )
-        wait_for(self._ready, timeout=30, what=f"the gateway to start (log {self.log})")
-
-    def _ready(self) -> bool:
-        if self.popen.poll() is not None:
-            raise AssertionError(f"the gateway exited: {self.log.read_text()}")
-        try:
-            with http_client(self.url) as client:
-                return client.get("/healthz").status_code == 200
-        except httpx.TransportError:
-            return False
-
-    def kill(self) -> None:
-        self.popen.send_signal(signal.SIGKILL)
-        self.popen.wait(timeout=30)
-
-    def stop(self) -> None:
-        if self.popen.poll() is None:
-            self.popen.terminate()
-            try:
-                self.popen.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self.kill()
-
-
-@contextmanager
-def gateways() -> Iterator[list[Process]]:
-    """Every process started in the block is stopped after it."""
-    started: list[Process] = []
-    try:
-        yield started
-    finally:
-        for process in started:
-            process.stop()
 
 
 def environment(database: Database, receiver_url: str) -> dict[str, str]:
@@ -161,9 +93,9 @@ def test_sigkill_during_dispatch_then_restart_carries_out_every_action_exactly_o
         approver_token, _ = book.create(name="ann", role="approver", workflow="parking")
         engine.dispose()
 
-        with gateways() as started:
-            first = Process(settings, env, tmp_path / "logs")
-            started.append(first)
+        gateways = Gateways(tmp_path / "logs")
+        try:
+            (first,) = gateways.start(1, data_dir, env)
             with (
                 http_client(first.url, payments) as agent,
                 http_client(first.url, bookings) as booker,
@@ -195,8 +127,7 @@ def test_sigkill_during_dispatch_then_restart_carries_out_every_action_exactly_o
             first.kill()
             receiver.gate.set()
 
-            second = Process(settings, env, tmp_path / "logs")
-            started.append(second)
+            (second,) = gateways.start(1, data_dir, env)
             with http_client(second.url, approver_token) as watcher:
 
                 def all_settled() -> bool:
@@ -226,3 +157,5 @@ def test_sigkill_during_dispatch_then_restart_carries_out_every_action_exactly_o
                 assert ledger.of("execution", action_id), action_id
             for action_id in in_flight:
                 assert len(ledger.of("execution", action_id)) >= 2, ledger.about(action_id)
+        finally:
+            gateways.stop()
