@@ -287,7 +287,9 @@ class Approvals:
                 else float(recorded["confidence"])
             }
         )
-        judgement = decider.judge(identity, proposal, policy, decider.clock(), admitted=True)
+        judgement = decider.judge(
+            identity, proposal, policy, decider.clock(), admitted=row.case_type
+        )
         decision = judgement.decision
         why = (
             f"the policy bundle changed ({row.bundle_digest[:12]} → {policy.bundle.digest[:12]}) "

@@ -567,6 +567,17 @@ class Governance:
             known = ", ".join(sorted(bundle.workflows)) or "none"
             raise NotFound(f"no workflow {workflow!r}; known: {known}")
         self._check_govern(identity, workflow, case_type)
+        known_types = bundle.workflows[workflow].case_types
+        if case_type not in known_types:
+            raise InvalidInput(
+                [
+                    (
+                        "case_type",
+                        f"the active bundle has no case type {case_type!r} in {workflow}; "
+                        f"it has {', '.join(sorted(known_types))}",
+                    )
+                ]
+            )
         if not request.reason.strip():
             raise InvalidInput([("reason", "say why the level changes")])
         terms = self._book.terms(bundle, workflow, case_type)
@@ -636,6 +647,8 @@ class Governance:
             key[0] for key in self._case_types(bundle, workflow)
         }:
             raise NotFound(f"no workflow {workflow!r}")
+        if (workflow, case_type) not in self._case_types(bundle, workflow):
+            raise NotFound(f"no case type {case_type!r} in workflow {workflow!r}")
         self._book.standings(fresh=True)
         pending = [
             p

@@ -345,7 +345,7 @@ class _Common:
             "action_type": action_type,
             "resource": resource,
             "params": dict(params or {}),
-            "case_type": case_type or action_type,
+            "case_type": case_type,
             "context": dict(context or {}),
             # Made once per call, so that every retry of this call sends the same key.
             "idempotency_key": idempotency_key or f"sdk-{uuid.uuid4().hex}",
@@ -486,7 +486,8 @@ class MandateClient:
         """Propose an action; the answer is ``execute``, ``hold`` or ``reject`` with reasons and
         a trace.
 
-        ``case_type`` defaults to ``action_type``. Amounts go in ``params`` as decimal strings
+        ``case_type`` is the bundle's to decide: leave it out, or name the one you expect (a
+        claim the bundle contradicts is refused). Amounts go in ``params`` as decimal strings
         (``Decimal`` values are sent as strings). Without an ``idempotency_key`` one is made
         for this call; its retries reuse it, so the gateway decides once. Pass your own key
         (the business operation's id) to make separate calls for the same operation safe too.
@@ -919,8 +920,8 @@ def governed(
     1. The call becomes a proposal. ``resource``, ``confidence``, ``context`` and
        ``idempotency_key`` are values or callables that get the function's arguments;
        ``params`` is such a callable, and by default the call's arguments by name (those with
-       a JSON form; ``Decimal`` as strings, so money stays exact). ``case_type`` defaults to
-       ``action_type``; the key, by default, is new for every call.
+       a JSON form; ``Decimal`` as strings, so money stays exact). ``case_type`` is the
+       bundle's to decide (leave it out); the key, by default, is new for every call.
     2. ``reject``: ``ActionRejected`` is raised and the function is not called.
        ``hold``: the call waits (up to ``wait_timeout`` seconds, else ``WaitTimeout``) for the
        approval; rejected or expired raises ``ActionRejected`` without calling the function.

@@ -113,7 +113,6 @@ def _proposal(
         "action_type": action_type,
         "resource": resource,
         "params": params,
-        "case_type": action_type,
         "confidence": confidence,
         "context": {"source": "mandate demo"},
         "idempotency_key": key,
@@ -159,7 +158,9 @@ async def _send(
             )
             latencies.append(time.perf_counter() - started)
             answer = response.json()
-            answer["_workflow"], answer["_case_type"] = body["workflow"], body["case_type"]
+            trace = answer.get("trace") or {"autonomy": {"case_type": body["action_type"]}}
+            answer["_workflow"] = body["workflow"]
+            answer["_case_type"] = trace["autonomy"]["case_type"]
             answer["_status"] = response.status_code
             results.append(answer)
 

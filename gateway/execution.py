@@ -409,7 +409,8 @@ class Dispatcher:
 
 
 def payload_for(engine: Engine, ledger: Ledger, action_id: str) -> dict[str, Any]:
-    """What a webhook receives: the proposal and the ids of its proposal and decision."""
+    """What a webhook receives: the proposal, the case type the bundle decided it as, and the
+    ids of its proposal and decision."""
     with engine.connect() as conn:
         row = conn.execute(sa.select(ACTIONS).where(ACTIONS.c.id == action_id)).one()
     entry = ledger.entry(row.proposal_seq).body
@@ -421,7 +422,7 @@ def payload_for(engine: Engine, ledger: Ledger, action_id: str) -> dict[str, Any
         "executor": row.executor,
         "workflow": proposal["workflow"],
         "action_type": proposal["action_type"],
-        "case_type": proposal["case_type"],
+        "case_type": row.case_type,
         "resource": proposal["resource"],
         "params": proposal["params"],
     }

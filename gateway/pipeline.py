@@ -19,7 +19,7 @@ import secrets
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import orjson
 import sqlalchemy as sa
@@ -32,7 +32,7 @@ from gateway.figures import ZERO_FIGURES, FigureBook, Standing, WindowSpec, figu
 from gateway.identity import Identity
 from gateway.models import ACTIONS, APPROVALS, AUDITS, AUTONOMY, EVENTS, FIGURES, INTENTS
 from gateway.policy.autonomy import Terms, terms_for
-from gateway.policy.bundle import Bundle, BundleError
+from gateway.policy.bundle import Bundle, BundleError, WorkflowConfig
 from gateway.policy.permit import PermitResult, Permitter
 from gateway.policy.rego import EngineError, RegoEngine, RegoResult, package_of
 from gateway.schemas import (
@@ -56,8 +56,12 @@ __all__ = [
     "LEVEL_NAMES",
     "ActivePolicy",
     "AutonomyBook",
+    "Classification",
     "Decider",
     "Decision",
+    "classify",
+    "classify_admitted",
+    "classify_input",
     "decide",
     "evaluate",
     "permit",
@@ -70,7 +74,7 @@ LEVEL_NAMES = {1: "advisory", 2: "supervised", 3: "conditional", 4: "full"}
 # are those of ``gateway.figures``.
 ZERO_STATS: dict[str, int] = dict(ZERO_FIGURES)
 log = logging.getLogger("mandate")
-_DECIMAL = re.compile(r"-?(0|[1-9][0-9]{0,17})(\.[0-9]{1,18})?")
+_DECIMAL = re.compile(r"(-?)(0|[1-9][0-9]{0,17})(\.[0-9]{1,18})?")
 
 
 @dataclass(frozen=True)
@@ -249,20 +253,35 @@ def _event_of(reason: str) -> str:
 
 
 def validate(proposal: Proposal, policy: ActivePolicy) -> None:
-    """Step 2: beyond the schema, is this a proposal the ledger and the policy can take?"""
+    """Step 2: beyond the schema, is this a proposal the ledger and the policy can take? The
+    workflow and its action type are the bundle's (``data.json``), a claimed case type is one
+    that action type may be, and an amount is a decimal string within the workflow's scale."""
     errors: list[tuple[str, str]] = []
     workflows = policy.bundle.workflows
-    if proposal.workflow not in workflows:
+    config = workflows.get(proposal.workflow)
+    if config is None:
         known = ", ".join(sorted(workflows)) or "none"
         errors.append(("workflow", f"unknown workflow {proposal.workflow!r}; known: {known}"))
-    amount = proposal.params.get("amount")
-    if amount is not None and not (isinstance(amount, str) and _DECIMAL.fullmatch(amount)):
-        errors.append(
-            (
-                "params.amount",
-                f'must be a decimal string such as "20.00", got {orjson.dumps(amount).decode()}',
+    else:
+        listed = config.action_types.get(proposal.action_type)
+        if listed is None:
+            known = ", ".join(sorted(config.action_types))
+            errors.append(
+                (
+                    "action_type",
+                    f"workflow {proposal.workflow} has no action type {proposal.action_type!r}; "
+                    f"it has {known}",
+                )
             )
-        )
+        elif proposal.case_type is not None and proposal.case_type not in listed:
+            errors.append(
+                ("case_type", _not_listed(proposal.action_type, listed, proposal.case_type))
+            )
+    amount = proposal.params.get("amount")
+    if amount is not None:
+        problem = _amount_problem(amount, config)
+        if problem is not None:
+            errors.append(("params.amount", problem))
     for name in ("resource", "params", "context"):
         try:
             canonical_json(getattr(proposal, name), name)
@@ -271,6 +290,35 @@ def validate(proposal: Proposal, policy: ActivePolicy) -> None:
                 errors.append((exc.path, exc.problem))
     if errors:
         raise InvalidInput(errors)
+
+
+def _amount_problem(amount: Any, config: WorkflowConfig | None) -> str | None:
+    """Why ``amount`` is not an amount this workflow takes, or None. Amounts are decimal
+    strings with no more decimals than the workflow's ``amount_scale``, and positive unless
+    it allows ``signed_amounts``: the gateway never passes on a string the policy engines
+    could read differently (untrimmed, signed with +, leading zeros, exponents)."""
+    match = _DECIMAL.fullmatch(amount) if isinstance(amount, str) else None
+    if match is None:
+        return f'must be a decimal string such as "20.00", got {orjson.dumps(amount).decode()}'
+    if config is None:
+        return None
+    sign, whole, decimals = match.groups()
+    if decimals is not None and len(decimals) - 1 > config.amount_scale:
+        return (
+            f"{amount} has {len(decimals) - 1} decimals; workflow {config.name} takes at most "
+            f"{config.amount_scale}"
+        )
+    zero = whole == "0" and (decimals is None or not decimals.strip(".0"))
+    if not config.signed_amounts and (sign or zero):
+        return f"{amount} is not positive; workflow {config.name} takes amounts above 0"
+    if zero and sign:
+        return "-0 is not an amount; write 0"
+    return None
+
+
+def _not_listed(action_type: str, listed: tuple[str, ...], case_type: str) -> str:
+    allowed = ", ".join(listed)
+    return f"{action_type} may be case type {allowed}, not {case_type!r} (the bundle decides)"
 
 
 def permit(
@@ -296,26 +344,116 @@ def permit(
         raise DecisionUnavailable(f"Casbin failed: {exc}") from exc
 
 
+CaseTypeSource = Literal["classified", "only", "claimed"]
+
+
+@dataclass(frozen=True)
+class Classification:
+    """The case type a proposal is decided as, and how the bundle came to it."""
+
+    case_type: str
+    source: CaseTypeSource
+
+
+def classify(
+    engine: RegoEngine,
+    config: WorkflowConfig,
+    proposal: Proposal,
+    input_: dict[str, Any],
+    *,
+    admitted: str | None = None,
+) -> Classification:
+    """Step 4: which case type is this? The bundle's to decide, never the proposer's: the
+    workflow's ``case_type`` rule if it gives one, else the only case type the action type
+    lists, else the claimed one if listed (``validate`` checked that). A claim that disagrees,
+    or none where several are listed, is a 422 naming the allowed ones. A proposal
+    ``admitted`` before (re-evaluated under a new bundle; ``admitted`` is the case type it was
+    decided as) keeps that case type where the rule is silent, and takes a new classification
+    without a 422."""
+    listed = config.action_types[proposal.action_type]
+    try:
+        classified = engine.classify(proposal.workflow, input_)
+    except EngineError as exc:
+        raise DecisionUnavailable(str(exc)) from exc
+    except Exception as exc:
+        raise DecisionUnavailable(f"the Rego engine failed: {exc}") from exc
+    claimed = proposal.case_type if admitted is None else admitted
+    if classified is not None:
+        if classified not in listed:
+            raise DecisionUnavailable(
+                f"the bundle classifies this {proposal.action_type} as {classified!r}, which "
+                f"data.json does not list for it ({', '.join(listed)})"
+            )
+        if claimed not in (None, classified) and admitted is None:
+            raise InvalidInput(
+                [
+                    (
+                        "case_type",
+                        f"the bundle classifies this proposal as {classified}, not {claimed!r}",
+                    )
+                ]
+            )
+        return Classification(classified, "classified")
+    if claimed is not None and claimed in listed and (admitted or len(listed) > 1):
+        return Classification(claimed, "claimed")
+    if len(listed) == 1:
+        return Classification(listed[0], "only")
+    raise InvalidInput(
+        [
+            (
+                "case_type",
+                f"{proposal.action_type} may be case type {', '.join(listed)} and no rule "
+                "classifies this proposal: name one",
+            )
+        ]
+    )
+
+
+def classify_admitted(
+    policy: ActivePolicy, proposal: Proposal, input_: dict[str, Any], admitted: str | None
+) -> tuple[Classification, InvalidInput | None]:
+    """``classify``, and for a proposal ``admitted`` before (re-evaluated under a new bundle,
+    as the case type it was decided as) also ``validate`` again: what the new bundle no longer
+    takes comes back as the refusal that ``decide`` turns into a recorded rejection."""
+    try:
+        if admitted is not None:
+            validate(proposal, policy)
+        config = policy.bundle.workflows[proposal.workflow]
+        return classify(policy.engine, config, proposal, input_, admitted=admitted), None
+    except InvalidInput as exc:
+        if admitted is None:
+            raise
+        return Classification(admitted, "claimed"), exc
+
+
+def classify_input(proposal: dict[str, Any], identity: Identity, now: str) -> dict[str, Any]:
+    """What the ``case_type`` rule sees: the proposal, the executor and the clock (not the
+    level or the figures, which depend on the case type)."""
+    confidence = proposal.get("confidence")
+    return {
+        "proposal": {**proposal, "confidence": None if confidence is None else float(confidence)},
+        "executor": {"name": identity.name, "role": identity.role, "owner": identity.owner},
+        "now": now,
+    }
+
+
 def rego_input(
     proposal: dict[str, Any],
     identity: Identity,
+    case_type: str,
     level: int,
     stats: dict[str, int],
     now: str,
 ) -> dict[str, Any]:
     """What the workflow's Rego sees. Built only from recorded values, so replay rebuilds it."""
-    confidence = proposal.get("confidence")
-    return {
-        "proposal": {**proposal, "confidence": None if confidence is None else float(confidence)},
-        "executor": {"name": identity.name, "role": identity.role, "owner": identity.owner},
-        "autonomy": {"level": level, "name": LEVEL_NAMES[level]},
+    return classify_input(proposal, identity, now) | {
+        "autonomy": {"case_type": case_type, "level": level, "name": LEVEL_NAMES[level]},
         "stats": stats,
-        "now": now,
     }
 
 
 def evaluate(engine: RegoEngine, workflow: str, input_: dict[str, Any]) -> RegoResult:
-    """Step 4: what does the workflow's policy say at this level? (Rego)"""
+    """Step 5: what does the workflow's policy say at this level? (Rego)"""
     try:
         return engine.evaluate(workflow, input_)
     except EngineError as exc:
@@ -342,11 +480,18 @@ class Judgement:
     stats: dict[str, int]
     approval: ApprovalRef | None
     recorded: dict[str, Any]  # the proposal as the ledger keeps it
+    case_type: str  # as the bundle classified it
 
 
-def decide(permitted: PermitResult, rego: RegoResult | None, level: int) -> Decision:
-    """Step 5: reject if Casbin denies or the policy denies; hold if the policy holds or the
-    level is 1 (the gateway's own rule, whatever the policy says); otherwise execute."""
+def decide(
+    permitted: PermitResult,
+    rego: RegoResult | None,
+    level: int,
+    refused: InvalidInput | None = None,
+) -> Decision:
+    """Step 6: reject if Casbin denies or the policy denies; hold if the policy holds or the
+    level is 1 (the gateway's own rule, whatever the policy says); otherwise execute. A held
+    proposal that a new bundle no longer takes (``refused``) is rejected."""
     if not permitted.allowed:
         role, workflow, action_type, act = permitted.request
         return Decision(
@@ -360,6 +505,13 @@ def decide(permitted: PermitResult, rego: RegoResult | None, level: int) -> Deci
             ],
             "reject",
         )
+    if refused is not None:
+        reason = Reason(
+            code="not_taken",
+            message=f"the bundle no longer takes it: {refused.detail}",
+            source="gateway",
+        )
+        return Decision("reject", [reason], "reject")
     assert rego is not None
     if rego.deny:
         return Decision("reject", _policy_reasons(rego.deny), "reject")
@@ -494,32 +646,44 @@ class Decider:
         policy: ActivePolicy,
         moment: dt.datetime,
         *,
-        admitted: bool = False,
+        admitted: str | None = None,
     ) -> Judgement:
-        """Steps 3 to 5 (permit, evaluate, decide) for a proposal, with the trace that shows
-        them; also used (``admitted``) to re-evaluate a held proposal under a new bundle."""
+        """Steps 3 to 6 (permit, classify, evaluate, decide) for a validated proposal, with the
+        trace that shows them. Also re-evaluates a held proposal under a new bundle:
+        ``admitted`` is then the case type it was decided as, and a proposal the new bundle no
+        longer takes is a recorded rejection instead of a 422."""
         now = format_time(moment)
         recorded = _recorded_proposal(proposal)
-        level, level_source = self.autonomy.level(
-            policy.bundle, proposal.workflow, proposal.case_type
+        permitted = permit(policy.permitter, identity, proposal, admitted=admitted is not None)
+        classification, refused = classify_admitted(
+            policy, proposal, classify_input(recorded, identity, now), admitted
         )
-        stats = self.autonomy.stats(
-            policy.bundle, proposal.workflow, proposal.case_type, level, moment
-        )
-        permitted = permit(policy.permitter, identity, proposal, admitted=admitted)
-        input_ = rego_input(recorded, identity, level, stats, now)
-        rego = evaluate(policy.engine, proposal.workflow, input_) if permitted.allowed else None
-        decision = decide(permitted, rego, level)
+        case_type = classification.case_type
+        level, level_source = self.autonomy.level(policy.bundle, proposal.workflow, case_type)
+        stats = self.autonomy.stats(policy.bundle, proposal.workflow, case_type, level, moment)
+        input_ = rego_input(recorded, identity, case_type, level, stats, now)
+        rego = None
+        if permitted.allowed and refused is None:
+            rego = evaluate(policy.engine, proposal.workflow, input_)
+        decision = decide(permitted, rego, level, refused)
+        package = package_of(proposal.workflow)
+        rules = ("case_type", "deny", "hold") if classification.source == "classified" else ()
         trace = Trace(
             casbin=CasbinTrace.model_validate(permitted.trace()),
             rego=RegoTrace(
                 engine=policy.engine.name,
                 version=policy.engine.version,
-                query=[f"{package_of(proposal.workflow)}.{rule}" for rule in ("deny", "hold")],
+                query=[f"{package}.{rule}" for rule in rules or ("deny", "hold")],
                 input_digest=_input_digest(input_),
                 output=None if rego is None else _normalised(rego),
             ),
-            autonomy=AutonomyTrace(level=level, name=LEVEL_NAMES[level], source=level_source),
+            autonomy=AutonomyTrace(
+                level=level,
+                name=LEVEL_NAMES[level],
+                source=level_source,
+                case_type=case_type,
+                case_type_source=classification.source,
+            ),
             bundle_digest=policy.bundle.digest,
             decided_at=now,
             recommendation=decision.recommendation,
@@ -529,10 +693,10 @@ class Decider:
             config = policy.bundle.workflows[proposal.workflow]
             approval = ApprovalRef(
                 id=self.new_id("apr"),
-                quorum=config.quorum(proposal.case_type),
+                quorum=config.quorum(case_type),
                 expires_at=format_time(moment + dt.timedelta(hours=config.approval_ttl_hours)),
             )
-        return Judgement(decision, trace, stats, approval, recorded)
+        return Judgement(decision, trace, stats, approval, recorded, case_type)
 
     async def _decide_and_record(
         self, identity: Identity, proposal: Proposal, digest: str, policy: ActivePolicy
@@ -564,7 +728,7 @@ class Decider:
         audit = autonomy.audit(
             policy.bundle,
             proposal.workflow,
-            proposal.case_type,
+            judgement.case_type,
             trace.autonomy.level,
             decision.verdict,
             action_id,
@@ -608,7 +772,7 @@ class Decider:
             if raced is not None:
                 return raced
             raise DecisionUnavailable(f"the ledger did not record the decision: {exc}") from exc
-        autonomy.decided(proposal.workflow, proposal.case_type, decision.verdict)
+        autonomy.decided(proposal.workflow, judgement.case_type, decision.verdict)
         verdict = Verdict(
             action_id=action_id,
             verdict=decision.verdict,
@@ -729,7 +893,7 @@ def _decision_rows(
                 "request_digest": digest,
                 "executor": identity.name,
                 "workflow": proposal.workflow,
-                "case_type": proposal.case_type,
+                "case_type": judgement.case_type,
                 "action_type": proposal.action_type,
                 "verdict": verdict,
                 "status": _STATUS[verdict],
@@ -764,7 +928,7 @@ def _decision_rows(
         row = figures_row(
             action_id,
             proposal.workflow,
-            proposal.case_type,
+            judgement.case_type,
             appended[1].seq,
             judgement.trace.decided_at,
             level,
@@ -776,7 +940,7 @@ def _decision_rows(
         row = audit_row(
             action_id,
             proposal.workflow,
-            proposal.case_type,
+            judgement.case_type,
             level,
             audit["rate_bp"],
             created,
@@ -803,7 +967,7 @@ def approval_row(
         "id": approval.id,
         "action_id": action_id,
         "workflow": proposal.workflow,
-        "case_type": proposal.case_type,
+        "case_type": judgement.case_type,
         "status": "pending",
         "quorum": approval.quorum,
         "expires_at": approval.expires_at,

@@ -91,8 +91,13 @@ SYSTEM = Identity(
 
 
 def build_policy(bundle: Bundle, opa_url: str | None = None) -> ActivePolicy:
-    """A bundle's engines: Casbin, and Rego in-process (regorus) or on an OPA server."""
-    engine: RegoEngine = OpaServerEngine(opa_url) if opa_url else RegorusEngine(bundle)
+    """A bundle's engines: Casbin, and Rego in-process (regorus) or on an OPA server (which
+    is asked for a classification only where the bundle's Rego, parsed here, has the rule)."""
+    local = RegorusEngine(bundle)
+    engine: RegoEngine = local
+    if opa_url:
+        classifying = frozenset(w for w in bundle.workflows if local.classifies(w))
+        engine = OpaServerEngine(opa_url, classifying=classifying)
     return ActivePolicy(bundle, Permitter(bundle.casbin_model, bundle.casbin_policy), engine)
 
 
@@ -390,7 +395,7 @@ class ShadowRunner:
                     decision_seq=ref.decision_seq,
                     decided_at=decided["trace"]["decided_at"],
                     workflow=proposal["workflow"],
-                    case_type=proposal["case_type"],
+                    case_type=decided["trace"]["autonomy"]["case_type"],
                     action_type=proposal["action_type"],
                     executor=proposed["executor"]["name"],
                     active_verdict=decided["verdict"],

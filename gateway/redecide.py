@@ -3,8 +3,9 @@
 A decision names every input it was made from: the proposal and the executor (the ``proposal``
 entry), and the autonomy level, the figures (``stats``) and the clock (``decided_at``) (the
 ``decision`` entry). ``redecide`` runs the gateway's own steps on those inputs under a given
-policy, the functions ``Decider.judge`` runs, in its order: validate, permit (Casbin), evaluate
-(Rego at the level), decide (the level-1 rule included). Nothing is written, and no input is
+policy, the functions ``Decider.judge`` runs, in its order: validate, permit (Casbin), classify
+(the case type, by the bundle), evaluate (Rego at the level), decide (the level-1 rule
+included). Nothing is written, and no input is
 taken from anywhere but the ``Inputs`` given, so the same inputs and bundle always give the same
 answer: that is what makes a replay of the whole ledger with the bundle that decided it change
 no verdict (``tests/policies/test_replay.py`` checks it over a realistic history).
@@ -25,6 +26,8 @@ from gateway.pipeline import (
     ActivePolicy,
     _input_digest,
     _recorded_proposal,
+    classify_admitted,
+    classify_input,
     decide,
     evaluate,
     permit,
@@ -45,27 +48,32 @@ IDENTITY_FIELDS = ("token_id", "name", "role", "workflow", "owner")
 class Inputs:
     """Everything one decision depends on. ``proposal`` is as the ledger keeps it (confidence
     a decimal string); ``admitted`` is true for a re-evaluation of a proposal admitted before
-    (Casbin then answers even for a role that proposes nothing any more)."""
+    (Casbin then answers even for a role that proposes nothing any more). ``level`` None is the
+    initial level, in the bundle, of the case type the bundle classifies the proposal as (a
+    decision case that names no level)."""
 
     identity: Identity
     proposal: dict[str, Any]
-    level: int
+    level: int | None
     stats: dict[str, Any]
     now: str
     admitted: bool = False
+    case_type: str | None = None  # as recorded: the case type the decision was made as
 
     @classmethod
     def recorded(cls, proposal_body: Mapping[str, Any], decision_body: Mapping[str, Any]) -> Inputs:
         """The inputs of a recorded decision: its proposal entry's body and its own body."""
         executor = proposal_body["executor"]
         trace = decision_body["trace"]
+        proposal = dict(proposal_body["proposal"])
         return cls(
             identity=Identity(**{name: executor[name] for name in IDENTITY_FIELDS}),
-            proposal=dict(proposal_body["proposal"]),
+            proposal=proposal,
             level=int(trace["autonomy"]["level"]),
             stats=dict(decision_body.get("stats") or {}),
             now=str(trace["decided_at"]),
             admitted=bool(decision_body.get("reevaluated")),
+            case_type=str(trace["autonomy"].get("case_type") or proposal["case_type"]),
         )
 
     @classmethod
@@ -73,7 +81,7 @@ class Inputs:
         cls,
         identity: Identity,
         proposal: Proposal,
-        level: int,
+        level: int | None,
         stats: dict[str, Any],
         now: str,
         *,
@@ -92,6 +100,8 @@ class Redecision:
     recommendation: str | None = None
     error: str | None = None
     input_digest: str | None = None
+    case_type: str | None = None
+    level: int | None = None
 
     @property
     def codes(self) -> list[str]:
@@ -118,25 +128,47 @@ def _proposal(recorded: Mapping[str, Any]) -> Proposal:
 def redecide(policy: ActivePolicy, inputs: Inputs) -> Redecision:
     """Decide ``inputs`` under ``policy`` as the gateway would; never raises for what the
     gateway would refuse (``refused``) or fail closed on (``error``)."""
-    if inputs.level not in LEVEL_NAMES:
+    if inputs.level is not None and inputs.level not in LEVEL_NAMES:
         return Redecision("refused", [], error=f"autonomy level {inputs.level} is not 1 to 4")
     try:
         proposal = _proposal(inputs.proposal)
-        validate(proposal, policy)
+        if not inputs.admitted:
+            validate(proposal, policy)
         permitted = permit(policy.permitter, inputs.identity, proposal, admitted=inputs.admitted)
+        classification, refused = classify_admitted(
+            policy,
+            proposal,
+            classify_input(inputs.proposal, inputs.identity, inputs.now),
+            inputs.case_type if inputs.admitted else None,
+        )
     except ValidationError as exc:
         return Redecision("refused", [], error=f"not a valid proposal: {exc}")
     except (InvalidInput, Forbidden) as exc:
         return Redecision("refused", [], error=exc.detail)
     except DecisionUnavailable as exc:
         return Redecision("error", [], error=exc.detail)
-    input_ = rego_input(inputs.proposal, inputs.identity, inputs.level, inputs.stats, inputs.now)
+    case_type = classification.case_type
+    config = policy.bundle.workflows.get(proposal.workflow)
+    initial = config.initial_level(case_type) if config is not None else 1
+    level = initial if inputs.level is None else inputs.level
+    if level not in LEVEL_NAMES:
+        return Redecision("refused", [], error=f"autonomy level {level} is not 1 to 4")
+    input_ = rego_input(
+        inputs.proposal, inputs.identity, case_type, level, inputs.stats, inputs.now
+    )
     digest = _input_digest(input_)
     try:
-        rego = evaluate(policy.engine, proposal.workflow, input_) if permitted.allowed else None
+        rego = None
+        if permitted.allowed and refused is None:
+            rego = evaluate(policy.engine, proposal.workflow, input_)
     except DecisionUnavailable as exc:
         return Redecision("error", [], error=exc.detail, input_digest=digest)
-    decision = decide(permitted, rego, inputs.level)
+    decision = decide(permitted, rego, level, refused)
     return Redecision(
-        decision.verdict, decision.reasons, decision.recommendation, input_digest=digest
+        decision.verdict,
+        decision.reasons,
+        decision.recommendation,
+        input_digest=digest,
+        case_type=case_type,
+        level=level,
     )

@@ -284,7 +284,7 @@ class Replayer:
             again = redecide(policy, inputs)
         report.decisions += 1
         workflow = inputs.proposal["workflow"]
-        case_type = inputs.proposal["case_type"]
+        case_type = str(inputs.case_type)
         group = report.groups.get((workflow, case_type))
         if group is None:
             group = report.groups[(workflow, case_type)] = _Group()
@@ -323,7 +323,7 @@ def _example(
         "decision_seq": entry["seq"],
         "decided_at": decided["trace"]["decided_at"],
         "workflow": proposal["workflow"],
-        "case_type": proposal["case_type"],
+        "case_type": decided["trace"]["autonomy"]["case_type"],
         "executor": proposed["executor"]["name"],
         "role": proposed["executor"]["role"],
         "level": decided["trace"]["autonomy"]["level"],

@@ -87,7 +87,12 @@ class Proposal(BaseModel):
     params: dict[str, JsonValue] = Field(
         default_factory=dict, description="The action's parameters; amounts as decimal strings."
     )
-    case_type: Dotted = Field(description="The unit of autonomy, e.g. refund.issue.")
+    case_type: Dotted | None = Field(
+        default=None,
+        description="The unit of autonomy, e.g. refund.issue. The bundle decides it: leave it "
+        "out, or name the one you expect (a claim the bundle does not list for the action "
+        "type, or that its classification contradicts, is a 422).",
+    )
     confidence: Annotated[float, Field(ge=0.0, le=1.0, strict=True)] | None = Field(
         default=None, description="The executor's confidence, 0..1."
     )
@@ -126,11 +131,16 @@ class RegoTrace(BaseModel):
 
 
 class AutonomyTrace(BaseModel):
-    """The autonomy level the action was decided at, and where that level came from."""
+    """The case type and autonomy level the action was decided at, and where each came from."""
 
     level: int
     name: str
     source: str
+    case_type: str = Field(description="The unit of autonomy the bundle decided on.")
+    case_type_source: Literal["classified", "only", "claimed"] = Field(
+        description="classified: the workflow's case_type rule; only: the one case type the "
+        "action type lists; claimed: the proposal named one of those listed."
+    )
 
 
 class Trace(BaseModel):

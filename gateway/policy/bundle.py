@@ -17,6 +17,8 @@ from typing import Any
 import orjson
 
 __all__ = [
+    "DEFAULT_AMOUNT_SCALE",
+    "MAX_AMOUNT_SCALE",
     "MAX_FILES",
     "Bundle",
     "BundleError",
@@ -50,13 +52,27 @@ class BundleError(ValueError):
         self.path = path
 
 
+DEFAULT_AMOUNT_SCALE = 2
+MAX_AMOUNT_SCALE = 18
+
+
 @dataclass(frozen=True)
 class WorkflowConfig:
-    """What the bundle's data says about one workflow."""
+    """What the bundle's data says about one workflow.
+
+    ``action_types`` maps each action type an executor may propose in the workflow to the case
+    types it may be (the unit of autonomy: its level, quorum and audit rate). The bundle decides
+    the case type, never the proposer: see ``gateway.pipeline.classify``. ``amount_scale`` is
+    the most decimals an amount (``params.amount``) may carry; ``signed_amounts`` lets amounts
+    be negative (they are positive otherwise).
+    """
 
     name: str
     case_types: dict[str, dict[str, Any]]
+    action_types: dict[str, tuple[str, ...]] = field(default_factory=dict)
     approval_ttl_hours: float = 24.0
+    amount_scale: int = DEFAULT_AMOUNT_SCALE
+    signed_amounts: bool = False
 
     def initial_level(self, case_type: str) -> int:
         """The autonomy level a case type starts at (1, advisory, when the data is silent)."""
@@ -203,21 +219,10 @@ def bundle_from_files(files: Mapping[str, bytes], root: Path | None = None) -> B
         raise BundleError(
             f"{where / DATA_FILE}: needs an object with a 'workflows' object", data_path
         )
-    workflows = {}
-    for name, config in data["workflows"].items():
-        if not isinstance(config, dict) or not isinstance(config.get("case_types", {}), dict):
-            raise BundleError(f"{where / DATA_FILE}: workflows.{name} must be an object", data_path)
-        try:
-            workflows[name] = WorkflowConfig(
-                name=name,
-                case_types=config.get("case_types", {}),
-                approval_ttl_hours=float(config.get("approval_ttl_hours", 24)),
-            )
-        except (TypeError, ValueError):
-            raise BundleError(
-                f"{where / DATA_FILE}: workflows.{name}.approval_ttl_hours must be a number",
-                data_path,
-            ) from None
+    workflows = {
+        name: _workflow(name, config, where / DATA_FILE, data_path)
+        for name, config in data["workflows"].items()
+    }
     return Bundle(
         root=where,
         digest=digest,
@@ -229,4 +234,52 @@ def bundle_from_files(files: Mapping[str, bytes], root: Path | None = None) -> B
         workflows=workflows,
         cases=cases,
         files=files,
+    )
+
+
+def _workflow(name: str, config: Any, where: Path, data_path: str) -> WorkflowConfig:
+    """One workflow of ``data.json``, checked: every action type lists the case types it may be,
+    each of them one the workflow knows."""
+
+    def wrong(key: str, problem: str) -> BundleError:
+        return BundleError(f"{where}: workflows.{name}.{key} {problem}", data_path)
+
+    if not isinstance(config, dict) or not isinstance(config.get("case_types", {}), dict):
+        raise BundleError(f"{where}: workflows.{name} must be an object", data_path)
+    case_types: dict[str, dict[str, Any]] = config.get("case_types", {})
+    listed = config.get("action_types")
+    if not isinstance(listed, dict) or not listed:
+        raise wrong(
+            "action_types",
+            "must list the action types executors may propose, each with the case types it "
+            'may be: {"refund.issue": {"case_types": ["refund.issue"]}} (policies/README.md)',
+        )
+    action_types: dict[str, tuple[str, ...]] = {}
+    for action_type, entry in listed.items():
+        names = entry.get("case_types") if isinstance(entry, dict) else None
+        if not isinstance(names, list) or not names or not all(isinstance(n, str) for n in names):
+            raise wrong(f"action_types.{action_type}.case_types", "must be a non-empty list")
+        unknown = sorted(set(names) - set(case_types))
+        if unknown:
+            raise wrong(
+                f"action_types.{action_type}.case_types",
+                f"names {', '.join(unknown)}, not in workflows.{name}.case_types",
+            )
+        action_types[action_type] = tuple(dict.fromkeys(names))
+    scale = config.get("amount_scale", DEFAULT_AMOUNT_SCALE)
+    if not isinstance(scale, int) or isinstance(scale, bool) or not 0 <= scale <= MAX_AMOUNT_SCALE:
+        raise wrong("amount_scale", f"must be a whole number from 0 to {MAX_AMOUNT_SCALE}")
+    signed = config.get("signed_amounts", False)
+    if not isinstance(signed, bool):
+        raise wrong("signed_amounts", "must be true or false")
+    ttl = config.get("approval_ttl_hours", 24)
+    if not isinstance(ttl, int | float) or isinstance(ttl, bool):
+        raise wrong("approval_ttl_hours", "must be a number")
+    return WorkflowConfig(
+        name=name,
+        case_types=case_types,
+        action_types=action_types,
+        approval_ttl_hours=float(ttl),
+        amount_scale=scale,
+        signed_amounts=signed,
     )

@@ -116,7 +116,6 @@ def _case(path: str, index: int, item: Any, defaults: Mapping[str, Any]) -> Case
     }
     if not proposal:
         raise CaseError(f"{where}: a case needs a proposal", path)
-    proposal.setdefault("case_type", proposal.get("action_type"))
     proposal.setdefault("resource", f"case/{index}")
     proposal.setdefault("idempotency_key", f"case-{index}")
     level = merged.get("level")

@@ -4,12 +4,15 @@ activation requires.
 1. The bundle loads: its files, its data, its Casbin model and policy (asked once per workflow,
    so a matcher that cannot be evaluated shows here, not on the first proposal), and its Rego
    (parsed by regorus); every workflow in the data has its Rego package.
-2. Its Rego unit tests pass: every ``test_`` rule of ``rego/*_test.rego`` is true, as
+2. Its action types and Casbin agree: every action type ``data.json`` lists is one some role
+   may propose, every Casbin ``propose`` line allows some listed action type, and every case
+   type is one some action type may be (else no proposal could ever reach it).
+3. Its Rego unit tests pass: every ``test_`` rule of ``rego/*_test.rego`` is true, as
    ``opa test`` runs them.
-3. Its decision cases pass: each case in ``tests/*.yaml`` is decided by the gateway's own steps
+4. Its decision cases pass: each case in ``tests/*.yaml`` is decided by the gateway's own steps
    (``gateway.redecide``: validate, Casbin, Rego at the level, the level-1 rule) and gives the
    expected verdict, reasons and recommendation.
-4. Coverage: which rules fired (regorus coverage), in how many decision cases and whether in
+5. Coverage: which rules fired (regorus coverage), in how many decision cases and whether in
    the unit tests; a rule that never fires is shown, not failed.
 
 A step that cannot run (the bundle does not load, a case file is malformed) makes the check
@@ -52,7 +55,7 @@ class CaseResult:
     """A decision case and what the gateway decided for it."""
 
     case: Case
-    level: int
+    level: int | None  # None: the case was refused before a case type was decided
     got: Redecision
     failures: tuple[str, ...]
 
@@ -80,6 +83,7 @@ class BundleCheck:
 
     bundle: Bundle
     problems: list[Problem] = field(default_factory=list)  # the check could not run
+    mapping: list[Problem] = field(default_factory=list)  # action types, Casbin, case types
     rego_tests: list[RegoTestResult] = field(default_factory=list)
     cases: list[CaseResult] = field(default_factory=list)
     coverage: list[RuleCoverage] = field(default_factory=list)
@@ -94,13 +98,14 @@ class BundleCheck:
         """Usable, every Rego test passed and every decision case gave what it expects."""
         return (
             self.usable
+            and not self.mapping
             and all(t.passed for t in self.rego_tests)
             and all(c.passed for c in self.cases)
         )
 
     def failures(self) -> list[Problem]:
         """Each thing that is wrong, named by file: what a refused activation lists."""
-        found = list(self.problems)
+        found = list(self.problems) + list(self.mapping)
         found += [
             Problem(t.module, f"Rego test {t.name} failed" + (f": {t.error}" if t.error else ""))
             for t in self.rego_tests
@@ -138,6 +143,7 @@ class BundleCheck:
             "usable": self.usable,
             "passed": self.passed,
             "problems": [{"file": p.file, "message": p.message} for p in self.problems],
+            "mapping": [{"file": p.file, "message": p.message} for p in self.mapping],
             "rego_tests": [
                 {"module": t.module, "name": t.name, "passed": t.passed, "error": t.error}
                 for t in self.rego_tests
@@ -212,12 +218,15 @@ def check_bundle(bundle: Bundle) -> BundleCheck:
     if check.problems:
         return check
 
-    # 2. Rego unit tests, with what they reach.
+    # 2. Action types, Casbin and case types agree.
+    check.mapping = check_mapping(bundle, permitter)
+
+    # 3. Rego unit tests, with what they reach.
     testing.clear_coverage()
     check.rego_tests = testing.run_tests()
     reached_by_tests = testing.covered_lines()
 
-    # 3. Decision cases through the gateway's steps, one coverage reading each.
+    # 4. Decision cases through the gateway's steps, one coverage reading each.
     policy = ActivePolicy(bundle, permitter, deciding)
     rules = deciding.rules()
     fired: dict[RegoRule, int] = dict.fromkeys(rules, 0)
@@ -235,12 +244,55 @@ def check_bundle(bundle: Bundle) -> BundleCheck:
             if rule.line in reached.get(rule.module, ()):
                 fired[rule] += 1
 
-    # 4. Coverage: a rule fired when its head was reached (its body held).
+    # 5. Coverage: a rule fired when its head was reached (its body held).
     check.coverage = [
         RuleCoverage(rule, fired[rule], rule.line in reached_by_tests.get(rule.module, ()))
         for rule in rules
     ]
     return check
+
+
+def check_mapping(bundle: Bundle, permitter: Permitter) -> list[Problem]:
+    """Step 2: what ``data.json`` lists and what Casbin allows, each against the other."""
+    found: list[Problem] = []
+    proposers = sorted(permitter.roles_with_act("propose"))
+    allowing: set[tuple[str, str, str]] = set()  # Casbin lines that allow a listed action type
+    for workflow, config in sorted(bundle.workflows.items()):
+        for action_type in sorted(config.action_types):
+            answers = [
+                permitter.permit(role, workflow, action_type, "propose") for role in proposers
+            ]
+            allowed = [a.matched for a in answers if a.allowed and a.matched]
+            allowing |= {(m[0], m[1], m[2]) for m in allowed if len(m) >= 3}
+            if not allowed:
+                found.append(
+                    Problem(
+                        "data.json",
+                        f"workflows.{workflow}.action_types lists {action_type}, which no role "
+                        "may propose (casbin/policy.csv)",
+                    )
+                )
+        reachable = {name for names in config.action_types.values() for name in names}
+        for case_type in sorted(set(config.case_types) - reachable):
+            found.append(
+                Problem(
+                    "data.json",
+                    f"workflows.{workflow}.case_types has {case_type}, which no action type "
+                    "may be (list it under action_types, or remove it)",
+                )
+            )
+    for role, workflow, pattern in permitter.lines("propose"):
+        if (role, workflow, pattern) in allowing:
+            continue
+        where = "any workflow" if workflow == "*" else f"workflow {workflow}"
+        found.append(
+            Problem(
+                "casbin/policy.csv",
+                f"p, {role}, {workflow}, {pattern}, propose allows no action type that data.json "
+                f"lists for {where}",
+            )
+        )
+    return found
 
 
 def _run(policy: ActivePolicy, case: Case) -> CaseResult:
@@ -259,12 +311,8 @@ def _run(policy: ActivePolicy, case: Case) -> CaseResult:
         workflow=executor["workflow"],
         owner=str(executor["owner"]),
     )
-    level = case.level
-    if level is None:
-        config = policy.bundle.workflows.get(proposal.workflow)
-        level = config.initial_level(proposal.case_type) if config else 1
     stats = {**ZERO_STATS, **case.stats}
-    got = redecide(policy, Inputs.of(identity, proposal, level, stats, case.now))
+    got = redecide(policy, Inputs.of(identity, proposal, case.level, stats, case.now))
     failures = []
     expect = case.expect
     if got.verdict != expect.verdict:
@@ -279,7 +327,7 @@ def _run(policy: ActivePolicy, case: Case) -> CaseResult:
         failures.append(
             f"expected recommendation {expect.recommendation}, got {got.recommendation}"
         )
-    return CaseResult(case, level, got, tuple(failures))
+    return CaseResult(case, got.level, got, tuple(failures))
 
 
 def describe(check: BundleCheck) -> list[str]:
@@ -294,6 +342,12 @@ def describe(check: BundleCheck) -> list[str]:
         lines.append("The bundle cannot be checked:")
         lines += [f"  {p.file}: {p.message}" for p in check.problems]
         return lines
+    if check.mapping:
+        lines.append("Action types, Casbin and case types do not agree:")
+        lines += [f"  FAIL  {p.file}: {p.message}" for p in check.mapping]
+    else:
+        lines.append("Action types, Casbin and case types agree.")
+    lines.append("")
     passed = sum(t.passed for t in check.rego_tests)
     lines.append(
         f"Rego unit tests: {passed} passed, {len(check.rego_tests) - passed} failed"

@@ -68,6 +68,15 @@ class Permitter:
         named = {rule[0] for rules in self._rules.values() for rule in rules}
         return named | {g[0] for g in self._groupings}
 
+    def lines(self, act: str) -> list[tuple[str, str, str]]:
+        """The policy's ``p`` lines for ``act``, as (role, workflow or *, object pattern)."""
+        return [
+            (rule[0], rule[1], rule[2])
+            for (_, a), rules in self._rules.items()
+            if a == act
+            for rule in rules
+        ]
+
     def roles_with_act(self, act: str) -> set[str]:
         """Roles that may ``act`` on something in some workflow (directly or inherited)."""
         cached = self._acts.get(act)

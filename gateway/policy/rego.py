@@ -5,7 +5,8 @@ pinned and the choice explained in policies/README.md). ``OpaServerEngine`` asks
 through its Data API, for sites that already run OPA.
 
 The policy contract: package ``mandate.workflows.<workflow>`` defines the sets ``deny`` and
-``hold``, each of ``{"code", "message"}`` objects.
+``hold``, each of ``{"code", "message"}`` objects, and may define ``case_type``, a string: the
+case type it classifies the proposal as (one its action type lists in ``data.json``).
 """
 
 from __future__ import annotations
@@ -63,6 +64,7 @@ class RegoRule:
     line: int
     end_line: int
     code: str | None = None
+    package: str = ""
 
     @property
     def label(self) -> str:
@@ -90,6 +92,10 @@ class RegoEngine(Protocol):
         """Evaluate the workflow's package for this input."""
         ...
 
+    def classify(self, workflow: str, input_: dict[str, Any]) -> str | None:
+        """The workflow's ``case_type`` rule for this input; None where it is undefined."""
+        ...
+
     def unavailable(self) -> str | None:
         """Why the engine cannot answer now (for /readyz), or None when it can."""
         ...
@@ -98,6 +104,20 @@ class RegoEngine(Protocol):
 def package_of(workflow: str) -> str:
     """The Rego package that holds a workflow's rules."""
     return f"data.mandate.workflows.{workflow}"
+
+
+CLASSIFY_RULE = "case_type"
+_UNDEFINED = "<undefined>"  # what regorus answers for a rule with no value for this input
+
+
+def _case_type(value: Any, package: str) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise EngineError(
+            f"{package}.{CLASSIFY_RULE} must be a string, got {orjson.dumps(value).decode()}"
+        )
+    return value
 
 
 def _reasons(value: Any, rule: str) -> list[dict[str, Any]]:
@@ -161,6 +181,9 @@ class RegorusEngine:
         weakref.finalize(self, _retire, self._id)
         self._packages = set(self._engine().get_packages())
         self._tests = bundle.tests if include_tests else {}
+        self._classifying = {
+            f"data.{rule.package}" for rule in self.rules() if rule.name == CLASSIFY_RULE
+        }
 
     def _engine(self) -> regorus.Engine:
         engines = _THREAD_ENGINES.engines
@@ -191,6 +214,10 @@ class RegorusEngine:
         """Whether the bundle has a package for this workflow."""
         return package_of(workflow) in self._packages
 
+    def classifies(self, workflow: str) -> bool:
+        """Whether the workflow's package has a ``case_type`` rule."""
+        return package_of(workflow) in self._classifying
+
     def evaluate(self, workflow: str, input_: dict[str, Any]) -> RegoResult:
         """Evaluate ``deny`` and ``hold`` of the workflow's package."""
         package = package_of(workflow)
@@ -204,6 +231,19 @@ class RegorusEngine:
         except Exception as exc:
             raise EngineError(f"regorus failed on {package}: {_first_line(exc)}") from exc
         return RegoResult(_reasons(deny, "deny"), _reasons(hold, "hold"))
+
+    def classify(self, workflow: str, input_: dict[str, Any]) -> str | None:
+        """Evaluate the workflow's ``case_type`` rule, if its package has one."""
+        package = package_of(workflow)
+        if package not in self._classifying:
+            return None
+        engine = self._engine()
+        try:
+            engine.set_input_json(orjson.dumps(input_).decode())
+            value = orjson.loads(engine.eval_rule_as_json(f"{package}.{CLASSIFY_RULE}"))
+        except Exception as exc:
+            raise EngineError(f"regorus failed on {package}: {_first_line(exc)}") from exc
+        return _case_type(None if value == _UNDEFINED else value, package)
 
     def run_tests(self) -> list[RegoTestResult]:
         """Evaluate every ``test_`` rule of the test modules, as ``opa test`` does."""
@@ -239,6 +279,7 @@ class RegorusEngine:
             if path in self._tests or path not in self._sources:
                 continue
             text = module["source"]["contents"].encode()
+            package = _package_line(text.decode(errors="replace"))
             for rule in module["ast"]["rules"]:
                 span = next(iter(rule.values()))["span"]
                 source = text[span["start"] : span["end"]].decode(errors="replace")
@@ -251,6 +292,7 @@ class RegorusEngine:
                         line=int(span["line"]),
                         end_line=int(span["line"]) + source.count("\n"),
                         code=code.group(1) if code else None,
+                        package=package,
                     )
                 )
         return sorted(found, key=lambda r: (r.module, r.line))
@@ -291,7 +333,11 @@ class OpaServerEngine:
 
     name = "opa-server"
 
-    def __init__(self, url: str, *, timeout: float = 2.0) -> None:
+    def __init__(
+        self, url: str, *, timeout: float = 2.0, classifying: frozenset[str] = frozenset()
+    ) -> None:
+        """``classifying``: the workflows whose package has a ``case_type`` rule (the bundle
+        says), so that the server is asked for it only where there is one."""
         from opa_client.opa import OpaClient
 
         parts = urlsplit(url)
@@ -306,6 +352,7 @@ class OpaServerEngine:
         )
         self.version = importlib.metadata.version("opa-python-client")
         self.url = url
+        self._classifying = classifying
 
     def unavailable(self) -> str | None:
         """Whether the OPA server answers its /health endpoint."""
@@ -327,3 +374,17 @@ class OpaServerEngine:
         return RegoResult(
             _reasons(result.get("deny"), "deny"), _reasons(result.get("hold"), "hold")
         )
+
+    def classify(self, workflow: str, input_: dict[str, Any]) -> str | None:
+        """POST the input to /v1/data/mandate/workflows/<workflow>/case_type."""
+        if workflow not in self._classifying:
+            return None
+        package = f"mandate.workflows.{workflow}"
+        try:
+            answer = self._client.query_rule(
+                input_data=input_, package_path=package, rule_name=CLASSIFY_RULE
+            )
+        except Exception as exc:
+            raise EngineError(f"OPA server at {self.url} failed: {exc}") from exc
+        result = answer.get("result") if isinstance(answer, dict) else None
+        return _case_type(result, package)

@@ -126,7 +126,8 @@ def _policy_fails(policy: ActivePolicy) -> str | None:
         }
         try:
             policy.engine.evaluate(
-                workflow, rego_input(probe, _PROBE_EXECUTOR, 1, dict(ZERO_STATS), now)
+                workflow,
+                rego_input(probe, _PROBE_EXECUTOR, "readiness.probe", 1, dict(ZERO_STATS), now),
             )
         except Exception as exc:
             return f"the Rego engine fails on a plain {workflow} proposal: {exc}"

@@ -16,6 +16,13 @@ deny contains {
 }
 
 deny contains {
+	"code": "under_minimum",
+	"message": sprintf("claim of %v is under the minimum of %v", [input.proposal.params.amount, cfg.minimum]),
+} if {
+	amount < to_number(cfg.minimum)
+}
+
+deny contains {
 	"code": "missing_amount",
 	"message": "a claim needs params.amount (a decimal string such as \"800.00\")",
 } if {

@@ -38,6 +38,11 @@ test_claim_over_hard_limit_is_denied if {
 	count(claims.hold) == 0 with input as claim("60000", 3)
 }
 
+test_claim_under_minimum_is_denied if {
+	codes(claims.deny) == {"under_minimum"} with input as claim("0.99", 3)
+	count(claims.deny) == 0 with input as claim("1.00", 3)
+}
+
 test_litigation_is_held if {
 	c := json.patch(claim("800", 4), [{"op": "add", "path": "/proposal/context/litigation", "value": true}])
 	codes(claims.hold) == {"litigation_risk"} with input as c

@@ -20,6 +20,14 @@ deny contains {
 }
 
 deny contains {
+	"code": "under_minimum",
+	"message": sprintf("refund of %v is under the minimum of %v", [input.proposal.params.amount, cfg.refund_minimum]),
+} if {
+	input.proposal.action_type == "refund.issue"
+	amount < to_number(cfg.refund_minimum)
+}
+
+deny contains {
 	"code": "missing_amount",
 	"message": "a refund needs params.amount (a decimal string such as \"20.00\")",
 } if {

@@ -54,6 +54,12 @@ test_refund_over_hard_limit_is_denied if {
 	reason.code == "over_hard_limit"
 }
 
+test_refund_under_minimum_is_denied if {
+	some reason in parking.deny with input as refund("0.49")
+	reason.code == "under_minimum"
+	count(parking.deny) == 0 with input as refund("0.50")
+}
+
 test_refund_at_hard_limit_is_allowed if {
 	count(parking.deny) == 0 with input as refund("1000.00")
 }

@@ -203,6 +203,7 @@ def test_input_stats_reach_rego_and_replay_from_the_entry(
         input_ = rego_input(
             recorded,
             Identity(**executor),
+            trace["autonomy"]["case_type"],
             trace["autonomy"]["level"],
             body["stats"],
             trace["decided_at"],

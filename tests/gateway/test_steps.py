@@ -51,7 +51,7 @@ def invalid_fields(body: dict[str, Any], policy: ActivePolicy) -> list[str]:
 
 
 def test_validate_passes_a_good_proposal(policy: ActivePolicy) -> None:
-    for amount in ("20", "20.00", "1000.5", "0"):
+    for amount in ("20", "20.00", "1000.5", "0.01"):
         validate(as_proposal(proposal("parking", "refund.issue", amount=amount)), policy)
     validate(as_proposal(proposal("parking", "booking.create", resource="café/1")), policy)
 
@@ -238,7 +238,8 @@ def _input(body: dict[str, Any], role: str, level: int) -> dict[str, Any]:
     if recorded["confidence"] is not None:
         recorded["confidence"] = repr(recorded["confidence"])
     stats = dict.fromkeys(("decisions", "holds"), 0)
-    return rego_input(recorded, who(role), level, stats, "2026-01-01T00:00:00.000000Z")
+    case_type = str(recorded["case_type"] or recorded["action_type"])
+    return rego_input(recorded, who(role), case_type, level, stats, "2026-01-01T00:00:00.000000Z")
 
 
 PARKING_BOOKING = proposal("parking", "booking.create", confidence=0.95)

@@ -202,6 +202,7 @@ def test_the_verdict_table(gateway: Gateway, row: Row) -> None:
             executor_json["workflow"],
             executor_json["owner"],
         ),
+        trace["autonomy"]["case_type"],
         trace["autonomy"]["level"],
         body["stats"],
         trace["decided_at"],

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 from gateway.policy.bundle import load_bundle
 from gateway.policy.checks import check_bundle
@@ -13,6 +14,7 @@ from tests.policies.support import (
     POLICIES,
     REPO,
     bundle_copy,
+    edit_data,
     lines_with,
     mandate,
     replace_in,
@@ -23,12 +25,12 @@ def test_the_default_bundle_passes_with_every_rule_fired(tmp_path: Path) -> None
     done = mandate("policy", "test", cwd=REPO)  # the default DIR is ./policies
     assert done.returncode == 0, done.stdout + done.stderr
     out = done.stdout
-    assert "Rego unit tests: 11 passed, 0 failed" in out
+    assert "Rego unit tests: 13 passed, 0 failed" in out
     assert lines_with(out, "Decision cases:", "passed, 0 failed")
     assert lines_with(out, "PASS", "tests/verdicts.yaml #3", "→ reject [not_permitted]")
     assert lines_with(out, "PASS", "rego/claims_test.rego", "test_litigation_is_held")
     # Coverage names each rule by its reason code, with the cases that fired it.
-    assert lines_with(out, "rego/claims.rego:26", "hold high_value", "cases 1", "tests yes")
+    assert lines_with(out, "rego/claims.rego:33", "hold high_value", "cases 1", "tests yes")
     assert "NEVER FIRED" not in out
     assert out.rstrip().splitlines()[-1].startswith("PASS:")
 
@@ -96,7 +98,7 @@ def test_json_output_has_every_test_case_and_rule(tmp_path: Path) -> None:
     report = json.loads(done.stdout)
     assert report["passed"] is True
     assert report["digest"] == load_bundle(POLICIES).digest
-    assert report["summary"]["rego_tests"] == {"passed": 11, "failed": 0}
+    assert report["summary"]["rego_tests"] == {"passed": 13, "failed": 0}
     assert report["summary"]["cases"]["failed"] == 0
     assert {c["got"]["verdict"] for c in report["cases"]} == {
         "execute",
@@ -142,3 +144,28 @@ def test_a_failing_rego_unit_test_exits_1(tmp_path: Path) -> None:
     done = mandate("policy", "test", root, cwd=tmp_path)
     assert done.returncode == 1
     assert lines_with(done.stdout, "FAIL", "rego/parking_test.rego", "test_refund_at_hard_limit")
+
+
+def test_action_types_casbin_and_case_types_that_disagree_fail_with_each_named(
+    tmp_path: Path,
+) -> None:
+    def disagree(data: dict[str, Any]) -> None:
+        parking = data["workflows"]["parking"]
+        parking["action_types"]["valet.park"] = {"case_types": ["booking.create"]}  # no role
+        parking["case_types"]["booking.orphan"] = {"initial_level": 2}  # no action type
+        del parking["action_types"]["shuttle.dispatch"]  # dispatch-agent's line allows nothing
+        del parking["case_types"]["shuttle.dispatch"]
+
+    root = bundle_copy(tmp_path / "b", edit_data(disagree))
+    done = mandate("policy", "test", root, cwd=tmp_path)
+    assert done.returncode == 1, done.stdout + done.stderr
+    out = done.stdout
+    assert lines_with(out, "FAIL", "data.json", "valet.park, which no role may propose")
+    assert lines_with(out, "FAIL", "data.json", "booking.orphan, which no action type may be")
+    assert lines_with(out, "FAIL", "casbin/policy.csv", "p, dispatch-agent, parking, shuttle.*")
+    assert out.rstrip().splitlines()[-1].startswith("FAIL:")
+
+
+def test_the_default_bundle_maps_every_action_type_and_case_type() -> None:
+    check = check_bundle(load_bundle(POLICIES))
+    assert check.mapping == []

@@ -1,6 +1,7 @@
 """Decision integrity, as properties over generated proposals, roles, levels and figures.
 
-- Never an execute where Casbin denies.
+- Never an execute where Casbin denies; never a case type the bundle does not list for the
+  action type, whatever the proposer claims.
 - Never an execute at level 1, and nothing dispatched before quorum.
 - Never a self-approval: no vote from the proposer's owner counts.
 - Never the execution of anything but the exact approved proposal: what reaches the webhook
@@ -49,6 +50,9 @@ ACTIONS = (
     ("claims", "refund.issue"),
     ("parking", "claim.approve"),
 )
+CASE_TYPES = sorted(
+    {name for config in POLICY.bundle.workflows.values() for name in config.case_types}
+)
 _names = itertools.count()
 
 amounts = st.one_of(
@@ -72,7 +76,7 @@ def scenarios(draw: st.DrawFn) -> tuple[Identity, Proposal, int, dict[str, int]]
         action_type=action_type,
         resource="thing/1",
         params=params,
-        case_type=action_type,
+        case_type=draw(st.one_of(st.none(), st.just(action_type), st.sampled_from(CASE_TYPES))),
         confidence=draw(st.one_of(st.none(), st.floats(0, 1))),
         context=draw(
             st.fixed_dictionaries(
@@ -113,6 +117,10 @@ def test_never_an_execute_where_casbin_denies_nor_at_level_1(
         assert allowed
         assert level > 1
         assert got.reasons == []
+    if got.verdict in ("execute", "hold", "reject"):
+        # Decided as a case type the bundle lists for the action type, whatever was claimed.
+        config = POLICY.bundle.workflows[proposal.workflow]
+        assert got.case_type in config.action_types[proposal.action_type]
     # The same inputs always decide the same way.
     assert redecide(POLICY, inputs) == got
 
@@ -274,7 +282,7 @@ json_values = st.recursive(
         json_values,
         max_size=5,
     ),
-    amount=st.decimals(min_value=0, max_value=1000, places=2, allow_nan=False).map(str),
+    amount=st.decimals(min_value="0.50", max_value=1000, places=2, allow_nan=False).map(str),
 )
 def test_what_reaches_the_receiver_is_exactly_what_was_approved(
     world: World, extra: dict[str, Any], amount: str
@@ -282,6 +290,7 @@ def test_what_reaches_the_receiver_is_exactly_what_was_approved(
     executor = world.token("payments-agent")
     params = {"amount": amount, **extra}
     body = _body("parking", "refund.issue", amount, 0.99) | {"params": params}
+    del body["case_type"]  # the bundle decides it
     answer = world.live.client(executor).post("/v1/actions", json=body)
     assert answer.status_code == 200, answer.text
     held = answer.json()
@@ -297,6 +306,7 @@ def test_what_reaches_the_receiver_is_exactly_what_was_approved(
     assert payload is not None
     assert rfc8785.dumps(payload["params"]) == rfc8785.dumps(params)
     assert payload["params"] == params
-    for name in ("workflow", "action_type", "case_type", "resource"):
+    for name in ("workflow", "action_type", "resource"):
         assert payload[name] == body[name]
+    assert payload["case_type"] == "refund.issue"
     assert world.receiver.calls[action_id] == 1

@@ -49,7 +49,8 @@ def test_propose_get_action_and_report_outcome(live: Live) -> None:
         action = bot.get_action(verdict.action_id)
         assert isinstance(action, ActionView)
         assert action.status == "approved"
-        assert action.case_type == "booking.create"  # case_type defaults to the action type
+        assert action.case_type == "booking.create"  # the only case type booking.create lists
+        assert verdict.trace.autonomy.case_type_source == "only"
         assert [e["kind"] for e in action.timeline][:2] == ["proposal", "decision"]
 
         done = bot.report_outcome(verdict.action_id, True, {"booking": "B-7"})
