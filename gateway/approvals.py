@@ -21,6 +21,7 @@ import orjson
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
+from gateway.binding import confine, confine_query, reaches
 from gateway.errors import Conflict, Forbidden, InvalidInput, NotFound
 from gateway.execution import intent_row
 from gateway.figures import mark_expired, mark_vote
@@ -67,7 +68,7 @@ class Approvals:
 
     def may_vote(self, identity: Identity, workflow: str, action_type: str) -> bool:
         """Whether Casbin lets this caller approve this kind of action in this workflow."""
-        if identity.workflow is not None and identity.workflow != workflow:
+        if not reaches(identity, workflow):
             return False
         permitter = self._decider.policy.permitter
         return permitter.permit(identity.role, workflow, action_type, "approve").allowed
@@ -77,8 +78,7 @@ class Approvals:
         query = sa.select(APPROVALS).order_by(APPROVALS.c.created_at.desc(), APPROVALS.c.id)
         if status is not None:
             query = query.where(APPROVALS.c.status == status)
-        if identity.workflow is not None:
-            query = query.where(APPROVALS.c.workflow == identity.workflow)
+        query = confine_query(query, APPROVALS.c.workflow, identity)
         with self._engine.connect() as conn:
             rows = conn.execute(query.limit(500)).all()
             views = [
@@ -103,6 +103,7 @@ class Approvals:
         return row
 
     def _check_sight(self, identity: Identity, row: Any) -> None:
+        confine(identity, row.workflow, f"approval {row.id}")
         if identity.role in OVERSEERS or identity.owner == row.proposer_owner:
             return
         if not self.may_vote(identity, row.workflow, _summary(row)["action_type"]):

@@ -25,6 +25,7 @@ import orjson
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
+from gateway.binding import confine, confine_query, reaches
 from gateway.errors import Conflict, Forbidden, InvalidInput, NotFound
 from gateway.figures import mark_audit, mark_correction
 from gateway.identity import Identity
@@ -112,7 +113,7 @@ class Audits:
 
     def may_audit(self, identity: Identity, workflow: str, action_type: str) -> bool:
         """Whether Casbin lets this caller audit this kind of action in this workflow."""
-        if identity.workflow is not None and identity.workflow != workflow:
+        if not reaches(identity, workflow):
             return False
         permitter = self._decider.policy.permitter
         return permitter.permit(identity.role, workflow, action_type, "audit").allowed
@@ -129,8 +130,7 @@ class Audits:
         query = sa.select(AUDITS).order_by(AUDITS.c.decision_seq)
         if status is not None:
             query = query.where(AUDITS.c.status == status)
-        if identity.workflow is not None:
-            query = query.where(AUDITS.c.workflow == identity.workflow)
+        query = confine_query(query, AUDITS.c.workflow, identity)
         with self._engine.connect() as conn:
             rows = conn.execute(query.limit(500)).all()
         return [
@@ -153,6 +153,7 @@ class Audits:
         return row
 
     def _check(self, identity: Identity, row: Any) -> None:
+        confine(identity, row.workflow, f"audit {row.id}")
         action_type = _summary(row)["action_type"]
         if not self.may_audit(identity, row.workflow, action_type):
             raise Forbidden(
@@ -219,7 +220,8 @@ class Audits:
         self, identity: Identity, action_id: str, correction: CorrectionRequest
     ) -> None:
         """Record that an executed action was corrected afterwards (an ``outcome`` entry with
-        status ``corrected``). Its proposer's owner, its auditors and governors may."""
+        status ``corrected``). Who may report its outcome, and its auditors and governors,
+        may."""
         if not correction.reason.strip():
             raise InvalidInput([("reason", "say what was corrected and why")])
         with self._engine.connect() as conn:
@@ -229,14 +231,12 @@ class Audits:
             intent = conn.execute(
                 sa.select(INTENTS.c.status).where(INTENTS.c.action_id == action_id)
             ).scalar()
+        confine(identity, action.workflow, f"action {action_id}")
         permitter = self._decider.policy.permitter
-        allowed = identity.owner == action.owner or (
-            identity.workflow in (None, action.workflow)
-            and any(
-                permitter.permit(identity.role, action.workflow, obj, act).allowed
-                for obj, act in ((action.action_type, "audit"), (action.case_type, "govern"))
-            )
-        )
+        allowed = any(
+            permitter.permit(identity.role, action.workflow, obj, act).allowed
+            for obj, act in ((action.action_type, "audit"), (action.case_type, "govern"))
+        ) or self._decider.may_act_for(identity, action.executor, action.proposal_seq)
         if not allowed:
             raise Forbidden(
                 "only the executor that proposed an action, and its auditors and governors, "

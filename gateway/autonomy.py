@@ -27,6 +27,7 @@ import orjson
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
+from gateway.binding import confine, confine_query, reaches
 from gateway.errors import Conflict, Forbidden, InvalidInput, NotFound
 from gateway.figures import ZERO_FIGURES, WindowSpec
 from gateway.identity import Identity
@@ -98,16 +99,16 @@ class Governance:
 
     def may_govern(self, identity: Identity, workflow: str, case_type: str) -> bool:
         """Whether Casbin lets this caller govern the case type (``govern`` in the workflow)."""
-        if identity.workflow is not None and identity.workflow != workflow:
+        if not reaches(identity, workflow):
             return False
         permitter = self._decider.policy.permitter
         return permitter.permit(identity.role, workflow, case_type, "govern").allowed
 
     def _check_govern(self, identity: Identity, workflow: str, case_type: str) -> None:
+        confine(identity, workflow, f"case type {workflow}/{case_type}")
         if not self.may_govern(identity, workflow, case_type):
             raise Forbidden(
                 f"role {identity.role!r} may not govern {case_type} in workflow {workflow!r}"
-                + (f" (token bound to {identity.workflow!r})" if identity.workflow else "")
             )
 
     # -- the level in force, inside a ledger transaction -------------------------------------
@@ -422,6 +423,7 @@ class Governance:
                     PROMOTION_VOTES.c.voter_owner == identity.owner,
                 )
             ).scalar()
+        confine(identity, row.workflow, f"promotion {promotion_id}")
         self._check_govern(identity, row.workflow, row.case_type)
         if vote.decision == "reject" and not vote.reason.strip():
             raise InvalidInput([("reason", "a reason is required to reject")])
@@ -626,10 +628,9 @@ class Governance:
 
     def overview(self, identity: Identity, workflow: str | None = None) -> list[AutonomyView]:
         """Every case type the caller may see, with its level and figures."""
-        if identity.workflow is not None:
-            if workflow not in (None, identity.workflow):
-                raise Forbidden(f"token bound to workflow {identity.workflow!r}")
-            workflow = identity.workflow
+        if workflow is not None:
+            confine(identity, workflow, f"workflow {workflow!r}")
+        workflow = workflow or identity.workflow
         bundle = self._decider.policy.bundle
         self._book.standings(fresh=True)
         pending = {(p.workflow, p.case_type): p for p in self.promotions(identity, "pending")}
@@ -640,8 +641,7 @@ class Governance:
 
     def detail(self, identity: Identity, workflow: str, case_type: str) -> AutonomyDetail:
         """One case type with its changes and its figures day by day."""
-        if identity.workflow is not None and identity.workflow != workflow:
-            raise Forbidden(f"token bound to workflow {identity.workflow!r}")
+        confine(identity, workflow, f"case type {workflow}/{case_type}")
         bundle = self._decider.policy.bundle
         if workflow not in bundle.workflows and workflow not in {
             key[0] for key in self._case_types(bundle, workflow)
@@ -777,8 +777,7 @@ class Governance:
         query = sa.select(PROMOTIONS).order_by(PROMOTIONS.c.seq.desc()).limit(200)
         if status is not None:
             query = query.where(PROMOTIONS.c.status == status)
-        if identity.workflow is not None:
-            query = query.where(PROMOTIONS.c.workflow == identity.workflow)
+        query = confine_query(query, PROMOTIONS.c.workflow, identity)
         with self._engine.connect() as conn:
             return [self._promotion_view(conn, row) for row in conn.execute(query).all()]
 

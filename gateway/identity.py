@@ -49,6 +49,13 @@ class Identity:
     workflow: str | None
     owner: str
 
+    @property
+    def standing(self) -> tuple[str, str, str | None]:
+        """What the token may do, apart from which token it is: owner, role and workflow
+        binding. Another token of the same standing (a rotated one) could have made the same
+        proposals, so it is answered their idempotency keys and reports their outcomes."""
+        return (self.owner, self.role, self.workflow)
+
     def to_json(self) -> dict[str, str | None]:
         """As recorded in ledger entries."""
         return {

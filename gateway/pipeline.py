@@ -571,7 +571,7 @@ class Decider:
     # Why this process must not decide now (the active bundle does not load here): every
     # proposal gets 503 until it does (``gateway.policies``), never a verdict of a stale bundle.
     unavailable: str | None = None
-    _inflight: dict[tuple[str, str], tuple[str, asyncio.Future[Verdict]]] = field(
+    _inflight: dict[tuple[str, str], tuple[str, Identity, asyncio.Future[Verdict]]] = field(
         default_factory=dict
     )
 
@@ -585,22 +585,26 @@ class Decider:
         digest = _request_digest(proposal)
         earlier = self._inflight.get(key)
         if earlier is not None:
-            # The same key is being decided right now: answer what that decision answers.
-            verdict = await asyncio.shield(earlier[1])
+            # The same key is being decided right now: answer what that decision answers, to
+            # a token that could have proposed it (another learns nothing, not even its fate).
+            if earlier[1].standing != identity.standing:
+                raise _conflict(key[1], other_standing=True)
+            verdict = await asyncio.shield(earlier[2])
             if earlier[0] != digest:
-                raise _conflict(key[1], verdict.action_id)
+                raise _conflict(key[1])
             return verdict
         # A retry of a proposal decided earlier is recognised when its rows meet the unique
         # (owner, key) constraint in the ledger's transaction, which then rolls back: no lookup
         # on the way in for every proposal, and no entries for the retry.
         waiter: asyncio.Future[Verdict] = asyncio.get_running_loop().create_future()
-        self._inflight[key] = (digest, waiter)
+        self._inflight[key] = (digest, identity, waiter)
         try:
             try:
                 verdict = await self._decide_and_record(identity, proposal, digest, policy)
             except DecisionUnavailable:
                 try:
-                    recorded = self._recorded(key, digest)  # decided before: its answer stands
+                    # Decided before: its answer stands.
+                    recorded = self._recorded(key, digest, identity)
                 except sa.exc.SQLAlchemyError:
                     recorded = None  # the database is down: say why the decision is not made
                 if recorded is None:
@@ -627,17 +631,30 @@ class Decider:
         except Exception:
             log.exception("the shadow bundle was not told of %s", verdict.action_id)
 
-    def _recorded(self, key: tuple[str, str], digest: str) -> Verdict | None:
-        """The earlier answer to this idempotency key, or Conflict if the body differs."""
+    def _recorded(self, key: tuple[str, str], digest: str, identity: Identity) -> Verdict | None:
+        """The earlier answer to this idempotency key, or Conflict if the body differs or
+        ``identity`` could not have proposed it."""
         with self.engine.connect() as conn:
             row = conn.execute(_BY_IDEMPOTENCY_KEY, {"owner": key[0], "key": key[1]}).first()
         if row is None:
             return None
+        if not self.may_act_for(identity, row.executor, row.proposal_seq):
+            raise _conflict(key[1], other_standing=True)
         if row.request_digest != digest:
-            raise _conflict(key[1], row.id)
+            raise _conflict(key[1])
         answer = orjson.loads(row.response)
         answer["ledger"] = _ledger_ref(row.proposal_seq, row.decision_seq, row.decision_leaf)
         return Verdict.model_validate(answer)
+
+    def may_act_for(self, identity: Identity, executor: str, proposal_seq: int) -> bool:
+        """Whether ``identity`` could have made the proposal recorded at ``proposal_seq`` by
+        the token named ``executor``: that token, or another of its standing, as the proposal
+        entry records it. Only such a token is answered a retried idempotency key, or reports
+        the action's outcome; the ledger is read only for a token of another name."""
+        if identity.name == executor:  # names are unique, and a token's standing never changes
+            return True
+        recorded = self.ledger.entry(proposal_seq).body["executor"]
+        return identity.standing == (recorded["owner"], recorded["role"], recorded["workflow"])
 
     def judge(
         self,
@@ -766,7 +783,7 @@ class Decider:
             appended = await self.ledger.append_many_async(records, rows=rows)
         except LedgerError as exc:
             try:
-                raced = self._recorded((identity.owner, proposal.idempotency_key), digest)
+                raced = self._recorded((identity.owner, proposal.idempotency_key), digest, identity)
             except sa.exc.SQLAlchemyError:
                 raced = None  # the database is down too: the ledger's failure is the reason
             if raced is not None:
@@ -825,17 +842,22 @@ def _request_digest(proposal: Proposal) -> str:
     return hashlib.sha256(canonical_json(_recorded_proposal(proposal), "proposal")).hexdigest()
 
 
-def _conflict(key: str, action_id: str) -> Conflict:
-    return Conflict(
-        f"idempotency key {key!r} was used for a different proposal (action {action_id}); "
-        "use a new key for a new proposal"
+def _conflict(key: str, *, other_standing: bool = False) -> Conflict:
+    """The 409 for a key used before. It names no action: several tokens share an owner's
+    keys, and only those of the proposer's standing may learn what a key was used for."""
+    used = (
+        "by another token of your owner, with another role or workflow binding"
+        if other_standing
+        else "for a different proposal"
     )
+    return Conflict(f"idempotency key {key!r} was used {used}; use a new key for a new proposal")
 
 
 # Built once: constructing and cache-keying a SQLAlchemy select per proposal costs more than
 # running it.
 _BY_IDEMPOTENCY_KEY = sa.select(
     ACTIONS.c.request_digest,
+    ACTIONS.c.executor,
     ACTIONS.c.response,
     ACTIONS.c.id,
     ACTIONS.c.proposal_seq,

@@ -9,6 +9,7 @@ import orjson
 import sqlalchemy as sa
 from fastapi import APIRouter
 
+from gateway.binding import confine
 from gateway.errors import Conflict, DecisionUnavailable, Forbidden, NotFound
 from gateway.execution import record_outcome
 from gateway.identity import Identity
@@ -28,7 +29,9 @@ _PROBLEMS: dict[int | str, dict[str, Any]] = {
 
 
 _SHOW_PROBLEMS: dict[int | str, dict[str, Any]] = {
-    403: problem_doc("Not the proposer, nor someone who oversees it."),
+    403: problem_doc(
+        "Not the proposer, nor someone who oversees it, or a token bound to another workflow."
+    ),
     404: problem_doc("No such action."),
 }
 
@@ -65,7 +68,7 @@ def show(action_id: str, runtime: Rt, identity: Caller) -> ActionView:
         row = conn.execute(sa.select(ACTIONS).where(ACTIONS.c.id == action_id)).first()
         if row is None:
             raise NotFound(f"no action {action_id}")
-        _may_see(identity, row.owner, row.workflow)
+        _may_see(identity, row.id, row.owner, row.workflow)
         intent = conn.execute(
             sa.select(INTENTS.c.adapter, INTENTS.c.status, INTENTS.c.attempts).where(
                 INTENTS.c.action_id == action_id
@@ -103,10 +106,9 @@ def show(action_id: str, runtime: Rt, identity: Caller) -> ActionView:
     )
 
 
-def _may_see(identity: Identity, owner: str, workflow: str) -> None:
-    if identity.owner == owner or identity.role in ("governor", "auditor"):
-        return
-    if identity.role == "approver" and identity.workflow in (None, workflow):
+def _may_see(identity: Identity, action_id: str, owner: str, workflow: str) -> None:
+    confine(identity, workflow, f"action {action_id}")
+    if identity.owner == owner or identity.role in ("governor", "auditor", "approver"):
         return
     raise Forbidden("only the proposer, and approvers, governors and auditors may see an action")
 
@@ -116,7 +118,10 @@ def _may_see(identity: Identity, owner: str, workflow: str) -> None:
     response_model=ActionView,
     summary="Report the outcome of an action the executor carried out itself",
     responses={
-        403: problem_doc("Only the executor that proposed the action reports its outcome."),
+        403: problem_doc(
+            "Only the token that proposed the action, or another of the same owner, role and "
+            "workflow binding, reports its outcome."
+        ),
         404: problem_doc("No such action."),
         409: problem_doc("The action is not waiting for an outcome (not allowed, or reported)."),
         422: problem_doc("A field is wrong."),
@@ -131,8 +136,12 @@ async def report_outcome(
         row = conn.execute(sa.select(ACTIONS).where(ACTIONS.c.id == action_id)).first()
     if row is None:
         raise NotFound(f"no action {action_id}")
-    if identity.owner != row.owner:
-        raise Forbidden("only the executor that proposed an action reports its outcome")
+    confine(identity, row.workflow, f"action {action_id}")
+    if not runtime.decider.may_act_for(identity, row.executor, row.proposal_seq):
+        raise Forbidden(
+            "only the token that proposed an action, or another of the same owner, role and "
+            "workflow binding, reports its outcome"
+        )
     try:
         await record_outcome(
             runtime.ledger,

@@ -1,14 +1,24 @@
-"""The ledger over HTTP: checkpoints, entries, proofs and the export."""
+"""The ledger over HTTP: checkpoints, entries, proofs and the export.
+
+A token bound to one workflow reads only the entries about it, and no export: an export is
+the whole log (every workflow's entries), which it must be to verify offline. Each entry it
+reads still proves its place in the signed log (inclusion proofs carry hashes only, and are
+open to every role).
+"""
 
 from __future__ import annotations
 
 import hashlib
 from typing import Annotated, Any
 
+import sqlalchemy as sa
 from fastapi import APIRouter, Query
 from fastapi.responses import StreamingResponse
+from sqlalchemy.engine import Engine
 
+from gateway.binding import confine
 from gateway.errors import InvalidInput
+from gateway.models import ACTIONS, AUTONOMY_CHANGES, EVENTS, PROMOTION_VOTES, PROMOTIONS
 from gateway.routes.deps import AUTH_PROBLEMS, Caller, Rt, problem_doc
 from gateway.schemas import (
     CheckpointView,
@@ -25,6 +35,12 @@ router = APIRouter(prefix="/v1/ledger", tags=["ledger"], responses=AUTH_PROBLEMS
 
 _PROBLEMS: dict[int | str, dict[str, Any]] = {
     422: problem_doc("A parameter is out of range."),
+}
+_EXPORT_PROBLEMS: dict[int | str, dict[str, Any]] = _PROBLEMS | {
+    403: problem_doc(
+        "Not an auditor, governor or policy admin, or a token bound to one workflow (an "
+        "export holds every workflow's entries)."
+    ),
 }
 
 
@@ -54,20 +70,50 @@ def checkpoint(runtime: Rt, _caller: Caller) -> CheckpointView:
 )
 def entries(
     runtime: Rt,
-    _caller: Caller,
+    identity: Caller,
     start: Annotated[int, Query(ge=0, description="First seq.")] = 0,
     limit: Annotated[int, Query(ge=1, le=1000, description="How many, at most.")] = 100,
 ) -> list[EntryView]:
-    """Auditors, governors and policy admins read entries (bodies may be sensitive)."""
+    """Auditors, governors and policy admins read entries (bodies may be sensitive). A token
+    bound to a workflow gets only the entries about it, up to `limit` from `start` on: its
+    actions' (proposal to outcome, votes, audits), its case types' level changes, and its
+    promotions with their votes; next page from the last seq + 1."""
+    if identity.workflow is None:
+        stored = list(runtime.ledger.entries(start, start + limit))
+    else:
+        seqs = _about(runtime.engine, identity.workflow, start, limit)
+        stored = runtime.ledger.entries_at(seqs)
     return [
         EntryView(
             seq=entry.seq,
             leaf_hash=hashlib.sha256(b"\x00" + data).hexdigest(),
             entry=entry.to_dict(),
         )
-        for data in runtime.ledger.entries(start, start + limit)
+        for data in stored
         for entry in (parse_entry(data),)
     ]
+
+
+def _about(engine: Engine, workflow: str, start: int, limit: int) -> list[int]:
+    """The seqs of the first ``limit`` entries about ``workflow`` from ``start`` on, found
+    through the gateway's indexes of the ledger."""
+    about = sa.union(
+        sa.select(EVENTS.c.seq)
+        .join(ACTIONS, ACTIONS.c.id == EVENTS.c.action_id)
+        .where(ACTIONS.c.workflow == workflow, EVENTS.c.seq >= start),
+        sa.select(AUTONOMY_CHANGES.c.seq).where(
+            AUTONOMY_CHANGES.c.workflow == workflow, AUTONOMY_CHANGES.c.seq >= start
+        ),
+        sa.select(PROMOTIONS.c.seq).where(
+            PROMOTIONS.c.workflow == workflow, PROMOTIONS.c.seq >= start
+        ),
+        sa.select(PROMOTION_VOTES.c.seq)
+        .join(PROMOTIONS, PROMOTIONS.c.id == PROMOTION_VOTES.c.promotion_id)
+        .where(PROMOTIONS.c.workflow == workflow, PROMOTION_VOTES.c.seq >= start),
+    ).subquery()
+    with engine.connect() as conn:
+        rows = conn.execute(sa.select(about.c.seq).order_by(about.c.seq).limit(limit)).all()
+    return [int(seq) for (seq,) in rows]
 
 
 @router.get(
@@ -144,9 +190,17 @@ def consistency(
     "/export",
     summary="The whole ledger as JSON Lines, ending with a covering checkpoint",
     response_class=StreamingResponse,
-    responses=_PROBLEMS
+    responses=_EXPORT_PROBLEMS
     | {200: {"content": {"application/jsonl": {}}, "description": "The export, streamed."}},
 )
-def export(runtime: Rt, _caller: Caller) -> StreamingResponse:
-    """Verify it offline with `python -m ledger verify FILE --public-key KEYFILE`."""
+def export(runtime: Rt, identity: Caller) -> StreamingResponse:
+    """Verify it offline with `python -m ledger verify FILE --public-key KEYFILE`. Not for a
+    token bound to a workflow: it holds every workflow's entries."""
+    confine(
+        identity,
+        None,
+        "the export (the whole ledger, so that it verifies offline; read your workflow's "
+        "entries with GET /v1/ledger/entries and prove each with "
+        "GET /v1/ledger/proofs/inclusion)",
+    )
     return StreamingResponse(export_lines(runtime.ledger), media_type="application/jsonl")

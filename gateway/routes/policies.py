@@ -1,7 +1,7 @@
 """The policy lifecycle over HTTP: the active bundle, activation, shadow mode, replay.
 
-Reading is for policy admins, auditors and governors; changing (activate, shadow, replay) is
-for policy admins with a token not bound to one workflow (a bundle governs all of them).
+Reading is for policy admins, auditors and governors, changing (activate, shadow, replay) for
+policy admins; both with a token not bound to one workflow (a bundle governs all of them).
 """
 
 from __future__ import annotations
@@ -18,7 +18,8 @@ import sqlalchemy as sa
 from fastapi import APIRouter, Query
 from fastapi.responses import StreamingResponse
 
-from gateway.errors import Conflict, Forbidden, InvalidInput
+from gateway.binding import confine
+from gateway.errors import Conflict, InvalidInput
 from gateway.identity import Identity
 from gateway.models import ACTIONS, SHADOW_DISAGREEMENTS
 from gateway.policies import PolicyLifecycle, Slot, build_policy, refusal
@@ -62,12 +63,8 @@ def _lifecycle(runtime: Runtime) -> PolicyLifecycle:
     return lifecycle
 
 
-def _admin(identity: Identity) -> None:
-    if identity.workflow is not None:
-        raise Forbidden(
-            f"token {identity.name!r} is bound to workflow {identity.workflow!r}; a bundle "
-            "governs every workflow"
-        )
+def _unbound(identity: Identity) -> None:
+    confine(identity, None, "a policy bundle")
 
 
 def _bundle(files: dict[str, str]) -> Bundle:
@@ -107,16 +104,19 @@ def _view(lifecycle: PolicyLifecycle, slot: Slot, *, content: bool = False) -> P
     response_model=PolicyView,
     summary="The active bundle: digest, who activated it, when, why, and its files",
     responses={
-        403: problem_doc("Not a policy admin, auditor or governor."),
+        403: problem_doc(
+            "Not a policy admin, auditor or governor, or a token bound to one workflow."
+        ),
         422: problem_doc("A parameter is wrong; `errors` names it."),
     },
 )
 def active(
     runtime: Rt,
-    _caller: Caller,
+    identity: Caller,
     content: Annotated[bool, Query(description="Include each file's text.")] = False,
 ) -> PolicyView:
     """Every decision's trace names this digest (`trace.bundle_digest`)."""
+    _unbound(identity)
     lifecycle = _lifecycle(runtime)
     slot = lifecycle.store.slots()["active"]
     return _view(lifecycle, slot, content=content)
@@ -133,7 +133,7 @@ def activate(upload: BundleUpload, runtime: Rt, identity: Caller) -> ActivationV
     `policy` ledger entry (digest, files with their SHA-256, who, why, what the check found)
     and puts it in force: every gateway process follows within its poll interval; held
     approvals are re-evaluated on their next vote. The same bundle again changes nothing."""
-    _admin(identity)
+    _unbound(identity)
     lifecycle = _lifecycle(runtime)
     bundle = _bundle(upload.files)
     activation = lifecycle.activate(bundle, slot=upload.mode, by=identity, reason=upload.reason)
@@ -149,13 +149,15 @@ def activate(upload: BundleUpload, runtime: Rt, identity: Caller) -> ActivationV
     response_model=ShadowView,
     summary="The shadow bundle and where it disagrees with the active one",
     responses={
-        403: problem_doc("Not a policy admin, auditor or governor."),
+        403: problem_doc(
+            "Not a policy admin, auditor or governor, or a token bound to one workflow."
+        ),
         422: problem_doc("A parameter is out of range."),
     },
 )
 def shadow(
     runtime: Rt,
-    _caller: Caller,
+    identity: Caller,
     limit: Annotated[int, Query(ge=1, le=500, description="How many, at most.")] = 100,
     before: Annotated[
         int | None, Query(ge=1, description="Only disagreements older than this id.")
@@ -166,6 +168,7 @@ def shadow(
 ) -> ShadowView:
     """Each disagreement has the two verdicts with their reasons, the level, and the proposal.
     Without a running shadow, the last shadow's disagreements are listed (if any)."""
+    _unbound(identity)
     lifecycle = _lifecycle(runtime)
     slots = lifecycle.store.slots()
     active_slot = slots["active"]
@@ -268,7 +271,7 @@ def stop_shadow(
     reason: Annotated[str, Query(max_length=2000, description="Why (recorded).")] = "",
 ) -> ShadowView:
     """Writes a `policy` entry (mode `shadow-stopped`); its disagreements stay listed."""
-    _admin(identity)
+    _unbound(identity)
     lifecycle = _lifecycle(runtime)
     lifecycle.stop_shadow(by=identity, reason=reason or f"stopped by {identity.name}")
     return shadow(runtime, identity)
@@ -304,7 +307,7 @@ async def replay(request: ReplayRequest, runtime: Rt, identity: Caller) -> Strea
     its entries recorded: the proposal, executor, level, figures and time. Without `files`,
     each decision is replayed with the bundle that made it. Nothing is written. One replay at
     a time per process; it reads the ledger in pages."""
-    _admin(identity)
+    _unbound(identity)
     lifecycle = _lifecycle(runtime)
     try:
         since = None if request.since is None else parse_since(request.since)

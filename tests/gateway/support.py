@@ -71,10 +71,18 @@ class Gateway:
     tokens: TokenBook
     _clients: list[httpx.Client] = field(default_factory=list)
 
-    def token(self, role: str, *, workflow: str | None = None, name: str | None = None) -> str:
-        """A new bearer token for ``role`` (optionally bound to a workflow)."""
+    def token(
+        self,
+        role: str,
+        *,
+        workflow: str | None = None,
+        name: str | None = None,
+        owner: str | None = None,
+    ) -> str:
+        """A new bearer token for ``role`` (optionally bound to a workflow; its owner defaults
+        to its name)."""
         token, _ = self.tokens.create(
-            name=name or f"{role}-{next(_names)}", role=role, workflow=workflow
+            name=name or f"{role}-{next(_names)}", role=role, workflow=workflow, owner=owner
         )
         return token
 
@@ -85,9 +93,11 @@ class Gateway:
         self._clients.append(client)
         return client
 
-    def as_role(self, role: str, *, workflow: str | None = None) -> httpx.Client:
+    def as_role(
+        self, role: str, *, workflow: str | None = None, owner: str | None = None
+    ) -> httpx.Client:
         """A client holding a fresh token for ``role``."""
-        return self.client(self.token(role, workflow=workflow))
+        return self.client(self.token(role, workflow=workflow, owner=owner))
 
     def ledger_size(self) -> int:
         """How many entries the ledger holds, read straight from the database."""

@@ -238,6 +238,7 @@ def test_the_same_key_with_another_body_gets_409(gateway: Gateway) -> None:
     )
 
     assert body["idempotency_key"] in problem["detail"]
+    assert first.json()["action_id"] not in problem["detail"]  # a 409 names no action
     assert gateway.proposals_recorded() == size
     assert client.post("/v1/actions", json=body).json() == first.json()  # the first still stands
 

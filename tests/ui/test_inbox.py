@@ -292,7 +292,9 @@ def test_an_approver_of_another_workflow_gets_a_403_page(gateway: Gateway, page:
     assert response is not None
     assert response.status == 403
     expect(page.get_by_role("heading", name="Forbidden")).to_be_visible()
-    expect(page.locator(".problem-detail")).to_contain_text("workflow 'parking'")
+    # It names the binding, and nothing of the other workflow.
+    expect(page.locator(".problem-detail")).to_contain_text("bound to workflow 'claims'")
+    expect(page.locator(".problem-detail")).not_to_contain_text("parking")
     expect(page.get_by_role("button", name="Approve")).to_have_count(0)
     page.screenshot(path="/tmp/ui-403.png")
 
