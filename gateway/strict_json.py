@@ -127,11 +127,22 @@ def parse_body(body: bytes) -> Any:
     try:
         return _STRICT.decode(text)
     except _Refused:
-        raise BodyError(_faults(_LENIENT.decode(text))) from None
-    except RecursionError:
-        raise BodyError([((), "JSON nested too deeply")]) from None
-    except ValueError as exc:  # not JSON; or an integer of more digits than Python converts
-        raise BodyError([((), f"not valid JSON: {exc}")]) from None
+        pass
+    except (RecursionError, ValueError) as exc:
+        raise _unparsable(exc) from None
+    # The strict parse stopped at the first fault; what follows it may be deeper, or no JSON.
+    try:
+        found = _faults(_LENIENT.decode(text))
+    except (RecursionError, ValueError) as exc:
+        raise _unparsable(exc) from None
+    raise BodyError(found)
+
+
+def _unparsable(exc: RecursionError | ValueError) -> BodyError:
+    if isinstance(exc, RecursionError):
+        return BodyError([((), "JSON nested too deeply")])
+    # Not JSON; or an integer of more digits than Python converts.
+    return BodyError([((), f"not valid JSON: {exc}")])
 
 
 def _faults(value: Any) -> list[tuple[Path, str]]:

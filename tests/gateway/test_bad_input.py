@@ -159,6 +159,20 @@ def test_duplicate_keys_and_non_finite_numbers_get_422_naming_the_field(
     still_serving(sqlite_gateway, before)
 
 
+def test_a_fault_before_a_body_nested_too_deep_is_no_500(sqlite_gateway: Gateway) -> None:
+    # The strict parse stops at the NaN; naming it means parsing the rest, which is too deep.
+    raw = b'{"params": {"x": NaN}, "context": {"deep": ' + b"[" * 5000 + b"]" * 5000 + b"}}"
+    headers = {"Content-Type": "application/json"}
+    before = sqlite_gateway.proposals_recorded()
+    problem = assert_problem(
+        sqlite_gateway.as_role("booking-agent").post("/v1/actions", content=raw, headers=headers),
+        422,
+    )
+    assert fields_named(problem) == {"body"}
+    assert_problem(sqlite_gateway.client().post("/v1/actions", content=raw, headers=headers), 401)
+    still_serving(sqlite_gateway, before)
+
+
 def test_every_json_body_the_api_takes_is_parsed_strictly(sqlite_gateway: Gateway) -> None:
     # Every operation with a JSON body, as the API documents them: a key sent twice or a NaN is
     # refused before anything looks at the body, whoever sends it and whatever the path names.
