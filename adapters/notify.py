@@ -1,7 +1,19 @@
-"""``notify``: post a Slack-compatible message to a webhook so approvers learn of a hold."""
+"""``notify``: post a Slack-compatible message to a webhook so approvers learn of a hold.
+
+Everything in the message but its link comes from what a proposer sent (the resource, the
+amount, reasons that quote them) or from names people chose, and Slack's mrkdwn reads markup in
+it: ``<!channel>`` pings everyone, ``<https://…|Open approval>`` is a link that shows other
+words, ``&`` starts an entity and a new line starts a line that looks like the message's own.
+So every value is escaped as Slack asks (``&amp;``, ``&lt;``, ``&gt;``), its control characters
+(new lines included) become spaces, and the text is marked ``verbatim``, so that Slack does not
+turn bare addresses, ``@channel`` or channel names into links and mentions either. The one
+link is the gateway's own, to the approval's page. (Emphasis, ``*`` and ``_``, is left: it
+changes how a value looks, not where a click goes or who is told.)
+"""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -11,20 +23,30 @@ from adapters.base import DispatchResult
 
 __all__ = ["NotifyAdapter", "create", "slack_message"]
 
+_ESCAPES = str.maketrans({"&": "&amp;", "<": "&lt;", ">": "&gt;"})
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]+")
+
+
+def _plain(value: Any) -> str:
+    """``value`` as text that Slack shows as it is, on one line."""
+    return _CONTROL.sub(" ", str(value).translate(_ESCAPES))
+
 
 def slack_message(event: Mapping[str, Any]) -> dict[str, Any]:
     """A Slack incoming-webhook payload (``text`` plus blocks) for a gateway event."""
     title = str(event.get("title", "Mandate"))
-    lines = [f"*{title}*"]
+    lines = [f"*{_plain(title)}*"]
     keys = ("workflow", "case_type", "executor", "amount", "confidence", "reasons")
-    for key in (*keys, "approval_id", "url"):  # the id, so an approver can find the hold
+    for key in (*keys, "approval_id"):  # the id, so an approver can find the hold
         if event.get(key) not in (None, "", []):
             value = event[key]
-            if isinstance(value, list):
-                value = "; ".join(str(v) for v in value)
-            lines.append(f"• {key.replace('_', ' ')}: {value}")
+            shown = "; ".join(map(_plain, value)) if isinstance(value, list) else _plain(value)
+            lines.append(f"• {key.replace('_', ' ')}: {shown}")
+    if event.get("url"):  # made by the gateway from its public URL and an id of its own
+        lines.append(f"• url: <{event['url']}>")
     text = "\n".join(lines)
-    return {"text": text, "blocks": [{"type": "section", "text": {"type": "mrkdwn", "text": text}}]}
+    block = {"type": "mrkdwn", "text": text, "verbatim": True}
+    return {"text": text, "blocks": [{"type": "section", "text": block}]}
 
 
 class NotifyAdapter:

@@ -33,6 +33,7 @@ BENCHES = (
     "bench.gateway_scale",
     "bench.gateway_decide",
     "bench.permit",
+    "bench.body_parse",
     "bench.dispatch_latency",
     "bench.dispatch_outbox",
     "bench.autonomy",

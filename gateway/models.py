@@ -36,6 +36,7 @@ __all__ = [
     "PROMOTION_VOTES",
     "SHADOW_DISAGREEMENTS",
     "TOKENS",
+    "UI_SESSIONS",
     "VOTES",
     "create_gateway_tables",
 ]
@@ -54,6 +55,17 @@ class TokenRow(SQLModel, table=True):
     token_hash: bytes = Field(sa_column=Column(LargeBinary, unique=True, nullable=False))
     created_at: str
     revoked_at: str | None = None
+
+
+class UiSessionRow(SQLModel, table=True):
+    """A session signed in to the inbox (``gateway.ui``), stored as the SHA-256 of the random id
+    its cookie holds. Signing out deletes it; so does the first sign-in after it is too old."""
+
+    __tablename__ = "gateway_ui_sessions"
+
+    id: str = Field(primary_key=True, max_length=64)
+    token_id: str = Field(max_length=32)
+    created_at: str = Field(index=True)
 
 
 class ActionRow(SQLModel, table=True):
@@ -328,6 +340,7 @@ def _table(model: type[SQLModel]) -> Table:
 VOTES = _table(VoteRow)
 INTENTS = _table(IntentRow)
 TOKENS = _table(TokenRow)
+UI_SESSIONS = _table(UiSessionRow)
 ACTIONS = _table(ActionRow)
 EVENTS = _table(EventRow)
 APPROVALS = _table(ApprovalRow)
@@ -342,6 +355,7 @@ POLICY_SLOTS = _table(PolicySlotRow)
 SHADOW_DISAGREEMENTS = _table(ShadowDisagreementRow)
 GATEWAY_TABLES = (
     TOKENS,
+    UI_SESSIONS,
     ACTIONS,
     EVENTS,
     APPROVALS,

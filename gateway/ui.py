@@ -8,13 +8,19 @@ vote or audit, separation of duties, the reason a rejection or an incorrect find
 and conflicts are decided there; this module turns the answers (and the domain errors) into
 HTML with the same HTTP status the API would give.
 
-Sessions: signing in with a token sets a cookie that holds the token's id (never the token), a
-CSRF nonce and the time of sign-in, signed with HMAC-SHA256 under a key kept in
-``<data dir>/ui-session-secret`` (mode 0600, made on first use). The cookie is HttpOnly,
-SameSite=Lax (a link from a chat notification opens the page signed in; no cross-site POST
-carries it) and Secure over HTTPS. The token is looked up again on every request, so revoking
-it ends its sessions. Every form carries the session's CSRF nonce; a POST without the right one
-is refused with 403.
+Sessions: signing in with a token makes a row in ``gateway_ui_sessions`` and sets a cookie
+that holds the session's random id (never the token), a CSRF nonce and the time of sign-in,
+signed with HMAC-SHA256 under a key kept in ``<data dir>/ui-session-secret`` (mode 0600, made
+on first use). The cookie is HttpOnly, SameSite=Lax (a link from a chat notification opens the
+page signed in; no cross-site POST carries it) and Secure over HTTPS. Every request looks the
+session and its token up in the database, so signing out (which deletes the row) ends the
+session on every gateway process at once, and a copy of the old cookie signs in nowhere;
+revoking the token ends all of its sessions. A row per session rather than a generation per
+token that sign-out bumps: signing out of one browser leaves the person's others signed in,
+and the one read a request makes (session joined with token) is the one it made before (the
+token). The table holds the SHA-256 of each id, so what the database shows signs nobody in; a
+row older than a session's 12 hours is deleted at the next sign-in. Every form carries the
+session's CSRF nonce; a POST without the right one is refused with 403.
 """
 
 from __future__ import annotations
@@ -47,12 +53,14 @@ from gateway.autonomy import SERIES_DAYS
 from gateway.charts import trend_chart
 from gateway.errors import Conflict, Forbidden, GatewayError, InvalidInput, NotFound
 from gateway.identity import Identity
-from gateway.models import TOKENS
+from gateway.models import TOKENS, UI_SESSIONS
 from gateway.pipeline import LEVEL_NAMES
 from gateway.routes.actions import show as show_action
 from gateway.routes.deps import Rt
 from gateway.runtime import Runtime
 from gateway.schemas import ActionView, ApprovalView, FindingRequest, LevelRequest, VoteRequest
+from ledger.database import WRITE
+from ledger.entry import format_time
 
 __all__ = ["SESSION_COOKIE", "router", "session_secret", "static_files"]
 
@@ -125,17 +133,18 @@ def _flash(value: Any) -> tuple[str, str] | None:
 
 @dataclass
 class Session:
-    """What the cookie holds: a CSRF nonce, and once signed in the token's id."""
+    """What the cookie holds: a CSRF nonce, and once signed in the session's id (its row in
+    ``gateway_ui_sessions`` holds the SHA-256 of it)."""
 
     csrf: str = field(default_factory=lambda: secrets.token_urlsafe(24))
-    token_id: str | None = None
+    session_id: str | None = None
     issued: int = field(default_factory=lambda: int(time.time()))
     flash: tuple[str, str] | None = None
     changed: bool = True
 
     def encode(self, secret: bytes) -> str:
         """``payload.signature``, both base64url; the payload is JSON."""
-        payload = {"c": self.csrf, "t": self.token_id, "i": self.issued, "f": self.flash}
+        payload = {"c": self.csrf, "s": self.session_id, "i": self.issued, "f": self.flash}
         body = _b64(json.dumps(payload, separators=(",", ":")).encode())
         signature = hmac.new(secret, body.encode(), hashlib.sha256).digest()
         return f"{body}.{_b64(signature)}"
@@ -151,7 +160,7 @@ class Session:
             payload = json.loads(_unb64(body))
             session = cls(
                 csrf=str(payload["c"]),
-                token_id=None if payload["t"] is None else str(payload["t"]),
+                session_id=None if payload["s"] is None else str(payload["s"]),
                 issued=int(payload["i"]),
                 flash=_flash(payload["f"]),
                 changed=False,
@@ -182,9 +191,9 @@ class Visit:
         self.session.flash = (kind, text)
         self.session.changed = True
 
-    def start_over(self, token_id: str | None = None) -> None:
-        """A new session (new CSRF nonce): at sign-in, sign-out and when a token goes."""
-        self.session = Session(token_id=token_id)
+    def start_over(self, session_id: str | None = None) -> None:
+        """A new session (new CSRF nonce): at sign-in, sign-out and when a session ends."""
+        self.session = Session(session_id=session_id)
 
 
 def _secret(request: Request, runtime: Runtime) -> bytes:
@@ -196,13 +205,47 @@ def _secret(request: Request, runtime: Runtime) -> bytes:
     return secret
 
 
-def _identity(runtime: Runtime, token_id: str) -> Identity | None:
-    """The live identity behind a token id; None once the token is revoked."""
+def _digest(session_id: str) -> str:
+    return hashlib.sha256(session_id.encode()).hexdigest()
+
+
+def _sign_in(runtime: Runtime, token_id: str) -> str:
+    """Start a session for the token: its row, and the id for the cookie. Rows of sessions
+    too old to sign in go in the same transaction."""
+    session_id = secrets.token_urlsafe(32)
+    now = dt.datetime.now(dt.UTC)
+    too_old = format_time(now - dt.timedelta(seconds=SESSION_SECONDS))
+    # A write transaction from the start (BEGIN IMMEDIATE on SQLite), as the token book's.
+    with runtime.engine.connect().execution_options(**{WRITE: True}) as conn, conn.begin():
+        conn.execute(sa.delete(UI_SESSIONS).where(UI_SESSIONS.c.created_at < too_old))
+        conn.execute(
+            sa.insert(UI_SESSIONS).values(
+                id=_digest(session_id), token_id=token_id, created_at=format_time(now)
+            )
+        )
+    return session_id
+
+
+def _sign_out(runtime: Runtime, session_id: str) -> None:
+    """End the session on the server: its cookie, or any copy of it, signs in no more."""
+    with runtime.engine.connect().execution_options(**{WRITE: True}) as conn, conn.begin():
+        conn.execute(sa.delete(UI_SESSIONS).where(UI_SESSIONS.c.id == _digest(session_id)))
+
+
+def _session_identity(runtime: Runtime, session_id: str) -> tuple[Identity | None, str]:
+    """Who a live session is signed in as; else None and why it is over."""
+    too_old = format_time(dt.datetime.now(dt.UTC) - dt.timedelta(seconds=SESSION_SECONDS))
     with runtime.engine.connect() as conn:
         row = conn.execute(
-            sa.select(TOKENS).where(TOKENS.c.id == token_id, TOKENS.c.revoked_at.is_(None))
+            sa.select(TOKENS)
+            .join(UI_SESSIONS, UI_SESSIONS.c.token_id == TOKENS.c.id)
+            .where(UI_SESSIONS.c.id == _digest(session_id), UI_SESSIONS.c.created_at >= too_old)
         ).first()
-    return None if row is None else Identity(row.id, row.name, row.role, row.workflow, row.owner)
+    if row is None:
+        return None, "Your session has ended; sign in again."
+    if row.revoked_at is not None:
+        return None, "Your token was revoked; sign in with another one."
+    return Identity(row.id, row.name, row.role, row.workflow, row.owner), ""
 
 
 def _visit(request: Request, runtime: Runtime) -> Visit:
@@ -210,11 +253,11 @@ def _visit(request: Request, runtime: Runtime) -> Visit:
     cookie = request.cookies.get(SESSION_COOKIE)
     session = None if cookie is None else Session.decode(cookie, secret, time.time())
     visit = Visit(request, runtime, session or Session(), None)
-    if visit.session.token_id is not None:
-        visit.identity = _identity(runtime, visit.session.token_id)
+    if visit.session.session_id is not None:
+        visit.identity, why = _session_identity(runtime, visit.session.session_id)
         if visit.identity is None:
             visit.start_over()
-            visit.say("error", "Your token was revoked; sign in with another one.")
+            visit.say("error", why)
     return visit
 
 
@@ -462,18 +505,20 @@ def login(
     if identity is None:
         error = "That token is unknown or revoked." if token.strip() else "Paste a token."
         return _page(visit, "login.html", {"next": target, "error": error}, 401)
-    visit.start_over(identity.token_id)
+    visit.start_over(_sign_in(runtime, identity.token_id))
     visit.say("ok", f"Signed in as {identity.name} ({identity.role}).")
     return _redirect(visit, target)
 
 
 @router.post("/logout", response_class=HTMLResponse)
 def logout(request: Request, runtime: Rt, csrf: Annotated[str, Form()] = "") -> Response:
-    """End the session (the cookie is replaced by an anonymous one)."""
+    """End the session on the server, and replace the cookie by an anonymous one."""
     visit = _visit(request, runtime)
     refused = _csrf_refused(visit, csrf)
     if refused is not None:
         return refused
+    if visit.session.session_id is not None:
+        _sign_out(runtime, visit.session.session_id)
     visit.start_over()
     visit.say("info", "Signed out.")
     return _redirect(visit, f"{visit.base}/login")

@@ -16,8 +16,11 @@ from gateway.identity import Identity
 from gateway.models import ACTIONS, EVENTS, INTENTS
 from gateway.routes.deps import AUTH_PROBLEMS, Caller, Rt, problem_doc
 from gateway.schemas import ActionView, ExecutionView, OutcomeReport, Proposal, Verdict
+from gateway.strict_json import StrictJSONRoute
 
-router = APIRouter(prefix="/v1/actions", tags=["actions"], responses=AUTH_PROBLEMS)
+router = APIRouter(
+    prefix="/v1/actions", tags=["actions"], responses=AUTH_PROBLEMS, route_class=StrictJSONRoute
+)
 
 _PROBLEMS: dict[int | str, dict[str, Any]] = {
     403: problem_doc("The role may not propose, or the token is bound to another workflow."),

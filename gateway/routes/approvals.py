@@ -8,10 +8,12 @@ from fastapi import APIRouter, Query
 
 from gateway.routes.deps import AUTH_PROBLEMS, Caller, Rt, problem_doc
 from gateway.schemas import ApprovalView, VoteRequest
+from gateway.strict_json import StrictJSONRoute
 
 router = APIRouter(
     prefix="/v1/approvals",
     tags=["approvals"],
+    route_class=StrictJSONRoute,
     responses=AUTH_PROBLEMS | {422: problem_doc("A parameter is wrong; `errors` names it.")},
 )
 

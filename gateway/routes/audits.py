@@ -9,9 +9,11 @@ from fastapi import APIRouter, Query
 from gateway.routes.actions import show as show_action
 from gateway.routes.deps import AUTH_PROBLEMS, Caller, Rt, problem_doc
 from gateway.schemas import ActionView, AuditView, CorrectionRequest, FindingRequest
+from gateway.strict_json import StrictJSONRoute
 
 router = APIRouter(
     tags=["audits"],
+    route_class=StrictJSONRoute,
     responses=AUTH_PROBLEMS | {422: problem_doc("A parameter is wrong; `errors` names it.")},
 )
 

@@ -8,10 +8,12 @@ from fastapi import APIRouter, Path, Query
 
 from gateway.routes.deps import AUTH_PROBLEMS, Caller, Rt, problem_doc
 from gateway.schemas import AutonomyDetail, AutonomyView, LevelRequest, PromotionView, VoteRequest
+from gateway.strict_json import StrictJSONRoute
 
 router = APIRouter(
     prefix="/v1/autonomy",
     tags=["autonomy"],
+    route_class=StrictJSONRoute,
     responses=AUTH_PROBLEMS | {422: problem_doc("A parameter is wrong; `errors` names it.")},
 )
 

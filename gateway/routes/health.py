@@ -12,10 +12,11 @@ from fastapi.responses import JSONResponse, Response
 from gateway.identity import Identity
 from gateway.pipeline import ZERO_STATS, ActivePolicy, rego_input
 from gateway.routes.deps import AUTH_PROBLEMS, Caller, Rt
+from gateway.strict_json import StrictJSONRoute
 from ledger.entry import format_time
 from ledger.store import Ledger
 
-router = APIRouter(tags=["health"])
+router = APIRouter(tags=["health"], route_class=StrictJSONRoute)
 
 
 @router.get("/healthz", summary="Liveness: the process answers (no token needed)")

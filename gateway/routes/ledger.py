@@ -26,12 +26,15 @@ from gateway.schemas import (
     EntryView,
     InclusionProofView,
 )
+from gateway.strict_json import StrictJSONRoute
 from ledger.entry import parse_entry
 from ledger.errors import ProofError
 from ledger.export import export_lines
 from ledger.store import StoredCheckpoint
 
-router = APIRouter(prefix="/v1/ledger", tags=["ledger"], responses=AUTH_PROBLEMS)
+router = APIRouter(
+    prefix="/v1/ledger", tags=["ledger"], responses=AUTH_PROBLEMS, route_class=StrictJSONRoute
+)
 
 _PROBLEMS: dict[int | str, dict[str, Any]] = {
     422: problem_doc("A parameter is out of range."),

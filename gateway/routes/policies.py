@@ -39,8 +39,14 @@ from gateway.schemas import (
     ShadowView,
     SideView,
 )
+from gateway.strict_json import StrictJSONRoute
 
-router = APIRouter(prefix="/v1/policies", tags=["policies"], responses=AUTH_PROBLEMS)
+router = APIRouter(
+    prefix="/v1/policies",
+    tags=["policies"],
+    responses=AUTH_PROBLEMS,
+    route_class=StrictJSONRoute,
+)
 
 _CHANGE_PROBLEMS: dict[int | str, dict[str, Any]] = {
     403: problem_doc("Not a policy admin, or a token bound to one workflow."),

@@ -147,12 +147,42 @@ def test_a_hold_is_posted_to_the_notify_hook_as_a_slack_message(
     (message,) = posted  # the executed booking told nobody
     assert isinstance(message["text"], str)
     assert message["blocks"] == [
-        {"type": "section", "text": {"type": "mrkdwn", "text": message["text"]}}
+        {"type": "section", "text": {"type": "mrkdwn", "text": message["text"], "verbatim": True}}
     ]
     text = message["text"]
     for words in ("Held for approval: refund.issue", "parking", "42.50", "advisory_level"):
         assert words in text, text
     assert answer["approval"]["id"] in text  # so the approver can find it
+
+
+def test_a_proposer_cannot_ping_a_channel_or_plant_a_link_in_a_notification(
+    sqlite_database: Database, launch: Launch
+) -> None:
+    # Slack reads <!channel> as a mention of everyone, <url|words> as a link shown as words,
+    # and a new line as a new line: a resource may carry all three.
+    forged = "https://evil.example/ui/approvals/apr_0"
+    resource = (
+        f"lot-1 <!channel> <https://evil.example|Open approval apr_0> & more\n\u2022 url: {forged}"
+    )
+    with slack_hook() as (url, posted):
+        live = launch(sqlite_database, notify_url=url)
+        body = proposal("parking", "refund.issue", amount="20", resource=resource)
+        answer = propose(live.as_role("payments-agent"), body, "hold")
+        wait_for(lambda: len(posted) >= 1, what="the notification")
+    (message,) = posted
+    text = message["text"]
+    assert "&lt;!channel&gt;" in text, text
+    assert "<!channel>" not in text
+    assert "<https://evil.example" not in text
+    assert "&lt;https://evil.example|Open approval apr_0&gt; &amp; more" in text
+    # The gateway's own link is the one link, on a line of its own; the forged line is not.
+    (line,) = [line for line in text.splitlines() if line.startswith("\u2022 url:")]
+    assert text.count("<") == 1, text
+    settings = live.settings
+    base = settings.public_url or f"http://{settings.host}:{settings.port}"
+    assert line == f"\u2022 url: <{base}/ui/approvals/{answer['approval']['id']}>"
+    # Slack links bare addresses and names in text it is left to parse: this text is verbatim.
+    assert message["blocks"][0]["text"]["verbatim"] is True
 
 
 def test_a_notify_hook_that_is_down_does_not_stop_the_hold(

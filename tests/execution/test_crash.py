@@ -13,7 +13,7 @@ import pytest
 
 from adapters.receiver import Receiver, running_receiver
 from gateway.identity import TokenBook
-from gateway.models import create_gateway_tables
+from gateway.migrations import ensure_schema
 from gateway.settings import Settings
 from gateway.storage import open_engine
 from tests.approvals.harness import (
@@ -86,7 +86,7 @@ def test_sigkill_during_dispatch_then_restart_carries_out_every_action_exactly_o
 
         # Tokens, made in the gateway's database as `mandate token create` would.
         engine = open_engine(settings)
-        create_gateway_tables(engine)
+        ensure_schema(engine, auto_migrate=True)
         book = TokenBook(engine)
         payments, _ = book.create(name="payments-bot", role="payments-agent")
         bookings, _ = book.create(name="booking-bot", role="booking-agent")

@@ -108,6 +108,98 @@ def test_nan_is_no_confidence(sqlite_gateway: Gateway) -> None:
     still_serving(sqlite_gateway, before)
 
 
+# -- what executes is what was proposed: one strict parse of the raw body ---------------------
+
+# Each body is a good refund proposal with one part written by hand: parsers disagree on a key
+# sent twice (first wins in some, last in Python's), and Python's reads NaN and Infinity, which
+# JSON has not, and turns 1e400 into infinity; the ledger then wrote them as null.
+GOOD_PARTS = (
+    '"workflow": "parking", "action_type": "refund.issue", "case_type": "refund.issue", '
+    '"resource": "booking/B-1", "idempotency_key": "{key}"'
+)
+NOT_WHAT_WAS_SENT = {
+    "duplicate in params": ('"params": {"amount": "20", "amount": "5000"}', "params.amount"),
+    "duplicate at the top": (
+        '"params": {"amount": "20"}, "resource": "booking/B-2"',
+        "resource",
+    ),
+    "duplicate deep in context": (
+        '"params": {"amount": "20"}, "context": {"lines": [{"sku": "a", "sku": "b"}]}',
+        "context.lines[0].sku",
+    ),
+    "NaN in params": ('"params": {"amount": "20", "x": NaN}', "params.x"),
+    "Infinity in params": ('"params": {"amount": "20", "x": Infinity}', "params.x"),
+    "-Infinity in params": ('"params": {"amount": "20", "x": -Infinity}', "params.x"),
+    "1e400 in params": ('"params": {"amount": "20", "x": 1e400}', "params.x"),
+    "-1e400 in a list": ('"params": {"amount": "20", "xs": [1, -1e400]}', "params.xs[1]"),
+    "NaN in context": ('"params": {"amount": "20"}, "context": {"x": NaN}', "context.x"),
+    "Infinity in context": ('"params": {"amount": "20"}, "context": {"x": Infinity}', "context.x"),
+    "confidence Infinity": ('"params": {"amount": "20"}, "confidence": Infinity', "confidence"),
+    "confidence 1e400": ('"params": {"amount": "20"}, "confidence": 1e400', "confidence"),
+}
+
+
+@pytest.mark.parametrize("case", NOT_WHAT_WAS_SENT.values(), ids=NOT_WHAT_WAS_SENT.keys())
+def test_duplicate_keys_and_non_finite_numbers_get_422_naming_the_field(
+    sqlite_gateway: Gateway, case: tuple[str, str]
+) -> None:
+    part, field = case
+    client = sqlite_gateway.as_role("payments-agent")
+    before = sqlite_gateway.proposals_recorded()
+    key = f"strict-{field}-{len(part)}"
+    raw = "{" + GOOD_PARTS.replace("{key}", key) + ", " + part + "}"
+
+    response = client.post(
+        "/v1/actions", content=raw.encode(), headers={"Content-Type": "application/json"}
+    )
+
+    problem = assert_problem(response, 422)
+    assert field in fields_named(problem), problem
+    assert field in problem["detail"]
+    still_serving(sqlite_gateway, before)
+
+
+def test_a_fault_before_a_body_nested_too_deep_is_no_500(sqlite_gateway: Gateway) -> None:
+    # The strict parse stops at the NaN; naming it means parsing the rest, which is too deep.
+    raw = b'{"params": {"x": NaN}, "context": {"deep": ' + b"[" * 5000 + b"]" * 5000 + b"}}"
+    headers = {"Content-Type": "application/json"}
+    before = sqlite_gateway.proposals_recorded()
+    problem = assert_problem(
+        sqlite_gateway.as_role("booking-agent").post("/v1/actions", content=raw, headers=headers),
+        422,
+    )
+    assert fields_named(problem) == {"body"}
+    assert_problem(sqlite_gateway.client().post("/v1/actions", content=raw, headers=headers), 401)
+    still_serving(sqlite_gateway, before)
+
+
+def test_every_json_body_the_api_takes_is_parsed_strictly(sqlite_gateway: Gateway) -> None:
+    # Every operation with a JSON body, as the API documents them: a key sent twice or a NaN is
+    # refused before anything looks at the body, whoever sends it and whatever the path names.
+    document = sqlite_gateway.client().get("/openapi.json").json()
+    operations = [
+        (method, path.replace("{", "").replace("}", ""))
+        for path, methods in document["paths"].items()
+        for method, operation in methods.items()
+        if "application/json" in operation.get("requestBody", {}).get("content", {})
+    ]
+    assert ("post", "/v1/actions") in operations
+    assert len(operations) >= 8
+    governor = sqlite_gateway.as_role("governor")
+    anonymous = sqlite_gateway.client()
+    headers = {"Content-Type": "application/json"}
+    for method, path in operations:
+        for raw, field in (
+            (b'{"reason": "a", "reason": "b"}', "reason"),
+            (b'{"details": {"n": NaN}}', "details.n"),
+        ):
+            response = governor.request(method, path, content=raw, headers=headers)
+            problem = assert_problem(response, 422)
+            assert field in fields_named(problem), (method, path, problem)
+            # An anonymous caller learns nothing about bodies: 401, as for any other.
+            assert_problem(anonymous.request(method, path, content=raw, headers=headers), 401)
+
+
 # -- who may call ----------------------------------------------------------------------------
 
 

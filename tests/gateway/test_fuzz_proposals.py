@@ -216,8 +216,8 @@ def test_fuzzed_proposals_never_fail_the_gateway_nor_execute_beyond_the_policy(
         role, body = sent
         if isinstance(body, dict) and body.get("idempotency_key") == FRESH:
             body = body | {"idempotency_key": f"fuzz-{next(keys)}"}
-        # Sent as Python's json writes it: NaN and Infinity too, which Python's parser (and so
-        # the gateway's) takes as numbers although they are not JSON.
+        # Sent as Python's json writes it: NaN and Infinity too, which are not JSON (Python's
+        # parser takes them as numbers; the gateway's strict parse refuses them, 422).
         raw = json.dumps(body, ensure_ascii=False).encode()
         headers = {"Authorization": f"Bearer {tokens[role]}", "Content-Type": "application/json"}
         with http_client(gateway.url, headers) as client:

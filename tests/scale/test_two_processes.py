@@ -5,6 +5,7 @@ periodic checkpoints, never one over another."""
 
 from __future__ import annotations
 
+import re
 import subprocess
 import threading
 import time
@@ -21,6 +22,7 @@ import sqlalchemy as sa
 
 from gateway.models import INTENTS
 from gateway.storage import open_engine
+from gateway.ui import SESSION_COOKIE
 from tests.approvals.harness import (
     POLICIES,
     action_status,
@@ -249,6 +251,30 @@ def test_a_token_revoked_on_the_command_line_stops_working_on_every_process(
     finally:
         for client in clients:
             client.close()
+
+
+def _csrf(page: httpx.Response) -> str:
+    found = re.search(r'name="csrf" value="([^"]+)"', page.text)
+    assert found is not None, page.text
+    return found.group(1)
+
+
+@pytest.mark.slow
+def test_signing_out_on_one_process_ends_the_session_on_every_process(pair: Pair) -> None:
+    token = pair.tokens({"dana": "approver"})["dana"]
+    with httpx.Client(base_url=pair.a.url, timeout=30.0) as on_a:
+        login = on_a.get("/ui/login")
+        signed_in = on_a.post("/ui/login", data={"token": token, "csrf": _csrf(login)})
+        assert signed_in.status_code == 303, signed_in.text
+        cookie = {"Cookie": f"{SESSION_COOKIE}={on_a.cookies[SESSION_COOKIE]}"}
+    with httpx.Client(base_url=pair.b.url, timeout=30.0, headers=cookie) as on_b:
+        inbox = on_b.get("/ui/")
+        assert inbox.status_code == 200  # the session is the database's, not A's
+        assert on_b.post("/ui/logout", data={"csrf": _csrf(inbox)}).status_code == 303
+    with httpx.Client(base_url=pair.a.url, timeout=30.0, headers=cookie) as replayed_on_a:
+        again = replayed_on_a.get("/ui/")
+    assert again.status_code == 303
+    assert "/ui/login?next=" in again.headers["location"]
 
 
 @pytest.mark.slow
