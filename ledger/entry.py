@@ -20,6 +20,7 @@ byte translation that never misses one, and only when it says maybe does the reg
 from __future__ import annotations
 
 import datetime as dt
+import json
 import re
 import unicodedata
 from collections.abc import Mapping
@@ -90,10 +91,22 @@ def canonical_json(value: Any, path: str = "body") -> bytes:
         fast = orjson.dumps(value, option=_ORJSON_OPTS)
     except (orjson.JSONEncodeError, TypeError):
         fast = None
-    if fast is not None and fast.isascii() and not _may_hold_float(fast):
+    # orjson writes NaN and infinities as null: where a null may stand for one, the C encoder,
+    # which refuses them, looks (the walk below would cost twice as much).
+    plain = fast is not None and fast.isascii() and not _may_hold_float(fast)
+    if plain and fast is not None and (b"null" not in fast or _finite(value)):
         return fast
     _check_value(value, path)
     return rfc8785.dumps(value)
+
+
+def _finite(value: Any) -> bool:
+    """Whether ``value`` holds no NaN or infinity (the JSON encoder refuses them)."""
+    try:
+        json.dumps(value, allow_nan=False, check_circular=False)
+    except ValueError:
+        return False
+    return True
 
 
 def _may_hold_float(data: bytes) -> bool:

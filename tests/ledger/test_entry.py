@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from typing import Any
 
 import orjson
@@ -278,3 +279,12 @@ def test_a_float_standing_alone_is_refused() -> None:
     for other in (7, -3, True, None):
         assert canonical_json(other) == rfc8785.dumps(other)
         assert check_canonical(rfc8785.dumps(other)) == other
+
+
+@pytest.mark.parametrize("number", [math.nan, math.inf, -math.inf])
+@pytest.mark.parametrize("where", ["top", "nested"])
+def test_non_finite_numbers_are_refused_not_written_as_null(number: float, where: str) -> None:
+    value = {"x": number} if where == "top" else {"a": [1, {"b": number}]}
+    with pytest.raises(EntryError) as caught:
+        canonical_json(value)
+    assert caught.value.path == ("body.x" if where == "top" else "body.a[1].b")
