@@ -8,7 +8,6 @@ through it, the database, an export and the offline verifier.
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import datetime as dt
 import hashlib
 import multiprocessing
@@ -25,7 +24,7 @@ from sqlalchemy.engine import Connection, Engine
 
 from ledger import merkle
 from ledger.checkpoint import open_checkpoint
-from ledger.database import WRITE, create_engine
+from ledger.database import create_engine
 from ledger.entry import GENESIS_PREV, parse_entry
 from ledger.errors import (
     EntryError,
@@ -38,7 +37,7 @@ from ledger.export import write_export
 from ledger.keys import generate_signing_key, load_signing_key
 from ledger.models import ENTRIES
 from ledger.note import NoteSigner, NoteVerifier
-from ledger.store import Appended, Ledger, Record, _Transaction
+from ledger.store import Appended, Ledger, Record
 from ledger.verify import VerifyResult, verify_export
 from tests.conftest import Database
 
@@ -524,82 +523,6 @@ def test_two_ledgers_on_one_database_take_turns(
             latest = b.latest_checkpoint()
             assert latest is not None
             assert result.size == latest.size == b.size() - 1
-    finally:
-        first.dispose()
-        second.dispose()
-
-
-def _caught_up_and_rebuilt(ledger: Ledger, engine: Engine) -> tuple[Any, Any]:
-    """What ``ledger`` catches up to from its cached tail, and the tail rebuilt whole from the
-    database (by a ledger with nothing cached), both read in one append transaction."""
-    fresh = Ledger(engine, origin=ORIGIN, signer=ledger.signer)
-    with engine.connect().execution_options(**{WRITE: True}) as conn:
-        txn = _Transaction(conn, None)
-        txn.begin(ledger._lock_key)
-        try:
-            caught = ledger._catch_up(txn)
-            size, prev = txn.tail()
-            return caught, fresh._current_tail(txn, size, prev)
-        finally:
-            txn.abandon()
-
-
-def _same_tail(caught: Any, rebuilt: Any) -> None:
-    assert caught is not None
-    assert (caught.size, caught.prev) == (rebuilt.size, rebuilt.prev)
-    assert caught.frontier.size == rebuilt.frontier.size == rebuilt.size
-    assert caught.frontier.hashes == rebuilt.frontier.hashes
-    assert caught.frontier.root() == rebuilt.frontier.root()
-    assert caught.checkpoint_size == rebuilt.checkpoint_size
-    assert caught.vkey == rebuilt.vkey
-
-
-def test_catching_up_across_another_ledgers_checkpoint_and_rotation_matches_a_rebuild(
-    database: Database, signer: NoteSigner, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    first = create_engine(database.url, schema=database.schema)
-    second = create_engine(database.url, schema=database.schema)
-    successor = new_signer()
-    try:
-        with open_ledger(first, signer) as a, open_ledger(second, signer) as b:
-            a.append("audit", actor="x", subject="a-0", body={})
-            cached = a._tail
-            assert cached is not None
-            caught, rebuilt = _caught_up_and_rebuilt(a, first)
-            assert caught is cached  # nothing followed it: the cached tail itself
-            _same_tail(caught, rebuilt)
-            # a's cached tail stays where it is while b appends, checkpoints and rotates.
-            b.append_many([record(f"b-{i}") for i in range(5)])
-            caught, rebuilt = _caught_up_and_rebuilt(a, first)
-            _same_tail(caught, rebuilt)
-            assert caught.checkpoint_size == cached.checkpoint_size
-            b.checkpoint()
-            caught, rebuilt = _caught_up_and_rebuilt(a, first)
-            _same_tail(caught, rebuilt)
-            assert caught.checkpoint_size == b.size() - 1 > cached.checkpoint_size
-            b.rotate_key(successor)
-            b.append_many([record(f"b-late-{i}") for i in range(3)])
-            caught, rebuilt = _caught_up_and_rebuilt(a, first)
-            _same_tail(caught, rebuilt)
-            assert caught.vkey == successor.vkey != cached.vkey
-            # Too much to catch up on, or a cached tail the log does not continue: rebuilt.
-            monkeypatch.setattr("ledger.store._CATCH_UP_MAX", 3)
-            assert _caught_up_and_rebuilt(a, first)[0] is None
-            monkeypatch.undo()
-            a._tail = dataclasses.replace(cached, prev=bytes(32))
-            assert _caught_up_and_rebuilt(a, first)[0] is None
-            a._tail = cached
-            # a appends on what it caught up to: one chain, its checkpoints signed after b's.
-            late = a.append("audit", actor="x", subject="a-late", body={})
-            assert late.seq == b.size() - 1
-            assert a._tail is not None
-            _same_tail(a._tail, _caught_up_and_rebuilt(b, second)[1])
-            assert_one_chain(a)
-            with pytest.raises(SignatureError):
-                a.checkpoint()  # a still signs with the old key, as after a rebuild
-            b.checkpoint()
-            result = export_and_verify(b, tmp_path / "export.jsonl", [verifier_of(signer)])
-            assert result.size == b.size() - 1
     finally:
         first.dispose()
         second.dispose()
