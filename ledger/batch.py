@@ -12,28 +12,36 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 from ledger.checkpoint import Checkpoint, sign_checkpoint
 from ledger.compact import CompactRange
 from ledger.entry import assemble_entry, canonical_json, check_kind, format_time
-from ledger.errors import SignatureError
+from ledger.errors import EntryError, SignatureError, StorageError
 from ledger.note import NoteSigner
-from ledger.sealing import seal
+from ledger.sealing import SubjectKey, refuse_clear_subject, seal_fields
 
 __all__ = ["Appended", "Build", "Prepared", "Record", "Row", "Tail", "prepare"]
 
 
 class Record(NamedTuple):
-    """What a caller asks to append. ``sensitive`` names body fields (dotted paths) to seal."""
+    """What a caller asks to append.
+
+    ``sealed`` names body fields (dotted paths, such as ``params.customer_email``) whose values
+    are personal data of ``data_subject`` (an id, such as a customer number): the entry holds
+    salted commitments to them and the values wait aside until ``Ledger.erase(data_subject)``
+    (see ``ledger.sealing``). Sealing needs a data subject, and a record that names one must
+    seal every field that holds its id.
+    """
 
     kind: str
     actor: str
     subject: str
     body: Mapping[str, Any]
-    sensitive: Sequence[str] = ()
+    sealed: Collection[str] = ()
+    data_subject: str | None = None
 
 
 class Appended(NamedTuple):
@@ -53,7 +61,8 @@ class Prepared(NamedTuple):
     subject: bytes  # canonical JSON
     body: bytes  # canonical JSON
     sealed: Sequence[tuple[str, bytes, bytes]]  # (path, salt, canonical value)
-    subject_text: str
+    subject_digest: bytes | None  # the data subject's, under the subject key
+    subject_key_id: bytes | None
 
 
 Row = tuple[int, str, bytes, bytes, bytes]  # seq, kind, leaf_hash, data, nodes
@@ -68,17 +77,26 @@ _KINDS_SEEN: set[str] = set()
 _KINDS_SEEN_MAX = 1024
 
 
-def prepare(record: Record) -> Prepared:
-    """Validate and encode a record in the caller's thread, before it is queued."""
-    kind, actor, subject, body, sensitive = record
+def prepare(record: Record, subject_key: SubjectKey | None = None) -> Prepared:
+    """Validate and encode a record in the caller's thread, before it is queued; seal its
+    sealed fields (``subject_key`` names their data subject)."""
+    kind, actor, subject, body, paths, data_subject = record
     if kind not in _KINDS_SEEN:
         check_kind(kind)
         if len(_KINDS_SEEN) < _KINDS_SEEN_MAX:
             _KINDS_SEEN.add(kind)
     sealed: Sequence[tuple[str, bytes, bytes]] = ()
-    if sensitive:
-        body = dict(body)
-        sealed = [seal(body, path) for path in sensitive]
+    digest = key_id = None
+    if paths or data_subject is not None:
+        if subject_key is None:
+            raise StorageError(
+                "this ledger was opened without a subject key: it cannot seal personal data"
+            )
+        if not isinstance(data_subject, str) or not data_subject:
+            raise EntryError("data_subject", "sealed fields need the data subject they belong to")
+        digest, key_id = subject_key.digest(data_subject), subject_key.id
+        if paths:
+            body, sealed = seal_fields(body, paths)
     prepared: Prepared = _new_tuple(
         Prepared,
         (
@@ -87,9 +105,12 @@ def prepare(record: Record) -> Prepared:
             canonical_json(subject, "subject"),
             canonical_json(body),
             sealed,
-            subject,
+            digest,
+            key_id,
         ),
     )
+    if data_subject is not None:
+        refuse_clear_subject(data_subject, prepared.actor, prepared.subject, prepared.body)
     return prepared
 
 
@@ -200,7 +221,8 @@ class Build:
                 {
                     "seq": size,
                     "path": path,
-                    "subject": item.subject_text,
+                    "subject_digest": item.subject_digest,
+                    "subject_key_id": item.subject_key_id,
                     "salt": salt,
                     "value": value,
                     "erased_by": None,

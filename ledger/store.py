@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,7 +20,7 @@ from sqlalchemy.engine import Connection, Engine
 from ledger.batch import Appended, Prepared, Record, prepare
 from ledger.database import create_tables
 from ledger.entry import Entry, parse_entry
-from ledger.errors import ProofError, SignatureError, StorageError
+from ledger.errors import EntryError, ProofError, SignatureError, StorageError
 from ledger.merkle import (
     complete_subtrees,
     consistency_proof_ranges,
@@ -29,7 +29,14 @@ from ledger.merkle import (
 )
 from ledger.models import CHECKPOINTS, ENTRIES, KEYS
 from ledger.note import NoteSigner
-from ledger.sealing import erase_sealed, find_sealed, reveal_sealed
+from ledger.sealing import (
+    SubjectKey,
+    check_subject_key,
+    erase_sealed,
+    find_sealed,
+    forget_erased,
+    reveal_sealed,
+)
 from ledger.tree import check_size, read_range_hashes, read_size, read_subtree_hashes
 from ledger.writer import InTransaction, Request, RowsFor, Writer
 
@@ -59,6 +66,16 @@ class Ledger:
     objects) writing to one database, only the holder of the signer lease signs when the
     interval passes (``signs_periodically``); a checkpoint due by count is signed by whichever
     appends it, and one asked for (``checkpoint``, ``rotate_key``) by whoever asks.
+
+    ``subject_key`` (32 bytes or more, kept outside the database: see
+    ``ledger.keys.load_or_create_subject_key``) names data subjects by a keyed digest; without
+    one the ledger seals and erases nothing. Personal data is sealed per record and erased per
+    data subject::
+
+        ledger.append("decision", actor="agent-7", subject="act_123", body=body,
+                      sealed={"params.customer", "params.customer_email"},
+                      data_subject="C-1001")
+        ledger.erase("C-1001", actor="dpo@example.org", reason="art. 17 request 88")
     """
 
     def __init__(
@@ -71,11 +88,13 @@ class Ledger:
         checkpoint_interval: float | None = 60.0,
         clock: Callable[[], dt.datetime] = _utcnow,
         max_batch: int = 1000,
+        subject_key: bytes | None = None,
     ) -> None:
         if checkpoint_every < 1:
             raise ValueError("checkpoint_every must be at least 1")
         self._engine = engine
         self._origin = origin
+        self._subject_key = None if subject_key is None else SubjectKey(subject_key)
         self._opened = False
         self._writer: Writer | None = None
         if signer is not None:
@@ -134,6 +153,7 @@ class Ledger:
             try:
                 self._writer.wait(Request([]))
                 self._check_signer()
+                self._check_subject_key()
             except BaseException:
                 self.close()
                 raise
@@ -149,6 +169,11 @@ class Ledger:
                 f"this process signs with {signer.vkey} but the ledger's current key is "
                 f"{current}; start it with the current signing key"
             )
+
+    def _check_subject_key(self) -> None:
+        if self._subject_key is not None:
+            with self._engine.connect() as conn:
+                check_subject_key(conn, self._subject_key)
 
     def close(self) -> None:
         """Stop the writer after it has committed everything queued."""
@@ -170,10 +195,11 @@ class Ledger:
         actor: str,
         subject: str,
         body: Mapping[str, Any],
-        sensitive: Sequence[str] = (),
+        sealed: Collection[str] = (),
+        data_subject: str | None = None,
     ) -> Appended:
-        """Append one entry and return once it is durable."""
-        return self.append_many([Record(kind, actor, subject, body, sensitive)])[0]
+        """Append one entry and return once it is durable (``sealed``: see ``Record``)."""
+        return self.append_many([Record(kind, actor, subject, body, sealed, data_subject)])[0]
 
     def append_many(
         self,
@@ -230,28 +256,54 @@ class Ledger:
         assert latest is not None
         return latest
 
-    def erase(self, subject: str, *, actor: str, reason: str) -> Appended | None:
-        """Erase the sealed values and salts of ``subject``; the ledger still verifies.
+    def erase(self, data_subject: str, *, actor: str, reason: str) -> Appended | None:
+        """Erase every sealed value of ``data_subject``; the ledger still verifies.
 
-        The erasure is itself an entry, listing which sealed fields were erased and nothing of
-        their content. Returns None when the subject has nothing left to erase.
+        Appends an ``erasure`` entry whose subject is the data subject's keyed digest
+        (``subject_digest``) and whose body lists the erased fields, ``{"erased": [{"seq",
+        "path"}, ...], "reason": reason}``, in the transaction that deletes their values and
+        salts. ``reason`` must not name the data subject. On SQLite the WAL is then emptied, so
+        that no older copy of an erased value stays in a file. Returns None when the subject
+        has nothing left to erase.
         """
-        with self._engine.connect() as conn:
-            sealed = find_sealed(conn, subject)
-        if not sealed:
-            return None
-        erased = [{"seq": seq, "path": path} for seq, path in sealed]
+        key = self._subject_key
+        if key is None:
+            raise StorageError("this ledger was opened without a subject key: it cannot erase")
+        if data_subject and data_subject in reason:
+            raise EntryError("reason", "names the data subject; the erasure entry must not")
+        self._check_subject_key()
+        digest = key.digest(data_subject)
+
+        def listed(conn: Connection) -> list[Prepared]:
+            # Under the append lock: nothing is sealed for this subject between this list and
+            # the erasure entry that holds it.
+            sealed = find_sealed(conn, digest)
+            if not sealed:
+                return []
+            erased = [{"seq": seq, "path": path} for seq, path in sealed]
+            body = {"erased": erased, "reason": reason}
+            return [prepare(Record("erasure", actor, digest.hex(), body))]
 
         def wipe(conn: Connection, appended: list[Appended]) -> None:
-            erase_sealed(conn, sealed, appended[0].seq)
+            erase_sealed(conn, digest, appended[0].seq)
 
-        body = {"erased": erased, "reason": reason}
-        return self.append_many([Record("erasure", actor, subject, body)], in_transaction=wipe)[0]
+        request = Request([], in_transaction=wipe, late=listed)
+        appended = self._writable().wait(request)
+        forget_erased(self._engine)
+        return appended[0] if appended else None
+
+    def subject_digest(self, data_subject: str) -> str:
+        """How the ledger names ``data_subject``: its keyed digest, in hex (the subject of its
+        ``erasure`` entries)."""
+        if self._subject_key is None:
+            raise StorageError("this ledger was opened without a subject key")
+        return self._subject_key.digest(data_subject).hex()
 
     def _prepare_all(self, records: Sequence[Record]) -> list[Prepared]:
         if self._writer is None:
             raise StorageError("this ledger was opened without a signing key: it is read-only")
-        return [prepare(record) for record in records]
+        key = self._subject_key
+        return [prepare(record, key) for record in records]
 
     def _writable(self) -> Writer:
         if self._writer is None:

@@ -62,7 +62,7 @@ from ledger.transaction import (
 )
 from ledger.tree import read_checkpoint_size, read_current_key, read_subtree_hashes
 
-__all__ = ["InTransaction", "Request", "RowsFor", "Writer"]
+__all__ = ["InTransaction", "Late", "Request", "RowsFor", "Writer"]
 
 # The most entries other processes may have appended since this writer's last batch for it to
 # catch up on them leaf by leaf (see Writer._catch_up); past that it rebuilds the tail whole.
@@ -74,6 +74,7 @@ _PIPELINE_FROM = 16
 
 InTransaction = Callable[[Connection, list[Appended]], None]
 RowsFor = Callable[[list[Appended]], Sequence[tuple[sa.Table, Mapping[str, Any]]]]
+Late = Callable[[Connection], list[Prepared]]
 _Outcome = list[Appended] | BaseException
 
 
@@ -106,7 +107,12 @@ class _Waiter:
 
 @dataclass(slots=True)
 class Request:
-    """Work for the writer and who waits for it: a thread (``thread``) or a coroutine."""
+    """Work for the writer and who waits for it: a thread (``thread``) or a coroutine.
+
+    ``late``: records made under the append lock, from the database as it is then (an erasure
+    lists what it erases there, so nothing sealed meanwhile escapes the list). A request with
+    ``late`` records is always built by the writer, in its transaction.
+    """
 
     records: list[Prepared]
     rows: RowsFor | None = None
@@ -115,6 +121,7 @@ class Request:
     rotate_to: NoteSigner | None = None
     thread: _Waiter | None = None
     future: asyncio.Future[list[Appended]] | None = None
+    late: Late | None = None
 
 
 class Writer:
@@ -344,6 +351,9 @@ class Writer:
                 if len(build.results) > n:  # cannot happen: the draft stops at max_batch
                     raise AssertionError("the draft outgrew its batch")
                 for request in requests[len(build.results) :]:
+                    if request.late is not None:
+                        # Records made under the append lock: the batch is built there.
+                        return requests, None
                     build.add(request.records, request.rotate_to, request.force_checkpoint)
                 # The next draft starts where this batch ends.
                 self._draft_base = build.finish()
@@ -411,7 +421,10 @@ class Writer:
                     tail = self._current_tail(txn, size, prev)
                 build = self._new_build(tail)
                 for request in batch:
-                    build.add(request.records, request.rotate_to, request.force_checkpoint)
+                    records = request.records
+                    if request.late is not None:
+                        records = [*records, *_late_records(request.late, txn)]
+                    build.add(records, request.rotate_to, request.force_checkpoint)
                 end = build.finish()
                 with self._lock:
                     self._draft = None
@@ -550,6 +563,13 @@ def _settle(settled: list[tuple[asyncio.Future[Any], _Outcome]]) -> None:
             waiter.set_exception(outcome)
         else:
             waiter.set_result(outcome)
+
+
+def _late_records(late: Late, txn: Transaction) -> list[Prepared]:
+    try:
+        return late(txn.core())
+    except Exception as exc:
+        raise _CallerFailed(exc) from exc
 
 
 class _CallerFailed(Exception):

@@ -42,6 +42,7 @@ from ledger.verify import VerifyResult, verify_export
 from tests.conftest import Database
 
 ORIGIN = "test.mandate.example/ledger"
+SUBJECT_KEY = bytes(range(32))
 
 
 def new_signer() -> NoteSigner:
@@ -67,6 +68,7 @@ def signer() -> NoteSigner:
 def open_ledger(engine: Engine, signer: NoteSigner | None, **kwargs: Any) -> Ledger:
     kwargs.setdefault("checkpoint_every", 1000)
     kwargs.setdefault("checkpoint_interval", None)
+    kwargs.setdefault("subject_key", SUBJECT_KEY)
     return Ledger(engine, origin=ORIGIN, signer=signer, **kwargs).open()
 
 
@@ -304,7 +306,7 @@ def _wait_for(probe: Any, attempts: int = 400) -> Any:
         (Record("Proposal", "a", "s", {}), "kind"),
         (Record("proposal ", "a", "s", {}), "kind"),
         (Record("proposal", "a", "s", {"n": 2**53}), "body.n"),
-        (Record("proposal", "a", "s", {"x": "1"}, sensitive=("missing",)), "body.missing"),
+        (Record("proposal", "a", "s", {"x": "1"}, ("missing",), "C-1"), "body.missing"),
     ],
     ids=[
         "float",
@@ -331,7 +333,8 @@ def test_a_bad_record_is_refused_and_nothing_is_written(
                 actor=bad.actor,
                 subject=bad.subject,
                 body=bad.body,
-                sensitive=bad.sensitive,
+                sealed=bad.sealed,
+                data_subject=bad.data_subject,
             )
         with pytest.raises(EntryError):
             asyncio.run(ledger.append_many_async([bad]))
@@ -671,80 +674,6 @@ def test_a_read_only_ledger_reads_but_refuses_appends(engine: Engine, signer: No
         with pytest.raises(StorageError):
             reader.rotate_key(new_signer())
         assert reader.size() == size
-
-
-# -- sealed fields and erasure -----------------------------------------------------------------
-
-
-def test_sealed_fields_are_commitments_revealed_until_erased(
-    engine: Engine, signer: NoteSigner, tmp_path: Path
-) -> None:
-    email, phone = "zoe@example.org", "+44 20 7946 0000"
-    body: dict[str, Any] = {
-        "customer": {"email": email, "tier": "gold", "phone": phone},
-        "amount": "10.00",
-    }
-    with open_ledger(engine, signer) as ledger:
-        sealed = ledger.append(
-            "proposal",
-            actor="agent",
-            subject="customer-42",
-            body=body,
-            sensitive=["customer.email", "customer.phone"],
-        )
-        other = ledger.append(
-            "proposal",
-            actor="agent",
-            subject="customer-7",
-            body={"email": "ann@example.org"},
-            sensitive=["email"],
-        )
-        # The caller's body is left as it was.
-        assert body["customer"]["email"] == email
-
-        stored = ledger.entry(sealed.seq).body
-        assert email.encode() not in sealed.data
-        assert phone.encode() not in sealed.data
-        mark = stored["customer"]["email"]
-        assert set(mark) == {"$sealed"}
-        assert len(bytes.fromhex(mark["$sealed"])) == 32
-        assert stored["customer"]["phone"]["$sealed"] != mark["$sealed"]
-        assert stored["customer"]["tier"] == "gold"
-        assert ledger.reveal(sealed.seq) == body
-
-        erasure = ledger.erase("customer-42", actor="dpo", reason="GDPR art. 17 request")
-        assert erasure is not None
-        entry = ledger.entry(erasure.seq)
-        assert entry.kind == "erasure"
-        assert entry.subject == "customer-42"
-        assert entry.body == {
-            "erased": [
-                {"seq": sealed.seq, "path": "customer.email"},
-                {"seq": sealed.seq, "path": "customer.phone"},
-            ],
-            "reason": "GDPR art. 17 request",
-        }
-        assert email.encode() not in erasure.data
-        assert phone.encode() not in erasure.data
-
-        # The values and salts are gone from the database; the entry is untouched.
-        with engine.connect() as conn:
-            left = conn.execute(
-                sa.text("SELECT salt, value FROM ledger_sealed WHERE subject = 'customer-42'")
-            ).all()
-        assert len(left) == 2
-        assert all(salt is None and value is None for salt, value in left)
-        assert ledger.entry(sealed.seq).data == sealed.data
-        assert ledger.reveal(sealed.seq) == stored
-        assert ledger.erase("customer-42", actor="dpo", reason="again") is None
-        # Another subject's sealed value is still there.
-        assert ledger.reveal(other.seq) == {"email": "ann@example.org"}
-
-        result = export_and_verify(ledger, tmp_path / "export.jsonl", [verifier_of(signer)])
-    assert result.size > erasure.seq
-    exported = (tmp_path / "export.jsonl").read_bytes()
-    assert email.encode() not in exported
-    assert phone.encode() not in exported
 
 
 def _writers_alive() -> int:
