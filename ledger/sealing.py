@@ -56,6 +56,7 @@ SEALED_MARK = "$sealed"
 # Added by ``reveal`` beside the commitment of an erased value: the seq of the erasure entry.
 ERASED_MARK = "$erased"
 _KEY_BYTES = 32
+_SALT_BYTES = 32
 
 
 class SubjectKey:
@@ -82,7 +83,13 @@ def seal_fields(
     what to keep aside: (path, salt, canonical value) per path. The caller's body is left
     intact (the dicts on the way down are copied)."""
     sealed = dict(body)
-    return sealed, [_seal(sealed, path) for path in sorted(set(paths))]
+    ordered = sorted(set(paths))
+    salts = os.urandom(_SALT_BYTES * len(ordered))  # one system call for them all
+    kept = [
+        _seal(sealed, path, salts[i * _SALT_BYTES : (i + 1) * _SALT_BYTES])
+        for i, path in enumerate(ordered)
+    ]
+    return sealed, kept
 
 
 def refuse_clear_subject(data_subject: str, *encoded: bytes) -> None:
@@ -97,8 +104,9 @@ def refuse_clear_subject(data_subject: str, *encoded: bytes) -> None:
         )
 
 
-def _seal(body: dict[str, Any], path: str) -> tuple[str, bytes, bytes]:
-    """Replace the value at ``path`` by a salted commitment; return what to keep aside."""
+def _seal(body: dict[str, Any], path: str, salt: bytes) -> tuple[str, bytes, bytes]:
+    """Replace the value at ``path`` by its commitment under ``salt``; return what to keep
+    aside."""
     *parents, key = path.split(".")
     node = body
     for name in parents:
@@ -110,7 +118,6 @@ def _seal(body: dict[str, Any], path: str) -> tuple[str, bytes, bytes]:
     if key not in node:
         raise EntryError(f"body.{path}", "no such field to seal")
     value = canonical_json(node[key], f"body.{path}")
-    salt = os.urandom(32)
     node[key] = {SEALED_MARK: _commitment(salt, value).hex()}
     return path, salt, value
 
