@@ -156,10 +156,15 @@ def find_sealed(conn: Connection, digest: bytes) -> list[tuple[int, str]]:
 
 
 def erase_sealed(conn: Connection, digest: bytes, by: int) -> None:
-    """Delete the salts and values of the subject ``digest``, naming the erasure entry ``by``."""
+    """Delete the salts and values of the subject ``digest`` sealed before the erasure entry
+    ``by`` (its seq), naming it as what erased them."""
     conn.execute(
         sa.update(SEALED)
-        .where(SEALED.c.subject_digest == digest, SEALED.c.value.is_not(None))
+        .where(
+            SEALED.c.subject_digest == digest,
+            SEALED.c.value.is_not(None),
+            SEALED.c.seq < by,
+        )
         .values(salt=None, value=None, erased_by=by)
     )
 

@@ -111,7 +111,7 @@ class Request:
 
     ``late``: records made under the append lock, from the database as it is then (an erasure
     lists what it erases there, so nothing sealed meanwhile escapes the list). A request with
-    ``late`` records is always built by the writer, in its transaction.
+    ``late`` records is always built by the writer, in its transaction, and commits alone.
     """
 
     records: list[Prepared]
@@ -330,9 +330,12 @@ class Writer:
         """
         pending = self._pending
         n, count = 1, len(pending[0].records)
-        while n < len(pending) and count < self._max_batch:
-            count += len(pending[n].records)
-            n += 1
+        # A request with late records commits alone: they must see every row committed before
+        # them, and no row of theirs may come after them in their own batch.
+        if pending[0].late is None:
+            while n < len(pending) and count < self._max_batch and pending[n].late is None:
+                count += len(pending[n].records)
+                n += 1
         build, self._draft = self._draft, None
         if split and n >= _PIPELINE_FROM:
             # The writer was idle and now everybody waits at once: nothing the callers do

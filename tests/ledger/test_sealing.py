@@ -347,17 +347,20 @@ def test_values_sealed_while_an_erasure_runs_are_erased_by_it_or_come_after_it(
             appended.append(done.seq)
 
     with open_ledger(engine, signer) as ledger:
-        sealer = threading.Thread(target=keep_sealing, args=(ledger,))
-        sealer.start()
+        # Several sealers, so that their appends and the erasure meet in the writer's batches.
+        sealers = [threading.Thread(target=keep_sealing, args=(ledger,)) for _ in range(4)]
+        for sealer in sealers:
+            sealer.start()
         try:
-            while len(appended) < 5:
+            while len(appended) < 20:
                 time.sleep(0.001)
             erasure = ledger.erase(CUSTOMER, actor="dpo", reason="art. 17")
-            while len(appended) < 10:
+            while len(appended) < 40:
                 time.sleep(0.001)
         finally:
             stop.set()
-            sealer.join()
+            for sealer in sealers:
+                sealer.join()
         assert erasure is not None
         erased = {item["seq"] for item in parse_entry(erasure.data).body["erased"]}
         before = {seq for seq in appended if seq < erasure.seq}
