@@ -27,6 +27,7 @@ from bench._common import Context, Figure, print_summary
 # set ON_REQUEST = True to be left out of a run without names unless it is --quick.
 BENCHES = (
     "bench.ledger_append",
+    "bench.ledger_seal",
     "bench.ledger_verify",
     "bench.ledger_proofs",
     "bench.gateway_http",

@@ -2,7 +2,7 @@
 
 It imports nothing from ``gateway`` or ``adapters``. The verifier side (``ledger.verify``,
 ``ledger.merkle``, ``ledger.note``, ``ledger.checkpoint``) needs no database; the store side
-(``ledger.store``) adds SQLAlchemy and is loaded only when asked for.
+(``ledger.store`` and the writer behind it) adds SQLAlchemy and is loaded only when asked for.
 
     from ledger import Ledger, create_engine
     from ledger.verify import verify_export

@@ -100,12 +100,16 @@ def _describe(result: VerifyResult) -> str:
 
 @contextmanager
 def _progress(path: Path, err: TextIO, *, enabled: bool) -> Iterator[Callable[[int], None] | None]:
-    """A progress bar on an interactive terminal; nothing otherwise."""
+    """A progress bar on an interactive terminal, where rich is installed; nothing otherwise."""
     if not enabled or not err.isatty():
         yield None
         return
-    from rich.console import Console
-    from rich.progress import BarColumn, DownloadColumn, Progress, TimeRemainingColumn
+    try:
+        from rich.console import Console
+        from rich.progress import BarColumn, DownloadColumn, Progress, TimeRemainingColumn
+    except ImportError:  # the verifier installed alone (mandate-ledger, without [progress])
+        yield None
+        return
 
     with Progress(
         "[progress.description]{task.description}",

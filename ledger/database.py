@@ -114,8 +114,9 @@ class AppendTurns:
 def create_engine(url: str, *, schema: str | None = None, **kwargs: Any) -> Engine:
     """Create an engine configured for durable, serialised appends.
 
-    SQLite: WAL journal, ``synchronous=FULL`` (a commit returns after fsync), a long busy
-    timeout so concurrent writers queue instead of failing. PostgreSQL: ``schema`` sets the
+    SQLite: WAL journal, ``synchronous=FULL`` (a commit returns after fsync), ``secure_delete``
+    (what is deleted is zeroed), a long busy timeout so concurrent writers queue instead of
+    failing. PostgreSQL: ``schema`` sets the
     search path, so a test run (or a tenant) can keep its rows apart; a connection attempt gives
     up after ``CONNECT_TIMEOUT`` seconds (``connect_args={"connect_timeout": N}`` to change it).
     """
@@ -143,6 +144,9 @@ def _sqlite_connect(dbapi_connection: sqlite3.Connection, _record: object) -> No
     cursor = dbapi_connection.cursor()
     _switch_to_wal(cursor)
     cursor.execute("PRAGMA synchronous=FULL")
+    # Deleted and overwritten content is zeroed in its page, not left in free space: an erased
+    # sealed value must not stay readable in the file (ledger.sealing).
+    cursor.execute("PRAGMA secure_delete=ON")
     cursor.execute("PRAGMA busy_timeout=60000")
     cursor.execute("PRAGMA foreign_keys=ON")
     cursor.close()

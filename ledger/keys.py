@@ -1,4 +1,9 @@
-"""The ledger's signing key file: one Ed25519 private key, unencrypted PKCS#8 PEM, mode 0600.
+"""The ledger's key files, mode 0600: the signing key and the subject key.
+
+The signing key is one Ed25519 private key, unencrypted PKCS#8 PEM. The subject key is 32 random
+bytes in hex, the secret that names data subjects by a keyed digest (``ledger.sealing``); it is
+kept beside the signing key, outside the database, so that a copy of the database cannot tell
+whose data an erasure removed.
 
 A new key is written to a temporary file created with O_CREAT|O_EXCL and mode 0600 (so it is
 never readable by anyone else, not even for a moment), fsynced, then published under its final
@@ -24,18 +29,22 @@ from ledger.note import NoteSigner
 __all__ = [
     "generate_signing_key",
     "load_or_create_signing_key",
+    "load_or_create_subject_key",
     "load_signing_key",
+    "load_subject_key",
     "public_key_line",
 ]
 
 # A PEM Ed25519 key is about 120 bytes; refuse to read anything far larger.
 _MAX_KEY_FILE_BYTES = 64 * 1024
+_SUBJECT_KEY_BYTES = 32
 
 
-def _read_key_file(path: Path) -> bytes:
+def _read_key_file(path: Path, what: str = "signing key") -> bytes:
     """Read the key file, refusing it unless it is a regular file only its owner can access.
 
-    Opens first and checks the open file, so what is checked is what is read.
+    Opens first and checks the open file, so what is checked is what is read. ``what`` names
+    the key in messages.
     """
     try:
         # O_NONBLOCK so a FIFO planted at the path is refused below instead of hanging us.
@@ -44,19 +53,19 @@ def _read_key_file(path: Path) -> bytes:
         raise  # the callers decide: refuse, or create a key
     except PermissionError as exc:
         raise KeyFileError(
-            f"cannot read signing key {path}: permission denied; run the service as the "
+            f"cannot read {what} {path}: permission denied; run the service as the "
             f"file's owner or fix its owner with chown"
         ) from exc
     except OSError as exc:
-        raise KeyFileError(f"cannot open signing key {path}: {exc.strerror or exc}") from exc
+        raise KeyFileError(f"cannot open {what} {path}: {exc.strerror or exc}") from exc
     try:
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):
-            raise KeyFileError(f"signing key {path} is not a regular file; want a PEM file")
+            raise KeyFileError(f"{what} {path} is not a regular file")
         mode = stat.S_IMODE(st.st_mode)
         if mode & 0o077:
             raise KeyFileError(
-                f"signing key {path} has mode {mode:04o}, open to group or others; "
+                f"{what} {path} has mode {mode:04o}, open to group or others; "
                 f"want 0600: run chmod 600 {path}"
             )
         with os.fdopen(fd, "rb", closefd=False) as file:
@@ -64,9 +73,7 @@ def _read_key_file(path: Path) -> bytes:
     finally:
         os.close(fd)
     if len(data) > _MAX_KEY_FILE_BYTES:
-        raise KeyFileError(
-            f"signing key {path} is over {_MAX_KEY_FILE_BYTES} bytes; want an Ed25519 PEM key"
-        )
+        raise KeyFileError(f"{what} {path} is over {_MAX_KEY_FILE_BYTES} bytes; not a key file")
     return data
 
 
@@ -94,39 +101,30 @@ def _fsync_directory(directory: Path) -> None:
         os.close(fd)
 
 
-def _write_new_key(path: Path, name: str) -> NoteSigner:
-    """Generate a key and publish it at ``path``; FileExistsError if ``path`` exists."""
-    key = Ed25519PrivateKey.generate()
-    # Validate the name before anything touches the disk.
-    signer = NoteSigner(name, key)
-    pem = key.private_bytes(
-        serialization.Encoding.PEM,
-        serialization.PrivateFormat.PKCS8,
-        serialization.NoEncryption(),
-    )
+def _publish(path: Path, data: bytes) -> None:
+    """Write ``data`` as a new key file at ``path`` (mode 0600); FileExistsError if it exists."""
     tmp = path.with_name(f".{path.name}.{secrets.token_hex(8)}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     try:
         try:
             # The umask can only narrow 0600; make it exactly 0600 so the owner can read it.
             os.fchmod(fd, 0o600)
-            view = memoryview(pem)
+            view = memoryview(data)
             while view:
                 view = view[os.write(fd, view) :]
             os.fsync(fd)
         finally:
             os.close(fd)
-        # link(2) fails with EEXIST instead of replacing: never overwrite a signing key.
+        # link(2) fails with EEXIST instead of replacing: never overwrite a key.
         os.link(tmp, path)
     finally:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
     _fsync_directory(path.parent)
-    return signer
 
 
-def _create(path: Path, name: str) -> NoteSigner:
-    """Create the parent directory (mode 0700) if needed and write a new key at ``path``.
+def _create(path: Path, data: bytes, what: str) -> None:
+    """Create the parent directory (mode 0700) if needed and publish a new key at ``path``.
 
     FileExistsError if ``path`` exists; any other failure is a KeyFileError.
     """
@@ -135,14 +133,28 @@ def _create(path: Path, name: str) -> NoteSigner:
     except OSError as exc:
         # Apart, since mkdir raises FileExistsError too when the parent is a file.
         raise KeyFileError(
-            f"cannot create directory {path.parent} for the signing key: {exc.strerror or exc}"
+            f"cannot create directory {path.parent} for the {what}: {exc.strerror or exc}"
         ) from exc
     try:
-        return _write_new_key(path, name)
+        _publish(path, data)
     except FileExistsError:
         raise
     except OSError as exc:
-        raise KeyFileError(f"cannot write signing key {path}: {exc.strerror or exc}") from exc
+        raise KeyFileError(f"cannot write {what} {path}: {exc.strerror or exc}") from exc
+
+
+def _create_signing_key(path: Path, name: str) -> NoteSigner:
+    """Generate a signing key and publish it at ``path``; FileExistsError if ``path`` exists."""
+    key = Ed25519PrivateKey.generate()
+    # Validate the name before anything touches the disk.
+    signer = NoteSigner(name, key)
+    pem = key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
+    _create(path, pem, "signing key")
+    return signer
 
 
 def load_signing_key(path: Path, name: str) -> NoteSigner:
@@ -171,7 +183,7 @@ def load_or_create_signing_key(path: Path, name: str) -> NoteSigner:
         data = _read_key_file(path)
     except FileNotFoundError:
         try:
-            return _create(path, name)
+            return _create_signing_key(path, name)
         except FileExistsError:
             # Another process published its key between our read and our write: use that one.
             return load_signing_key(path, name)
@@ -184,12 +196,63 @@ def generate_signing_key(path: Path, name: str) -> NoteSigner:
     Raises KeyFileError if ``path`` already exists: a signing key is never overwritten.
     """
     try:
-        return _create(path, name)
+        return _create_signing_key(path, name)
     except FileExistsError as exc:
         raise KeyFileError(
             f"{path} already exists; refusing to overwrite a signing key: choose a new path, "
             f"or move the old key away once nothing needs it"
         ) from exc
+
+
+def load_subject_key(path: Path) -> bytes:
+    """Load the subject key at ``path``; never creates one.
+
+    Raises KeyFileError if the file is missing, unreadable, accessible to group or others, or
+    not 64 hex digits.
+    """
+    try:
+        data = _read_key_file(path, "subject key")
+    except FileNotFoundError as exc:
+        raise KeyFileError(
+            f"no subject key file at {path.absolute()} (looked for it there); without it the "
+            f"data subjects of this ledger's sealed values cannot be found to erase them: "
+            f"restore it from backup"
+        ) from exc
+    return _subject_key_from(path, data)
+
+
+def load_or_create_subject_key(path: Path) -> bytes:
+    """Load the subject key at ``path``, or generate and write one (mode 0600) if there is none.
+
+    An existing file is refused as ``load_subject_key`` refuses it; it is never replaced. Keep
+    it with the signing key, and back it up with it: a ledger refuses to open with a subject key
+    other than the one its sealed values were sealed under.
+    """
+    try:
+        data = _read_key_file(path, "subject key")
+    except FileNotFoundError:
+        secret = secrets.token_bytes(_SUBJECT_KEY_BYTES)
+        try:
+            _create(path, secret.hex().encode() + b"\n", "subject key")
+        except FileExistsError:
+            # Another process published its key between our read and our write: use that one.
+            return load_subject_key(path)
+        return secret
+    return _subject_key_from(path, data)
+
+
+def _subject_key_from(path: Path, data: bytes) -> bytes:
+    text = data.strip()
+    try:
+        secret = bytes.fromhex(text.decode("ascii"))
+    except (UnicodeDecodeError, ValueError):
+        secret = b""
+    if len(secret) != _SUBJECT_KEY_BYTES:
+        raise KeyFileError(
+            f"subject key {path} is not {2 * _SUBJECT_KEY_BYTES} hex digits; restore the key "
+            f"from backup (a new one would not find the data subjects sealed under the old)"
+        )
+    return secret
 
 
 def public_key_line(signer: NoteSigner) -> str:

@@ -54,13 +54,19 @@ class KeyRow(SQLModel, table=True):
 
 
 class SealedRow(SQLModel, table=True):
-    """A sensitive value kept out of its entry, which holds only a salted commitment to it."""
+    """A sealed value kept out of its entry, which holds only a salted commitment to it.
+
+    The data subject is named by its keyed digest only (``ledger.sealing``), and the key by its
+    id, so that a ledger given another subject key refuses to open. Erasure sets ``salt`` and
+    ``value`` to NULL and ``erased_by`` to the erasure entry's seq.
+    """
 
     __tablename__ = "ledger_sealed"
 
     seq: int = Field(sa_column=Column(BigInteger, primary_key=True, autoincrement=False))
     path: str = Field(primary_key=True, max_length=256)
-    subject: str = Field(index=True, max_length=256)
+    subject_digest: bytes = Field(sa_column=Column(LargeBinary, nullable=False, index=True))
+    subject_key_id: bytes = Field(sa_column=Column(LargeBinary, nullable=False))
     salt: bytes | None = Field(default=None, sa_column=Column(LargeBinary, nullable=True))
     value: bytes | None = Field(default=None, sa_column=Column(LargeBinary, nullable=True))
     erased_by: int | None = Field(default=None, sa_column=Column(BigInteger, nullable=True))

@@ -342,7 +342,7 @@ class ExportVerifier:
             raise VerificationError(
                 seq, f"checkpoint entry signs size {checkpoint.size} but stands at seq {seq}"
             )
-        self._check_root(seq, checkpoint, f"seq {self._last_checkpoint}..{seq - 1}")
+        self._check_root(seq, checkpoint)
         self._last_checkpoint = checkpoint.size
 
     def _feed_checkpoint_line(self, data: bytes) -> None:
@@ -362,7 +362,7 @@ class ExportVerifier:
                 f"the closing checkpoint signs size {checkpoint.size} but the export holds "
                 f"{self._size} entries",
             )
-        self._check_root(seq, checkpoint, f"seq {self._last_checkpoint}..{seq - 1}")
+        self._check_root(seq, checkpoint, closing=True)
         self._tail.append(checkpoint)
 
     def _open(self, seq: int, note_text: str, *, closing: bool = False) -> Checkpoint:
@@ -412,9 +412,22 @@ class ExportVerifier:
             self._tail_keys.append(key)
         return checkpoint
 
-    def _check_root(self, seq: int, checkpoint: Checkpoint, span: str) -> None:
+    def _check_root(self, seq: int, checkpoint: Checkpoint, *, closing: bool = False) -> None:
         """4. The root of everything before this point must be the signed one."""
         if self._frontier.root() != checkpoint.root:
+            last = checkpoint.size - 1
+            span = f"seq {self._last_checkpoint}..{last}"
+            if closing:
+                # Nothing follows the last entry to break the chain, and every link held: the
+                # last entry is the one certain to differ from what was signed. The closing line
+                # stands after it, where no entry is.
+                raise VerificationError(
+                    last,
+                    f"entry was altered: the entries do not match the root the closing "
+                    f"checkpoint signs for size {checkpoint.size}; this entry differs from the "
+                    f"one signed (and if the chain was recomputed, so do those before it, back "
+                    f"to one in {span})",
+                )
             raise VerificationError(
                 seq,
                 f"the entries do not match the root signed for size {checkpoint.size}: an entry "

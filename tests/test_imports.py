@@ -13,9 +13,13 @@ from __future__ import annotations
 import ast
 import json
 import os
+import pty
+import re
+import shutil
 import subprocess
 import sys
 import textwrap
+import tomllib
 from pathlib import Path
 
 import pytest
@@ -312,6 +316,91 @@ def test_python_m_ledger_verify_runs_without_the_gateway(
     )
     assert done.returncode == 0, done.stdout + done.stderr
     assert done.stdout.startswith("VALID: 6 entries, root ")  # the key entry and 5
+
+
+# -- the verifier installed alone ----------------------------------------------------------------
+
+VERIFIER = REPO / "packaging" / "mandate-ledger"
+VERIFIER_NEEDS = {"cryptography", "rfc8785", "orjson"}
+NOT_ON_A_REGULATORS_MACHINE = ("fastapi", "starlette", "sqlalchemy", "sqlmodel", "psycopg")
+
+
+def requirement_name(requirement: str) -> str:
+    return re.split(r"[\[<>=!~; ]", requirement, maxsplit=1)[0].lower()
+
+
+def test_the_verifier_distribution_asks_what_mandate_asks() -> None:
+    # One source tree, two distributions: the same version, the same requirement lines.
+    mandate = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    alone = tomllib.loads((VERIFIER / "pyproject.toml").read_text())["project"]
+    assert alone["version"] == mandate["version"]
+    assert {requirement_name(r) for r in alone["dependencies"]} == VERIFIER_NEEDS
+    for extra in alone["optional-dependencies"].values():
+        assert set(extra) <= set(mandate["dependencies"])
+    assert set(alone["dependencies"]) <= set(mandate["dependencies"])
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(240)
+def test_the_verifier_installs_alone_with_one_pip_command_and_verifies(
+    export: tuple[Path, Path], tmp_path: Path
+) -> None:
+    path, key = export
+    # The distribution builds from the checkout's layout; a copy keeps its build files out of
+    # the checkout.
+    source = tmp_path / "checkout"
+    shutil.copytree(VERIFIER, source / "packaging" / "mandate-ledger")
+    shutil.copytree(
+        REPO / "ledger", source / "ledger", ignore=shutil.ignore_patterns("__pycache__")
+    )
+    venv = tmp_path / "regulator"
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MANDATE_", "PYTHON"))}
+
+    def run(*args: str, stderr: int = subprocess.PIPE) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            args,
+            cwd=tmp_path,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=stderr,
+            text=True,
+            timeout=180,
+            check=False,
+        )
+
+    made = run(sys.executable, "-m", "venv", str(venv))
+    assert made.returncode == 0, made.stderr
+    python = str(venv / "bin" / "python")
+    installed = run(python, "-m", "pip", "install", "-q", str(source / "packaging/mandate-ledger"))
+    assert installed.returncode == 0, installed.stdout + installed.stderr
+
+    listed = run(python, "-m", "pip", "list", "--format=json")
+    names = {package["name"].lower() for package in json.loads(listed.stdout)}
+    assert "mandate-ledger" in names
+    assert names >= VERIFIER_NEEDS
+    assert not names & set(NOT_ON_A_REGULATORS_MACHINE)
+    where = run(python, "-c", "import ledger; print(ledger.__file__)")
+    assert where.stdout.startswith(str(venv)), where.stdout + where.stderr
+
+    valid = run(python, "-m", "ledger", "verify", str(path), "--public-key", str(key))
+    assert valid.returncode == 0, valid.stdout + valid.stderr
+    assert valid.stdout.startswith("VALID: 6 entries, root ")
+    tampered = tmp_path / "tampered.jsonl"
+    tampered.write_bytes(path.read_bytes().replace(b'"n":3', b'"n":4'))
+    caught = run(python, "-m", "ledger", "verify", str(tampered), "--public-key", str(key))
+    assert caught.returncode == 1, caught.stdout + caught.stderr
+    assert caught.stdout.startswith("TAMPERED: seq ")
+    # On a terminal the progress bar would need rich, which the verifier goes without.
+    leader, follower = pty.openpty()
+    try:
+        on_tty = run(
+            python, "-m", "ledger", "verify", str(path), "--public-key", str(key), stderr=follower
+        )
+    finally:
+        os.close(follower)
+        os.close(leader)
+    assert on_tty.returncode == 0, on_tty.stdout
+    assert on_tty.stdout.startswith("VALID: 6 entries, root ")
 
 
 # -- the source --------------------------------------------------------------------------------

@@ -1,4 +1,5 @@
-"""The signing key file: created private, reloaded the same, refused when unsafe or broken."""
+"""The key files (signing key, subject key): created private, reloaded the same, refused when
+unsafe or broken."""
 
 from __future__ import annotations
 
@@ -16,7 +17,9 @@ from ledger.errors import KeyFileError
 from ledger.keys import (
     generate_signing_key,
     load_or_create_signing_key,
+    load_or_create_subject_key,
     load_signing_key,
+    load_subject_key,
     public_key_line,
 )
 from ledger.note import NoteVerifier, open_note
@@ -192,3 +195,43 @@ def test_fifo_in_place_of_key_is_refused_without_hanging(tmp_path):
     os.mkfifo(path, 0o600)
     with pytest.raises(KeyFileError, match="not a regular file"):
         load_signing_key(path, NAME)
+
+
+# -- the subject key -------------------------------------------------------------------------
+
+
+def test_a_subject_key_is_created_private_and_reloaded_the_same(tmp_path, any_umask):
+    path = tmp_path / "keys" / "subject.key"
+    key = load_or_create_subject_key(path)
+    assert len(key) == 32
+    assert mode_of(path) == 0o600
+    assert path.read_text() == key.hex() + "\n"
+    assert load_or_create_subject_key(path) == key
+    assert load_subject_key(path) == key
+    assert load_or_create_subject_key(tmp_path / "other.key") != key
+    assert sorted(p.name for p in path.parent.iterdir()) == ["subject.key"]
+
+
+def test_a_missing_subject_key_is_refused_by_load_and_nothing_is_made(tmp_path):
+    path = tmp_path / "absent" / "subject.key"
+    with pytest.raises(KeyFileError, match=str(path)):
+        load_subject_key(path)
+    assert not path.parent.exists()
+
+
+@pytest.mark.parametrize("content", [b"", b"zz" * 32 + b"\n", b"ab" * 16 + b"\n", b"\x00" * 64])
+def test_a_broken_subject_key_is_refused_and_never_replaced(tmp_path, content):
+    path = tmp_path / "subject.key"
+    write_private(path, content)
+    for load in (load_or_create_subject_key, load_subject_key):
+        with pytest.raises(KeyFileError, match="64 hex digits"):
+            load(path)
+    assert path.read_bytes() == content
+
+
+def test_a_subject_key_readable_by_others_is_refused(tmp_path):
+    path = tmp_path / "subject.key"
+    load_or_create_subject_key(path)
+    os.chmod(path, 0o640)
+    with pytest.raises(KeyFileError, match=f"subject key {path} has mode 0640"):
+        load_subject_key(path)

@@ -349,9 +349,22 @@ def test_a_rewrite_after_the_last_inline_checkpoint_is_caught_by_the_closing_one
     entries = list(export.entries)
     entries[33] = with_body(entries[33], amount="9000.00")
     lines = [*rechain(entries, 33), export.lines[-1]]
-    failed = assert_names(write(tmp_path, lines), export, 35, "altered", capsys)
+    # The last entry (34) is named: with the chain recomputed it differs from the one signed.
+    failed = assert_names(write(tmp_path, lines), export, 34, "altered", capsys)
     low, high = span_of(failed.problem)
     assert low <= 33 <= high
+
+
+def test_the_last_entry_altered_is_named_not_the_seq_after_it(
+    export: Export, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # No entry follows the last one to break the chain: only the closing checkpoint's root shows
+    # it, and the report names that entry (seq 34 of 35), not the closing line's place (35).
+    lines = list(export.lines)
+    assert entry(lines[34])["kind"] == "decision"
+    lines[34] = with_body(lines[34], amount="9000.00")
+    failed = assert_names(write(tmp_path, lines), export, 34, "altered", capsys)
+    assert "35" not in failed.problem.split(":")[0]
 
 
 def test_an_entry_deleted_without_renumbering(
