@@ -9,7 +9,7 @@ from fastapi import APIRouter, Query
 from fastapi.responses import StreamingResponse
 
 from gateway.errors import InvalidInput
-from gateway.routes.deps import AUTH_PROBLEMS, Caller, Rt, problem_doc
+from gateway.routes.deps import AUTH_PROBLEMS, MAX_INTEGER, Caller, Rt, problem_doc
 from gateway.schemas import (
     CheckpointView,
     ConsistencyProofView,
@@ -55,7 +55,7 @@ def checkpoint(runtime: Rt, _caller: Caller) -> CheckpointView:
 def entries(
     runtime: Rt,
     _caller: Caller,
-    start: Annotated[int, Query(ge=0, description="First seq.")] = 0,
+    start: Annotated[int, Query(ge=0, le=MAX_INTEGER, description="First seq.")] = 0,
     limit: Annotated[int, Query(ge=1, le=1000, description="How many, at most.")] = 100,
 ) -> list[EntryView]:
     """Auditors, governors and policy admins read entries (bodies may be sensitive)."""
@@ -65,7 +65,7 @@ def entries(
             leaf_hash=hashlib.sha256(b"\x00" + data).hexdigest(),
             entry=entry.to_dict(),
         )
-        for data in runtime.ledger.entries(start, start + limit)
+        for data in runtime.ledger.entries(start, min(start + limit, MAX_INTEGER))
         for entry in (parse_entry(data),)
     ]
 
@@ -79,10 +79,14 @@ def entries(
 def inclusion(
     runtime: Rt,
     _caller: Caller,
-    seq: Annotated[int, Query(ge=0, description="The entry.")],
+    seq: Annotated[int, Query(ge=0, le=MAX_INTEGER, description="The entry.")],
     size: Annotated[
         int | None,
-        Query(ge=1, description="Tree size [default: the latest checkpoint's, if it holds seq]."),
+        Query(
+            ge=1,
+            le=MAX_INTEGER,
+            description="Tree size [default: the latest checkpoint's, if it holds seq].",
+        ),
     ] = None,
 ) -> InclusionProofView:
     """Check with ledger.merkle.verify_inclusion against a checkpoint's root."""
@@ -118,9 +122,12 @@ def inclusion(
 def consistency(
     runtime: Rt,
     _caller: Caller,
-    first: Annotated[int, Query(alias="from", ge=1, description="The older tree size.")],
+    first: Annotated[
+        int, Query(alias="from", ge=1, le=MAX_INTEGER, description="The older tree size.")
+    ],
     second: Annotated[
-        int | None, Query(alias="to", ge=1, description="The newer one [default: all].")
+        int | None,
+        Query(alias="to", ge=1, le=MAX_INTEGER, description="The newer one [default: all]."),
     ] = None,
 ) -> ConsistencyProofView:
     """Proves the tree of size `to` extends the tree of size `from` (nothing rewritten)."""
