@@ -11,6 +11,7 @@ import orjson
 import sqlalchemy as sa
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
+from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -24,6 +25,7 @@ from gateway.errors import (
     NotFound,
 )
 from gateway.identity import AuthError, authenticate
+from gateway.migrations import schema_fault
 
 __all__ = ["BodyLimit", "install_problem_handlers", "problem", "replaying"]
 
@@ -52,6 +54,8 @@ _STATUS: dict[type[Exception], int] = {
     DecisionUnavailable: 503,
 }
 log = logging.getLogger("mandate")
+# How SQLite and PostgreSQL say that a table does not exist.
+_MISSING_TABLE = re.compile(r'no such table: (\S+)|relation "([^"]+)" does not exist')
 
 
 def problem(
@@ -146,6 +150,19 @@ def install_problem_handlers(app: FastAPI) -> None:
         # name hosts and ports, go to the log, not to a caller who may not be authenticated.
         cause = getattr(exc, "orig", None) or exc
         log.warning("failing closed on %s: the database failed: %s", request.url.path, cause)
+        missing = _MISSING_TABLE.search(str(cause))
+        if missing is not None:
+            # It asks the database what else is gone: off the event loop.
+            fault = await run_in_threadpool(_schema_fault, request)
+            detail = fault or f"the database has no table {missing[1] or missing[2]}"
+            return problem(
+                503,
+                "database unavailable",
+                f"{detail}; nothing was decided or executed",
+                instance=request.url.path,
+            )
+        if not isinstance(exc, sa.exc.OperationalError):
+            return await unexpected(request, exc)
         return problem(
             503,
             "database unavailable",
@@ -163,6 +180,8 @@ def install_problem_handlers(app: FastAPI) -> None:
     app.add_exception_handler(AuthError, auth_error)
     app.add_exception_handler(StarletteHTTPException, http_error)
     app.add_exception_handler(sa.exc.OperationalError, database_unavailable)
+    # PostgreSQL's "relation does not exist" is a ProgrammingError: the tables gone is no bug.
+    app.add_exception_handler(sa.exc.ProgrammingError, database_unavailable)
     app.add_exception_handler(Exception, unexpected)
 
 
@@ -191,6 +210,18 @@ def _unauthenticated(request: Request) -> AuthError | None:
     except AuthError as exc:
         return exc
     return None
+
+
+def _schema_fault(request: Request) -> str | None:
+    """Why the database's schema does not serve this gateway, if it can tell (see
+    ``gateway.migrations.schema_fault``)."""
+    runtime = getattr(request.app.state, "runtime", None)
+    if runtime is None:
+        return None
+    try:
+        return schema_fault(runtime.engine)
+    except Exception:
+        return None
 
 
 def _title(status: int) -> str:

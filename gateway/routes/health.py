@@ -10,6 +10,7 @@ from fastapi import APIRouter
 from fastapi.responses import JSONResponse, Response
 
 from gateway.identity import Identity
+from gateway.migrations import schema_fault
 from gateway.pipeline import ZERO_STATS, ActivePolicy, rego_input
 from gateway.routes.deps import AUTH_PROBLEMS, Caller, Rt
 from ledger.entry import format_time
@@ -36,7 +37,7 @@ def readyz(runtime: Rt, _caller: Caller) -> Response:
     try:
         with runtime.engine.connect() as conn:
             conn.execute(sa.text("SELECT 1"))
-        checks["database"] = "ok"
+        checks["database"] = schema_fault(runtime.engine) or "ok"
     except Exception as exc:
         checks["database"] = f"unavailable: {_why(exc)}"
     try:

@@ -276,6 +276,67 @@ def test_an_unwritable_ledger_gives_503_never_an_execute_and_recovers(
     assert list(verdicts(entries).values()) == ["hold", "execute"]
 
 
+def drop_every_table(database: Database) -> None:
+    """What a database dropped and made again holds: none of the gateway's tables. PostgreSQL:
+    the test's schema dropped and created again; SQLite: every table of the file dropped."""
+    engine = sa.create_engine(database.url)
+    try:
+        with engine.begin() as conn:
+            if database.schema is not None:
+                conn.execute(sa.text(f'DROP SCHEMA "{database.schema}" CASCADE'))
+                conn.execute(sa.text(f'CREATE SCHEMA "{database.schema}"'))
+            else:
+                tables = sa.MetaData()
+                tables.reflect(conn)
+                tables.drop_all(conn)
+    finally:
+        engine.dispose()
+
+
+def test_a_dropped_and_recreated_database_gives_503_saying_so_and_a_restart_recovers(
+    database: Database, serve_gateway: Serve, tmp_path: Path
+) -> None:
+    gateway = serve_gateway(database)
+    booker = gateway.as_role("booking-agent")
+    auditor = gateway.as_role("auditor")
+    assert booker.post("/v1/actions", json=good_booking()).json()["verdict"] == "execute"
+    assert auditor.get("/readyz").status_code == 200
+    gateway.engine.dispose()  # the test's own connections, so that nothing waits on them
+
+    drop_every_table(database)
+
+    # The booker's token is still in the gateway's cache: its proposal reaches the ledger,
+    # which says what it lacks.
+    problem = assert_problem(booker.post("/v1/actions", json=good_booking()), 503)
+    assert re.search(
+        r'no such table: ledger_entries|relation "ledger_entries" does not exist',
+        problem["detail"],
+    ), problem
+    # Whatever else reads the database (a token to check, the ledger) says what happened.
+    answers = {
+        "read the ledger": auditor.get("/v1/ledger/checkpoint"),
+        "an unknown token": gateway.client("mdt_unknown").get("/v1/ledger/checkpoint"),
+    }
+    for what, answer in answers.items():
+        problem = assert_problem(answer, 503)
+        assert "the database has no Mandate tables" in problem["detail"], (what, problem)
+        assert "mandate db upgrade" in problem["detail"], (what, problem)
+    reason = not_ready(auditor.get("/readyz"))
+    assert reason.startswith("database: the database has no Mandate tables"), reason
+    assert gateway.healthy()
+
+    # Restarted on it, the gateway makes the tables again (auto_migrate) and starts a new
+    # ledger with the same key: ready, deciding, and its export verifies.
+    gateway.stop()
+    again = serve_gateway(database, data_dir=gateway.settings.data_dir)
+    auditor_token = again.token("auditor")
+    assert again.client(auditor_token).get("/readyz").status_code == 200
+    decided = again.as_role("booking-agent").post("/v1/actions", json=good_booking())
+    assert decided.status_code == 200, decided.text
+    entries = verified_export(again.url, public_key(again.settings), auditor_token, tmp_path)
+    assert verdicts(entries) == {decided.json()["action_id"]: "execute"}
+
+
 # -- PostgreSQL going away ----------------------------------------------------------------------
 
 
