@@ -17,6 +17,7 @@ import subprocess
 import sys
 import threading
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -343,11 +344,19 @@ def test_a_dropped_and_recreated_database_gives_503_saying_so_and_a_restart_reco
 class TcpProxy:
     """A TCP forwarder on a loopback port to a real server. ``cut`` closes the listening
     socket and every connection, so the server is gone for whoever used the proxy (new
-    connections are refused); ``restore`` listens on the same port again."""
+    connections are refused); ``restore`` listens on the same port again.
+
+    ``freeze_on(marker)`` makes it stop forwarding, both ways and on every connection, from the
+    first message of a client that holds ``marker`` (that one included), as a server or a
+    network path that hangs would: the sockets stay open, a close is not passed on, a new
+    connection is taken and never answered. ``thaw`` drops the connections it froze and
+    forwards again."""
 
     def __init__(self, host: str, port: int) -> None:
         self.target = (host, port)
         self.port = 0
+        self.frozen = threading.Event()
+        self._marker: bytes | None = None
         self._lock = threading.Lock()
         self._listener: socket.socket | None = None
         self._open: list[socket.socket] = []
@@ -368,9 +377,18 @@ class TcpProxy:
             listener, self._listener = self._listener, None
             sockets, self._open = self._open, []
         for sock in ([listener] if listener else []) + sockets:
-            with contextlib.suppress(OSError):
-                sock.shutdown(socket.SHUT_RDWR)  # wakes the thread blocked on it
-            sock.close()
+            _close(sock)
+
+    def freeze_on(self, marker: bytes) -> None:
+        self._marker = marker
+
+    def thaw(self) -> None:
+        with self._lock:
+            self._marker = None
+            self.frozen.clear()
+            sockets, self._open = self._open, []
+        for sock in sockets:
+            _close(sock)
 
     def _accept(self, listener: socket.socket) -> None:
         while True:
@@ -378,6 +396,10 @@ class TcpProxy:
                 client, _ = listener.accept()
             except OSError:
                 return  # cut
+            if self.frozen.is_set():
+                with self._lock:
+                    self._open.append(client)  # taken, never answered
+                continue
             try:
                 upstream = socket.create_connection(self.target)
             except OSError:
@@ -389,17 +411,30 @@ class TcpProxy:
                     upstream.close()
                     return
                 self._open += [client, upstream]
-            for source, sink in ((client, upstream), (upstream, client)):
-                threading.Thread(target=_pump, args=(source, sink), daemon=True).start()
+            for source, sink, marked in ((client, upstream, True), (upstream, client, False)):
+                threading.Thread(
+                    target=self._pump, args=(source, sink, marked), daemon=True
+                ).start()
 
-
-def _pump(source: socket.socket, sink: socket.socket) -> None:
-    with contextlib.suppress(OSError):
-        while data := source.recv(65536):
-            sink.sendall(data)
-    for sock in (source, sink):
+    def _pump(self, source: socket.socket, sink: socket.socket, marked: bool) -> None:
         with contextlib.suppress(OSError):
-            sock.shutdown(socket.SHUT_RDWR)
+            while data := source.recv(65536):
+                marker = self._marker
+                if marked and marker is not None and marker in data:
+                    self.frozen.set()
+                if not self.frozen.is_set():
+                    sink.sendall(data)
+        if self.frozen.is_set():
+            return  # a path that hangs passes no close on
+        for sock in (source, sink):
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+
+
+def _close(sock: socket.socket) -> None:
+    with contextlib.suppress(OSError):
+        sock.shutdown(socket.SHUT_RDWR)  # wakes the thread blocked on it
+    sock.close()
 
 
 @pytest.fixture
@@ -456,6 +491,73 @@ def test_postgresql_going_away_gives_503_never_an_execute_and_recovers(
     assert [a.json()["verdict"] for a in answers] == ["execute", "hold", "execute"]
     entries = verified_export(gateway.url, public_key(gateway.settings), auditor_token, tmp_path)
     decided = [before, *answers]
+    assert verdicts(entries) == {a.json()["action_id"]: a.json()["verdict"] for a in decided}
+
+
+# Bounds small enough for a test: every wait on the server ends within a few seconds (a
+# statement's answer 1 + 5 s, ledger.database.ANSWER_GRACE, after it is sent).
+SHORT_WAITS = {
+    "MANDATE_DATABASE_CONNECT_TIMEOUT": "2",
+    "MANDATE_DATABASE_STATEMENT_TIMEOUT": "1",
+    "MANDATE_DATABASE_LOCK_TIMEOUT": "0.5",
+    "MANDATE_DATABASE_IDLE_IN_TRANSACTION_TIMEOUT": "2",
+}
+
+
+def test_postgresql_that_stops_answering_mid_append_gives_503_holds_no_one_and_recovers(
+    pg_proxy: tuple[TcpProxy, Database],
+    pg_database: Database,
+    serve_gateway: Serve,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    proxy, through_proxy = pg_proxy
+    for name, value in SHORT_WAITS.items():
+        monkeypatch.setenv(name, value)
+    # Two gateways on one schema, with one key: one reaches the server through the proxy, one
+    # directly.
+    hanging = serve_gateway(through_proxy)
+    direct = serve_gateway(pg_database, data_dir=hanging.settings.data_dir)
+    booker_token = hanging.token("booking-agent")
+    auditor_token = hanging.token("auditor")
+    booker, auditor = hanging.client(booker_token), hanging.client(auditor_token)
+    other = direct.client(booker_token)
+    decided = [booker.post("/v1/actions", json=good_booking())]
+    decided.append(other.post("/v1/actions", json=good_booking()))
+    assert [a.json()["verdict"] for a in decided] == ["execute", "execute"]
+    assert auditor.get("/readyz").status_code == 200
+
+    # The server stops answering the proxied gateway in the middle of its append: after the
+    # append lock is taken, when the entries are sent.
+    proxy.freeze_on(b"stops-answering-here")
+    stuck_body = good_booking(params={"note": "stops-answering-here"})
+    held_body = good_booking()
+    with ThreadPoolExecutor(1) as background:
+        stuck = background.submit(booker.post, "/v1/actions", json=stuck_body)
+        assert proxy.frozen.wait(timeout=20)
+        # The other gateway waits for the append lock that the frozen session holds: a bounded
+        # wait, then a 503 that says which.
+        problem = assert_problem(other.post("/v1/actions", json=held_body), 503)
+        assert "lock timeout" in problem["detail"], problem
+        # The server ends the session that sits idle in its transaction, and the lock with it:
+        # the other gateway decides again while this one is still cut off.
+        assert wait_for(
+            lambda: other.post("/v1/actions", json=held_body).status_code == 200, timeout=20
+        )
+        # Meanwhile the proxied gateway tells the truth, and its proposal gets its answer.
+        assert "database" in not_ready(auditor.get("/readyz"))
+        answer = stuck.result(timeout=60)
+    problem = assert_problem(answer, 503)
+    assert "the database server did not answer within 6 s" in problem["detail"], problem
+    assert hanging.healthy()
+
+    # The server answers again: the gateway is ready by itself, and decides the same proposal.
+    proxy.thaw()
+    assert wait_for(lambda: auditor.get("/readyz").status_code == 200, timeout=20)
+    decided.append(other.post("/v1/actions", json=held_body))  # the same answer, kept
+    decided.append(booker.post("/v1/actions", json=stuck_body))
+    assert [a.status_code for a in decided] == [200] * 4, [a.text for a in decided]
+    entries = verified_export(hanging.url, public_key(hanging.settings), auditor_token, tmp_path)
     assert verdicts(entries) == {a.json()["action_id"]: a.json()["verdict"] for a in decided}
 
 
