@@ -145,31 +145,28 @@ def install_problem_handlers(app: FastAPI) -> None:
         )
 
     async def database_unavailable(request: Request, exc: Exception) -> Response:
-        # The database went away (or its disk filled) under a request that needed it, be it
-        # only to check the token: nothing was decided or done. The driver's own words, which
-        # name hosts and ports, go to the log, not to a caller who may not be authenticated.
-        cause = getattr(exc, "orig", None) or exc
-        log.warning("failing closed on %s: the database failed: %s", request.url.path, cause)
+        # The database went away (or its disk filled, or its tables) under a request that
+        # needed it, be it only to check the token: nothing was decided or done. The driver's
+        # own words, which name hosts and ports, go to the log, not to a caller who may not be
+        # authenticated.
+        assert isinstance(exc, sa.exc.DBAPIError)
+        cause = exc.orig or exc
         missing = _MISSING_TABLE.search(str(cause))
+        if missing is None and not (
+            exc.connection_invalidated or isinstance(exc, sa.exc.OperationalError)
+        ):
+            return await unexpected(request, exc)  # a statement of ours that is wrong
+        log.warning("failing closed on %s: the database failed: %s", request.url.path, cause)
+        detail = (
+            "the gateway's database is unavailable: nothing was decided or executed; "
+            "try again later"
+        )
         if missing is not None:
             # It asks the database what else is gone: off the event loop.
             fault = await run_in_threadpool(_schema_fault, request)
-            detail = fault or f"the database has no table {missing[1] or missing[2]}"
-            return problem(
-                503,
-                "database unavailable",
-                f"{detail}; nothing was decided or executed",
-                instance=request.url.path,
-            )
-        if not isinstance(exc, sa.exc.OperationalError):
-            return await unexpected(request, exc)
-        return problem(
-            503,
-            "database unavailable",
-            "the gateway's database is unavailable: nothing was decided or executed; "
-            "try again later",
-            instance=request.url.path,
-        )
+            found = fault or f"the database has no table {missing[1] or missing[2]}"
+            detail = f"{found}; nothing was decided or executed"
+        return problem(503, "database unavailable", detail, instance=request.url.path)
 
     async def unexpected(request: Request, exc: Exception) -> Response:
         log.exception("unexpected error on %s", request.url.path)
@@ -179,9 +176,10 @@ def install_problem_handlers(app: FastAPI) -> None:
     app.add_exception_handler(GatewayError, gateway_error)
     app.add_exception_handler(AuthError, auth_error)
     app.add_exception_handler(StarletteHTTPException, http_error)
-    app.add_exception_handler(sa.exc.OperationalError, database_unavailable)
-    # PostgreSQL's "relation does not exist" is a ProgrammingError: the tables gone is no bug.
-    app.add_exception_handler(sa.exc.ProgrammingError, database_unavailable)
+    # Not only OperationalError: PostgreSQL's "relation does not exist" is a ProgrammingError
+    # (the tables gone is no bug), a session the server ended (idle in a transaction too long)
+    # an InternalError.
+    app.add_exception_handler(sa.exc.DBAPIError, database_unavailable)
     app.add_exception_handler(Exception, unexpected)
 
 
