@@ -14,6 +14,7 @@ import fcntl
 import hashlib
 import math
 import os
+import resource
 import sqlite3
 import time
 from collections.abc import Iterator
@@ -26,7 +27,7 @@ from sqlalchemy import event
 from sqlalchemy.engine import Connection, Engine
 from sqlmodel import SQLModel
 
-from ledger.models import LEDGER_TABLES
+from ledger.models import ENTRIES, LEDGER_TABLES
 
 __all__ = [
     "ANSWER_GRACE",
@@ -36,9 +37,11 @@ __all__ = [
     "AppendTurns",
     "Timeouts",
     "advisory_lock_key",
+    "check_writable",
     "create_engine",
     "create_tables",
     "sqlite_file",
+    "sqlite_room",
     "sqlite_url",
 ]
 
@@ -129,6 +132,23 @@ def sqlite_file(engine: Engine) -> Path | None:
     if not database or database == ":memory:" or database.startswith("file::memory:"):
         return None
     return Path(database)
+
+
+def sqlite_room(engine: Engine) -> int | None:
+    """How many bytes a SQLite database's files may still grow by: the free space of their file
+    system, or less where this process may write no file past a size (``RLIMIT_FSIZE``, as
+    ``ulimit -f`` sets it). None for another database or an in-memory one."""
+    database = sqlite_file(engine)
+    if database is None:
+        return None
+    usage = os.statvfs(database.parent)
+    room = usage.f_bavail * usage.f_frsize
+    limit, _ = resource.getrlimit(resource.RLIMIT_FSIZE)
+    if limit != resource.RLIM_INFINITY:
+        files = [database, Path(f"{database}-wal")]  # the two that grow
+        largest = max((path.stat().st_size for path in files if path.exists()), default=0)
+        room = min(room, limit - largest)
+    return max(0, room)
 
 
 class AppendTurns:
@@ -276,3 +296,27 @@ def create_tables(engine: Engine) -> None:
         if conn.dialect.name == "postgresql":
             conn.execute(sa.select(sa.func.pg_advisory_xact_lock(advisory_lock_key(conn))))
         SQLModel.metadata.create_all(conn, tables=list(LEDGER_TABLES))
+
+
+def check_writable(engine: Engine) -> None:
+    """Raise what an append would meet now, leaving nothing behind.
+
+    In one transaction that takes the append lock (SQLite ``BEGIN IMMEDIATE``, the PostgreSQL
+    advisory lock), a row is written to the entries' table as an append writes one, and rolled
+    back: a file or a server that takes no writes, a missing grant or table, a lock that another
+    process holds past the lock timeout all fail it. A connection that failed is dropped, not
+    pooled: a SQLite file opened read-only stays so for that connection.
+    """
+    conn = engine.connect().execution_options(**{WRITE: True})
+    try:
+        with conn.begin() as transaction:
+            if conn.dialect.name == "postgresql":
+                conn.execute(sa.select(sa.func.pg_advisory_xact_lock(advisory_lock_key(conn))))
+            probe = {"seq": -1, "kind": "probe", "leaf_hash": b"", "data": b"", "nodes": b""}
+            conn.execute(sa.insert(ENTRIES).values(probe))
+            transaction.rollback()
+    except BaseException:
+        conn.invalidate()
+        raise
+    finally:
+        conn.close()

@@ -522,6 +522,13 @@ class Ledger:
         return lease is not None and lease.held and not self._closed
 
     @property
+    def signer_problem(self) -> str | None:
+        """Why this ledger could not check the signer lease at its last try, for another reason
+        than another holder (the server unreachable, the lock file not writable), or None."""
+        lease = self._lease
+        return None if lease is None else lease.problem
+
+    @property
     def writing(self) -> bool:
         """Whether this ledger's writer is running (appends can be made)."""
         return self._writer is not None and self._writer.is_alive() and not self._closed

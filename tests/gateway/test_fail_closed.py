@@ -7,6 +7,7 @@ back, the gateway decides again and its ledger export verifies offline."""
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import itertools
 import os
 import re
@@ -588,15 +589,33 @@ class Process:
                 self.popen.wait()
 
 
-def launch(data_dir: Path, log: Path, *, file_limit: int | None = None) -> Process:
+# prctl(2): take a capability out of the bounding set, so that no program run after it has it.
+PR_CAPBSET_DROP = 24
+
+
+def drop_capabilities() -> None:
+    """Make this process, and what it runs, as unprivileged as any user's: with no capability
+    (root's included), file modes bind it. Where it is not root, it has none to drop."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    for capability in range(64):  # past the kernel's last one, prctl says EINVAL: nothing to do
+        libc.prctl(PR_CAPBSET_DROP, capability, 0, 0, 0)
+
+
+def launch(
+    data_dir: Path, log: Path, *, file_limit: int | None = None, unprivileged: bool = False
+) -> Process:
     """Start ``mandate serve`` on a free port. With ``file_limit``, no file it writes may grow
     past that many bytes (RLIMIT_FSIZE), as on a full disk: a write beyond fails with EFBIG
-    (SIGXFSZ ignored, so the process is told rather than killed)."""
+    (SIGXFSZ ignored, so the process is told rather than killed). ``unprivileged``: it runs
+    without capabilities, as a service's own user would (tests run as root, whom file modes do
+    not stop)."""
 
-    def limit_files() -> None:
+    def limit() -> None:
         if file_limit is not None:
             signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
             resource.setrlimit(resource.RLIMIT_FSIZE, (file_limit, file_limit))
+        if unprivileged:
+            drop_capabilities()
 
     env = {name: value for name, value in os.environ.items() if not name.startswith("MANDATE_")}
     port = free_port()
@@ -607,7 +626,7 @@ def launch(data_dir: Path, log: Path, *, file_limit: int | None = None) -> Proce
             stdout=out,
             stderr=out,
             env=env,
-            preexec_fn=limit_files,
+            preexec_fn=limit,
         )
     return Process(popen, f"http://127.0.0.1:{port}", log)
 
@@ -627,8 +646,10 @@ def serve_process() -> Iterator[Callable[..., Process]]:
     test."""
     started: list[Process] = []
 
-    def start(data_dir: Path, log: Path, *, file_limit: int | None = None) -> Process:
-        process = launch(data_dir, log, file_limit=file_limit)
+    def start(
+        data_dir: Path, log: Path, *, file_limit: int | None = None, unprivileged: bool = False
+    ) -> Process:
+        process = launch(data_dir, log, file_limit=file_limit, unprivileged=unprivileged)
         started.append(process)
         if (
             not wait_for(
@@ -694,12 +715,7 @@ def test_a_damaged_signing_key_file_keeps_the_gateway_from_starting_and_says_why
     assert verdicts(entries) == {decided.json()["action_id"]: "execute"}
 
 
-# What SQLite says when a write fails: EFBIG (over the file size limit) is an I/O error to it,
-# ENOSPC (a full file system) a full disk.
-DISK_FULL = re.compile(r"disk I/O error|database or disk is full")
-
-
-def test_a_full_disk_gives_503_never_an_execute_and_the_ledger_verifies_after(
+def test_a_data_dir_the_gateway_cannot_write_is_not_ready_and_says_why(
     tmp_path: Path, serve_gateway: Serve, serve_process: Callable[..., Process]
 ) -> None:
     data = tmp_path / "data"
@@ -713,41 +729,105 @@ def test_a_full_disk_gives_503_never_an_execute_and_the_ledger_verifies_after(
     vkey = public_key(first.settings)
     first.stop()
 
-    # The disk now has room for a little more than what is on it.
+    # Its files are now read-only (restored from a backup that kept them so, say): the
+    # gateway's user may read them, not write them.
+    files = [path for path in data.iterdir() if path.is_file()]
+    modes = {path: path.stat().st_mode for path in files}
+    for path in files:
+        path.chmod(0o400)
+    stuck = serve_process(data, tmp_path / "gateway.log", unprivileged=True)
+    auditor = stuck.client(auditor_token)
+    ready = auditor.get("/readyz")
+    reason = not_ready(ready)
+    assert "ledger: unavailable: cannot write" in reason, reason
+    assert "readonly database" in reason, reason
+    # The lease file is as unwritable as the rest: this process cannot sign, and it says so
+    # rather than blame another process.
+    signer = ready.json()["checks"]["checkpoint_signer"]
+    assert "another process" not in signer, signer
+    assert "Permission denied" in signer, signer
+    body = good_booking()
+    problem = assert_problem(stuck.client(booker_token).post("/v1/actions", json=body), 503)
+    assert "readonly database" in problem["detail"], problem
+    assert not_ready(auditor.get("/readyz")) == reason
+    assert answers_health(stuck)
+    stuck.stop()
+
+    # Writable again: ready, and the refused proposal is decided now, on the same ledger.
+    for path, mode in modes.items():
+        path.chmod(mode)
+    again = serve_gateway(database, data_dir=data)
+    assert again.client(auditor_token).get("/readyz").status_code == 200
+    answer = again.client(booker_token).post("/v1/actions", json=body)
+    assert answer.json()["verdict"] == "execute"
+    entries = verified_export(again.url, vkey, auditor_token, tmp_path)
+    assert verdicts(entries) == {a.json()["action_id"]: "execute" for a in (before, answer)}
+
+
+# What SQLite says when a write fails: EFBIG (over the file size limit) is an I/O error to it,
+# ENOSPC (a full file system) a full disk.
+DISK_FULL = re.compile(r"disk I/O error|database or disk is full")
+
+
+def test_a_disk_filling_up_fails_readiness_before_decisions_then_503_never_an_execute(
+    tmp_path: Path, serve_gateway: Serve, serve_process: Callable[..., Process]
+) -> None:
+    data = tmp_path / "data"
+    data.mkdir()
+    database = Database(f"sqlite:///{data / 'mandate.db'}")  # where ``mandate serve`` keeps it
+    first = serve_gateway(database, data_dir=data)
+    booker_token = first.token("booking-agent")
+    auditor_token = first.token("auditor")
+    before = first.client(booker_token).post("/v1/actions", json=good_booking())
+    assert before.json()["verdict"] == "execute"
+    vkey = public_key(first.settings)
+    first.stop()
+
+    # The disk now has room for 2 MiB more than what is on it: ready (it keeps 1 MiB, 16
+    # bodies of the largest size, for decisions).
     largest = max(path.stat().st_size for path in data.iterdir() if path.is_file())
-    full = serve_process(data, tmp_path / "gateway.log", file_limit=largest + 256 * 1024)
+    full = serve_process(data, tmp_path / "gateway.log", file_limit=largest + 2 * 1024 * 1024)
     booker = full.client(booker_token)
     auditor = full.client(auditor_token)
+    assert auditor.get("/readyz").status_code == 200
     decided = {before.json()["action_id"]: "execute"}  # action id -> verdict answered with 200
     refused: list[dict[str, Any]] = []
-    reason = ""
-    # Propose until the disk is full: a proposal refused and readiness failing. (A refused
-    # proposal may leave room for readiness's own smaller append: then the gateway is ready
-    # until the next refusal.)
-    for n in range(1000):
+
+    def propose(n: int) -> httpx.Response:
         body = good_booking() if n % 2 else proposal("parking", "booking.create", confidence=0.5)
         answer = booker.post("/v1/actions", json=body)
         if answer.status_code == 200:
             decided[answer.json()["action_id"]] = answer.json()["verdict"]
-            continue
-        problem = assert_problem(answer, 503)
-        assert problem["detail"].startswith("the ledger did not record the decision: "), problem
-        refused.append(body)
+        else:
+            refused.append(body)
+        return answer
+
+    # Propose until readiness fails: it does while decisions still succeed, as the room left
+    # for the database's files falls under what it keeps.
+    reason = ""
+    for n in range(1000):
+        assert propose(n).status_code == 200
         ready = auditor.get("/readyz")
         if ready.status_code != 200:
             reason = not_ready(ready)
             break
-    assert reason, "the disk never filled up"
+    assert reason.startswith("disk: full: "), reason
+    # A client that does not heed readiness fills the disk: its proposals are refused, none
+    # executes, and the gateway never says it is ready again meanwhile.
+    for n in range(1000):
+        answer = propose(n)
+        assert auditor.get("/readyz").status_code == 503
+        if answer.status_code != 200:
+            problem = assert_problem(answer, 503)
+            assert problem["detail"].startswith("the ledger did not record the decision: ")
+            assert DISK_FULL.search(problem["detail"]), problem
+        if len(refused) == 4:
+            break
+    assert len(refused) == 4, "the disk never filled up"
     assert set(decided.values()) == {"execute", "hold"}
-    # Full: every proposal is refused, none executes, and readiness says why.
-    for _ in range(4):
-        body = good_booking()
-        problem = assert_problem(booker.post("/v1/actions", json=body), 503)
-        assert DISK_FULL.search(problem["detail"]), problem
-        refused.append(body)
-    assert reason.startswith("ledger: appends are failing"), reason
-    assert DISK_FULL.search(reason), reason
-    assert not_ready(auditor.get("/readyz")) == reason
+    reason = not_ready(auditor.get("/readyz"))
+    assert "disk: full: " in reason, reason
+    assert DISK_FULL.search(reason), reason  # and the ledger says why its appends fail
     assert answers_health(full)
     full.stop()
 
