@@ -34,10 +34,14 @@ class _Watchdog:
     """The waits for an answer in progress, and the thread that ends the overdue ones."""
 
     def __init__(self) -> None:
+        self._ids = itertools.count()
+        self._start_afresh()
+
+    def _start_afresh(self) -> None:
+        """No waits, no thread yet (also in a forked child, which has neither)."""
         self._lock = threading.Lock()
         self._waits: dict[int, tuple[float, int]] = {}  # wait -> (deadline, socket)
         self._overdue: set[int] = set()
-        self._ids = itertools.count()
         self._thread: threading.Thread | None = None
 
     @contextlib.contextmanager
@@ -97,6 +101,7 @@ def _shut_down(fd: int) -> None:
 
 
 _WATCHDOG = _Watchdog()
+os.register_at_fork(after_in_child=_WATCHDOG._start_afresh)
 
 
 class _Connection(psycopg.Connection[Any]):
