@@ -1,4 +1,5 @@
-"""Database engines for the ledger: SQLite (WAL, fsync on commit) or PostgreSQL (psycopg 3).
+"""Database engines for the ledger: SQLite (WAL, fsync on commit) or PostgreSQL (psycopg 3, every
+wait on the server bounded: ``Timeouts``).
 
 Appends are serialised across processes: on SQLite by ``BEGIN IMMEDIATE`` (the write lock is
 taken before the tail is read), on PostgreSQL by a transaction-scoped advisory lock whose key is
