@@ -11,6 +11,7 @@ import orjson
 import sqlalchemy as sa
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
+from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -24,6 +25,7 @@ from gateway.errors import (
     NotFound,
 )
 from gateway.identity import AuthError, authenticate
+from gateway.migrations import schema_fault
 
 __all__ = ["BodyLimit", "install_problem_handlers", "problem", "replaying"]
 
@@ -52,6 +54,8 @@ _STATUS: dict[type[Exception], int] = {
     DecisionUnavailable: 503,
 }
 log = logging.getLogger("mandate")
+# How SQLite and PostgreSQL say that a table does not exist.
+_MISSING_TABLE = re.compile(r'no such table: (\S+)|relation "([^"]+)" does not exist')
 
 
 def problem(
@@ -141,18 +145,28 @@ def install_problem_handlers(app: FastAPI) -> None:
         )
 
     async def database_unavailable(request: Request, exc: Exception) -> Response:
-        # The database went away (or its disk filled) under a request that needed it, be it
-        # only to check the token: nothing was decided or done. The driver's own words, which
-        # name hosts and ports, go to the log, not to a caller who may not be authenticated.
-        cause = getattr(exc, "orig", None) or exc
+        # The database went away (or its disk filled, or its tables) under a request that
+        # needed it, be it only to check the token: nothing was decided or done. The driver's
+        # own words, which name hosts and ports, go to the log, not to a caller who may not be
+        # authenticated.
+        assert isinstance(exc, sa.exc.DBAPIError)
+        cause = exc.orig or exc
+        missing = _MISSING_TABLE.search(str(cause))
+        if missing is None and not (
+            exc.connection_invalidated or isinstance(exc, sa.exc.OperationalError)
+        ):
+            return await unexpected(request, exc)  # a statement of ours that is wrong
         log.warning("failing closed on %s: the database failed: %s", request.url.path, cause)
-        return problem(
-            503,
-            "database unavailable",
+        detail = (
             "the gateway's database is unavailable: nothing was decided or executed; "
-            "try again later",
-            instance=request.url.path,
+            "try again later"
         )
+        if missing is not None:
+            # It asks the database what else is gone: off the event loop.
+            fault = await run_in_threadpool(_schema_fault, request)
+            found = fault or f"the database has no table {missing[1] or missing[2]}"
+            detail = f"{found}; nothing was decided or executed"
+        return problem(503, "database unavailable", detail, instance=request.url.path)
 
     async def unexpected(request: Request, exc: Exception) -> Response:
         log.exception("unexpected error on %s", request.url.path)
@@ -162,7 +176,10 @@ def install_problem_handlers(app: FastAPI) -> None:
     app.add_exception_handler(GatewayError, gateway_error)
     app.add_exception_handler(AuthError, auth_error)
     app.add_exception_handler(StarletteHTTPException, http_error)
-    app.add_exception_handler(sa.exc.OperationalError, database_unavailable)
+    # Not only OperationalError: PostgreSQL's "relation does not exist" is a ProgrammingError
+    # (the tables gone is no bug), a session the server ended (idle in a transaction too long)
+    # an InternalError.
+    app.add_exception_handler(sa.exc.DBAPIError, database_unavailable)
     app.add_exception_handler(Exception, unexpected)
 
 
@@ -191,6 +208,18 @@ def _unauthenticated(request: Request) -> AuthError | None:
     except AuthError as exc:
         return exc
     return None
+
+
+def _schema_fault(request: Request) -> str | None:
+    """Why the database's schema does not serve this gateway, if it can tell (see
+    ``gateway.migrations.schema_fault``)."""
+    runtime = getattr(request.app.state, "runtime", None)
+    if runtime is None:
+        return None
+    try:
+        return schema_fault(runtime.engine)
+    except Exception:
+        return None
 
 
 def _title(status: int) -> str:

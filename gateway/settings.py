@@ -12,6 +12,8 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
+from ledger.database import ANSWER_GRACE, Timeouts
+
 __all__ = ["Settings"]
 
 
@@ -27,6 +29,38 @@ class Settings(BaseSettings):
         None, description="SQLAlchemy URL; default: SQLite in the data dir"
     )
     database_schema: str | None = Field(None, description="PostgreSQL schema (search path)")
+    # Every wait on a PostgreSQL server is bounded (ledger.database.Timeouts): one that stops
+    # answering is a 503 that says so, not a request (and the ledger's writer) held for good.
+    database_connect_timeout: float = Field(
+        Timeouts.connect,
+        gt=0,
+        description="PostgreSQL: seconds a connection attempt may take (libpq waits 2 s at least)",
+    )
+    database_statement_timeout: float = Field(
+        Timeouts.statement,
+        gt=0,
+        description="PostgreSQL: seconds a statement may run before the server cancels it; "
+        f"with no answer at all, the gateway stops waiting {ANSWER_GRACE:g} s later (a "
+        "statement, a commit) and drops the connection",
+    )
+    database_lock_timeout: float = Field(
+        Timeouts.lock,
+        gt=0,
+        description="PostgreSQL: seconds a statement may wait for a lock, the ledger's append "
+        "lock among them",
+    )
+    database_idle_in_transaction_timeout: float = Field(
+        Timeouts.idle_in_transaction,
+        gt=0,
+        description="PostgreSQL: the server ends a session that sits that many seconds in a "
+        "transaction, freeing its locks (a gateway that froze mid-append holds no one up)",
+    )
+    database_keepalive: float = Field(
+        Timeouts.keepalive,
+        ge=1,
+        description="PostgreSQL: TCP keepalive probes after that many silent seconds, then as "
+        "often; 3 unanswered (or data unacknowledged 4 times as long) drop the connection",
+    )
     auto_migrate: bool = Field(
         True,
         description="on start, bring the database's schema up to date (Alembic migrations); "
@@ -123,6 +157,17 @@ class Settings(BaseSettings):
     def database(self) -> str:
         """The database URL in effect."""
         return self.database_url or f"sqlite:///{self.data_dir / 'mandate.db'}"
+
+    @property
+    def database_timeouts(self) -> Timeouts:
+        """The bounds of every wait on a PostgreSQL server."""
+        return Timeouts(
+            connect=self.database_connect_timeout,
+            statement=self.database_statement_timeout,
+            lock=self.database_lock_timeout,
+            idle_in_transaction=self.database_idle_in_transaction_timeout,
+            keepalive=self.database_keepalive,
+        )
 
     @property
     def key_path(self) -> Path:

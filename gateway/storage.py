@@ -17,7 +17,9 @@ def open_engine(settings: Settings) -> Engine:
     """The engine for the configured database; creates the data dir for SQLite."""
     if settings.database_url is None:
         settings.data_dir.mkdir(parents=True, exist_ok=True)
-    return create_engine(settings.database, schema=settings.database_schema)
+    return create_engine(
+        settings.database, schema=settings.database_schema, timeouts=settings.database_timeouts
+    )
 
 
 def signing_key(settings: Settings) -> NoteSigner:

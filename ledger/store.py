@@ -135,6 +135,12 @@ class Ledger:
         return self._writer is not None and self._writer.signs_periodically
 
     @property
+    def signer_problem(self) -> str | None:
+        """Why this ledger could not check the signer lease at its last try, for another reason
+        than another holder (the server unreachable, the lock file not writable), or None."""
+        return None if self._writer is None else self._writer.signer_problem
+
+    @property
     def writing(self) -> bool:
         """Whether this ledger's writer is running (appends can be made)."""
         return self._writer is not None and self._writer.running

@@ -188,6 +188,12 @@ class Writer:
         return self._failure
 
     @property
+    def signer_problem(self) -> str | None:
+        """Why the signer lease could not be checked at the last try, for another reason than
+        another holder (the server unreachable, the lock file not writable), or None."""
+        return None if self._lease is None else self._lease.problem
+
+    @property
     def signs_periodically(self) -> bool:
         """Whether this writer holds the signer lease, as its last check found; never once
         closed."""

@@ -8,6 +8,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 import schemathesis
 from hypothesis import HealthCheck, settings
@@ -94,6 +95,90 @@ def test_every_endpoint_answers_within_its_schema(
         # a schema-valid request may still get a 422 that names the field.
         excluded_checks=[schemathesis.checks.positive_data_acceptance],
     )
+
+
+# -- integer parameters ----------------------------------------------------------------------------
+
+
+def _integer_parameters() -> list[tuple[str, str, dict[str, Any]]]:
+    """(path, name, schema) of every integer query or path parameter the document declares:
+    those of GET operations, the only ones that take any today."""
+    found = []
+    for path, operations in json.loads(DOCUMENT.read_text())["paths"].items():
+        for method, operation in operations.items():
+            for parameter in operation.get("parameters", []):
+                schema = parameter["schema"]
+                integer = next(
+                    (s for s in [schema, *schema.get("anyOf", [])] if s.get("type") == "integer"),
+                    None,
+                )
+                if integer is not None:
+                    assert method == "get", (method, path, parameter["name"])
+                    found.append((path, parameter["name"], integer))
+    return found
+
+
+def _role(path: str) -> str:
+    """The role that may call a path (as ``RoleToken`` chooses it)."""
+    if path.startswith("/v1/policies"):
+        return "policy-admin"
+    return "executor" if path.startswith("/v1/actions") else "auditor"
+
+
+def test_every_integer_parameter_declares_its_bounds() -> None:
+    # Declared, they are what schemathesis generates at and past (its coverage phase): the run
+    # above then tries the largest value each one takes, and the first one past it.
+    parameters = _integer_parameters()
+    assert parameters
+    for path, name, schema in parameters:
+        assert "minimum" in schema, (path, name, schema)
+        assert "maximum" in schema, (path, name, schema)
+
+
+@pytest.mark.parametrize(
+    ("path", "name", "schema"),
+    _integer_parameters(),
+    ids=[f"{path}?{name}" for path, name, _ in _integer_parameters()],
+)
+def test_an_integer_parameter_outside_its_bounds_gets_422_naming_it(
+    gateway: LiveGateway, tokens: dict[str, str], path: str, name: str, schema: dict[str, Any]
+) -> None:
+    required = {
+        other: bounds.get("minimum", 0)
+        for other_path, other, bounds in _integer_parameters()
+        if other_path == path and other != name
+    }
+    headers = {"Authorization": f"Bearer {tokens[_role(path)]}"}
+    with httpx.Client(base_url=gateway.url, headers=headers, timeout=30.0) as client:
+        for value in (
+            schema["maximum"] + 1,
+            10**23,
+            schema["minimum"] - 1,
+            -(10**23),
+        ):
+            answer = client.get(path, params=required | {name: value})
+            assert answer.status_code == 422, (value, answer.text)
+            assert answer.headers["content-type"].startswith("application/problem+json")
+            assert [e["field"] for e in answer.json()["errors"]] == [name], answer.text
+        # The largest value it takes is answered, whatever the other parameters are.
+        for others in (required, {other: 1000 for other in required}):
+            answer = client.get(path, params=others | {name: schema["maximum"]})
+            assert answer.status_code in (200, 422), (others, answer.text)
+
+
+def test_the_last_entries_a_bigint_holds_are_an_empty_page(
+    gateway: LiveGateway, tokens: dict[str, str]
+) -> None:
+    headers = {"Authorization": f"Bearer {tokens['auditor']}"}
+    with httpx.Client(base_url=gateway.url, headers=headers, timeout=30.0) as client:
+        answer = client.get(
+            "/v1/ledger/entries", params={"start": 9223372036854775000, "limit": 1000}
+        )
+        assert answer.status_code == 200, answer.text
+        assert answer.json() == []
+        answer = client.get("/v1/ledger/entries", params={"start": "99999999999999999999999"})
+        assert answer.status_code == 422, answer.text
+        assert [e["field"] for e in answer.json()["errors"]] == ["start"]
 
 
 def test_linked_calls_answer_within_their_schema(

@@ -50,6 +50,7 @@ __all__ = [
     "ensure_schema",
     "head",
     "model_metadata",
+    "schema_fault",
     "schema_state",
     "upgrade",
 ]
@@ -164,6 +165,23 @@ def schema_state(engine: Engine) -> SchemaState:
     """Where the database stands; reads only, takes no lock."""
     with engine.connect() as conn:
         return _state(conn)
+
+
+def schema_fault(engine: Engine) -> str | None:
+    """Why a running gateway cannot work on its database's schema, or None when it is at head.
+
+    Its tables all gone (the database dropped and made again, or replaced by an empty one): a
+    gateway that opened the old one must start again on the new one, whose ledger begins anew.
+    """
+    state = schema_state(engine)
+    if state.at_head:
+        return None
+    if state.current is None and not state.unversioned_tables:
+        return (
+            "the database has no Mandate tables (dropped, or replaced by an empty one?): "
+            f"restore it, or {UPGRADE_HINT} and restart the gateway"
+        )
+    return state.describe()
 
 
 def differences(conn: Connection, metadata: sa.MetaData) -> list[Any]:

@@ -18,6 +18,7 @@ from gateway.schemas import Problem
 
 __all__ = [
     "AUTH_PROBLEMS",
+    "MAX_INTEGER",
     "Caller",
     "Rt",
     "problem_doc",
@@ -52,6 +53,10 @@ AUTH_PROBLEMS: dict[int | str, dict[str, Any]] = {
         }
     },
 }
+
+# The largest integer a parameter may carry: a SQL BIGINT's, the widest the database compares
+# (seqs, tree sizes, ids). Past it, SQLite cannot even take it as a statement's parameter.
+MAX_INTEGER = 2**63 - 1
 
 _bearer = HTTPBearer(auto_error=False, description="A token from `mandate token create`.")
 

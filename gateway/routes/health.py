@@ -8,11 +8,14 @@ from typing import Any
 import sqlalchemy as sa
 from fastapi import APIRouter
 from fastapi.responses import JSONResponse, Response
+from sqlalchemy.engine import Engine
 
 from gateway.identity import Identity
+from gateway.migrations import schema_fault
 from gateway.pipeline import ZERO_STATS, ActivePolicy, rego_input
 from gateway.routes.deps import AUTH_PROBLEMS, Caller, Rt
 from gateway.strict_json import StrictJSONRoute
+from ledger.database import check_writable, sqlite_room
 from ledger.entry import format_time
 from ledger.store import Ledger
 
@@ -37,13 +40,19 @@ def readyz(runtime: Rt, _caller: Caller) -> Response:
     try:
         with runtime.engine.connect() as conn:
             conn.execute(sa.text("SELECT 1"))
-        checks["database"] = "ok"
+        checks["database"] = schema_fault(runtime.engine) or "ok"
     except Exception as exc:
         checks["database"] = f"unavailable: {_why(exc)}"
     try:
-        checks["ledger"] = _ledger_check(runtime.ledger)
+        checks["ledger"] = _ledger_check(runtime.ledger, runtime.engine)
     except Exception as exc:
         checks["ledger"] = f"unavailable: {_why(exc)}"
+    try:
+        room = sqlite_room(runtime.engine)
+        if room is not None:
+            checks["disk"] = _disk_check(room, _ROOM_PER_BODY * runtime.settings.max_body_bytes)
+    except Exception as exc:
+        checks["disk"] = f"unavailable: {_why(exc)}"
     checks["signing_key"] = "ok" if runtime.ledger.signer is not None else "no signing key"
     policy = runtime.decider.policy
     unavailable = policy.engine.unavailable() or _policy_fails(policy)
@@ -77,19 +86,44 @@ def _signer_check(ledger: Ledger) -> str:
         return "ok (this process signs the periodic checkpoints)"
     if ledger.signer is None or not ledger.writing:
         return "ok (this process signs no periodic checkpoints)"
+    if ledger.signer_problem is not None:
+        # Its own failure (a lock file it may not write, the server gone), not another holder.
+        return f"this process cannot take the signer lease: {ledger.signer_problem}"
     return "ok (another process holds the signer lease)"
 
 
-def _ledger_check(ledger: Ledger) -> str:
+# The room a SQLite database's disk keeps for decisions before readiness fails, in requests of
+# the largest size: a decision writes its body a few times over (entries, rows, the WAL).
+_ROOM_PER_BODY = 16
+
+
+def _disk_check(room: int, need: int) -> str:
+    """Whether the disk of a SQLite database has room for decisions: ready no more once less
+    than ``need`` bytes are left, before the appends themselves fail."""
+    mib = 1024 * 1024
+    if room >= need:
+        return f"ok ({room / mib:.1f} MiB free for the database)"
+    return (
+        f"full: {room / mib:.2f} MiB left for the database's files, "
+        f"less than the {need / mib:.2f} MiB kept for decisions"
+    )
+
+
+def _ledger_check(ledger: Ledger, engine: Engine) -> str:
     """Whether the ledger can take an append now.
 
-    Its table must be readable and its writer running. After a transaction of the writer
+    Its table must be readable, its writer running, and the database must take an append's
+    write (``ledger.database.check_writable``, rolled back). After a transaction of the writer
     failed (the disk full, the server gone), the ledger is not ready until one commits; a
     checkpoint of the entries since the last one is that commit, made here, a real append. With
     no entry to checkpoint there is nothing to try: the ledger's periodic checkpoint tries."""
     size = ledger.size()  # the ledger's own table, not just its writer thread
     if not ledger.writing:
         return "the ledger writer is not running"
+    try:
+        check_writable(engine)
+    except Exception as exc:
+        return f"unavailable: cannot write: {_why(exc)}"
     failure = ledger.failure
     if failure is None:
         return "ok"

@@ -19,7 +19,7 @@ from sqlalchemy.engine import Engine
 from gateway.binding import confine
 from gateway.errors import InvalidInput
 from gateway.models import ACTIONS, AUTONOMY_CHANGES, EVENTS, PROMOTION_VOTES, PROMOTIONS
-from gateway.routes.deps import AUTH_PROBLEMS, Caller, Rt, problem_doc
+from gateway.routes.deps import AUTH_PROBLEMS, MAX_INTEGER, Caller, Rt, problem_doc
 from gateway.schemas import (
     CheckpointView,
     ConsistencyProofView,
@@ -74,7 +74,7 @@ def checkpoint(runtime: Rt, _caller: Caller) -> CheckpointView:
 def entries(
     runtime: Rt,
     identity: Caller,
-    start: Annotated[int, Query(ge=0, description="First seq.")] = 0,
+    start: Annotated[int, Query(ge=0, le=MAX_INTEGER, description="First seq.")] = 0,
     limit: Annotated[int, Query(ge=1, le=1000, description="How many, at most.")] = 100,
 ) -> list[EntryView]:
     """Auditors, governors and policy admins read entries (bodies may be sensitive). A token
@@ -82,7 +82,7 @@ def entries(
     actions' (proposal to outcome, votes, audits), its case types' level changes, and its
     promotions with their votes; next page from the last seq + 1."""
     if identity.workflow is None:
-        stored = list(runtime.ledger.entries(start, start + limit))
+        stored = list(runtime.ledger.entries(start, min(start + limit, MAX_INTEGER)))
     else:
         seqs = _about(runtime.engine, identity.workflow, start, limit)
         stored = runtime.ledger.entries_at(seqs)
@@ -128,10 +128,14 @@ def _about(engine: Engine, workflow: str, start: int, limit: int) -> list[int]:
 def inclusion(
     runtime: Rt,
     _caller: Caller,
-    seq: Annotated[int, Query(ge=0, description="The entry.")],
+    seq: Annotated[int, Query(ge=0, le=MAX_INTEGER, description="The entry.")],
     size: Annotated[
         int | None,
-        Query(ge=1, description="Tree size [default: the latest checkpoint's, if it holds seq]."),
+        Query(
+            ge=1,
+            le=MAX_INTEGER,
+            description="Tree size [default: the latest checkpoint's, if it holds seq].",
+        ),
     ] = None,
 ) -> InclusionProofView:
     """Check with ledger.merkle.verify_inclusion against a checkpoint's root."""
@@ -167,9 +171,12 @@ def inclusion(
 def consistency(
     runtime: Rt,
     _caller: Caller,
-    first: Annotated[int, Query(alias="from", ge=1, description="The older tree size.")],
+    first: Annotated[
+        int, Query(alias="from", ge=1, le=MAX_INTEGER, description="The older tree size.")
+    ],
     second: Annotated[
-        int | None, Query(alias="to", ge=1, description="The newer one [default: all].")
+        int | None,
+        Query(alias="to", ge=1, le=MAX_INTEGER, description="The newer one [default: all]."),
     ] = None,
 ) -> ConsistencyProofView:
     """Proves the tree of size `to` extends the tree of size `from` (nothing rewritten)."""

@@ -26,7 +26,7 @@ from gateway.policies import PolicyLifecycle, Slot, build_policy, refusal
 from gateway.policy.bundle import Bundle, BundleError, bundle_from_files, file_manifest
 from gateway.policy.rego import EngineError
 from gateway.replay import Progress, Replayer, ReplayReport, parse_since
-from gateway.routes.deps import AUTH_PROBLEMS, Caller, Rt, problem_doc
+from gateway.routes.deps import AUTH_PROBLEMS, MAX_INTEGER, Caller, Rt, problem_doc
 from gateway.runtime import Runtime
 from gateway.schemas import (
     ActivationView,
@@ -166,7 +166,8 @@ def shadow(
     identity: Caller,
     limit: Annotated[int, Query(ge=1, le=500, description="How many, at most.")] = 100,
     before: Annotated[
-        int | None, Query(ge=1, description="Only disagreements older than this id.")
+        int | None,
+        Query(ge=1, le=MAX_INTEGER, description="Only disagreements older than this id."),
     ] = None,
     verdict_changes_only: Annotated[
         bool, Query(description="Leave out those with the same verdict for other reasons.")
