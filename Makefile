@@ -39,7 +39,7 @@ audit:
 	  -r requirements.lock
 
 openapi: $(STAMP)
-	$(BIN)/python -m gateway.openapi > openapi/openapi.json
+	$(BIN)/python -m gateway.server.openapi > openapi/openapi.json
 
 clean:
 	rm -rf $(VENV) $(AUDIT_VENV) .mandate .pytest_cache .mypy_cache .ruff_cache

@@ -32,7 +32,7 @@ import httpx
 import sqlalchemy as sa
 
 from adapters.receiver import Receiver, _handler
-from gateway.serving import free_port
+from gateway.server.serving import free_port
 from ledger.database import create_engine
 
 __all__ = [
@@ -73,7 +73,7 @@ def mandate_command() -> list[str]:
     found = shutil.which("mandate")
     if found:
         return [found]
-    return [sys.executable, "-c", "from gateway.cli import app; app()"]
+    return [sys.executable, "-c", "from gateway.cli.main import app; app()"]
 
 
 def clean_env(**settings: str) -> dict[str, str]:

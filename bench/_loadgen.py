@@ -284,7 +284,8 @@ async def _http_main(args: dict[str, Any]) -> dict[str, Any]:
 
 
 def _payload(key: str) -> dict[str, Any]:
-    """What the gateway's webhook carries (``gateway.execution.payload_for``), for a booking."""
+    """What the gateway's webhook carries (``gateway.execution.dispatcher.payload_for``), for a
+    booking."""
     return {
         "action_id": key,
         "proposal_seq": 1234,

@@ -39,12 +39,12 @@ from pathlib import Path
 import sqlalchemy as sa
 
 from bench._common import Context, Figure
-from gateway.figures import WindowSpec, figures_row
+from gateway.autonomy.figures import WindowSpec, figures_row
+from gateway.db.tables import FIGURES
+from gateway.decision.decider import AutonomyBook, Decider
 from gateway.identity import Identity
-from gateway.models import FIGURES
-from gateway.pipeline import AutonomyBook, Decider
-from gateway.runtime import Runtime
 from gateway.schemas import Proposal
+from gateway.server.runtime import Runtime
 from gateway.settings import Settings
 from ledger.entry import format_time
 

@@ -1,4 +1,4 @@
-"""What the strict parse of a request body costs (``gateway.strict_json.parse_body``), against
+"""What the strict parse of a request body costs (``gateway.api.strict_json.parse_body``), against
 the lenient parse it replaced (``json.loads``, what FastAPI ran on every JSON body).
 
 The bodies: a typical proposal (the README's, with an amount and a context; about 300 bytes)
@@ -24,7 +24,7 @@ from functools import partial
 from typing import Any
 
 from bench._common import Context, Figure
-from gateway.strict_json import BodyError, parse_body
+from gateway.api.strict_json import BodyError, parse_body
 
 NAME = "body_parse"
 GROUP = "gateway"

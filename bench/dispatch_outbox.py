@@ -52,8 +52,8 @@ from bench._gateway import (
     sqlite_rows,
 )
 from bench._loadgen import webhook_calls
-from gateway.runtime import Runtime
 from gateway.schemas import Proposal
+from gateway.server.runtime import Runtime
 from gateway.settings import Settings
 
 NAME = "dispatch_outbox"

@@ -37,8 +37,8 @@ from typing import Any
 from bench._common import Context, Figure, percentile
 from bench._gateway import POLICIES
 from gateway.identity import Identity
-from gateway.runtime import Runtime
 from gateway.schemas import Proposal
+from gateway.server.runtime import Runtime
 from gateway.settings import Settings
 from ledger.store import Record
 

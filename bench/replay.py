@@ -7,9 +7,9 @@
   reused while its metadata says it is complete.
 - ``live_decide`` (the baseline): ``Decider.propose`` of the same mix on a fresh Runtime, 16 at a
   time, durable ledger append included: the rate at which the gateway decides live.
-- ``replay``: ``gateway.replay.Replayer`` over the whole history with the bundle that made each
-  decision (read from the database): every decision entry is read back in pages, its inputs
-  rebuilt and decided again, one at a time in one thread. The note says how many verdicts
+- ``replay``: ``gateway.lifecycle.replay.Replayer`` over the whole history with the bundle that
+  made each decision (read from the database): every decision entry is read back in pages, its
+  inputs rebuilt and decided again, one at a time in one thread. The note says how many verdicts
   changed (0 expected) and how many Rego inputs did not rebuild byte for byte (0 expected).
 
 The issue asks replay not to be slower than live deciding: ``replay`` >= 100 % of
@@ -30,12 +30,12 @@ from typing import Any
 
 from bench._common import Context, Figure
 from bench.dataset import remove_sqlite
-from gateway.demo import proposals as demo_mix
+from gateway.cli.demo import proposals as demo_mix
 from gateway.identity import Identity
-from gateway.policies import BundleStore, build_policy
-from gateway.replay import Replayer
-from gateway.runtime import Runtime
+from gateway.lifecycle.activation import BundleStore, build_policy
+from gateway.lifecycle.replay import Replayer
 from gateway.schemas import Proposal
+from gateway.server.runtime import Runtime
 from gateway.settings import Settings
 from ledger.database import create_engine, sqlite_url
 from ledger.store import Ledger

@@ -8,7 +8,7 @@ type's level, a promotion), ``confine`` is called with that workflow; lists are 
 with workflow None, which no bound token reaches. A refusal is a 403 (Forbidden) that names the
 token's binding and nothing of the other workflow; an id the caller sent is named back.
 
-A binding only narrows: inside its workflow, the role rule (``gateway.access``) and the
+A binding only narrows: inside its workflow, the role rule (``gateway.api.access``) and the
 bundle's Casbin lines decide as they do for a token bound to none.
 """
 

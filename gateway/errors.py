@@ -1,4 +1,4 @@
-"""The gateway's domain errors. They know nothing of HTTP; ``gateway.problems`` maps them."""
+"""The gateway's domain errors. They know nothing of HTTP; ``gateway.api.problems`` maps them."""
 
 from __future__ import annotations
 

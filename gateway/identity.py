@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
-from gateway.models import TOKENS
+from gateway.db.tables import TOKENS
 from ledger.database import WRITE
 from ledger.entry import format_time
 

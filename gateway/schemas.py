@@ -508,7 +508,7 @@ class CorrectionRequest(BaseModel):
     details: dict[str, JsonValue] = Field(default_factory=dict)
 
 
-# -- the policy lifecycle (gateway.policies, gateway.replay) ----------------------------------
+# -- the policy lifecycle (gateway.lifecycle) ------------------------------------------------
 
 BundleFiles = Annotated[
     dict[str, str],

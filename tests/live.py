@@ -6,8 +6,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
-from gateway.runtime import Runtime
-from gateway.serving import serve_in_background
+from gateway.server.runtime import Runtime
+from gateway.server.serving import serve_in_background
 from gateway.settings import Settings
 
 

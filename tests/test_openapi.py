@@ -13,7 +13,7 @@ import pytest
 import schemathesis
 from hypothesis import HealthCheck, settings
 
-from gateway.openapi import render
+from gateway.server.openapi import render
 from gateway.settings import Settings
 from tests.live import LiveGateway, serve
 

@@ -62,9 +62,9 @@ class WorkflowConfig:
 
     ``action_types`` maps each action type an executor may propose in the workflow to the case
     types it may be (the unit of autonomy: its level, quorum and audit rate). The bundle decides
-    the case type, never the proposer: see ``gateway.pipeline.classify``. ``amount_scale`` is
-    the most decimals an amount (``params.amount``) may carry; ``signed_amounts`` lets amounts
-    be negative (they are positive otherwise).
+    the case type, never the proposer: see ``gateway.decision.decider.classify``.
+    ``amount_scale`` is the most decimals an amount (``params.amount``) may carry;
+    ``signed_amounts`` lets amounts be negative (they are positive otherwise).
     """
 
     name: str

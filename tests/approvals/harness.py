@@ -25,12 +25,12 @@ import orjson
 import sqlalchemy as sa
 import uvicorn
 
-from gateway.app import create_app
+from gateway.db.connect import open_engine
+from gateway.db.tables import INTENTS
 from gateway.identity import TokenBook
-from gateway.models import INTENTS
-from gateway.runtime import Runtime
+from gateway.server.app import create_app
+from gateway.server.runtime import Runtime
 from gateway.settings import Settings
-from gateway.storage import open_engine
 from ledger.keys import load_signing_key
 from ledger.note import NoteVerifier
 from ledger.verify import verify_export

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from typer.testing import CliRunner, Result
 
-from gateway.cli import app
+from gateway.cli.main import app
 from tests.approvals.conftest import Launch
 from tests.approvals.harness import Live, proposal, propose, vote
 from tests.autonomy.support import bundle, case_terms, refund

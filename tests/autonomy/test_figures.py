@@ -11,8 +11,8 @@ from typing import Any
 
 import rfc8785
 
+from gateway.decision.decider import rego_input
 from gateway.identity import Identity
-from gateway.pipeline import rego_input
 from tests.approvals.conftest import Launch
 from tests.approvals.harness import (
     Clock,

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from adapters.base import ENTRY_POINT_GROUP, Adapter, Dispatch, Notifier, load_factories
-from gateway.serving import free_port
+from gateway.server.serving import free_port
 from tests.approvals.conftest import Launch
 from tests.approvals.harness import (
     action_status,

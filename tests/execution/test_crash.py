@@ -12,10 +12,10 @@ from pathlib import Path
 import pytest
 
 from adapters.receiver import Receiver, running_receiver
+from gateway.db.connect import open_engine
+from gateway.db.migrations import ensure_schema
 from gateway.identity import TokenBook
-from gateway.migrations import ensure_schema
 from gateway.settings import Settings
-from gateway.storage import open_engine
 from tests.approvals.harness import (
     SECRET,
     action_status,

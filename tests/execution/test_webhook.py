@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from adapters.receiver import Receiver, running_receiver
-from gateway.serving import free_port
+from gateway.server.serving import free_port
 from tests.approvals.conftest import Hook, Launch
 from tests.approvals.harness import (
     SECRET,

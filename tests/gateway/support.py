@@ -23,11 +23,11 @@ import sqlalchemy as sa
 import uvicorn
 from sqlalchemy.engine import Engine
 
-from gateway.app import create_app
+from gateway.db.connect import open_engine
+from gateway.db.tables import create_gateway_tables
 from gateway.identity import TokenBook
-from gateway.models import create_gateway_tables
+from gateway.server.app import create_app
 from gateway.settings import Settings
-from gateway.storage import open_engine
 from ledger.models import ENTRIES
 from tests.conftest import Database
 

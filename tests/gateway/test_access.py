@@ -1,4 +1,4 @@
-"""Who may call what (``gateway.access``): every endpoint the app serves has a role rule, and
+"""Who may call what (``gateway.api.access``): every endpoint the app serves has a role rule, and
 the running gateway keeps it: no token gets 401 (a page without a session is sent to sign in),
 each role the rule leaves out gets a 403 that names the roles that may, and each role it lets
 in gets past the gate (whatever the endpoint answers then).
@@ -15,8 +15,8 @@ import httpx
 import pytest
 from fastapi import routing
 
-from gateway.access import ACCESS, ANY_ROLE, EXECUTOR, PUBLIC, ROLES, RULES, markdown_table
-from gateway.app import create_app
+from gateway.api.access import ACCESS, ANY_ROLE, EXECUTOR, PUBLIC, ROLES, RULES, markdown_table
+from gateway.server.app import create_app
 from gateway.settings import Settings
 from tests.gateway.support import REPO, Gateway, assert_problem
 
@@ -60,7 +60,7 @@ def concrete(path: str) -> str:
 def may_call(role: str, method: str, path: str) -> bool:
     """What the rules written down say (not what the enforcer answers)."""
     rule = ACCESS.rule(method, path)
-    assert rule is not None, f"{method} {path} has no access rule: add one to gateway.access"
+    assert rule is not None, f"{method} {path} has no access rule: add one to gateway.api.access"
     return role in rule.roles or ANY_ROLE in rule.roles
 
 
@@ -87,7 +87,7 @@ def test_every_endpoint_has_a_rule_and_every_rule_an_endpoint() -> None:
 def test_the_readme_table_is_the_rules() -> None:
     readme = (REPO / "README.md").read_text()
     assert markdown_table() in readme, (
-        "README.md's 'Who may call what' is stale: paste `python -m gateway.access` into it"
+        "README.md's 'Who may call what' is stale: paste `python -m gateway.api.access` into it"
     )
 
 

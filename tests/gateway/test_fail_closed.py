@@ -28,7 +28,7 @@ import orjson
 import pytest
 import sqlalchemy as sa
 
-from gateway.serving import free_port
+from gateway.server.serving import free_port
 from gateway.settings import Settings
 from ledger.keys import load_signing_key
 from ledger.note import NoteVerifier

@@ -12,8 +12,8 @@ from typing import Any
 
 from gateway.errors import Conflict
 from gateway.identity import Identity
-from gateway.runtime import Runtime
 from gateway.schemas import Proposal, Verdict
+from gateway.server.runtime import Runtime
 from gateway.settings import Settings
 from tests.conftest import Database
 from tests.gateway.support import POLICIES, Gateway, assert_problem, proposal

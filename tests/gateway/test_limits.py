@@ -11,7 +11,7 @@ import time
 import httpx
 import pytest
 
-from gateway.limits import json_too_deep
+from gateway.api.limits import json_too_deep
 from tests.conftest import Database
 from tests.gateway.support import (
     Gateway,

@@ -22,9 +22,9 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 from typer.testing import CliRunner, Result
 
-from gateway.cli import app
-from gateway.identity import TokenBook
-from gateway.migrations import (
+from gateway.cli.main import app
+from gateway.db.connect import open_engine, open_ledger
+from gateway.db.migrations import (
     VERSION_TABLE,
     SchemaError,
     differences,
@@ -32,10 +32,10 @@ from gateway.migrations import (
     model_metadata,
     schema_state,
 )
-from gateway.migrations.baseline import baseline_metadata
-from gateway.runtime import Runtime
+from gateway.db.migrations.baseline import baseline_metadata
+from gateway.identity import TokenBook
+from gateway.server.runtime import Runtime
 from gateway.settings import Settings
-from gateway.storage import open_engine, open_ledger
 from ledger.database import WRITE, advisory_lock_key
 from ledger.models import LEDGER_TABLES
 from tests.conftest import Database

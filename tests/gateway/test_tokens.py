@@ -7,8 +7,8 @@ import threading
 import time
 from pathlib import Path
 
+from gateway.db.tables import create_gateway_tables
 from gateway.identity import TokenBook, authenticate
-from gateway.models import create_gateway_tables
 from ledger.database import create_engine
 
 

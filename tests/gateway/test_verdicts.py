@@ -10,8 +10,8 @@ from typing import Any, NamedTuple
 import pytest
 import rfc8785
 
+from gateway.decision.decider import rego_input
 from gateway.identity import Identity
-from gateway.pipeline import rego_input
 from gateway.policy.bundle import load_bundle
 from gateway.policy.rego import RegorusEngine
 from tests.gateway.support import POLICIES, Gateway, proposal

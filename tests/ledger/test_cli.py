@@ -315,8 +315,8 @@ def test_mandate_ledger_commands_end_to_end(
 
 def _append_through_the_gateway_storage(data: Path, count: int) -> None:
     """Entries written the way a gateway process writes them, into that data dir."""
+    from gateway.db.connect import open_ledger
     from gateway.settings import Settings
-    from gateway.storage import open_ledger
 
     settings: Any = Settings(data_dir=data)
     with open_ledger(settings) as ledger:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from gateway.policies import SYSTEM, write_slot
+from gateway.lifecycle.activation import SYSTEM, write_slot
 from gateway.policy.bundle import bundle_from_files, load_bundle, read_bundle_files
 from tests.approvals.conftest import Launch
 from tests.approvals.harness import (

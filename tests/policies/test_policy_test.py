@@ -7,8 +7,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+from gateway.lifecycle.checks import check_bundle
 from gateway.policy.bundle import load_bundle
-from gateway.policy.checks import check_bundle
 from tests.policies.support import (
     CASES,
     POLICIES,

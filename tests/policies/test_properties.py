@@ -7,7 +7,7 @@
 - Never the execution of anything but the exact approved proposal: what reaches the webhook
   receiver is what was proposed, byte for byte in its params (in canonical form).
 
-The first property runs the gateway's own steps (``gateway.redecide``: validate, permit,
+The first property runs the gateway's own steps (``gateway.decision.redecide``: validate, permit,
 evaluate, decide) on thousands of inputs; the others run a real gateway on loopback with the
 example receiver, a few dozen generated scenarios each.
 """
@@ -26,12 +26,12 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from adapters.receiver import Receiver, running_receiver
+from gateway.db.tables import INTENTS
+from gateway.decision.decider import ZERO_STATS
+from gateway.decision.redecide import Inputs, redecide
 from gateway.identity import Identity
-from gateway.models import INTENTS
-from gateway.pipeline import ZERO_STATS
-from gateway.policies import build_policy
+from gateway.lifecycle.activation import build_policy
 from gateway.policy.bundle import load_bundle
-from gateway.redecide import Inputs, redecide
 from gateway.schemas import Proposal
 from tests.approvals.harness import SECRET, Live, settings_for, start, wait_for
 from tests.conftest import Database

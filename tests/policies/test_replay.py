@@ -13,10 +13,10 @@ from typing import Any
 import httpx
 import pytest
 
-from gateway.demo import proposals as demo_proposals
-from gateway.policies import BundleStore, build_policy
+from gateway.cli.demo import proposals as demo_proposals
+from gateway.lifecycle.activation import BundleStore, build_policy
+from gateway.lifecycle.replay import Replayer
 from gateway.policy.bundle import load_bundle
-from gateway.replay import Replayer
 from tests.approvals.conftest import Hook, Launch
 from tests.approvals.harness import (
     Clock,

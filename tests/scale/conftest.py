@@ -20,11 +20,11 @@ import pytest
 import sqlalchemy as sa
 
 from adapters.receiver import Receiver, running_receiver
+from gateway.db.connect import open_engine
+from gateway.db.tables import INTENTS
 from gateway.identity import TokenBook
-from gateway.models import INTENTS
-from gateway.serving import free_port
+from gateway.server.serving import free_port
 from gateway.settings import Settings
-from gateway.storage import open_engine
 from tests.approvals.harness import POLICIES, SECRET, Ledger, http_client, wait_for
 from tests.conftest import Database, postgres_url
 

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
+from gateway.db.connect import open_engine
 from gateway.settings import Settings
-from gateway.storage import open_engine
 from tests.approvals.harness import http_client, proposal, verified_ledger, wait_for
 from tests.scale.conftest import (
     Gateway,

@@ -20,9 +20,9 @@ import httpx
 import pytest
 import sqlalchemy as sa
 
-from gateway.models import INTENTS
-from gateway.storage import open_engine
-from gateway.ui import SESSION_COOKIE
+from gateway.db.connect import open_engine
+from gateway.db.tables import INTENTS
+from gateway.web.pages import SESSION_COOKIE
 from tests.approvals.harness import (
     POLICIES,
     action_status,

@@ -21,9 +21,9 @@ import pytest
 import sqlalchemy as sa
 
 from gateway.client import MandateClient
-from gateway.models import ACTIONS
-from gateway.runtime import Runtime
-from gateway.serving import serve_in_background
+from gateway.db.tables import ACTIONS
+from gateway.server.runtime import Runtime
+from gateway.server.serving import serve_in_background
 from gateway.settings import Settings
 
 REPO = Path(__file__).resolve().parents[2]

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner, Result
 
-from gateway.cli import app
+from gateway.cli.main import app
 from gateway.client import MandateClient
 from gateway.schemas import Verdict
 from tests.sdk.conftest import Live, executes, held

@@ -19,8 +19,8 @@ from typing import TYPE_CHECKING, Any
 import httpx
 import pytest
 
-from gateway.runtime import Runtime
-from gateway.serving import serve_in_background
+from gateway.server.runtime import Runtime
+from gateway.server.serving import serve_in_background
 from gateway.settings import Settings
 
 if TYPE_CHECKING:

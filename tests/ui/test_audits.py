@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 import orjson
 import pytest
 
-from gateway.serving import serve_in_background
+from gateway.server.serving import serve_in_background
 from gateway.settings import Settings
 from tests.ui.conftest import POLICIES, Clock, Gateway
 

@@ -15,7 +15,7 @@ import httpx
 import orjson
 import pytest
 
-from gateway.serving import serve_in_background
+from gateway.server.serving import serve_in_background
 from gateway.settings import Settings
 from tests.ui.conftest import POLICIES, Clock, Gateway
 

@@ -1,0 +1,1 @@
+"""The HTTP API's edge: routes, dependencies, access, problems, middleware."""

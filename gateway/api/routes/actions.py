@@ -1,0 +1,165 @@
+"""Proposals: ``POST /v1/actions`` runs the decision path; ``GET`` shows where an action stands."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import orjson
+import sqlalchemy as sa
+from fastapi import APIRouter
+
+from gateway.api.deps import AUTH_PROBLEMS, Caller, Rt, problem_doc
+from gateway.api.strict_json import StrictJSONRoute
+from gateway.binding import confine
+from gateway.db.tables import ACTIONS, EVENTS, INTENTS
+from gateway.errors import Conflict, DecisionUnavailable, Forbidden, NotFound
+from gateway.execution.dispatcher import record_outcome
+from gateway.identity import Identity
+from gateway.schemas import ActionView, ExecutionView, OutcomeReport, Proposal, Verdict
+
+router = APIRouter(
+    prefix="/v1/actions", tags=["actions"], responses=AUTH_PROBLEMS, route_class=StrictJSONRoute
+)
+
+_PROBLEMS: dict[int | str, dict[str, Any]] = {
+    403: problem_doc("The role may not propose, or the token is bound to another workflow."),
+    409: problem_doc("The idempotency key was used for another proposal."),
+    413: problem_doc("The body is over the size limit."),
+    422: problem_doc("A field is wrong; `errors` names each one."),
+    503: problem_doc("Casbin, the Rego engine or the ledger failed: nothing was executed."),
+}
+
+
+_SHOW_PROBLEMS: dict[int | str, dict[str, Any]] = {
+    403: problem_doc(
+        "Not the proposer, nor someone who oversees it, or a token bound to another workflow."
+    ),
+    404: problem_doc("No such action."),
+}
+
+
+@router.post(
+    "",
+    response_model=Verdict,
+    summary="Propose an action; get execute, hold or reject",
+    responses=_PROBLEMS,
+)
+async def propose(proposal: Proposal, runtime: Rt, identity: Caller) -> Verdict:
+    """Runs validate → permit (Casbin) → evaluate (Rego at the autonomy level) → decide →
+    record (ledger), and answers once the proposal and the decision are durable."""
+    started = time.perf_counter()
+    try:
+        verdict = await runtime.decider.propose(identity, proposal)
+    except DecisionUnavailable:
+        runtime.metrics.failures.inc()
+        raise
+    runtime.metrics.decisions.labels(verdict.verdict).inc()
+    runtime.metrics.latency.observe(time.perf_counter() - started)
+    return verdict
+
+
+@router.get(
+    "/{action_id}",
+    response_model=ActionView,
+    summary="An action's verdict, status and ledger timeline",
+    responses=_SHOW_PROBLEMS,
+)
+def show(action_id: str, runtime: Rt, identity: Caller) -> ActionView:
+    """The proposer's owner, and approvers, governors and auditors of its workflow, may look."""
+    with runtime.engine.connect() as conn:
+        row = conn.execute(sa.select(ACTIONS).where(ACTIONS.c.id == action_id)).first()
+        if row is None:
+            raise NotFound(f"no action {action_id}")
+        _may_see(identity, row.id, row.owner, row.workflow)
+        intent = conn.execute(
+            sa.select(INTENTS.c.adapter, INTENTS.c.status, INTENTS.c.attempts).where(
+                INTENTS.c.action_id == action_id
+            )
+        ).first()
+        events = conn.execute(
+            sa.select(EVENTS.c.seq, EVENTS.c.kind, EVENTS.c.time)
+            .where(EVENTS.c.action_id == action_id)
+            .order_by(EVENTS.c.seq)
+        ).all()
+    timeline = []
+    for seq, kind, when in events:
+        body = runtime.ledger.entry(seq).body
+        timeline.append({"seq": seq, "kind": kind, "time": when, "body": body})
+    answer = orjson.loads(row.response)
+    answer["ledger"] = {
+        "proposal_seq": row.proposal_seq,
+        "decision_seq": row.decision_seq,
+        "leaf_hash": row.decision_leaf,
+    }
+    return ActionView(
+        action_id=row.id,
+        status=row.status,
+        verdict=row.verdict,
+        workflow=row.workflow,
+        case_type=row.case_type,
+        action_type=row.action_type,
+        executor=row.executor,
+        created_at=row.created_at,
+        decision=Verdict.model_validate(answer),
+        execution=None
+        if intent is None
+        else ExecutionView(adapter=intent.adapter, status=intent.status, attempts=intent.attempts),
+        timeline=timeline,
+    )
+
+
+def _may_see(identity: Identity, action_id: str, owner: str, workflow: str) -> None:
+    confine(identity, workflow, f"action {action_id}")
+    if identity.owner == owner or identity.role in ("governor", "auditor", "approver"):
+        return
+    raise Forbidden("only the proposer, and approvers, governors and auditors may see an action")
+
+
+@router.post(
+    "/{action_id}/outcome",
+    response_model=ActionView,
+    summary="Report the outcome of an action the executor carried out itself",
+    responses={
+        403: problem_doc(
+            "Only the token that proposed the action, or another of the same owner, role and "
+            "workflow binding, reports its outcome."
+        ),
+        404: problem_doc("No such action."),
+        409: problem_doc("The action is not waiting for an outcome (not allowed, or reported)."),
+        422: problem_doc("A field is wrong."),
+    },
+)
+async def report_outcome(
+    action_id: str, report: OutcomeReport, runtime: Rt, identity: Caller
+) -> ActionView:
+    """For the callback adapter: after an execute verdict (or an approval), the executor does
+    the work and reports `succeeded` or `failed` here; it becomes an `outcome` entry."""
+    with runtime.engine.connect() as conn:
+        row = conn.execute(sa.select(ACTIONS).where(ACTIONS.c.id == action_id)).first()
+    if row is None:
+        raise NotFound(f"no action {action_id}")
+    confine(identity, row.workflow, f"action {action_id}")
+    if not runtime.decider.may_act_for(identity, row.executor, row.proposal_seq):
+        raise Forbidden(
+            "only the token that proposed an action, or another of the same owner, role and "
+            "workflow binding, reports its outcome"
+        )
+    try:
+        await record_outcome(
+            runtime.ledger,
+            action_id,
+            actor=identity.name,
+            status=report.status,
+            detail=report.details,
+            attempt=None,
+            expect=("pending", "dispatching", "awaiting_outcome"),
+            adapter="callback",
+        )
+    except LookupError:
+        raise Conflict(
+            f"action {action_id} is {row.status}: it is not waiting for an outcome from its "
+            "executor"
+        ) from None
+    await runtime.decider.autonomy.after(row.workflow, row.case_type)  # the figures moved
+    return show(action_id, runtime, identity)

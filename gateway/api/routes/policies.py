@@ -1,0 +1,368 @@
+"""The policy lifecycle over HTTP: the active bundle, activation, shadow mode, replay.
+
+Reading is for policy admins, auditors and governors, changing (activate, shadow, replay) for
+policy admins; both with a token not bound to one workflow (a bundle governs all of them).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Generator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Annotated, Any
+
+import orjson
+import sqlalchemy as sa
+from fastapi import APIRouter, Query
+from fastapi.responses import StreamingResponse
+
+from gateway.api.deps import AUTH_PROBLEMS, MAX_INTEGER, Caller, Rt, problem_doc
+from gateway.api.strict_json import StrictJSONRoute
+from gateway.binding import confine
+from gateway.db.tables import ACTIONS, SHADOW_DISAGREEMENTS
+from gateway.errors import Conflict, InvalidInput
+from gateway.identity import Identity
+from gateway.lifecycle.activation import PolicyLifecycle, Slot, build_policy, refusal
+from gateway.lifecycle.replay import Progress, Replayer, ReplayReport, parse_since
+from gateway.policy.bundle import Bundle, BundleError, bundle_from_files, file_manifest
+from gateway.policy.rego import EngineError
+from gateway.schemas import (
+    ActivationView,
+    BundleFileView,
+    BundleUpload,
+    DisagreementView,
+    PolicyView,
+    Reason,
+    ReplayRequest,
+    ShadowView,
+    SideView,
+)
+from gateway.server.runtime import Runtime
+
+router = APIRouter(
+    prefix="/v1/policies",
+    tags=["policies"],
+    responses=AUTH_PROBLEMS,
+    route_class=StrictJSONRoute,
+)
+
+_CHANGE_PROBLEMS: dict[int | str, dict[str, Any]] = {
+    403: problem_doc("Not a policy admin, or a token bound to one workflow."),
+    409: problem_doc(
+        "The slot changed while this bundle was written (try again), or a shadow was asked "
+        "for the active bundle."
+    ),
+    413: problem_doc("The bundle is over `max_bundle_bytes`."),
+    422: problem_doc(
+        "The bundle does not load, or its Rego tests or decision cases fail: `errors` names "
+        "each failure by file (`files.<path>`)."
+    ),
+    503: problem_doc("The ledger did not record the activation: nothing changed."),
+}
+
+
+def _lifecycle(runtime: Runtime) -> PolicyLifecycle:
+    lifecycle = runtime.policies
+    assert lifecycle is not None
+    return lifecycle
+
+
+def _unbound(identity: Identity) -> None:
+    confine(identity, None, "a policy bundle")
+
+
+def _bundle(files: dict[str, str]) -> Bundle:
+    try:
+        return bundle_from_files(
+            {path: text.encode("utf-8") for path, text in files.items()}, Path("upload")
+        )
+    except BundleError as exc:
+        raise refusal(exc) from None
+    except UnicodeEncodeError as exc:
+        raise InvalidInput([("files", f"not UTF-8 text: {exc}")]) from None
+
+
+def _view(lifecycle: PolicyLifecycle, slot: Slot, *, content: bool = False) -> PolicyView:
+    assert slot.digest is not None
+    bundle = lifecycle.store.bundle(slot.digest)
+    files = [
+        BundleFileView(
+            **item, content=bundle.files[item["path"]].decode("utf-8") if content else None
+        )
+        for item in file_manifest(bundle.files)
+    ]
+    return PolicyView(
+        mode="active" if slot.slot == "active" else "shadow",
+        digest=slot.digest,
+        activated_at=slot.changed_at,
+        activated_by=slot.changed_by,
+        reason=slot.reason,
+        ledger_seq=slot.seq,
+        workflows=sorted(bundle.workflows),
+        files=files,
+    )
+
+
+@router.get(
+    "/active",
+    response_model=PolicyView,
+    summary="The active bundle: digest, who activated it, when, why, and its files",
+    responses={
+        403: problem_doc(
+            "Not a policy admin, auditor or governor, or a token bound to one workflow."
+        ),
+        422: problem_doc("A parameter is wrong; `errors` names it."),
+    },
+)
+def active(
+    runtime: Rt,
+    identity: Caller,
+    content: Annotated[bool, Query(description="Include each file's text.")] = False,
+) -> PolicyView:
+    """Every decision's trace names this digest (`trace.bundle_digest`)."""
+    _unbound(identity)
+    lifecycle = _lifecycle(runtime)
+    slot = lifecycle.store.slots()["active"]
+    return _view(lifecycle, slot, content=content)
+
+
+@router.post(
+    "",
+    response_model=ActivationView,
+    summary="Activate a bundle, or run it in shadow beside the active one",
+    responses=_CHANGE_PROBLEMS,
+)
+def activate(upload: BundleUpload, runtime: Rt, identity: Caller) -> ActivationView:
+    """Checks the bundle (it loads, its Rego tests and decision cases pass), then writes a
+    `policy` ledger entry (digest, files with their SHA-256, who, why, what the check found)
+    and puts it in force: every gateway process follows within its poll interval; held
+    approvals are re-evaluated on their next vote. The same bundle again changes nothing."""
+    _unbound(identity)
+    lifecycle = _lifecycle(runtime)
+    bundle = _bundle(upload.files)
+    activation = lifecycle.activate(bundle, slot=upload.mode, by=identity, reason=upload.reason)
+    return ActivationView(
+        changed=activation.changed,
+        policy=_view(lifecycle, activation.slot),
+        validation=activation.validation,
+    )
+
+
+@router.get(
+    "/shadow",
+    response_model=ShadowView,
+    summary="The shadow bundle and where it disagrees with the active one",
+    responses={
+        403: problem_doc(
+            "Not a policy admin, auditor or governor, or a token bound to one workflow."
+        ),
+        422: problem_doc("A parameter is out of range."),
+    },
+)
+def shadow(
+    runtime: Rt,
+    identity: Caller,
+    limit: Annotated[int, Query(ge=1, le=500, description="How many, at most.")] = 100,
+    before: Annotated[
+        int | None,
+        Query(ge=1, le=MAX_INTEGER, description="Only disagreements older than this id."),
+    ] = None,
+    verdict_changes_only: Annotated[
+        bool, Query(description="Leave out those with the same verdict for other reasons.")
+    ] = False,
+) -> ShadowView:
+    """Each disagreement has the two verdicts with their reasons, the level, and the proposal.
+    Without a running shadow, the last shadow's disagreements are listed (if any)."""
+    _unbound(identity)
+    lifecycle = _lifecycle(runtime)
+    slots = lifecycle.store.slots()
+    active_slot = slots["active"]
+    shadow_slot = slots.get("shadow")
+    running = shadow_slot is not None and shadow_slot.digest is not None
+    digest = shadow_slot.digest if running and shadow_slot else _last_shadow(runtime)
+    table = SHADOW_DISAGREEMENTS
+    items: list[DisagreementView] = []
+    counts = (0, 0, 0)
+    decided = 0
+    if digest is not None:
+        query = sa.select(table).where(table.c.shadow_digest == digest)
+        if verdict_changes_only:
+            query = query.where(table.c.verdict_changed.is_(True))
+        if before is not None:
+            query = query.where(table.c.id < before)
+        with runtime.engine.connect() as conn:
+            rows = conn.execute(query.order_by(table.c.id.desc()).limit(limit)).all()
+            counts = conn.execute(
+                sa.select(
+                    sa.func.count(),
+                    sa.func.count().filter(table.c.verdict_changed.is_(True)),
+                    sa.func.count().filter(table.c.shadow_verdict.in_(("error", "refused"))),
+                ).where(table.c.shadow_digest == digest)
+            ).one()
+            if running and shadow_slot is not None:
+                decided = conn.execute(
+                    sa.select(sa.func.count())
+                    .select_from(ACTIONS)
+                    .where(ACTIONS.c.created_at >= shadow_slot.changed_at)
+                ).scalar_one()
+        items = [_disagreement(row) for row in rows]
+    runner = lifecycle.shadow
+    return ShadowView(
+        shadow=_view(lifecycle, shadow_slot) if running and shadow_slot else None,
+        active_digest=active_slot.digest or "",
+        decided_while_running=int(decided),
+        disagreements=int(counts[0]),
+        verdict_changes=int(counts[1]),
+        errors=int(counts[2]),
+        this_process={
+            "compared": runner.compared,
+            "disagreements": runner.disagreements,
+            "skipped": runner.skipped,
+            "pending": runner.pending,
+        },
+        items=items,
+        next_before=items[-1].id if len(items) == limit else None,
+    )
+
+
+def _last_shadow(runtime: Runtime) -> str | None:
+    table = SHADOW_DISAGREEMENTS
+    with runtime.engine.connect() as conn:
+        return conn.execute(
+            sa.select(table.c.shadow_digest).order_by(table.c.id.desc()).limit(1)
+        ).scalar()
+
+
+def _disagreement(row: Any) -> DisagreementView:
+    detail = orjson.loads(row.detail)
+    active, shadow = detail["active"], detail["shadow"]
+    return DisagreementView(
+        id=row.id,
+        action_id=row.action_id,
+        decision_seq=row.decision_seq,
+        decided_at=row.decided_at,
+        workflow=row.workflow,
+        case_type=row.case_type,
+        action_type=row.action_type,
+        executor=row.executor,
+        level=detail["level"],
+        verdict_changed=row.verdict_changed,
+        active=SideView(
+            verdict=active["verdict"],
+            reasons=[Reason.model_validate(r) for r in active["reasons"]],
+        ),
+        shadow=SideView(
+            verdict=shadow["verdict"],
+            reasons=[Reason.model_validate(r) for r in shadow["reasons"]],
+            error=shadow.get("error"),
+        ),
+        proposal=detail["proposal"],
+    )
+
+
+@router.delete(
+    "/shadow",
+    response_model=ShadowView,
+    summary="Stop the shadow bundle",
+    responses={
+        403: problem_doc("Not a policy admin, or a token bound to one workflow."),
+        409: problem_doc("No shadow bundle is running."),
+        422: problem_doc("A parameter is out of range."),
+    },
+)
+def stop_shadow(
+    runtime: Rt,
+    identity: Caller,
+    reason: Annotated[str, Query(max_length=2000, description="Why (recorded).")] = "",
+) -> ShadowView:
+    """Writes a `policy` entry (mode `shadow-stopped`); its disagreements stay listed."""
+    _unbound(identity)
+    lifecycle = _lifecycle(runtime)
+    lifecycle.stop_shadow(by=identity, reason=reason or f"stopped by {identity.name}")
+    return shadow(runtime, identity)
+
+
+_NDJSON = "application/x-ndjson"
+_REPLAY_DOC: dict[str, Any] = {
+    "description": 'A stream of JSON lines: `{"event": "progress", "scanned", "total", '
+    '"decisions", "changed"}` now and then, and last `{"event": "report", ...}`: decisions '
+    "replayed, unchanged, changed, `transitions` (from → to with counts), `groups` by "
+    "workflow and case type, `rules` (reason codes added or removed by the candidate), "
+    "`examples` per transition with the proposal, and `input_mismatches` (decisions whose "
+    "Rego input could not be rebuilt from the ledger: none, when every input is recorded). A "
+    'failure after the stream began ends it with `{"event": "error", "detail": ...}`.',
+    "content": {_NDJSON: {"schema": {"type": "object"}}},
+}
+
+
+@router.post(
+    "/replay",
+    summary="Re-decide the recorded history with a candidate bundle; stream what would change",
+    response_class=StreamingResponse,
+    responses={
+        200: _REPLAY_DOC,
+        403: problem_doc("Not a policy admin, or a token bound to one workflow."),
+        409: problem_doc("A replay is already running in this process."),
+        413: problem_doc("The bundle is over `max_bundle_bytes`."),
+        422: problem_doc("The candidate does not load, or `since` is not a date or time."),
+    },
+)
+async def replay(request: ReplayRequest, runtime: Rt, identity: Caller) -> StreamingResponse:
+    """Every recorded decision (since `since`) is decided again with the candidate from what
+    its entries recorded: the proposal, executor, level, figures and time. Without `files`,
+    each decision is replayed with the bundle that made it. Nothing is written. One replay at
+    a time per process; it reads the ledger in pages."""
+    _unbound(identity)
+    lifecycle = _lifecycle(runtime)
+    try:
+        since = None if request.since is None else parse_since(request.since)
+    except ValueError:
+        raise InvalidInput(
+            [("since", "a date (2026-11-01) or an ISO time (2026-11-01T08:00:00Z)")]
+        ) from None
+    files = request.files
+    bundle = None if files is None else await asyncio.to_thread(_bundle, files)
+    if not lifecycle.replaying.acquire(blocking=False):
+        raise Conflict("a replay is running in this process; try again when it has ended")
+    try:
+        candidate = None if bundle is None else await asyncio.to_thread(build_policy, bundle)
+    except EngineError as exc:
+        lifecycle.replaying.release()
+        raise InvalidInput([("files", str(exc))]) from None
+    except BaseException:
+        lifecycle.replaying.release()
+        raise
+    replayer = Replayer(
+        runtime.ledger,
+        runtime.engine,
+        candidate,
+        recorded=lambda digest: build_policy(lifecycle.store.bundle(digest)),
+        since=since,
+        examples=request.examples,
+    )
+    return StreamingResponse(_stream(replayer, lifecycle), media_type=_NDJSON)
+
+
+async def _stream(replayer: Replayer, lifecycle: PolicyLifecycle) -> AsyncIterator[bytes]:
+    """The replay's events as JSON lines; the replay runs on a thread of its own (one regorus
+    engine, and the event loop stays free for live decisions)."""
+    loop = asyncio.get_running_loop()
+    worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="replay")
+    events: Generator[Progress | ReplayReport, None, None] = replayer.events()
+    try:
+        while True:
+            try:
+                event = await loop.run_in_executor(worker, next, events, None)
+            except Exception as exc:  # the status is sent already: say it in the stream
+                yield orjson.dumps({"event": "error", "detail": str(exc)}) + b"\n"
+                return
+            if event is None:
+                return
+            yield orjson.dumps(event.to_json()) + b"\n"
+    finally:
+        with contextlib.suppress(Exception):
+            await loop.run_in_executor(worker, events.close)
+        worker.shutdown(wait=False)
+        lifecycle.replaying.release()

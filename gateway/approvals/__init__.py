@@ -1,0 +1,1 @@
+"""Held actions: votes, quorum, expiry, re-evaluation."""

@@ -1,0 +1,1 @@
+"""Earned autonomy: terms, levels, figures, audits, governance."""

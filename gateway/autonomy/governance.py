@@ -1,0 +1,821 @@
+"""Earned autonomy: a case type's level changes only through ledgered events.
+
+- **Review** (``review``), after every event that judges an action of a case type (a vote that
+  closes an approval, an outcome, an audit finding, a correction): when the error rate of the
+  window crosses the policy's threshold, the level drops one step at once (``demotion``) and
+  people are notified; otherwise, when the figures meet the entry criteria of the next level
+  and no promotion is pending, the gateway proposes one (``promotion_proposed``).
+- **Promotion** takes effect only when governors approve it: each vote is an ``approval`` or
+  ``rejection`` entry whose subject is the promotion's id; the vote that reaches the quorum
+  (policy data) writes the ``promotion`` in the same transaction; one rejection rejects, and
+  then only decisions made after the rejected proposal count toward the next proposal.
+- **Set** by hand: a governor sets any level 1..4 with a reason.
+
+Every change is an ``autonomy`` entry (subject ``<workflow>/<case type>``) with the figures that
+justified it; it updates ``gateway_autonomy`` in the same transaction, which checks that the
+level is still the one the change started from (two processes cannot both demote), and it
+starts a new window. Pending promotions of the case type are superseded by any other change.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Callable
+from typing import Any
+
+import orjson
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection, Engine
+
+from gateway.autonomy.figures import ZERO_FIGURES, WindowSpec
+from gateway.autonomy.terms import Criteria, Terms, bp
+from gateway.binding import confine, confine_query, reaches
+from gateway.db.tables import (
+    AUTONOMY,
+    AUTONOMY_CHANGES,
+    FIGURES,
+    PROMOTION_VOTES,
+    PROMOTIONS,
+)
+from gateway.decision.decider import LEVEL_NAMES, AutonomyBook, Decider
+from gateway.errors import Conflict, Forbidden, InvalidInput, NotFound
+from gateway.identity import Identity
+from gateway.policy.bundle import Bundle
+from gateway.schemas import (
+    AutonomyChange,
+    AutonomyDetail,
+    AutonomyView,
+    CriteriaView,
+    DemotionView,
+    Figures,
+    LevelRequest,
+    PromotionView,
+    SeriesPoint,
+    VoteRequest,
+    VoteView,
+    WindowView,
+)
+from ledger.entry import format_time
+from ledger.store import Appended, Record
+
+__all__ = ["Governance"]
+
+SERIES_DAYS = 30  # days the chart shows, at least
+_ATTEMPTS = 5  # tries of a vote whose count another process changed meanwhile
+
+
+class _Stale(Exception):
+    """The level (or the promotion) changed since it was read: another process got there."""
+
+
+class _Closed(Exception):
+    """The promotion was settled between the check and the vote."""
+
+    def __init__(self, status: str) -> None:
+        super().__init__(status)
+        self.status = status
+
+
+class _Recount(Exception):
+    """Another governor's vote landed between the count and this vote: count again."""
+
+
+Notify = Callable[[dict[str, Any]], None]
+
+
+class Governance:
+    """Reviews figures, proposes and applies promotions, demotes, and sets levels by hand."""
+
+    def __init__(self, engine: Engine, decider: Decider, *, notify: Notify | None = None) -> None:
+        self._engine = engine
+        self._decider = decider
+        self._notify = notify
+
+    @property
+    def _book(self) -> AutonomyBook:
+        return self._decider.autonomy
+
+    # -- who may ---------------------------------------------------------------------------
+
+    def may_govern(self, identity: Identity, workflow: str, case_type: str) -> bool:
+        """Whether Casbin lets this caller govern the case type (``govern`` in the workflow)."""
+        if not reaches(identity, workflow):
+            return False
+        permitter = self._decider.policy.permitter
+        return permitter.permit(identity.role, workflow, case_type, "govern").allowed
+
+    def _check_govern(self, identity: Identity, workflow: str, case_type: str) -> None:
+        confine(identity, workflow, f"case type {workflow}/{case_type}")
+        if not self.may_govern(identity, workflow, case_type):
+            raise Forbidden(
+                f"role {identity.role!r} may not govern {case_type} in workflow {workflow!r}"
+            )
+
+    # -- the level in force, inside a ledger transaction -------------------------------------
+
+    @staticmethod
+    def _current(
+        conn: Connection, bundle: Bundle, workflow: str, case_type: str
+    ) -> tuple[int, int]:
+        """(level, seq of the entry that set it, or -1 for the bundle's initial level)."""
+        row = conn.execute(
+            sa.select(AUTONOMY.c.level, AUTONOMY.c.seq).where(
+                AUTONOMY.c.workflow == workflow, AUTONOMY.c.case_type == case_type
+            )
+        ).first()
+        if row is not None:
+            return int(row.level), int(row.seq)
+        config = bundle.workflows.get(workflow)
+        return (config.initial_level(case_type) if config else 1), -1
+
+    @staticmethod
+    def _apply(
+        conn: Connection,
+        entry: Appended,
+        body: dict[str, Any],
+        *,
+        keep: str | None = None,
+    ) -> None:
+        """Put a change recorded by ``entry`` (an ``autonomy`` entry with ``body``) in force:
+        the level, the history, and pending promotions superseded."""
+        workflow, case_type = body["workflow"], body["case_type"]
+        where = (AUTONOMY.c.workflow == workflow, AUTONOMY.c.case_type == case_type)
+        values = {
+            "level": body["to_level"],
+            "reason": f"{body['event']}: {body['reason']}"[:2000],
+            "changed_at": entry.time,
+            "seq": entry.seq,
+        }
+        moved = conn.execute(sa.update(AUTONOMY).where(*where).values(**values))
+        if moved.rowcount == 0:
+            conn.execute(
+                sa.insert(AUTONOMY).values(workflow=workflow, case_type=case_type, **values)
+            )
+        conn.execute(
+            sa.insert(AUTONOMY_CHANGES).values(
+                seq=entry.seq,
+                workflow=workflow,
+                case_type=case_type,
+                event=body["event"],
+                from_level=body["from_level"],
+                to_level=body["to_level"],
+                actor=body["actor"] if isinstance(body["actor"], str) else body["actor"]["name"],
+                reason=body["reason"],
+                time=entry.time,
+                figures=orjson.dumps(body["figures"]),
+            )
+        )
+        pending = sa.and_(
+            PROMOTIONS.c.workflow == workflow,
+            PROMOTIONS.c.case_type == case_type,
+            PROMOTIONS.c.status == "pending",
+        )
+        if keep is not None:
+            pending = sa.and_(pending, PROMOTIONS.c.id != keep)
+        conn.execute(
+            sa.update(PROMOTIONS)
+            .where(pending)
+            .values(
+                status="superseded",
+                closed_at=entry.time,
+                closed_reason=f"the level changed by {body['event']} (ledger #{entry.seq})",
+            )
+        )
+
+    def _body(
+        self,
+        event: str,
+        workflow: str,
+        case_type: str,
+        from_level: int,
+        to_level: int,
+        *,
+        actor: Identity | None,
+        reason: str,
+        figures: dict[str, int],
+        spec: WindowSpec,
+        terms: Terms,
+        **more: Any,
+    ) -> dict[str, Any]:
+        return {
+            "event": event,
+            "workflow": workflow,
+            "case_type": case_type,
+            "from_level": from_level,
+            "to_level": to_level,
+            "reason": reason,
+            "actor": "mandate" if actor is None else actor.to_json(),
+            "figures": figures,
+            "window": terms.window_json() | {"since_seq": spec.since},
+            **more,
+        }
+
+    async def _change(
+        self, body: dict[str, Any], since: int, *, actor: Identity | None
+    ) -> Appended:
+        """Record and apply a change, if the level is still ``from_level`` set at ``since``."""
+        workflow, case_type = body["workflow"], body["case_type"]
+        bundle = self._decider.policy.bundle
+
+        def apply(conn: Connection, appended: list[Appended]) -> None:
+            current = self._current(conn, bundle, workflow, case_type)
+            if current != (body["from_level"], since):
+                raise _Stale(f"{workflow}/{case_type} is at {current}")
+            self._apply(conn, appended[0], body)
+
+        record = Record(
+            "autonomy", "mandate" if actor is None else actor.name, f"{workflow}/{case_type}", body
+        )
+        try:
+            appended = await self._decider.ledger.append_many_async([record], in_transaction=apply)
+        finally:
+            self._book.forget(workflow, case_type)
+        return appended[0]
+
+    # -- review: demote, or propose a promotion ----------------------------------------------
+
+    def _figures(self, spec: WindowSpec) -> dict[str, int]:
+        figures = self._book.figures
+        if figures is None:
+            return dict(ZERO_FIGURES)
+        return figures.window(spec, self._decider.clock())
+
+    async def review(self, workflow: str, case_type: str) -> None:
+        """Demote when the window's error rate crossed the threshold; else propose a promotion
+        when the next level's entry criteria are met."""
+        if self._book.figures is None:
+            return
+        bundle = self._decider.policy.bundle
+        terms = self._book.terms(bundle, workflow, case_type)
+        self._book.standings(fresh=True)
+        level, _ = self._book.level(bundle, workflow, case_type)
+        spec = self._book.window(bundle, workflow, case_type, level)
+        figures = self._figures(spec)
+        if level > 1 and terms.demotion_due(figures):
+            await self._demote(workflow, case_type, level, spec, terms, figures)
+            return
+        target = level + 1
+        criteria = terms.criteria.get(target)
+        if target > terms.max_level or criteria is None or criteria.unmet(figures):
+            return
+        with self._engine.connect() as conn:
+            case = (PROMOTIONS.c.workflow == workflow, PROMOTIONS.c.case_type == case_type)
+            pending = conn.execute(
+                sa.select(PROMOTIONS.c.id).where(*case, PROMOTIONS.c.status == "pending")
+            ).first()
+            rejected = conn.execute(
+                sa.select(sa.func.max(PROMOTIONS.c.seq)).where(
+                    *case,
+                    PROMOTIONS.c.status == "rejected",
+                    PROMOTIONS.c.to_level == target,
+                    PROMOTIONS.c.seq > spec.since,
+                )
+            ).scalar()
+        if pending is not None:
+            return
+        if rejected is not None:
+            # Governors said no: only what was decided after that proposal counts now.
+            since_rejection = WindowSpec(
+                workflow, case_type, level, int(rejected), spec.size, spec.days
+            )
+            figures = self._figures(since_rejection)
+            if criteria.unmet(figures):
+                return
+        await self._propose(workflow, case_type, level, target, spec, terms, criteria, figures)
+
+    async def _demote(
+        self,
+        workflow: str,
+        case_type: str,
+        level: int,
+        spec: WindowSpec,
+        terms: Terms,
+        figures: dict[str, int],
+    ) -> None:
+        reason = (
+            f"error rate {bp(figures['error_bp'])} ({figures['errors']} of "
+            f"{figures['checked']} checked) is over the threshold of "
+            f"{bp(terms.demotion_max_error_bp)}"
+        )
+        body = self._body(
+            "demotion",
+            workflow,
+            case_type,
+            level,
+            level - 1,
+            actor=None,
+            reason=reason,
+            figures=figures,
+            spec=spec,
+            terms=terms,
+            threshold=terms.demotion_json(),
+        )
+        try:
+            entry = await self._change(body, spec.since, actor=None)
+        except _Stale:
+            return  # another process changed the level first
+        self._tell(
+            f"Autonomy lowered: {workflow} {case_type} from level {level} "
+            f"({LEVEL_NAMES[level]}) to {level - 1} ({LEVEL_NAMES[level - 1]})",
+            workflow,
+            case_type,
+            [reason, f"ledger #{entry.seq}"],
+        )
+
+    async def _propose(
+        self,
+        workflow: str,
+        case_type: str,
+        level: int,
+        target: int,
+        spec: WindowSpec,
+        terms: Terms,
+        criteria: Criteria,
+        figures: dict[str, int],
+    ) -> None:
+        promotion_id = self._decider.new_id("prm")
+        bundle = self._decider.policy.bundle
+        body = {
+            "event": "promotion_proposed",
+            "promotion_id": promotion_id,
+            "workflow": workflow,
+            "case_type": case_type,
+            "from_level": level,
+            "to_level": target,
+            "quorum": terms.quorum,
+            "figures": figures,
+            "criteria": criteria.to_json(),
+            "window": terms.window_json() | {"since_seq": spec.since},
+        }
+
+        def open_(conn: Connection, appended: list[Appended]) -> None:
+            entry = appended[0]
+            if self._current(conn, bundle, workflow, case_type) != (level, spec.since):
+                raise _Stale("the level changed")
+            pending = conn.execute(
+                sa.select(PROMOTIONS.c.id).where(
+                    PROMOTIONS.c.workflow == workflow,
+                    PROMOTIONS.c.case_type == case_type,
+                    PROMOTIONS.c.status == "pending",
+                )
+            ).first()
+            if pending is not None:
+                raise _Stale("a promotion is pending already")
+            conn.execute(
+                sa.insert(PROMOTIONS).values(
+                    id=promotion_id,
+                    workflow=workflow,
+                    case_type=case_type,
+                    from_level=level,
+                    to_level=target,
+                    status="pending",
+                    quorum=terms.quorum,
+                    seq=entry.seq,
+                    created_at=entry.time,
+                    figures=orjson.dumps(figures),
+                    criteria=orjson.dumps(criteria.to_json()),
+                    closed_at=None,
+                    closed_reason=None,
+                )
+            )
+
+        record = Record("autonomy", "mandate", f"{workflow}/{case_type}", body)
+        try:
+            await self._decider.ledger.append_many_async([record], in_transaction=open_)
+        except _Stale:
+            return
+        self._tell(
+            f"Promotion proposed: {workflow} {case_type} from level {level} to {target} "
+            f"({LEVEL_NAMES[target]}); {terms.quorum} governor approval"
+            f"{'s' if terms.quorum != 1 else ''} needed",
+            workflow,
+            case_type,
+            [
+                f"reviewed {figures['reviewed']}, agreement {bp(figures['agreement_bp'])}, "
+                f"failures {bp(figures['failure_bp'])}, errors {bp(figures['error_bp'])}",
+                f"promotion {promotion_id}",
+            ],
+        )
+
+    def _tell(self, title: str, workflow: str, case_type: str, reasons: list[str]) -> None:
+        if self._notify is not None:
+            self._notify(
+                {"title": title, "workflow": workflow, "case_type": case_type, "reasons": reasons}
+            )
+
+    # -- governors' votes on promotions ----------------------------------------------------
+
+    def _promotion(self, conn: Connection, promotion_id: str) -> Any:
+        row = conn.execute(sa.select(PROMOTIONS).where(PROMOTIONS.c.id == promotion_id)).first()
+        if row is None:
+            raise NotFound(f"no promotion {promotion_id}")
+        return row
+
+    async def decide(
+        self, identity: Identity, promotion_id: str, vote: VoteRequest
+    ) -> PromotionView:
+        """A governor's vote: one rejection rejects; the vote that reaches quorum promotes."""
+        with self._engine.connect() as conn:
+            row = self._promotion(conn, promotion_id)
+            earlier = conn.execute(
+                sa.select(PROMOTION_VOTES.c.decision).where(
+                    PROMOTION_VOTES.c.promotion_id == promotion_id,
+                    PROMOTION_VOTES.c.voter_owner == identity.owner,
+                )
+            ).scalar()
+        confine(identity, row.workflow, f"promotion {promotion_id}")
+        self._check_govern(identity, row.workflow, row.case_type)
+        if vote.decision == "reject" and not vote.reason.strip():
+            raise InvalidInput([("reason", "a reason is required to reject")])
+        if earlier is not None and row.status in ("pending", "approved", "rejected"):
+            if earlier == vote.decision:
+                return self.promotion(promotion_id)
+            raise Conflict(f"you already voted {earlier} on promotion {promotion_id}")
+        if row.status != "pending":
+            raise Conflict(f"promotion {promotion_id} is {row.status}; it takes no more votes")
+        for _ in range(_ATTEMPTS):
+            try:
+                promoted = await self._vote(identity, row, vote)
+            except _Recount:
+                continue
+            except _Closed as exc:
+                raise Conflict(
+                    f"promotion {promotion_id} is {exc.status}; your vote was not counted"
+                ) from None
+            except sa.exc.IntegrityError:
+                break  # the same vote arrived twice at once
+            if promoted is not None:
+                self._tell(
+                    f"Autonomy raised: {row.workflow} {row.case_type} from level "
+                    f"{row.from_level} to {row.to_level} ({LEVEL_NAMES[row.to_level]})",
+                    row.workflow,
+                    row.case_type,
+                    [f"promotion {promotion_id} approved", f"ledger #{promoted.seq}"],
+                )
+            break
+        else:
+            raise Conflict(f"votes on promotion {promotion_id} kept arriving; try again")
+        return self.promotion(promotion_id)
+
+    async def _vote(self, identity: Identity, row: Any, vote: VoteRequest) -> Appended | None:
+        """Record one vote; returns the ``promotion`` entry if this vote reached quorum."""
+        with self._engine.connect() as conn:
+            before = self._approvals(conn, row.id)
+        reaches = vote.decision == "approve" and before + 1 >= row.quorum
+        kind = "approval" if vote.decision == "approve" else "rejection"
+        records = [
+            Record(
+                kind,
+                identity.name,
+                row.id,
+                {
+                    "promotion_id": row.id,
+                    "workflow": row.workflow,
+                    "case_type": row.case_type,
+                    "decision": vote.decision,
+                    "reason": vote.reason,
+                    "voter": identity.to_json(),
+                    "quorum": row.quorum,
+                },
+            )
+        ]
+        bundle = self._decider.policy.bundle
+        change: dict[str, Any] = {}
+        if reaches:
+            terms = self._book.terms(bundle, row.workflow, row.case_type)
+            change = {
+                "event": "promotion",
+                "workflow": row.workflow,
+                "case_type": row.case_type,
+                "from_level": row.from_level,
+                "to_level": row.to_level,
+                "reason": f"promotion {row.id} approved by a quorum of {row.quorum}",
+                "actor": identity.to_json(),
+                "figures": orjson.loads(row.figures),
+                "criteria": orjson.loads(row.criteria),
+                "window": terms.window_json(),
+                "promotion_id": row.id,
+                "proposed_seq": row.seq,
+            }
+            records.append(
+                Record("autonomy", identity.name, f"{row.workflow}/{row.case_type}", change)
+            )
+
+        def count(conn: Connection, appended: list[Appended]) -> None:
+            entry = appended[0]
+            status = conn.execute(
+                sa.select(PROMOTIONS.c.status).where(PROMOTIONS.c.id == row.id)
+            ).scalar_one()
+            if status != "pending":
+                raise _Closed(status)
+            if self._approvals(conn, row.id) != before:
+                raise _Recount()
+            conn.execute(
+                sa.insert(PROMOTION_VOTES).values(
+                    promotion_id=row.id,
+                    voter_owner=identity.owner,
+                    voter=identity.name,
+                    decision=vote.decision,
+                    reason=vote.reason,
+                    seq=entry.seq,
+                    time=entry.time,
+                )
+            )
+            if vote.decision == "reject":
+                self._close(conn, row.id, "rejected", vote.reason, entry.time)
+            elif reaches:
+                current = self._current(conn, bundle, row.workflow, row.case_type)
+                if current[0] != row.from_level:
+                    raise _Closed("superseded")
+                self._close(conn, row.id, "approved", f"quorum of {row.quorum}", entry.time)
+                self._apply(conn, appended[1], change, keep=row.id)
+
+        try:
+            appended = await self._decider.ledger.append_many_async(records, in_transaction=count)
+        finally:
+            if reaches:
+                self._book.forget(row.workflow, row.case_type)
+        return appended[1] if reaches else None
+
+    @staticmethod
+    def _approvals(conn: Connection, promotion_id: str) -> int:
+        return int(
+            conn.execute(
+                sa.select(sa.func.count())
+                .select_from(PROMOTION_VOTES)
+                .where(
+                    PROMOTION_VOTES.c.promotion_id == promotion_id,
+                    PROMOTION_VOTES.c.decision == "approve",
+                )
+            ).scalar_one()
+        )
+
+    @staticmethod
+    def _close(conn: Connection, promotion_id: str, status: str, reason: str, when: str) -> None:
+        conn.execute(
+            sa.update(PROMOTIONS)
+            .where(PROMOTIONS.c.id == promotion_id)
+            .values(status=status, closed_at=when, closed_reason=reason)
+        )
+
+    # -- set by hand -----------------------------------------------------------------------
+
+    async def set_level(
+        self, identity: Identity, workflow: str, case_type: str, request: LevelRequest
+    ) -> AutonomyDetail:
+        """A governor sets the level, with a reason; the figures at that moment are recorded."""
+        bundle = self._decider.policy.bundle
+        if workflow not in bundle.workflows:
+            known = ", ".join(sorted(bundle.workflows)) or "none"
+            raise NotFound(f"no workflow {workflow!r}; known: {known}")
+        self._check_govern(identity, workflow, case_type)
+        known_types = bundle.workflows[workflow].case_types
+        if case_type not in known_types:
+            raise InvalidInput(
+                [
+                    (
+                        "case_type",
+                        f"the active bundle has no case type {case_type!r} in {workflow}; "
+                        f"it has {', '.join(sorted(known_types))}",
+                    )
+                ]
+            )
+        if not request.reason.strip():
+            raise InvalidInput([("reason", "say why the level changes")])
+        terms = self._book.terms(bundle, workflow, case_type)
+        self._book.standings(fresh=True)
+        level, _ = self._book.level(bundle, workflow, case_type)
+        if request.level == level:
+            raise Conflict(f"{workflow}/{case_type} is at level {level} already")
+        spec = self._book.window(bundle, workflow, case_type, level)
+        body = self._body(
+            "set",
+            workflow,
+            case_type,
+            level,
+            request.level,
+            actor=identity,
+            reason=request.reason,
+            figures=self._figures(spec),
+            spec=spec,
+            terms=terms,
+        )
+        try:
+            await self._change(body, spec.since, actor=identity)
+        except _Stale:
+            raise Conflict(
+                f"the level of {workflow}/{case_type} changed just now; look again"
+            ) from None
+        return self.detail(identity, workflow, case_type)
+
+    # -- reading ---------------------------------------------------------------------------
+
+    def _case_types(self, bundle: Bundle, workflow: str | None) -> list[tuple[str, str]]:
+        keys = {
+            (name, case_type)
+            for name, config in bundle.workflows.items()
+            for case_type in config.case_types
+        }
+        keys |= set(self._book.standings())
+        with self._engine.connect() as conn:
+            seen = conn.execute(
+                sa.select(FIGURES.c.workflow, FIGURES.c.case_type).group_by(
+                    FIGURES.c.workflow, FIGURES.c.case_type
+                )
+            ).all()
+        keys |= {(row.workflow, row.case_type) for row in seen}
+        return sorted(key for key in keys if workflow is None or key[0] == workflow)
+
+    def overview(self, identity: Identity, workflow: str | None = None) -> list[AutonomyView]:
+        """Every case type the caller may see, with its level and figures."""
+        if workflow is not None:
+            confine(identity, workflow, f"workflow {workflow!r}")
+        workflow = workflow or identity.workflow
+        bundle = self._decider.policy.bundle
+        self._book.standings(fresh=True)
+        pending = {(p.workflow, p.case_type): p for p in self.promotions(identity, "pending")}
+        return [
+            self._view(bundle, wf, ct, pending.get((wf, ct)))
+            for wf, ct in self._case_types(bundle, workflow)
+        ]
+
+    def detail(self, identity: Identity, workflow: str, case_type: str) -> AutonomyDetail:
+        """One case type with its changes and its figures day by day."""
+        confine(identity, workflow, f"case type {workflow}/{case_type}")
+        bundle = self._decider.policy.bundle
+        if workflow not in bundle.workflows and workflow not in {
+            key[0] for key in self._case_types(bundle, workflow)
+        }:
+            raise NotFound(f"no workflow {workflow!r}")
+        if (workflow, case_type) not in self._case_types(bundle, workflow):
+            raise NotFound(f"no case type {case_type!r} in workflow {workflow!r}")
+        self._book.standings(fresh=True)
+        pending = [
+            p
+            for p in self.promotions(identity, "pending")
+            if (p.workflow, p.case_type) == (workflow, case_type)
+        ]
+        view = self._view(bundle, workflow, case_type, pending[0] if pending else None)
+        return AutonomyDetail(
+            **dict(view),
+            history=self.history(workflow, case_type),
+            series=self.series(workflow, case_type),
+        )
+
+    def _view(
+        self, bundle: Bundle, workflow: str, case_type: str, pending: PromotionView | None
+    ) -> AutonomyView:
+        book = self._book
+        terms = book.terms(bundle, workflow, case_type)
+        level, source = book.level(bundle, workflow, case_type)
+        standing = book.standing(workflow, case_type)
+        figures = self._figures(book.window(bundle, workflow, case_type, level))
+        target = level + 1
+        criteria = terms.criteria.get(target) if target <= terms.max_level else None
+        promotion = None
+        if criteria is not None:
+            unmet = criteria.unmet(figures)
+            promotion = CriteriaView(**criteria.to_json(), met=not unmet, unmet=unmet)
+        return AutonomyView(
+            workflow=workflow,
+            case_type=case_type,
+            level=level,
+            name=LEVEL_NAMES[level],
+            source=source,
+            window=WindowView(
+                decisions=terms.window_decisions,
+                days=terms.window_days,
+                since_seq=None if standing is None or standing.seq < 0 else standing.seq,
+                since=None if standing is None or standing.seq < 0 else standing.changed_at,
+            ),
+            figures=Figures(**figures),
+            audit_rate_bp=terms.audit_rate(level),
+            promotion=promotion,
+            demotion=DemotionView(
+                **terms.demotion_json(), due=level > 1 and terms.demotion_due(figures)
+            ),
+            pending_promotion=pending,
+        )
+
+    def history(self, workflow: str, case_type: str, limit: int = 50) -> list[AutonomyChange]:
+        """The case type's changes of level, newest first."""
+        with self._engine.connect() as conn:
+            rows = conn.execute(
+                sa.select(AUTONOMY_CHANGES)
+                .where(
+                    AUTONOMY_CHANGES.c.workflow == workflow,
+                    AUTONOMY_CHANGES.c.case_type == case_type,
+                )
+                .order_by(AUTONOMY_CHANGES.c.seq.desc())
+                .limit(limit)
+            ).all()
+        return [
+            AutonomyChange(
+                seq=row.seq,
+                time=row.time,
+                event=row.event,
+                from_level=row.from_level,
+                to_level=row.to_level,
+                actor=row.actor,
+                reason=row.reason,
+                figures=Figures(**orjson.loads(row.figures)),
+            )
+            for row in rows
+        ]
+
+    def series(self, workflow: str, case_type: str) -> list[SeriesPoint]:
+        """The case type's figures day by day (UTC days of the decisions), over the window's
+        days or ``SERIES_DAYS``, whichever is longer: what the chart draws."""
+        bundle = self._decider.policy.bundle
+        days = max(self._book.terms(bundle, workflow, case_type).window_days, SERIES_DAYS)
+        cutoff = self._decider.clock() - dt.timedelta(days=days)
+        day = sa.func.substr(FIGURES.c.decided_at, 1, 10)
+        error = sa.case(
+            (
+                FIGURES.c.overridden + FIGURES.c.failed + FIGURES.c.audit_incorrect
+                + FIGURES.c.corrected > 0,
+                1,
+            ),
+            else_=0,
+        )  # fmt: skip
+        checked = sa.case(
+            (FIGURES.c.reviewed + FIGURES.c.executed + FIGURES.c.corrected > 0, 1), else_=0
+        )
+        query = (
+            sa.select(
+                day.label("day"),
+                sa.func.count().label("decisions"),
+                sa.func.sum(FIGURES.c.reviewed).label("reviewed"),
+                sa.func.sum(FIGURES.c.agreed).label("agreed"),
+                sa.func.sum(checked).label("checked"),
+                sa.func.sum(error).label("errors"),
+            )
+            .where(
+                FIGURES.c.workflow == workflow,
+                FIGURES.c.case_type == case_type,
+                FIGURES.c.decided_at >= format_time(cutoff),
+            )
+            .group_by(day)
+            .order_by(day)
+        )
+        with self._engine.connect() as conn:
+            rows = conn.execute(query).all()
+        return [
+            SeriesPoint(
+                day=row.day,
+                decisions=int(row.decisions),
+                reviewed=int(row.reviewed or 0),
+                agreement_bp=_ratio(row.agreed, row.reviewed),
+                checked=int(row.checked or 0),
+                error_bp=_ratio(row.errors, row.checked),
+            )
+            for row in rows
+        ]
+
+    def promotions(self, identity: Identity, status: str | None = "pending") -> list[PromotionView]:
+        """Promotions, newest first (of the caller's workflow, for a token bound to one)."""
+        query = sa.select(PROMOTIONS).order_by(PROMOTIONS.c.seq.desc()).limit(200)
+        if status is not None:
+            query = query.where(PROMOTIONS.c.status == status)
+        query = confine_query(query, PROMOTIONS.c.workflow, identity)
+        with self._engine.connect() as conn:
+            return [self._promotion_view(conn, row) for row in conn.execute(query).all()]
+
+    def promotion(self, promotion_id: str) -> PromotionView:
+        """One promotion with its votes."""
+        with self._engine.connect() as conn:
+            return self._promotion_view(conn, self._promotion(conn, promotion_id))
+
+    def _promotion_view(self, conn: Connection, row: Any) -> PromotionView:
+        votes = conn.execute(
+            sa.select(PROMOTION_VOTES)
+            .where(PROMOTION_VOTES.c.promotion_id == row.id)
+            .order_by(PROMOTION_VOTES.c.seq)
+        ).all()
+        return PromotionView(
+            id=row.id,
+            workflow=row.workflow,
+            case_type=row.case_type,
+            from_level=row.from_level,
+            to_level=row.to_level,
+            status=row.status,
+            quorum=row.quorum,
+            approvals=sum(1 for v in votes if v.decision == "approve"),
+            figures=Figures(**orjson.loads(row.figures)),
+            criteria=orjson.loads(row.criteria),
+            created_at=row.created_at,
+            seq=row.seq,
+            votes=[
+                VoteView(
+                    voter=v.voter, decision=v.decision, reason=v.reason, seq=v.seq, time=v.time
+                )
+                for v in votes
+            ],
+            closed_at=row.closed_at,
+            closed_reason=row.closed_reason,
+        )
+
+
+def _ratio(part: Any, whole: Any) -> int | None:
+    """part × 10000 ÷ whole in basis points; None when there is nothing to divide by."""
+    return int(part) * 10_000 // int(whole) if whole else None

@@ -1,0 +1,1 @@
+"""The `mandate` command line."""

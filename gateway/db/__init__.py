@@ -1,0 +1,1 @@
+"""The database: the gateway's tables, connecting, migrations."""

@@ -1,0 +1,1 @@
+"""A decision: its steps, the one orchestration of them, its records."""

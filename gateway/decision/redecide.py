@@ -1,0 +1,174 @@
+"""Deciding again from recorded inputs: what replay, shadow mode and decision cases share.
+
+A decision names every input it was made from: the proposal and the executor (the ``proposal``
+entry), and the autonomy level, the figures (``stats``) and the clock (``decided_at``) (the
+``decision`` entry). ``redecide`` runs the gateway's own steps on those inputs under a given
+policy, the functions ``Decider.judge`` runs, in its order: validate, permit (Casbin), classify
+(the case type, by the bundle), evaluate (Rego at the level), decide (the level-1 rule
+included). Nothing is written, and no input is
+taken from anywhere but the ``Inputs`` given, so the same inputs and bundle always give the same
+answer: that is what makes a replay of the whole ledger with the bundle that decided it change
+no verdict (``tests/policies/test_replay.py`` checks it over a realistic history).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from pydantic import ValidationError
+
+from gateway.decision.decider import (
+    LEVEL_NAMES,
+    ActivePolicy,
+    _input_digest,
+    _recorded_proposal,
+    classify_admitted,
+    classify_input,
+    decide,
+    evaluate,
+    permit,
+    rego_input,
+    validate,
+)
+from gateway.errors import DecisionUnavailable, Forbidden, InvalidInput
+from gateway.identity import Identity
+from gateway.schemas import Proposal, Reason
+
+__all__ = ["IDENTITY_FIELDS", "Inputs", "Outcome", "Redecision", "redecide"]
+
+# "refused": the gateway would answer 403 or 422 and record nothing; "error": it would fail
+# closed (503), a policy engine failing on this input.
+Outcome = Literal["execute", "hold", "reject", "refused", "error"]
+IDENTITY_FIELDS = ("token_id", "name", "role", "workflow", "owner")
+
+
+@dataclass(frozen=True)
+class Inputs:
+    """Everything one decision depends on. ``proposal`` is as the ledger keeps it (confidence
+    a decimal string); ``admitted`` is true for a re-evaluation of a proposal admitted before
+    (Casbin then answers even for a role that proposes nothing any more). ``level`` None is the
+    initial level, in the bundle, of the case type the bundle classifies the proposal as (a
+    decision case that names no level)."""
+
+    identity: Identity
+    proposal: dict[str, Any]
+    level: int | None
+    stats: dict[str, Any]
+    now: str
+    admitted: bool = False
+    case_type: str | None = None  # as recorded: the case type the decision was made as
+
+    @classmethod
+    def recorded(cls, proposal_body: Mapping[str, Any], decision_body: Mapping[str, Any]) -> Inputs:
+        """The inputs of a recorded decision: its proposal entry's body and its own body."""
+        executor = proposal_body["executor"]
+        trace = decision_body["trace"]
+        proposal = dict(proposal_body["proposal"])
+        return cls(
+            identity=Identity(**{name: executor[name] for name in IDENTITY_FIELDS}),
+            proposal=proposal,
+            level=int(trace["autonomy"]["level"]),
+            stats=dict(decision_body.get("stats") or {}),
+            now=str(trace["decided_at"]),
+            admitted=bool(decision_body.get("reevaluated")),
+            case_type=str(trace["autonomy"].get("case_type") or proposal["case_type"]),
+        )
+
+    @classmethod
+    def of(
+        cls,
+        identity: Identity,
+        proposal: Proposal,
+        level: int | None,
+        stats: dict[str, Any],
+        now: str,
+        *,
+        admitted: bool = False,
+    ) -> Inputs:
+        """Inputs for a proposal that was never recorded (a decision case)."""
+        return cls(identity, _recorded_proposal(proposal), level, stats, now, admitted)
+
+
+@dataclass(frozen=True)
+class Redecision:
+    """What the policy decides on the inputs: a verdict with its reasons, or why none."""
+
+    verdict: Outcome
+    reasons: list[Reason]
+    recommendation: str | None = None
+    error: str | None = None
+    input_digest: str | None = None
+    case_type: str | None = None
+    level: int | None = None
+
+    @property
+    def codes(self) -> list[str]:
+        """The reason codes, sorted."""
+        return sorted(r.code for r in self.reasons)
+
+    def to_json(self) -> dict[str, Any]:
+        """As a report shows it."""
+        return {
+            "verdict": self.verdict,
+            "reasons": [r.model_dump() for r in self.reasons],
+            "recommendation": self.recommendation,
+            "error": self.error,
+        }
+
+
+def _proposal(recorded: Mapping[str, Any]) -> Proposal:
+    confidence = recorded.get("confidence")
+    return Proposal.model_validate(
+        {**recorded, "confidence": None if confidence is None else float(confidence)}
+    )
+
+
+def redecide(policy: ActivePolicy, inputs: Inputs) -> Redecision:
+    """Decide ``inputs`` under ``policy`` as the gateway would; never raises for what the
+    gateway would refuse (``refused``) or fail closed on (``error``)."""
+    if inputs.level is not None and inputs.level not in LEVEL_NAMES:
+        return Redecision("refused", [], error=f"autonomy level {inputs.level} is not 1 to 4")
+    try:
+        proposal = _proposal(inputs.proposal)
+        if not inputs.admitted:
+            validate(proposal, policy)
+        permitted = permit(policy.permitter, inputs.identity, proposal, admitted=inputs.admitted)
+        classification, refused = classify_admitted(
+            policy,
+            proposal,
+            classify_input(inputs.proposal, inputs.identity, inputs.now),
+            inputs.case_type if inputs.admitted else None,
+        )
+    except ValidationError as exc:
+        return Redecision("refused", [], error=f"not a valid proposal: {exc}")
+    except (InvalidInput, Forbidden) as exc:
+        return Redecision("refused", [], error=exc.detail)
+    except DecisionUnavailable as exc:
+        return Redecision("error", [], error=exc.detail)
+    case_type = classification.case_type
+    config = policy.bundle.workflows.get(proposal.workflow)
+    initial = config.initial_level(case_type) if config is not None else 1
+    level = initial if inputs.level is None else inputs.level
+    if level not in LEVEL_NAMES:
+        return Redecision("refused", [], error=f"autonomy level {level} is not 1 to 4")
+    input_ = rego_input(
+        inputs.proposal, inputs.identity, case_type, level, inputs.stats, inputs.now
+    )
+    digest = _input_digest(input_)
+    try:
+        rego = None
+        if permitted.allowed and refused is None:
+            rego = evaluate(policy.engine, proposal.workflow, input_)
+    except DecisionUnavailable as exc:
+        return Redecision("error", [], error=exc.detail, input_digest=digest)
+    decision = decide(permitted, rego, level, refused)
+    return Redecision(
+        decision.verdict,
+        decision.reasons,
+        decision.recommendation,
+        input_digest=digest,
+        case_type=case_type,
+        level=level,
+    )

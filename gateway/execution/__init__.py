@@ -1,0 +1,1 @@
+"""Carrying allowed actions out: routing and the dispatcher."""

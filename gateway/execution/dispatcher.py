@@ -1,0 +1,428 @@
+"""Dispatch: carry out allowed actions exactly once, from an outbox that survives a crash.
+
+An ``execute`` verdict (directly, or when an approval reaches quorum) writes an execution
+intent in the same transaction as its ledger entry. The dispatcher claims due intents with a
+lease, writes an ``execution`` entry, makes one attempt through the adapter, and records what
+happened: an ``outcome`` entry, or an ``execution`` entry scheduling a retry with exponential
+backoff and jitter. A process that dies mid-attempt leaves a lease that expires; whoever claims
+the intent next repeats the attempt with the same ``Idempotency-Key`` (the action id), so the
+receiver carries the action out once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import logging
+import os
+import random
+import secrets
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection, Engine
+
+from adapters.base import Adapter, Dispatch, DispatchResult
+from gateway.autonomy.figures import mark_outcome
+from gateway.db.tables import ACTIONS, EVENTS, INTENTS
+from ledger.database import WRITE
+from ledger.entry import format_time
+from ledger.store import Appended, Ledger, Record
+
+__all__ = [
+    "Dispatcher",
+    "Routing",
+    "handover",
+    "intent_row",
+    "load_webhook_secret",
+    "payload_for",
+    "record_outcome",
+]
+
+log = logging.getLogger("mandate.dispatch")
+
+
+@dataclass(frozen=True)
+class Routing:
+    """Which adapter carries out an executor's actions: a webhook URL configured for the
+    executor's token name or, failing that, its workflow; otherwise the executor itself
+    (callback)."""
+
+    webhooks: Mapping[str, str]
+
+    def route(self, executor: str, workflow: str) -> tuple[str, str | None]:
+        """(adapter name, target)."""
+        url = self.webhooks.get(executor) or self.webhooks.get(workflow)
+        return ("webhook", url) if url else ("callback", None)
+
+
+def load_webhook_secret(given: str | None, path: Path) -> bytes:
+    """The webhook HMAC key: the configured one, or one kept (mode 0600) in the data dir.
+
+    Made on first use: written whole to a private temporary file, then linked into place,
+    which fails rather than overwrite. Processes that share the data dir and start at once
+    (gateways, ``serve --workers``) therefore all read the one key that was published first;
+    none reads a file still being written (an empty key) or dies on losing the race.
+    """
+    if given:
+        return given.encode()
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        scratch = path.with_name(f".{path.name}.{secrets.token_hex(6)}")
+        fd = os.open(scratch, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "wb") as out:
+            out.write(secrets.token_hex(32).encode())
+            out.flush()
+            os.fsync(out.fileno())
+        with contextlib.suppress(FileExistsError):  # another process published one first
+            os.link(scratch, path)
+        scratch.unlink()
+    secret = path.read_bytes().strip()
+    if not secret:  # left so by an earlier version that died while writing it
+        raise RuntimeError(f"{path} is empty; delete it to have a new key made")
+    return secret
+
+
+def intent_row(
+    action_id: str, routing: Routing, executor: str, workflow: str, now: str
+) -> dict[str, Any]:
+    """The outbox row an allowed action starts with."""
+    adapter, target = routing.route(executor, workflow)
+    return {
+        "action_id": action_id,
+        "adapter": adapter,
+        "target": target,
+        "status": "pending",
+        "attempts": 0,
+        "next_attempt_at": now,
+        "lease_until": None,
+        "last_error": None,
+        "created_at": now,
+        "updated_at": now,
+    }
+
+
+def handover(action_id: str) -> dict[str, Any]:
+    """The ``execution`` entry of an action handed to its executor (the callback adapter):
+    one attempt, now waiting for the executor's outcome."""
+    return {
+        "action_id": action_id,
+        "attempt": 1,
+        "adapter": "callback",
+        "target": None,
+        "result": "awaiting_outcome",
+    }
+
+
+def _parse_time(stamp: str) -> dt.datetime:
+    """The datetime of a ``format_time`` stamp."""
+    return dt.datetime.strptime(stamp, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=dt.UTC)
+
+
+def _event(seq: int, action_id: str, kind: str, time: str) -> dict[str, Any]:
+    return {"seq": seq, "action_id": action_id, "kind": kind, "time": time}
+
+
+async def record_outcome(
+    ledger: Ledger,
+    action_id: str,
+    *,
+    actor: str,
+    status: str,
+    detail: Any,
+    attempt: int | None,
+    expect: tuple[str, ...],
+    adapter: str | None = None,
+) -> Appended:
+    """Write an ``outcome`` entry and settle the intent and the action (and the action's
+    measured figures), atomically.
+
+    ``expect`` lists the intent statuses (and ``adapter`` the adapter) from which this outcome
+    may be recorded; otherwise (already settled, say) nothing is written and ``LookupError`` is
+    raised.
+    """
+    body = {"action_id": action_id, "status": status, "attempt": attempt, "detail": detail}
+
+    def settle(conn: Connection, appended: list[Appended]) -> None:
+        entry = appended[0]
+        which = sa.and_(INTENTS.c.action_id == action_id, INTENTS.c.status.in_(expect))
+        if adapter is not None:
+            which = sa.and_(which, INTENTS.c.adapter == adapter)
+        moved = conn.execute(
+            sa.update(INTENTS)
+            .where(which)
+            .values(status=status, lease_until=None, updated_at=entry.time)
+        )
+        if moved.rowcount != 1:
+            raise LookupError(f"action {action_id} has no intent waiting for an outcome")
+        conn.execute(sa.update(ACTIONS).where(ACTIONS.c.id == action_id).values(status=status))
+        conn.execute(sa.insert(EVENTS).values(_event(entry.seq, action_id, "outcome", entry.time)))
+        mark_outcome(conn, action_id, status)
+
+    return (
+        await ledger.append_many_async(
+            [Record("outcome", actor, action_id, body)], in_transaction=settle
+        )
+    )[0]
+
+
+class Dispatcher:
+    """Works the outbox: one per gateway process; several processes share it safely."""
+
+    def __init__(
+        self,
+        engine: Engine,
+        ledger: Ledger,
+        adapters: Mapping[str, Adapter],
+        *,
+        payload: Callable[[str], dict[str, Any]],
+        attempts: int = 6,
+        backoff: float = 0.5,
+        lease: float = 30.0,
+        clock: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.UTC),
+        concurrency: int = 16,
+    ) -> None:
+        self._engine = engine
+        self._ledger = ledger
+        self._adapters = adapters
+        self._payload = payload
+        self._attempts = attempts
+        self._backoff = backoff
+        self._lease = lease
+        self._clock = clock
+        self._slots = asyncio.Semaphore(concurrency)
+        self._wake = asyncio.Event()
+        self._stopping = False
+        self._random = random.Random()  # noqa: S311 - jitter, not secrecy
+        self._next_due: dt.datetime | None = None
+        # Awaited with the action id after each outcome this dispatcher records (the runtime
+        # points it at the autonomy review).
+        self.on_outcome: Callable[[str], Awaitable[None]] | None = None
+
+    def wake(self) -> None:
+        """New intents are due: look now rather than at the next tick."""
+        self._wake.set()
+
+    def stop(self) -> None:
+        """Finish the attempts in flight and return from ``run``."""
+        self._stopping = True
+        self._wake.set()
+
+    async def run(self) -> None:
+        """Claim and dispatch due intents until stopped."""
+        running: set[asyncio.Task[None]] = set()
+        while not self._stopping:
+            self._wake.clear()
+            try:
+                claimed = await asyncio.to_thread(self._claim)
+            except Exception:
+                log.exception("could not read the outbox; trying again shortly")
+                claimed = []
+            for intent in claimed:
+                task = asyncio.create_task(self._attempt(intent))
+                running.add(task)
+                task.add_done_callback(running.discard)
+            if not claimed:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), timeout=self._idle_wait())
+        if running:
+            await asyncio.gather(*running, return_exceptions=True)
+
+    def _idle_wait(self) -> float:
+        """Until the next retry is due, looking at least every second for other processes'
+        intents and for leases that ran out."""
+        wait = min(1.0, self._lease / 4)
+        if self._next_due is not None:
+            wait = min(wait, (self._next_due - self._clock()).total_seconds())
+        return max(0.005, wait)
+
+    def _claim(self, limit: int = 64) -> list[dict[str, Any]]:
+        """Take due intents with a lease; a conditional update makes each claim exclusive."""
+        now = self._clock()
+        stamp = format_time(now)
+        lease = format_time(now + dt.timedelta(seconds=self._lease))
+        due = sa.or_(
+            sa.and_(INTENTS.c.status == "pending", INTENTS.c.next_attempt_at <= stamp),
+            sa.and_(INTENTS.c.status == "dispatching", INTENTS.c.lease_until < stamp),
+        )
+        claimed: list[dict[str, Any]] = []
+        # A write transaction from the start (BEGIN IMMEDIATE on SQLite): a read that turned
+        # into a write would fail at once if another process wrote in between.
+        with self._engine.connect().execution_options(**{WRITE: True}) as conn, conn.begin():
+            candidates = conn.execute(
+                sa.select(INTENTS).where(due).order_by(INTENTS.c.next_attempt_at).limit(limit)
+            ).all()
+            for row in candidates:
+                taken = conn.execute(
+                    sa.update(INTENTS)
+                    .where(INTENTS.c.action_id == row.action_id, due)
+                    .values(
+                        status="dispatching",
+                        lease_until=lease,
+                        attempts=row.attempts + 1,
+                        updated_at=stamp,
+                    )
+                )
+                if taken.rowcount == 1:
+                    claimed.append(
+                        dict(row._mapping) | {"attempts": row.attempts + 1, "lease_until": lease}
+                    )
+            upcoming = conn.execute(
+                sa.select(sa.func.min(INTENTS.c.next_attempt_at)).where(
+                    INTENTS.c.status == "pending", INTENTS.c.next_attempt_at > stamp
+                )
+            ).scalar()
+        self._next_due = _parse_time(upcoming) if upcoming else None
+        for intent in claimed:
+            intent["payload"] = self._payload(intent["action_id"])
+        return claimed
+
+    async def _attempt(self, intent: dict[str, Any]) -> None:
+        async with self._slots:
+            try:
+                await self._attempt_once(intent)
+            except Exception:
+                # The lease runs out and the attempt is made again; nothing is lost.
+                log.exception("dispatch of %s failed before its result was recorded", intent)
+
+    async def _attempt_once(self, intent: dict[str, Any]) -> None:
+        action_id, attempt = intent["action_id"], intent["attempts"]
+        adapter = self._adapters.get(intent["adapter"])
+        body = {
+            "action_id": action_id,
+            "attempt": attempt,
+            "adapter": intent["adapter"],
+            "target": intent["target"],
+            "result": "dispatching",
+        }
+        lease = intent["lease_until"]
+
+        def still_ours(conn: Connection, appended: list[Appended]) -> None:
+            # The claim may have run out and been taken over, or the executor may have
+            # reported already: then this attempt is not made, and no entry says it was.
+            held = conn.execute(
+                sa.select(INTENTS.c.action_id).where(
+                    INTENTS.c.action_id == action_id,
+                    INTENTS.c.status == "dispatching",
+                    INTENTS.c.lease_until == lease,
+                )
+            ).first()
+            if held is None:
+                raise LookupError(f"the claim on {action_id} is no longer ours")
+            entry = appended[0]
+            conn.execute(
+                sa.insert(EVENTS).values(_event(entry.seq, action_id, "execution", entry.time))
+            )
+
+        try:
+            await self._ledger.append_many_async(
+                [Record("execution", "mandate", action_id, body)], in_transaction=still_ours
+            )
+        except LookupError:
+            return
+        if adapter is None:
+            result = DispatchResult("failed", f"no adapter named {intent['adapter']!r}")
+        else:
+            dispatch = Dispatch(action_id, attempt, intent["target"], intent["payload"])
+            try:
+                result = await adapter.dispatch(dispatch)
+            except Exception as exc:
+                result = DispatchResult("retry", f"the adapter raised {type(exc).__name__}: {exc}")
+        await self._settle(action_id, attempt, result)
+
+    async def _settle(self, action_id: str, attempt: int, result: DispatchResult) -> None:
+        if result.status == "retry" and attempt < self._attempts:
+            await self._schedule_retry(action_id, attempt, result)
+            return
+        if result.status == "awaiting_outcome":
+            await self._park(action_id, attempt)
+            return
+        status = "succeeded" if result.status == "succeeded" else "failed"
+        detail = {"detail": result.detail, "http_status": result.http_status}
+        if result.status == "retry":
+            detail["detail"] = f"gave up after {attempt} attempts: {result.detail}"
+        try:
+            await record_outcome(
+                self._ledger,
+                action_id,
+                actor="mandate",
+                status=status,
+                detail=detail,
+                attempt=attempt,
+                expect=("dispatching",),
+            )
+        except LookupError:  # another process settled it first
+            return
+        if self.on_outcome is not None:
+            await self.on_outcome(action_id)
+
+    async def _schedule_retry(self, action_id: str, attempt: int, result: DispatchResult) -> None:
+        delay = min(60.0, self._backoff * 2 ** (attempt - 1)) * (0.5 + self._random.random())
+        retry_at = format_time(self._clock() + dt.timedelta(seconds=delay))
+        body = {
+            "action_id": action_id,
+            "attempt": attempt,
+            "result": "retry",
+            "error": result.detail,
+            "next_attempt_at": retry_at,
+        }
+
+        def reschedule(conn: Connection, appended: list[Appended]) -> None:
+            entry = appended[0]
+            conn.execute(
+                sa.update(INTENTS)
+                .where(INTENTS.c.action_id == action_id, INTENTS.c.status == "dispatching")
+                .values(
+                    status="pending",
+                    next_attempt_at=retry_at,
+                    lease_until=None,
+                    last_error=result.detail[:500],
+                    updated_at=entry.time,
+                )
+            )
+            conn.execute(
+                sa.insert(EVENTS).values(_event(entry.seq, action_id, "execution", entry.time))
+            )
+
+        await self._ledger.append_many_async(
+            [Record("execution", "mandate", action_id, body)], in_transaction=reschedule
+        )
+        self.wake()
+
+    async def _park(self, action_id: str, attempt: int) -> None:
+        def park(conn: Connection) -> None:
+            conn.execute(
+                sa.update(INTENTS)
+                .where(INTENTS.c.action_id == action_id, INTENTS.c.status == "dispatching")
+                .values(status="awaiting_outcome", lease_until=None)
+            )
+
+        await asyncio.to_thread(self._in_transaction, park)
+
+    def _in_transaction(self, work: Callable[[Connection], None]) -> None:
+        with self._engine.begin() as conn:
+            work(conn)
+
+
+def payload_for(engine: Engine, ledger: Ledger, action_id: str) -> dict[str, Any]:
+    """What a webhook receives: the proposal, the case type the bundle decided it as, and the
+    ids of its proposal and decision."""
+    with engine.connect() as conn:
+        row = conn.execute(sa.select(ACTIONS).where(ACTIONS.c.id == action_id)).one()
+    entry = ledger.entry(row.proposal_seq).body
+    proposal = entry["proposal"]
+    return {
+        "action_id": action_id,
+        "proposal_seq": row.proposal_seq,
+        "decision_seq": row.decision_seq,
+        "executor": row.executor,
+        "workflow": proposal["workflow"],
+        "action_type": proposal["action_type"],
+        "case_type": row.case_type,
+        "resource": proposal["resource"],
+        "params": proposal["params"],
+    }

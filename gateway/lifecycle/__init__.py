@@ -1,0 +1,1 @@
+"""A policy bundle's life: checks, activation, shadow, replay."""

@@ -1,0 +1,1 @@
+"""The pages under /ui/: sessions, formatting, charts, templates."""
