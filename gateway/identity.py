@@ -18,12 +18,12 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from gateway.db.tables import TOKENS
+from gateway.errors import Unauthenticated
 from ledger.database import WRITE
 from ledger.entry import format_time
 
 __all__ = [
     "PERSON_ROLES",
-    "AuthError",
     "Identity",
     "TokenBook",
     "authenticate",
@@ -33,10 +33,6 @@ __all__ = [
 PERSON_ROLES = ("approver", "governor", "auditor", "policy-admin")
 _PREFIX = "mdt_"
 _CACHE_SECONDS = 1.0  # a revoked token stops working everywhere within this long
-
-
-class AuthError(Exception):
-    """No token, or one that is unknown or revoked (HTTP 401)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -147,13 +143,14 @@ class TokenBook:
 
 
 def authenticate(tokens: TokenBook, authorization: str | None) -> Identity:
-    """Step 1: who is calling? ``Authorization: Bearer <token>`` or AuthError saying why not."""
+    """Step 1: who is calling? ``Authorization: Bearer <token>``, or Unauthenticated saying
+    why not."""
     if not authorization:
-        raise AuthError("no token: send Authorization: Bearer <token> (mandate token create)")
+        raise Unauthenticated("no token: send Authorization: Bearer <token> (mandate token create)")
     scheme, _, token = authorization.partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
-        raise AuthError("the Authorization header must be 'Bearer <token>'")
+        raise Unauthenticated("the Authorization header must be 'Bearer <token>'")
     identity = tokens.lookup(token.strip())
     if identity is None:
-        raise AuthError("unknown or revoked token")
+        raise Unauthenticated("unknown or revoked token")
     return identity

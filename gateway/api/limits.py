@@ -15,7 +15,8 @@ from collections.abc import Callable
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from gateway.api.problems import problem, replaying
-from gateway.identity import AuthError, Identity, authenticate
+from gateway.errors import Unauthenticated
+from gateway.identity import Identity, authenticate
 
 __all__ = ["Limits", "TokenBuckets", "json_too_deep"]
 
@@ -156,7 +157,7 @@ def _identity(scope: Scope) -> Identity | None:
         return None
     try:
         return authenticate(runtime.tokens, header)
-    except AuthError:
+    except Unauthenticated:
         return None
     except Exception:  # the database failed: the app's own lookup meets it and answers 503
         return None

@@ -17,15 +17,8 @@ from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from gateway.db.migrations import schema_fault
-from gateway.errors import (
-    Conflict,
-    DecisionUnavailable,
-    Forbidden,
-    GatewayError,
-    InvalidInput,
-    NotFound,
-)
-from gateway.identity import AuthError, authenticate
+from gateway.errors import GatewayError, InvalidInput, Unauthenticated, status_of
+from gateway.identity import authenticate
 
 __all__ = ["BodyLimit", "install_problem_handlers", "problem", "replaying"]
 
@@ -46,13 +39,6 @@ def replaying(body: bytes, receive: Receive) -> Receive:
 
 
 PROBLEM_JSON = "application/problem+json"
-_STATUS: dict[type[Exception], int] = {
-    InvalidInput: 422,
-    Forbidden: 403,
-    NotFound: 404,
-    Conflict: 409,
-    DecisionUnavailable: 503,
-}
 log = logging.getLogger("mandate")
 # How SQLite and PostgreSQL say that a table does not exist.
 _MISSING_TABLE = re.compile(r'no such table: (\S+)|relation "([^"]+)" does not exist')
@@ -105,7 +91,7 @@ def install_problem_handlers(app: FastAPI) -> None:
 
     async def gateway_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, GatewayError)
-        status = next((code for kind, code in _STATUS.items() if isinstance(exc, kind)), 500)
+        status = status_of(exc)
         errors = None
         if isinstance(exc, InvalidInput):
             errors = [{"field": field, "message": message} for field, message in exc.errors]
@@ -174,7 +160,7 @@ def install_problem_handlers(app: FastAPI) -> None:
 
     app.add_exception_handler(RequestValidationError, validation)
     app.add_exception_handler(GatewayError, gateway_error)
-    app.add_exception_handler(AuthError, auth_error)
+    app.add_exception_handler(Unauthenticated, auth_error)
     app.add_exception_handler(StarletteHTTPException, http_error)
     # Not only OperationalError: PostgreSQL's "relation does not exist" is a ProgrammingError
     # (the tables gone is no bug), a session the server ended (idle in a transaction too long)
@@ -198,14 +184,14 @@ def _allowed(app: FastAPI, path: str) -> list[str]:
     return sorted({m for pattern, methods in table if pattern.match(path) for m in methods})
 
 
-def _unauthenticated(request: Request) -> AuthError | None:
+def _unauthenticated(request: Request) -> Unauthenticated | None:
     """Why a request to an authenticated path has no valid token, or None if it has one."""
     runtime = getattr(request.app.state, "runtime", None)
     if runtime is None or not request.url.path.startswith(("/v1/", "/readyz", "/metrics")):
         return None
     try:
         authenticate(runtime.tokens, request.headers.get("authorization"))
-    except AuthError as exc:
+    except Unauthenticated as exc:
         return exc
     return None
 

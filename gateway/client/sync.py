@@ -42,11 +42,12 @@ import urllib.parse
 import uuid
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, Literal, NoReturn, ParamSpec, TypeVar, cast
+from typing import Any, ClassVar, Literal, NoReturn, ParamSpec, TypeVar, cast
 
 import httpx
 from pydantic import ValidationError
 
+from gateway import errors
 from gateway.schemas import (
     ActionView,
     ApprovalView,
@@ -104,8 +105,11 @@ class MandateError(Exception):
 
     ``problem`` is the gateway's RFC 9457 problem details and ``status`` the HTTP status when the
     gateway answered with an error; both are None for errors found on this side (a timeout, a
-    rejected action, an unreachable gateway). ``str()`` is the problem's detail.
+    rejected action, an unreachable gateway). ``str()`` is the problem's detail. ``kind`` is the
+    gateway's error that the status stands for (``gateway.errors.STATUS``), where there is one.
     """
+
+    kind: ClassVar[type[errors.GatewayError] | None] = None
 
     def __init__(
         self, message: str, *, problem: Problem | None = None, status: int | None = None
@@ -123,23 +127,33 @@ class MandateError(Exception):
 class Unauthorized(MandateError):
     """401: no token, or an unknown or revoked one."""
 
+    kind = errors.Unauthenticated
+
 
 class Forbidden(MandateError):
     """403: the token's role may not do this (or it is bound to another workflow, or this is
     the caller's own proposal: separation of duties)."""
 
+    kind = errors.Forbidden
+
 
 class NotFound(MandateError):
     """404: no such action or approval (or the caller may not know of it)."""
+
+    kind = errors.NotFound
 
 
 class Conflict(MandateError):
     """409: the request contradicts what is recorded: an idempotency key reused for another
     proposal, an approval no longer pending, an action not waiting for an outcome."""
 
+    kind = errors.Conflict
+
 
 class InvalidInput(MandateError):
     """422: a field is wrong; ``errors`` names each one (``ProblemField(field, message)``)."""
+
+    kind = errors.InvalidInput
 
     @property
     def errors(self) -> list[ProblemField]:
@@ -154,6 +168,8 @@ class InvalidProposal(InvalidInput):
 class Unavailable(MandateError):
     """503: a part the decision depends on failed and the gateway failed closed (nothing was
     executed), after the retries. Trying later is safe."""
+
+    kind = errors.DecisionUnavailable
 
 
 class Unreachable(Unavailable):
@@ -193,13 +209,11 @@ class OutcomeNotRecorded(MandateError):
         self.result = result
 
 
-_BY_STATUS: dict[int, type[MandateError]] = {
-    401: Unauthorized,
-    403: Forbidden,
-    404: NotFound,
-    409: Conflict,
-    422: InvalidInput,
-    503: Unavailable,
+# Each gateway error's SDK error; which status means which comes from ``gateway.errors.STATUS``.
+_BY_KIND: dict[type[errors.GatewayError], type[MandateError]] = {
+    kind.kind: kind
+    for kind in (Unauthorized, Forbidden, NotFound, Conflict, InvalidInput, Unavailable)
+    if kind.kind is not None
 }
 
 
@@ -216,11 +230,12 @@ def _error_from(response: httpx.Response, *, proposing: bool = False) -> Mandate
             detail=f"HTTP {response.status_code} from {response.request.url}"
             + (f": {text[0][:200]}" if text else ""),
         )
-    kind = _BY_STATUS.get(response.status_code, MandateError)
-    if kind is InvalidInput and proposing:
-        kind = InvalidProposal
+    gateway_kind = errors.kind_of(response.status_code)
+    error = MandateError if gateway_kind is None else _BY_KIND[gateway_kind]
+    if error is InvalidInput and proposing:
+        error = InvalidProposal
     message = problem.detail or problem.title
-    return kind(message, problem=problem, status=response.status_code)
+    return error(message, problem=problem, status=response.status_code)
 
 
 def _rejection_message(verdict: Verdict, action: ActionView | None) -> str:

@@ -54,7 +54,7 @@ from gateway.api.routes.actions import show as show_action
 from gateway.autonomy.governance import SERIES_DAYS
 from gateway.db.tables import TOKENS, UI_SESSIONS
 from gateway.decision.decider import LEVEL_NAMES
-from gateway.errors import Conflict, Forbidden, GatewayError, InvalidInput, NotFound
+from gateway.errors import Forbidden, GatewayError, InvalidInput, status_of
 from gateway.identity import Identity
 from gateway.schemas import ActionView, ApprovalView, FindingRequest, LevelRequest, VoteRequest
 from gateway.server.runtime import Runtime
@@ -70,12 +70,6 @@ SESSION_SECONDS = 12 * 3600  # a working day; then sign in again
 SECRET_FILE = "ui-session-secret"  # noqa: S105 (a file name, not a secret)
 STATUSES = ("pending", "approved", "rejected", "expired", "superseded")
 FILTERS = (*STATUSES, "all")
-_STATUS_OF: tuple[tuple[type[GatewayError], int], ...] = (
-    (InvalidInput, 422),
-    (Forbidden, 403),
-    (NotFound, 404),
-    (Conflict, 409),
-)
 _SECURITY_HEADERS = {
     "Content-Security-Policy": (
         "default-src 'none'; style-src 'self'; img-src 'self' data:; form-action 'self'; "
@@ -410,10 +404,6 @@ def _problem(visit: Visit, status: int, title: str, detail: str) -> Response:
     return _page(visit, "error.html", context, status)
 
 
-def _status_of(exc: GatewayError) -> int:
-    return next((code for kind, code in _STATUS_OF if isinstance(exc, kind)), 500)
-
-
 def _time_left(expires_at: str, now: dt.datetime) -> tuple[str, str]:
     """How long until ``expires_at``, and a tone: expired, urgent (< 1 h), soon (< 4 h)."""
     seconds = int((_parse(expires_at) - now).total_seconds())
@@ -619,7 +609,7 @@ def _detail(
         view = runtime.approvals.get(visit.identity, approval_id)
         action = show_action(view.action_id, runtime, visit.identity)
     except GatewayError as exc:
-        status = _status_of(exc)
+        status = status_of(exc)
         return _problem(visit, status, exc.title, exc.detail)
     now = runtime.decider.clock()
     row = _row(view, now)
@@ -696,7 +686,7 @@ async def vote(
         )
     except GatewayError as exc:
         return _detail(
-            visit, approval_id, status_code=_status_of(exc), error=exc.detail, reason=reason
+            visit, approval_id, status_code=status_of(exc), error=exc.detail, reason=reason
         )
     if view.status == "approved":
         visit.say("ok", f"Approved: quorum of {view.quorum} reached; the action is released.")
@@ -723,7 +713,7 @@ def _autonomy(visit: Visit, *, status_code: int = 200, error: str | None = None)
     try:
         views = governance.overview(visit.identity)
     except GatewayError as exc:
-        return _problem(visit, _status_of(exc), exc.title, exc.detail)
+        return _problem(visit, status_of(exc), exc.title, exc.detail)
     today = runtime.decider.clock().date()
     workflows: dict[str, list[dict[str, Any]]] = {}
     for view in views:
@@ -780,7 +770,7 @@ async def promotion_vote(
     except pydantic.ValidationError as exc:
         return _autonomy(visit, status_code=422, error=_first_error(exc, "decision")[1])
     except GatewayError as exc:
-        return _autonomy(visit, status_code=_status_of(exc), error=exc.detail)
+        return _autonomy(visit, status_code=status_of(exc), error=exc.detail)
     where = f"{view.workflow} {view.case_type}"
     if view.status == "approved":
         visit.say("ok", f"Promoted: {where} is at level {view.to_level} now.")
@@ -815,7 +805,7 @@ async def level_set(
     except pydantic.ValidationError as exc:
         return _autonomy(visit, status_code=422, error=_first_error(exc, "level")[1])
     except GatewayError as exc:
-        return _autonomy(visit, status_code=_status_of(exc), error=exc.detail)
+        return _autonomy(visit, status_code=status_of(exc), error=exc.detail)
     visit.say("ok", f"{workflow} {case_type} is at level {view.level} ({view.name}) now.")
     return _redirect(visit, f"{visit.base}/autonomy#{_anchor(workflow, case_type)}")
 
@@ -852,7 +842,7 @@ def _audits(
     try:
         views = runtime.audits.list(visit.identity, None if status == "all" else status)
     except GatewayError as exc:
-        return _problem(visit, _status_of(exc), exc.title, exc.detail)
+        return _problem(visit, status_of(exc), exc.title, exc.detail)
     now = runtime.decider.clock()
     context = {
         "section": "audits",
@@ -917,7 +907,7 @@ async def record_finding(
         error = None if "note" in fields else exc.detail
         return _audits(visit, status_code=422, draft=draft, error=error)
     except GatewayError as exc:
-        return _audits(visit, status_code=_status_of(exc), draft=draft, error=exc.detail)
+        return _audits(visit, status_code=status_of(exc), draft=draft, error=exc.detail)
     visit.say(
         "ok",
         f"Finding recorded: {view.action_type} on {view.resource} was {view.status} "
