@@ -40,8 +40,9 @@ import sqlalchemy as sa
 
 from bench._common import Context, Figure
 from gateway.autonomy.figures import WindowSpec, figures_row
+from gateway.autonomy.levels import AutonomyBook
 from gateway.db.tables import FIGURES
-from gateway.decision.decider import AutonomyBook, Decider
+from gateway.decision.decider import Decider
 from gateway.identity import Identity
 from gateway.schemas import Proposal
 from gateway.server.runtime import Runtime
@@ -178,7 +179,7 @@ async def _measure(ctx: Context, runtime: Runtime, per_run: int) -> list[Figure]
 
 def _stats_read(ctx: Context, book: AutonomyBook, decider: Decider) -> Figure:
     """The read side of a decision: ``input.stats`` through the cache."""
-    bundle = decider.policy.bundle
+    bundle = decider.in_force.policy.bundle
     calls = 2000 if ctx.quick else 200_000
     runs = []
     for _ in range(ctx.repeat):
@@ -200,7 +201,7 @@ def _row_write(ctx: Context, runtime: Runtime) -> Figure:
     """The write side of a decision: its row of figures, built and inserted 16 to a statement
     as the ledger's writer batches them, inside a transaction that is open anyway (timed
     without it; rolled back at the end, so no fsync: the batch's is paid with or without)."""
-    moment = format_time(runtime.decider.clock())
+    moment = format_time(runtime.clock())
     batches = 20 if ctx.quick else 500
     insert = sa.insert(FIGURES)
     runs = []
@@ -271,14 +272,14 @@ async def _window_read(ctx: Context, runtime: Runtime) -> Figure:
     book = runtime.decider.autonomy
     figures = book.figures
     assert figures is not None
-    bundle = runtime.decider.policy.bundle
+    bundle = runtime.in_force.policy.bundle
     spec: WindowSpec = book.window(bundle, "parking", "booking.create", 3)
     calls = 200 if ctx.quick else 2000
     runs = []
     for _ in range(ctx.repeat):
         start = time.perf_counter()
         for _ in range(calls):
-            seen = figures.window(spec, runtime.decider.clock())
+            seen = figures.window(spec, runtime.clock())
         runs.append((time.perf_counter() - start) / calls * 1e6)
     return Figure(
         f"{NAME}.window_read",

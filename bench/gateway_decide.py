@@ -202,10 +202,10 @@ async def _timed(
 def _judge(runtime: Runtime, identity: Identity, batch: Sequence[Proposal]) -> float:
     """Seconds per ``Decider.judge`` call (permit, evaluate, decide, trace)."""
     decider = runtime.decider
-    policy = decider.policy
+    policy = decider.in_force.policy
     start = time.perf_counter()
     for proposal in batch:
-        decider.judge(identity, proposal, policy, decider.clock())
+        decider.judgement(identity, proposal, policy, decider.clock())
     return (time.perf_counter() - start) / len(batch)
 
 

@@ -32,8 +32,9 @@ from bench._common import Context, Figure
 from bench.dataset import remove_sqlite
 from gateway.cli.demo import proposals as demo_mix
 from gateway.identity import Identity
-from gateway.lifecycle.activation import BundleStore, build_policy
 from gateway.lifecycle.replay import Replayer
+from gateway.lifecycle.slots import BundleStore
+from gateway.policy.active import build_policy
 from gateway.schemas import Proposal
 from gateway.server.runtime import Runtime
 from gateway.settings import Settings

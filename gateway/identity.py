@@ -21,12 +21,14 @@ from gateway.db.tables import TOKENS
 from gateway.errors import Unauthenticated
 from ledger.database import WRITE
 from ledger.entry import format_time
+from ledger.store import Ledger
 
 __all__ = [
     "PERSON_ROLES",
     "Identity",
     "TokenBook",
     "authenticate",
+    "may_act_for",
 ]
 
 # Roles held by people; executor roles come from the Casbin policy.
@@ -154,3 +156,14 @@ def authenticate(tokens: TokenBook, authorization: str | None) -> Identity:
     if identity is None:
         raise Unauthenticated("unknown or revoked token")
     return identity
+
+
+def may_act_for(ledger: Ledger, identity: Identity, executor: str, proposal_seq: int) -> bool:
+    """Whether ``identity`` could have made the proposal recorded at ``proposal_seq`` by the
+    token named ``executor``: that token, or another of its standing, as the proposal entry
+    records it. Only such a token is answered a retried idempotency key, reports the action's
+    outcome or withdraws it; the ledger is read only for a token of another name."""
+    if identity.name == executor:  # names are unique, and a token's standing never changes
+        return True
+    recorded = ledger.entry(proposal_seq).body["executor"]
+    return identity.standing == (recorded["owner"], recorded["role"], recorded["workflow"])

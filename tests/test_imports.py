@@ -464,3 +464,71 @@ def test_no_ledger_module_imports_gateway_or_adapters() -> None:
         )
     ]
     assert found == []
+
+
+def explicit_import_graph(modules: dict[str, Path]) -> dict[str, set[str]]:
+    """Which of our modules each one imports by name, anywhere in its source (under
+    ``TYPE_CHECKING`` too): the module named and the packages above it that are not already
+    above the importer (those are running when it imports)."""
+    graph: dict[str, set[str]] = {}
+    for name, path in modules.items():
+        package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+        ancestors = {".".join(name.split(".")[:i]) for i in range(1, name.count(".") + 1)}
+        edges: set[str] = set()
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"), str(path))):
+            targets: list[str] = []
+            if isinstance(node, ast.Import):
+                targets = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                base = package.split(".")[: len(package.split(".")) - node.level + 1]
+                module = ".".join([*(base if node.level else []), *filter(None, [node.module])])
+                targets = [module, *(f"{module}.{alias.name}" for alias in node.names)]
+            for target in targets:
+                parts = target.split(".")
+                for i in range(1, len(parts) + 1):
+                    above = ".".join(parts[:i])
+                    if above in modules and above != name and above not in ancestors:
+                        edges.add(above)
+        graph[name] = edges
+    return graph
+
+
+def test_the_gateway_has_no_import_cycles_type_checking_included() -> None:
+    modules = {n: p for n, p in module_files().items() if n.split(".")[0] == "gateway"}
+    graph = explicit_import_graph(modules)
+    assert graph["gateway.decision.decider"] >= {"gateway.decision.steps", "gateway.errors"}
+    assert modules_in_cycles(graph) == set()
+
+
+SERVER_PARTS = ("fastapi", "starlette", "sqlalchemy", "sqlmodel", "uvicorn", "casbin", "regorus")
+SDK_MODULES = ("gateway", "gateway.client", "gateway.errors", "gateway.schemas")
+
+
+def test_the_sdk_imports_without_the_server(tmp_path: Path) -> None:
+    """An executor installs the SDK alone: it imports no web framework, database or policy
+    engine, and no gateway module but its own, the error table and the API's models."""
+    code = textwrap.dedent(
+        f"""
+        import importlib.abc, sys
+        server = {SERVER_PARTS!r}
+        sdk = {SDK_MODULES!r}
+
+        class Refuse(importlib.abc.MetaPathFinder):
+            def find_spec(self, name, path=None, target=None):
+                top = name.split(".")[0]
+                if top in server:
+                    raise ImportError(f"the SDK imported {{name}}")
+                if top == "gateway" and not (name in sdk or name.startswith("gateway.client.")):
+                    raise ImportError(f"the SDK imported {{name}}")
+                return None
+
+        sys.meta_path.insert(0, Refuse())
+        from gateway.client import AsyncMandateClient, MandateClient, governed
+        with MandateClient("http://127.0.0.1:9", token="mdt_x", retries=0) as client:
+            assert client is not None
+        print("ok")
+        """
+    )
+    done = python(code, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "ok"

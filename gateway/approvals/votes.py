@@ -13,24 +13,27 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime as dt
 import logging
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
 import orjson
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
 from gateway.autonomy.figures import mark_expired, mark_vote
+from gateway.autonomy.levels import AutonomyBook
 from gateway.binding import confine, confine_query, reaches
 from gateway.db.tables import ACTIONS, APPROVALS, EVENTS, INTENTS, VOTES
-from gateway.decision.decider import Decider, approval_row
+from gateway.decision.records import Judgement, approval_row
 from gateway.errors import Conflict, Forbidden, InvalidInput, NotFound
-from gateway.execution.dispatcher import intent_row
+from gateway.execution.routing import Routing, intent_row
 from gateway.identity import Identity
+from gateway.policy.active import ActivePolicy
 from gateway.schemas import ApprovalView, Proposal, Reason, VoteRequest, VoteView
 from ledger.entry import format_time
-from ledger.store import Appended, Record
+from ledger.store import Appended, Ledger, Record
 
 __all__ = ["Approvals"]
 
@@ -50,18 +53,44 @@ def _event(entry: Appended, action_id: str, kind: str) -> dict[str, Any]:
     return {"seq": entry.seq, "action_id": action_id, "kind": kind, "time": entry.time}
 
 
+class Reevaluate(Protocol):
+    """Decides a held proposal again under the policy in force (``Decider.judgement``)."""
+
+    def __call__(
+        self,
+        identity: Identity,
+        proposal: Proposal,
+        policy: ActivePolicy,
+        moment: dt.datetime,
+        *,
+        admitted: str | None = None,
+    ) -> Judgement: ...
+
+
 class Approvals:
     """Lists, votes on and expires approvals."""
 
     def __init__(
         self,
         engine: Engine,
-        decider: Decider,
+        ledger: Ledger,
         *,
+        policy: Callable[[], ActivePolicy],
+        autonomy: AutonomyBook,
+        routing: Routing,
+        judgement: Reevaluate,
+        clock: Callable[[], dt.datetime],
         wake_dispatcher: Callable[[], None] = lambda: None,
     ) -> None:
+        """``policy`` gives the policy in force; ``judgement`` decides a held proposal again
+        under it (``Decider.judgement``)."""
         self._engine = engine
-        self._decider = decider
+        self._ledger = ledger
+        self._policy = policy
+        self._autonomy = autonomy
+        self._routing = routing
+        self._judgement = judgement
+        self._clock = clock
         self._wake = wake_dispatcher
 
     # -- reading ---------------------------------------------------------------------------
@@ -70,7 +99,7 @@ class Approvals:
         """Whether Casbin lets this caller approve this kind of action in this workflow."""
         if not reaches(identity, workflow):
             return False
-        permitter = self._decider.policy.permitter
+        permitter = self._policy().permitter
         return permitter.permit(identity.role, workflow, action_type, "approve").allowed
 
     def list(self, identity: Identity, status: str | None = "pending") -> list[ApprovalView]:
@@ -168,7 +197,7 @@ class Approvals:
             if earlier == vote.decision:
                 return self.get(identity, approval_id)
             raise Conflict(f"you already voted {earlier} on approval {approval_id}")
-        now = self._decider.clock()
+        now = self._clock()
         if row.status != "pending":
             raise Conflict(f"approval {approval_id} is {row.status}; it takes no more votes")
         if format_time(now) >= row.expires_at:
@@ -176,7 +205,7 @@ class Approvals:
             raise Conflict(f"approval {approval_id} expired at {row.expires_at}")
         # A rejection always counts: re-evaluation guards approvals given under another
         # bundle, and a person's "no" must never turn into an execution.
-        if vote.decision == "approve" and row.bundle_digest != self._decider.policy.bundle.digest:
+        if vote.decision == "approve" and row.bundle_digest != self._policy().bundle.digest:
             raise Conflict(await self._reevaluate(row, action))
         try:
             approved = await self._record_vote(identity, row, action, vote)
@@ -189,7 +218,7 @@ class Approvals:
         if approved:
             self._wake()
         if approved or vote.decision == "reject":  # the vote closed it: the figures moved
-            await self._decider.autonomy.after(row.workflow, row.case_type)
+            await self._autonomy.after(row.workflow, row.case_type)
         return self.get(identity, approval_id)
 
     async def _record_vote(
@@ -243,7 +272,7 @@ class Approvals:
                     sa.insert(INTENTS).values(
                         intent_row(
                             row.action_id,
-                            self._decider.routing,
+                            self._routing,
                             action.executor,
                             row.workflow,
                             entry.time,
@@ -252,7 +281,7 @@ class Approvals:
                 )
                 outcome["approved"] = True
 
-        await self._decider.ledger.append_many_async(
+        await self._ledger.append_many_async(
             [Record(kind, identity.name, row.action_id, body)], in_transaction=count
         )
         return outcome["approved"]
@@ -275,9 +304,8 @@ class Approvals:
         The old approval is superseded; the new verdict is recorded as a decision entry, and a
         hold under the new bundle opens a new approval. Returns what the voter is told.
         """
-        decider = self._decider
-        policy = decider.policy
-        entry = decider.ledger.entry(action.proposal_seq)
+        policy = self._policy()
+        entry = self._ledger.entry(action.proposal_seq)
         recorded = entry.body["proposal"]
         identity = Identity(**{k: entry.body["executor"][k] for k in _IDENTITY_FIELDS})
         proposal = Proposal.model_validate(
@@ -288,8 +316,8 @@ class Approvals:
                 else float(recorded["confidence"])
             }
         )
-        judgement = decider.judge(
-            identity, proposal, policy, decider.clock(), admitted=row.case_type
+        judgement = self._judgement(
+            identity, proposal, policy, self._clock(), admitted=row.case_type
         )
         decision = judgement.decision
         why = (
@@ -342,13 +370,13 @@ class Approvals:
                 conn.execute(
                     sa.insert(INTENTS).values(
                         intent_row(
-                            row.action_id, decider.routing, identity.name, row.workflow, entry_.time
+                            row.action_id, self._routing, identity.name, row.workflow, entry_.time
                         )
                     )
                 )
 
         try:
-            await decider.ledger.append_many_async(
+            await self._ledger.append_many_async(
                 [Record("decision", "mandate", row.action_id, body)], in_transaction=supersede
             )
         except _Closed as exc:
@@ -386,17 +414,17 @@ class Approvals:
             mark_expired(conn, action_id)
 
         try:
-            await self._decider.ledger.append_many_async(
+            await self._ledger.append_many_async(
                 [Record("expiry", "mandate", action_id, body)], in_transaction=close
             )
         except _Closed:
             return False
-        self._decider.autonomy.forget()  # the figures counted an expiry
+        self._autonomy.forget()  # the figures counted an expiry
         return True
 
     async def sweep(self) -> int:
         """Expire every pending approval past its time; return how many."""
-        stamp = format_time(self._decider.clock())
+        stamp = format_time(self._clock())
         with self._engine.connect() as conn:
             due = conn.execute(
                 sa.select(APPROVALS.c.id, APPROVALS.c.action_id).where(

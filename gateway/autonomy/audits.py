@@ -1,14 +1,5 @@
-"""Post-hoc audit: a deterministic sample of executed actions, the auditors' findings, and
-corrections of executed actions.
-
-The sample is drawn when an action is decided. An action that executes at a level whose audit
-rate (policy data, ``autonomy.audit_rate_bp``) is ``r`` basis points is sampled when
-
-    int.from_bytes(SHA-256(b"mandate/audit/v1:" + action_id)[:8], "big") × 10000 < r × 2^64
-
-and its decision entry records ``"audit": {"rate_bp": r, "sampled": true|false}``. Anyone can
-draw the sample again from an export alone: for each ``decision`` entry whose verdict is
-``execute`` and that carries ``audit``, hash its subject (the action id) with that rate.
+"""Post-hoc audit: the auditors' findings on the sampled actions
+(``gateway.autonomy.sampling``), and corrections of executed actions.
 
 A finding (``correct`` | ``incorrect``, with a note) is an ``audit`` entry, written by someone
 Casbin lets ``audit`` in the action's workflow, never by the proposer's owner; it marks the
@@ -18,76 +9,24 @@ to be undone or fixed after it ran) is an ``outcome`` entry with status ``correc
 
 from __future__ import annotations
 
-import hashlib
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable
+from typing import Any
 
 import orjson
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
 from gateway.autonomy.figures import mark_audit, mark_correction
+from gateway.autonomy.levels import AutonomyBook
 from gateway.binding import confine, confine_query, reaches
 from gateway.db.tables import ACTIONS, AUDITS, EVENTS, INTENTS
 from gateway.errors import Conflict, Forbidden, InvalidInput, NotFound
-from gateway.identity import Identity
+from gateway.identity import Identity, may_act_for
+from gateway.policy.active import ActivePolicy
 from gateway.schemas import AuditView, CorrectionRequest, FindingRequest
-from ledger.store import Appended, Record
+from ledger.store import Appended, Ledger, Record
 
-if TYPE_CHECKING:
-    from gateway.decision.decider import Decider
-
-__all__ = ["AUDIT_PREFIX", "Audits", "audit_id", "audit_row", "sample_value", "sampled"]
-
-AUDIT_PREFIX = b"mandate/audit/v1:"
-_BASIS = 10_000
-_SPACE = 1 << 64
-
-
-def sample_value(action_id: str) -> int:
-    """The action's place in the sampling space: the first 8 bytes of SHA-256 of the prefix
-    and its id, as a big-endian integer (0 ≤ value < 2^64)."""
-    return int.from_bytes(hashlib.sha256(AUDIT_PREFIX + action_id.encode()).digest()[:8], "big")
-
-
-def sampled(action_id: str, rate_bp: int) -> bool:
-    """Whether an action executed at audit rate ``rate_bp`` (0..10000) is audited."""
-    return sample_value(action_id) * _BASIS < rate_bp * _SPACE
-
-
-def audit_id(action_id: str) -> str:
-    """The id of an action's audit: ``aud_`` and the action id's random part."""
-    return f"aud_{action_id.removeprefix('act_')}"
-
-
-def audit_row(
-    action_id: str,
-    workflow: str,
-    case_type: str,
-    level: int,
-    rate_bp: int,
-    created_at: str,
-    decision_seq: int,
-    proposer_owner: str,
-    summary: dict[str, Any],
-) -> dict[str, Any]:
-    """The pending audit a sampled action starts with."""
-    return {
-        "id": audit_id(action_id),
-        "action_id": action_id,
-        "workflow": workflow,
-        "case_type": case_type,
-        "level": level,
-        "rate_bp": rate_bp,
-        "status": "pending",
-        "created_at": created_at,
-        "decision_seq": decision_seq,
-        "proposer_owner": proposer_owner,
-        "summary": orjson.dumps(summary),
-        "auditor": None,
-        "note": None,
-        "finding_seq": None,
-        "closed_at": None,
-    }
+__all__ = ["Audits"]
 
 
 class _Closed(Exception):
@@ -105,9 +44,19 @@ def _event(entry: Appended, action_id: str, kind: str) -> dict[str, Any]:
 class Audits:
     """The audit queue, findings and corrections."""
 
-    def __init__(self, engine: Engine, decider: Decider) -> None:
+    def __init__(
+        self,
+        engine: Engine,
+        ledger: Ledger,
+        *,
+        policy: Callable[[], ActivePolicy],
+        autonomy: AutonomyBook,
+    ) -> None:
+        """``policy`` gives the policy in force."""
         self._engine = engine
-        self._decider = decider
+        self._ledger = ledger
+        self._policy = policy
+        self._autonomy = autonomy
 
     # -- who may ---------------------------------------------------------------------------
 
@@ -115,11 +64,11 @@ class Audits:
         """Whether Casbin lets this caller audit this kind of action in this workflow."""
         if not reaches(identity, workflow):
             return False
-        permitter = self._decider.policy.permitter
+        permitter = self._policy().permitter
         return permitter.permit(identity.role, workflow, action_type, "audit").allowed
 
     def _auditor(self, identity: Identity) -> None:
-        if identity.role not in self._decider.policy.permitter.roles_with_act("audit"):
+        if identity.role not in self._policy().permitter.roles_with_act("audit"):
             raise Forbidden(f"role {identity.role!r} may not audit")
 
     # -- reading ---------------------------------------------------------------------------
@@ -206,12 +155,12 @@ class Audits:
             conn.execute(sa.insert(EVENTS).values(_event(entry, row.action_id, "audit")))
 
         try:
-            await self._decider.ledger.append_many_async(
+            await self._ledger.append_many_async(
                 [Record("audit", identity.name, row.action_id, body)], in_transaction=settle
             )
         except _Closed:
             raise Conflict(f"audit {audit_id_} was settled by someone else just now") from None
-        await self._decider.autonomy.after(row.workflow, row.case_type)
+        await self._autonomy.after(row.workflow, row.case_type)
         return _view(self._row(audit_id_))
 
     # -- corrections -----------------------------------------------------------------------
@@ -232,11 +181,11 @@ class Audits:
                 sa.select(INTENTS.c.status).where(INTENTS.c.action_id == action_id)
             ).scalar()
         confine(identity, action.workflow, f"action {action_id}")
-        permitter = self._decider.policy.permitter
+        permitter = self._policy().permitter
         allowed = any(
             permitter.permit(identity.role, action.workflow, obj, act).allowed
             for obj, act in ((action.action_type, "audit"), (action.case_type, "govern"))
-        ) or self._decider.may_act_for(identity, action.executor, action.proposal_seq)
+        ) or may_act_for(self._ledger, identity, action.executor, action.proposal_seq)
         if not allowed:
             raise Forbidden(
                 "only the executor that proposed an action, and its auditors and governors, "
@@ -262,12 +211,12 @@ class Audits:
             conn.execute(sa.insert(EVENTS).values(_event(appended[0], action_id, "outcome")))
 
         try:
-            await self._decider.ledger.append_many_async(
+            await self._ledger.append_many_async(
                 [Record("outcome", identity.name, action_id, body)], in_transaction=mark
             )
         except _Closed:
             raise Conflict(f"action {action_id} was corrected already") from None
-        await self._decider.autonomy.after(action.workflow, action.case_type)
+        await self._autonomy.after(action.workflow, action.case_type)
 
 
 def _summary(row: Any) -> dict[str, Any]:

@@ -28,6 +28,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
 from gateway.autonomy.figures import ZERO_FIGURES, WindowSpec
+from gateway.autonomy.levels import LEVEL_NAMES, AutonomyBook
 from gateway.autonomy.terms import Criteria, Terms, bp
 from gateway.binding import confine, confine_query, reaches
 from gateway.db.tables import (
@@ -37,9 +38,9 @@ from gateway.db.tables import (
     PROMOTION_VOTES,
     PROMOTIONS,
 )
-from gateway.decision.decider import LEVEL_NAMES, AutonomyBook, Decider
 from gateway.errors import Conflict, Forbidden, InvalidInput, NotFound
 from gateway.identity import Identity
+from gateway.policy.active import ActivePolicy
 from gateway.policy.bundle import Bundle
 from gateway.schemas import (
     AutonomyChange,
@@ -56,7 +57,7 @@ from gateway.schemas import (
     WindowView,
 )
 from ledger.entry import format_time
-from ledger.store import Appended, Record
+from ledger.store import Appended, Ledger, Record
 
 __all__ = ["Governance"]
 
@@ -86,14 +87,25 @@ Notify = Callable[[dict[str, Any]], None]
 class Governance:
     """Reviews figures, proposes and applies promotions, demotes, and sets levels by hand."""
 
-    def __init__(self, engine: Engine, decider: Decider, *, notify: Notify | None = None) -> None:
+    def __init__(
+        self,
+        engine: Engine,
+        ledger: Ledger,
+        *,
+        policy: Callable[[], ActivePolicy],
+        autonomy: AutonomyBook,
+        clock: Callable[[], dt.datetime],
+        new_id: Callable[[str], str],
+        notify: Notify | None = None,
+    ) -> None:
+        """``policy`` gives the policy in force; ``new_id`` makes promotion ids."""
         self._engine = engine
-        self._decider = decider
+        self._ledger = ledger
+        self._policy = policy
+        self._book = autonomy
+        self._clock = clock
+        self._new_id = new_id
         self._notify = notify
-
-    @property
-    def _book(self) -> AutonomyBook:
-        return self._decider.autonomy
 
     # -- who may ---------------------------------------------------------------------------
 
@@ -101,7 +113,7 @@ class Governance:
         """Whether Casbin lets this caller govern the case type (``govern`` in the workflow)."""
         if not reaches(identity, workflow):
             return False
-        permitter = self._decider.policy.permitter
+        permitter = self._policy().permitter
         return permitter.permit(identity.role, workflow, case_type, "govern").allowed
 
     def _check_govern(self, identity: Identity, workflow: str, case_type: str) -> None:
@@ -215,7 +227,7 @@ class Governance:
     ) -> Appended:
         """Record and apply a change, if the level is still ``from_level`` set at ``since``."""
         workflow, case_type = body["workflow"], body["case_type"]
-        bundle = self._decider.policy.bundle
+        bundle = self._policy().bundle
 
         def apply(conn: Connection, appended: list[Appended]) -> None:
             current = self._current(conn, bundle, workflow, case_type)
@@ -227,7 +239,7 @@ class Governance:
             "autonomy", "mandate" if actor is None else actor.name, f"{workflow}/{case_type}", body
         )
         try:
-            appended = await self._decider.ledger.append_many_async([record], in_transaction=apply)
+            appended = await self._ledger.append_many_async([record], in_transaction=apply)
         finally:
             self._book.forget(workflow, case_type)
         return appended[0]
@@ -238,14 +250,14 @@ class Governance:
         figures = self._book.figures
         if figures is None:
             return dict(ZERO_FIGURES)
-        return figures.window(spec, self._decider.clock())
+        return figures.window(spec, self._clock())
 
     async def review(self, workflow: str, case_type: str) -> None:
         """Demote when the window's error rate crossed the threshold; else propose a promotion
         when the next level's entry criteria are met."""
         if self._book.figures is None:
             return
-        bundle = self._decider.policy.bundle
+        bundle = self._policy().bundle
         terms = self._book.terms(bundle, workflow, case_type)
         self._book.standings(fresh=True)
         level, _ = self._book.level(bundle, workflow, case_type)
@@ -333,8 +345,8 @@ class Governance:
         criteria: Criteria,
         figures: dict[str, int],
     ) -> None:
-        promotion_id = self._decider.new_id("prm")
-        bundle = self._decider.policy.bundle
+        promotion_id = self._new_id("prm")
+        bundle = self._policy().bundle
         body = {
             "event": "promotion_proposed",
             "promotion_id": promotion_id,
@@ -381,7 +393,7 @@ class Governance:
 
         record = Record("autonomy", "mandate", f"{workflow}/{case_type}", body)
         try:
-            await self._decider.ledger.append_many_async([record], in_transaction=open_)
+            await self._ledger.append_many_async([record], in_transaction=open_)
         except _Stale:
             return
         self._tell(
@@ -479,7 +491,7 @@ class Governance:
                 },
             )
         ]
-        bundle = self._decider.policy.bundle
+        bundle = self._policy().bundle
         change: dict[str, Any] = {}
         if reaches:
             terms = self._book.terms(bundle, row.workflow, row.case_type)
@@ -531,7 +543,7 @@ class Governance:
                 self._apply(conn, appended[1], change, keep=row.id)
 
         try:
-            appended = await self._decider.ledger.append_many_async(records, in_transaction=count)
+            appended = await self._ledger.append_many_async(records, in_transaction=count)
         finally:
             if reaches:
                 self._book.forget(row.workflow, row.case_type)
@@ -564,7 +576,7 @@ class Governance:
         self, identity: Identity, workflow: str, case_type: str, request: LevelRequest
     ) -> AutonomyDetail:
         """A governor sets the level, with a reason; the figures at that moment are recorded."""
-        bundle = self._decider.policy.bundle
+        bundle = self._policy().bundle
         if workflow not in bundle.workflows:
             known = ", ".join(sorted(bundle.workflows)) or "none"
             raise NotFound(f"no workflow {workflow!r}; known: {known}")
@@ -631,7 +643,7 @@ class Governance:
         if workflow is not None:
             confine(identity, workflow, f"workflow {workflow!r}")
         workflow = workflow or identity.workflow
-        bundle = self._decider.policy.bundle
+        bundle = self._policy().bundle
         self._book.standings(fresh=True)
         pending = {(p.workflow, p.case_type): p for p in self.promotions(identity, "pending")}
         return [
@@ -642,7 +654,7 @@ class Governance:
     def detail(self, identity: Identity, workflow: str, case_type: str) -> AutonomyDetail:
         """One case type with its changes and its figures day by day."""
         confine(identity, workflow, f"case type {workflow}/{case_type}")
-        bundle = self._decider.policy.bundle
+        bundle = self._policy().bundle
         if workflow not in bundle.workflows and workflow not in {
             key[0] for key in self._case_types(bundle, workflow)
         }:
@@ -726,9 +738,9 @@ class Governance:
     def series(self, workflow: str, case_type: str) -> list[SeriesPoint]:
         """The case type's figures day by day (UTC days of the decisions), over the window's
         days or ``SERIES_DAYS``, whichever is longer: what the chart draws."""
-        bundle = self._decider.policy.bundle
+        bundle = self._policy().bundle
         days = max(self._book.terms(bundle, workflow, case_type).window_days, SERIES_DAYS)
-        cutoff = self._decider.clock() - dt.timedelta(days=days)
+        cutoff = self._clock() - dt.timedelta(days=days)
         day = sa.func.substr(FIGURES.c.decided_at, 1, 10)
         error = sa.case(
             (

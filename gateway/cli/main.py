@@ -1184,7 +1184,7 @@ def policy_activate(
         changed, seq, who = answer["changed"], answer["policy"]["ledger_seq"], "the gateway"
     else:
         from gateway.db.connect import open_ledger
-        from gateway.lifecycle.activation import write_slot
+        from gateway.lifecycle.slots import write_slot
 
         settings = settings_from(data_dir, database_url)
         engine = open_database(settings)
@@ -1289,8 +1289,9 @@ def _replay_local(
     from sqlalchemy.exc import SQLAlchemyError
 
     from gateway.db.connect import open_engine
-    from gateway.lifecycle.activation import BundleStore, build_policy
     from gateway.lifecycle.replay import Replayer
+    from gateway.lifecycle.slots import BundleStore
+    from gateway.policy.active import build_policy
     from gateway.policy.bundle import BundleError, load_bundle
     from ledger.store import Ledger
 

@@ -2,13 +2,13 @@
 
 A decision names every input it was made from: the proposal and the executor (the ``proposal``
 entry), and the autonomy level, the figures (``stats``) and the clock (``decided_at``) (the
-``decision`` entry). ``redecide`` runs the gateway's own steps on those inputs under a given
-policy, the functions ``Decider.judge`` runs, in its order: validate, permit (Casbin), classify
-(the case type, by the bundle), evaluate (Rego at the level), decide (the level-1 rule
-included). Nothing is written, and no input is
-taken from anywhere but the ``Inputs`` given, so the same inputs and bundle always give the same
-answer: that is what makes a replay of the whole ledger with the bundle that decided it change
-no verdict (``tests/policies/test_replay.py`` checks it over a realistic history).
+``decision`` entry). ``redecide`` validates them and runs ``judge``
+(``gateway.decision.steps``), the one orchestration the live decider runs too: permit (Casbin),
+classify (the case type, by the bundle), evaluate (Rego at the recorded level), decide (the
+level-1 rule included). Nothing is written, and no input is taken from anywhere but the
+``Inputs`` given, so the same inputs and bundle always give the same answer: that is what makes
+a replay of the whole ledger with the bundle that decided it change no verdict
+(``tests/policies/test_replay.py`` checks it over a realistic history).
 """
 
 from __future__ import annotations
@@ -19,21 +19,11 @@ from typing import Any, Literal
 
 from pydantic import ValidationError
 
-from gateway.decision.decider import (
-    LEVEL_NAMES,
-    ActivePolicy,
-    _input_digest,
-    _recorded_proposal,
-    classify_admitted,
-    classify_input,
-    decide,
-    evaluate,
-    permit,
-    rego_input,
-    validate,
-)
+from gateway.autonomy.levels import LEVEL_NAMES
+from gateway.decision.steps import input_digest, judge, recorded_proposal, validate
 from gateway.errors import DecisionUnavailable, Forbidden, InvalidInput
 from gateway.identity import Identity
+from gateway.policy.active import ActivePolicy
 from gateway.schemas import Proposal, Reason
 
 __all__ = ["IDENTITY_FIELDS", "Inputs", "Outcome", "Redecision", "redecide"]
@@ -88,7 +78,7 @@ class Inputs:
         admitted: bool = False,
     ) -> Inputs:
         """Inputs for a proposal that was never recorded (a decision case)."""
-        return cls(identity, _recorded_proposal(proposal), level, stats, now, admitted)
+        return cls(identity, recorded_proposal(proposal), level, stats, now, admitted)
 
 
 @dataclass(frozen=True)
@@ -130,16 +120,28 @@ def redecide(policy: ActivePolicy, inputs: Inputs) -> Redecision:
     gateway would refuse (``refused``) or fail closed on (``error``)."""
     if inputs.level is not None and inputs.level not in LEVEL_NAMES:
         return Redecision("refused", [], error=f"autonomy level {inputs.level} is not 1 to 4")
+    config = policy.bundle.workflows.get(str(inputs.proposal.get("workflow")))
+
+    def standing(case_type: str) -> tuple[int, str, dict[str, int]]:
+        if inputs.level is not None:
+            return inputs.level, "recorded", inputs.stats
+        level = config.initial_level(case_type) if config is not None else 1
+        if level not in LEVEL_NAMES:
+            raise InvalidInput([("level", f"initial level {level} of {case_type} is not 1 to 4")])
+        return level, "bundle initial level", inputs.stats
+
     try:
         proposal = _proposal(inputs.proposal)
         if not inputs.admitted:
             validate(proposal, policy)
-        permitted = permit(policy.permitter, inputs.identity, proposal, admitted=inputs.admitted)
-        classification, refused = classify_admitted(
+        judged = judge(
             policy,
+            inputs.identity,
             proposal,
-            classify_input(inputs.proposal, inputs.identity, inputs.now),
-            inputs.case_type if inputs.admitted else None,
+            inputs.proposal,
+            inputs.now,
+            standing,
+            admitted=inputs.case_type if inputs.admitted else None,
         )
     except ValidationError as exc:
         return Redecision("refused", [], error=f"not a valid proposal: {exc}")
@@ -147,28 +149,12 @@ def redecide(policy: ActivePolicy, inputs: Inputs) -> Redecision:
         return Redecision("refused", [], error=exc.detail)
     except DecisionUnavailable as exc:
         return Redecision("error", [], error=exc.detail)
-    case_type = classification.case_type
-    config = policy.bundle.workflows.get(proposal.workflow)
-    initial = config.initial_level(case_type) if config is not None else 1
-    level = initial if inputs.level is None else inputs.level
-    if level not in LEVEL_NAMES:
-        return Redecision("refused", [], error=f"autonomy level {level} is not 1 to 4")
-    input_ = rego_input(
-        inputs.proposal, inputs.identity, case_type, level, inputs.stats, inputs.now
-    )
-    digest = _input_digest(input_)
-    try:
-        rego = None
-        if permitted.allowed and refused is None:
-            rego = evaluate(policy.engine, proposal.workflow, input_)
-    except DecisionUnavailable as exc:
-        return Redecision("error", [], error=exc.detail, input_digest=digest)
-    decision = decide(permitted, rego, level, refused)
+    decision = judged.decision
     return Redecision(
         decision.verdict,
         decision.reasons,
         decision.recommendation,
-        input_digest=digest,
-        case_type=case_type,
-        level=level,
+        input_digest=input_digest(judged.input),
+        case_type=judged.case_type,
+        level=judged.level,
     )

@@ -15,159 +15,28 @@ import asyncio
 import contextlib
 import datetime as dt
 import logging
-import os
 import random
-import secrets
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
 from adapters.base import Adapter, Dispatch, DispatchResult
-from gateway.autonomy.figures import mark_outcome
 from gateway.db.tables import ACTIONS, EVENTS, INTENTS
+from gateway.execution.outcomes import event_row, record_outcome
 from ledger.database import WRITE
 from ledger.entry import format_time
 from ledger.store import Appended, Ledger, Record
 
-__all__ = [
-    "Dispatcher",
-    "Routing",
-    "handover",
-    "intent_row",
-    "load_webhook_secret",
-    "payload_for",
-    "record_outcome",
-]
+__all__ = ["Dispatcher", "payload_for"]
 
 log = logging.getLogger("mandate.dispatch")
-
-
-@dataclass(frozen=True)
-class Routing:
-    """Which adapter carries out an executor's actions: a webhook URL configured for the
-    executor's token name or, failing that, its workflow; otherwise the executor itself
-    (callback)."""
-
-    webhooks: Mapping[str, str]
-
-    def route(self, executor: str, workflow: str) -> tuple[str, str | None]:
-        """(adapter name, target)."""
-        url = self.webhooks.get(executor) or self.webhooks.get(workflow)
-        return ("webhook", url) if url else ("callback", None)
-
-
-def load_webhook_secret(given: str | None, path: Path) -> bytes:
-    """The webhook HMAC key: the configured one, or one kept (mode 0600) in the data dir.
-
-    Made on first use: written whole to a private temporary file, then linked into place,
-    which fails rather than overwrite. Processes that share the data dir and start at once
-    (gateways, ``serve --workers``) therefore all read the one key that was published first;
-    none reads a file still being written (an empty key) or dies on losing the race.
-    """
-    if given:
-        return given.encode()
-    if not path.exists():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        scratch = path.with_name(f".{path.name}.{secrets.token_hex(6)}")
-        fd = os.open(scratch, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "wb") as out:
-            out.write(secrets.token_hex(32).encode())
-            out.flush()
-            os.fsync(out.fileno())
-        with contextlib.suppress(FileExistsError):  # another process published one first
-            os.link(scratch, path)
-        scratch.unlink()
-    secret = path.read_bytes().strip()
-    if not secret:  # left so by an earlier version that died while writing it
-        raise RuntimeError(f"{path} is empty; delete it to have a new key made")
-    return secret
-
-
-def intent_row(
-    action_id: str, routing: Routing, executor: str, workflow: str, now: str
-) -> dict[str, Any]:
-    """The outbox row an allowed action starts with."""
-    adapter, target = routing.route(executor, workflow)
-    return {
-        "action_id": action_id,
-        "adapter": adapter,
-        "target": target,
-        "status": "pending",
-        "attempts": 0,
-        "next_attempt_at": now,
-        "lease_until": None,
-        "last_error": None,
-        "created_at": now,
-        "updated_at": now,
-    }
-
-
-def handover(action_id: str) -> dict[str, Any]:
-    """The ``execution`` entry of an action handed to its executor (the callback adapter):
-    one attempt, now waiting for the executor's outcome."""
-    return {
-        "action_id": action_id,
-        "attempt": 1,
-        "adapter": "callback",
-        "target": None,
-        "result": "awaiting_outcome",
-    }
 
 
 def _parse_time(stamp: str) -> dt.datetime:
     """The datetime of a ``format_time`` stamp."""
     return dt.datetime.strptime(stamp, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=dt.UTC)
-
-
-def _event(seq: int, action_id: str, kind: str, time: str) -> dict[str, Any]:
-    return {"seq": seq, "action_id": action_id, "kind": kind, "time": time}
-
-
-async def record_outcome(
-    ledger: Ledger,
-    action_id: str,
-    *,
-    actor: str,
-    status: str,
-    detail: Any,
-    attempt: int | None,
-    expect: tuple[str, ...],
-    adapter: str | None = None,
-) -> Appended:
-    """Write an ``outcome`` entry and settle the intent and the action (and the action's
-    measured figures), atomically.
-
-    ``expect`` lists the intent statuses (and ``adapter`` the adapter) from which this outcome
-    may be recorded; otherwise (already settled, say) nothing is written and ``LookupError`` is
-    raised.
-    """
-    body = {"action_id": action_id, "status": status, "attempt": attempt, "detail": detail}
-
-    def settle(conn: Connection, appended: list[Appended]) -> None:
-        entry = appended[0]
-        which = sa.and_(INTENTS.c.action_id == action_id, INTENTS.c.status.in_(expect))
-        if adapter is not None:
-            which = sa.and_(which, INTENTS.c.adapter == adapter)
-        moved = conn.execute(
-            sa.update(INTENTS)
-            .where(which)
-            .values(status=status, lease_until=None, updated_at=entry.time)
-        )
-        if moved.rowcount != 1:
-            raise LookupError(f"action {action_id} has no intent waiting for an outcome")
-        conn.execute(sa.update(ACTIONS).where(ACTIONS.c.id == action_id).values(status=status))
-        conn.execute(sa.insert(EVENTS).values(_event(entry.seq, action_id, "outcome", entry.time)))
-        mark_outcome(conn, action_id, status)
-
-    return (
-        await ledger.append_many_async(
-            [Record("outcome", actor, action_id, body)], in_transaction=settle
-        )
-    )[0]
 
 
 class Dispatcher:
@@ -185,7 +54,10 @@ class Dispatcher:
         lease: float = 30.0,
         clock: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.UTC),
         concurrency: int = 16,
+        on_outcome: Callable[[str], Awaitable[None]] | None = None,
     ) -> None:
+        """``on_outcome`` is awaited with the action id after each outcome this dispatcher
+        records (the autonomy review)."""
         self._engine = engine
         self._ledger = ledger
         self._adapters = adapters
@@ -199,9 +71,7 @@ class Dispatcher:
         self._stopping = False
         self._random = random.Random()  # noqa: S311 - jitter, not secrecy
         self._next_due: dt.datetime | None = None
-        # Awaited with the action id after each outcome this dispatcher records (the runtime
-        # points it at the autonomy review).
-        self.on_outcome: Callable[[str], Awaitable[None]] | None = None
+        self._on_outcome = on_outcome
 
     def wake(self) -> None:
         """New intents are due: look now rather than at the next tick."""
@@ -315,7 +185,7 @@ class Dispatcher:
                 raise LookupError(f"the claim on {action_id} is no longer ours")
             entry = appended[0]
             conn.execute(
-                sa.insert(EVENTS).values(_event(entry.seq, action_id, "execution", entry.time))
+                sa.insert(EVENTS).values(event_row(entry.seq, action_id, "execution", entry.time))
             )
 
         try:
@@ -357,8 +227,8 @@ class Dispatcher:
             )
         except LookupError:  # another process settled it first
             return
-        if self.on_outcome is not None:
-            await self.on_outcome(action_id)
+        if self._on_outcome is not None:
+            await self._on_outcome(action_id)
 
     async def _schedule_retry(self, action_id: str, attempt: int, result: DispatchResult) -> None:
         delay = min(60.0, self._backoff * 2 ** (attempt - 1)) * (0.5 + self._random.random())
@@ -385,7 +255,7 @@ class Dispatcher:
                 )
             )
             conn.execute(
-                sa.insert(EVENTS).values(_event(entry.seq, action_id, "execution", entry.time))
+                sa.insert(EVENTS).values(event_row(entry.seq, action_id, "execution", entry.time))
             )
 
         await self._ledger.append_many_async(

@@ -28,9 +28,10 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from gateway.decision.decider import ZERO_STATS, ActivePolicy
+from gateway.autonomy.figures import ZERO_FIGURES
 from gateway.decision.redecide import Inputs, Redecision, redecide
 from gateway.identity import Identity
+from gateway.policy.active import ActivePolicy
 from gateway.policy.bundle import Bundle
 from gateway.policy.cases import Case, CaseError, load_cases
 from gateway.policy.permit import Permitter
@@ -311,7 +312,7 @@ def _run(policy: ActivePolicy, case: Case) -> CaseResult:
         workflow=executor["workflow"],
         owner=str(executor["owner"]),
     )
-    stats = {**ZERO_STATS, **case.stats}
+    stats = {**ZERO_FIGURES, **case.stats}
     got = redecide(policy, Inputs.of(identity, proposal, case.level, stats, case.now))
     failures = []
     expect = case.expect

@@ -32,8 +32,8 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from gateway.db.tables import ACTIONS
-from gateway.decision.decider import ActivePolicy
 from gateway.decision.redecide import Inputs, Redecision, redecide
+from gateway.policy.active import ActivePolicy
 from ledger.store import Ledger
 
 __all__ = ["AS_RECORDED", "Progress", "ReplayReport", "Replayer", "parse_since"]

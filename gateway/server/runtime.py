@@ -6,8 +6,6 @@ import asyncio
 import datetime as dt
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any
 
 from sqlalchemy.engine import Engine
 
@@ -16,53 +14,56 @@ from gateway.approvals.votes import Approvals
 from gateway.autonomy.audits import Audits
 from gateway.autonomy.figures import FigureBook
 from gateway.autonomy.governance import Governance
+from gateway.autonomy.levels import AutonomyBook
 from gateway.db.connect import open_engine, open_ledger
 from gateway.db.migrations import ensure_schema
-from gateway.decision.decider import ActivePolicy, AutonomyBook, Decider
-from gateway.execution.dispatcher import Dispatcher, Routing, load_webhook_secret, payload_for
-from gateway.identity import Identity, TokenBook
-from gateway.lifecycle.activation import PolicyLifecycle, build_policy
+from gateway.decision.decider import Decider
+from gateway.execution.dispatcher import Dispatcher, payload_for
+from gateway.execution.routing import Routing, load_webhook_secret
+from gateway.identity import TokenBook
+from gateway.lifecycle.activation import PolicyLifecycle
 from gateway.metrics import Metrics
-from gateway.policy.bundle import load_bundle
-from gateway.schemas import Proposal, Verdict
+from gateway.policy.active import InForce
+from gateway.server.notices import Notices
 from gateway.settings import Settings
 from ledger.store import Ledger
 
-__all__ = ["Runtime", "load_policy"]
+__all__ = ["Runtime"]
 
 
-def load_policy(root: Path, opa_url: str | None = None) -> ActivePolicy:
-    """Load a bundle and build its engines (regorus in-process, or an OPA server)."""
-    return build_policy(load_bundle(root), opa_url)
+def _utcnow() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
 
 
 @dataclass
 class Runtime:
-    """The process's dependencies: one object, so that tests and replays can build their own."""
+    """The process's dependencies, assembled once by ``start``: services receive what they
+    need (the ledger, the clock, a getter of the policy in force), never each other."""
 
     settings: Settings
     engine: Engine
     ledger: Ledger
     tokens: TokenBook
+    clock: Callable[[], dt.datetime]
+    in_force: InForce
     decider: Decider
-    metrics: Metrics
     approvals: Approvals
+    audits: Audits
+    governance: Governance
     dispatcher: Dispatcher
-    notifier: Notifier | None = None
-    policies: PolicyLifecycle | None = None
-    # Earned autonomy (levels, promotions, demotions) and post-hoc audits; set by ``start``.
-    governance: Governance = field(init=False)
-    audits: Audits = field(init=False)
+    policies: PolicyLifecycle
+    notices: Notices
+    metrics: Metrics
     _stop: asyncio.Event = field(default_factory=asyncio.Event)
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
-    _notices: set[asyncio.Task[Any]] = field(default_factory=set)
 
     @classmethod
     def start(
         cls, settings: Settings, *, clock: Callable[[], dt.datetime] | None = None
     ) -> Runtime:
         """Bring the database's schema to head (or refuse, with auto_migrate off), then open
-        the ledger (signing key made on first start) and the policy."""
+        the ledger (signing key made on first start) and the policy, and assemble the rest."""
+        clock = clock or _utcnow
         engine = open_engine(settings)
         try:
             ensure_schema(engine, auto_migrate=settings.auto_migrate)
@@ -74,17 +75,16 @@ class Runtime:
         # (gateway.lifecycle.activation).
         lifecycle = PolicyLifecycle(settings, engine, ledger)
         try:
-            policy = lifecycle.bootstrap()
+            in_force = InForce(lifecycle.bootstrap())
         except BaseException:
             ledger.close()
             engine.dispose()
             raise
+        lifecycle.attach(in_force)
         # Levels and figures are read from the database (short caches), so every process
         # sees a change another one made.
-        autonomy = AutonomyBook(engine=engine, figures=FigureBook(engine))
-        decider = Decider(engine, ledger, policy, autonomy, routing=Routing(settings.webhooks))
-        if clock is not None:
-            decider.clock = clock
+        autonomy = AutonomyBook(engine, figures=FigureBook(engine))
+        routing = Routing(settings.webhooks)
         factories = load_factories()
         secret = load_webhook_secret(settings.webhook_secret, settings.webhook_secret_path)
         adapters = {
@@ -101,35 +101,66 @@ class Runtime:
             attempts=settings.dispatch_attempts,
             backoff=settings.dispatch_backoff,
             lease=settings.dispatch_lease,
-            clock=decider.clock,
+            clock=clock,
+            on_outcome=autonomy.after_action,
         )
-        decider.on_execute = dispatcher.wake
-        approvals = Approvals(engine, decider, wake_dispatcher=dispatcher.wake)
         notifier = None
         if settings.notify_url:
             made = factories["notify"]({"url": settings.notify_url})
             notifier = made if isinstance(made, Notifier) else None
-        metrics = Metrics()
-        metrics.follow_ledger(ledger.size)
-        runtime = cls(
-            settings,
+        notices = Notices(settings, notifier)
+        decider = Decider(
             engine,
             ledger,
-            TokenBook(engine),
-            decider,
-            metrics,
-            approvals,
-            dispatcher,
-            notifier,
+            in_force,
+            autonomy,
+            routing=routing,
+            on_hold=notices.hold,
+            on_execute=dispatcher.wake,
+            clock=clock,
+            shadow=lifecycle.shadow.offer,
         )
-        decider.on_hold = runtime.announce_hold
-        runtime.governance = Governance(engine, decider, notify=runtime.announce)
-        runtime.audits = Audits(engine, decider)
-        autonomy.reviewer = runtime.governance.review
-        dispatcher.on_outcome = autonomy.after_action
-        runtime.policies = lifecycle
-        lifecycle.attach(decider)
-        return runtime
+        approvals = Approvals(
+            engine,
+            ledger,
+            policy=in_force.get,
+            autonomy=autonomy,
+            routing=routing,
+            judgement=decider.judgement,
+            clock=clock,
+            wake_dispatcher=dispatcher.wake,
+        )
+        governance = Governance(
+            engine,
+            ledger,
+            policy=in_force.get,
+            autonomy=autonomy,
+            clock=clock,
+            new_id=decider.new_id,
+            notify=notices.announce,
+        )
+        # The book asks governance to review after each event that judges an action, and
+        # governance reads levels from the book: the one loop, closed here.
+        autonomy.reviewer = governance.review
+        audits = Audits(engine, ledger, policy=in_force.get, autonomy=autonomy)
+        metrics = Metrics()
+        metrics.follow_ledger(ledger.size)
+        return cls(
+            settings=settings,
+            engine=engine,
+            ledger=ledger,
+            tokens=TokenBook(engine),
+            clock=clock,
+            in_force=in_force,
+            decider=decider,
+            approvals=approvals,
+            audits=audits,
+            governance=governance,
+            dispatcher=dispatcher,
+            policies=lifecycle,
+            notices=notices,
+            metrics=metrics,
+        )
 
     def start_background(self) -> None:
         """Start the dispatcher and the expiry sweeper on the running event loop."""
@@ -140,55 +171,20 @@ class Runtime:
                 name="expiry-sweeper",
             ),
         ]
-        if self.policies is not None:
-            self.policies.shadow.start()
-            self._tasks.append(
-                asyncio.create_task(
-                    self.policies.watch_forever(self.settings.policy_poll_interval, self._stop),
-                    name="policy-watcher",
-                )
+        self.policies.shadow.start()
+        self._tasks.append(
+            asyncio.create_task(
+                self.policies.watch_forever(self.settings.policy_poll_interval, self._stop),
+                name="policy-watcher",
             )
+        )
 
     async def stop_background(self) -> None:
         """Stop the background work, letting attempts in flight finish."""
         self._stop.set()
         self.dispatcher.stop()
-        await asyncio.gather(*self._tasks, *self._notices, return_exceptions=True)
-        if self.policies is not None:
-            await asyncio.to_thread(self.policies.shadow.stop)
-
-    def announce_hold(self, verdict: Verdict, proposal: Proposal, identity: Identity) -> None:
-        """Tell approvers of a held action through the notify adapter, if one is set."""
-        if self.notifier is None:
-            return
-        event = {
-            "title": f"Held for approval: {proposal.action_type} on {proposal.resource}",
-            "workflow": proposal.workflow,
-            "case_type": proposal.case_type,
-            "executor": identity.name,
-            "amount": proposal.params.get("amount"),
-            "confidence": proposal.confidence,
-            "reasons": [f"{r.code}: {r.message}" for r in verdict.reasons],
-            "action_id": verdict.action_id,
-            "approval_id": verdict.approval.id if verdict.approval else None,
-        }
-        if verdict.approval is not None:
-            base = self.settings.public_url or f"http://{self.settings.host}:{self.settings.port}"
-            event["url"] = f"{base.rstrip('/')}/ui/approvals/{verdict.approval.id}"
-        task = asyncio.get_running_loop().create_task(self.notifier.notify(event))
-        self._notices.add(task)
-        task.add_done_callback(self._notices.discard)
-
-    def announce(self, event: dict[str, Any], path: str = "/ui/autonomy") -> None:
-        """Tell people of an autonomy change (a demotion, a proposed or applied promotion)
-        through the notify adapter, if one is set, with a link to ``path`` in the inbox."""
-        if self.notifier is None:
-            return
-        base = self.settings.public_url or f"http://{self.settings.host}:{self.settings.port}"
-        event = event | {"url": f"{base.rstrip('/')}{path}"}
-        task = asyncio.get_running_loop().create_task(self.notifier.notify(event))
-        self._notices.add(task)
-        task.add_done_callback(self._notices.discard)
+        await asyncio.gather(*self._tasks, self.notices.drain(), return_exceptions=True)
+        await asyncio.to_thread(self.policies.shadow.stop)
 
     def close(self) -> None:
         """Let the ledger commit what is queued, then release the database."""

@@ -3,11 +3,12 @@ in worker processes that each build it from the environment (``mandate serve --w
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import socket
 import threading
 import time
-from collections.abc import Iterator, MutableMapping
+from collections.abc import Callable, Iterator, MutableMapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -48,9 +49,15 @@ def free_port() -> int:
 
 
 @contextmanager
-def serve_in_background(settings: Settings, *, timeout: float = 30.0) -> Iterator[Served]:
-    """Serve the gateway on a free loopback port until the block ends."""
-    app = create_app(settings)
+def serve_in_background(
+    settings: Settings,
+    *,
+    timeout: float = 30.0,
+    clock: Callable[[], dt.datetime] | None = None,
+) -> Iterator[Served]:
+    """Serve the gateway on a free loopback port until the block ends (``clock``: what its
+    decisions, approvals and sweeper read as now; tests move it)."""
+    app = create_app(settings, clock=clock)
     port = free_port()
     server = uvicorn.Server(
         uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on")

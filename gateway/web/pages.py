@@ -52,8 +52,8 @@ from gateway.api.access import ACCESS, route_path
 from gateway.api.deps import Rt
 from gateway.api.routes.actions import show as show_action
 from gateway.autonomy.governance import SERIES_DAYS
+from gateway.autonomy.levels import LEVEL_NAMES
 from gateway.db.tables import TOKENS, UI_SESSIONS
-from gateway.decision.decider import LEVEL_NAMES
 from gateway.errors import Forbidden, GatewayError, InvalidInput, status_of
 from gateway.identity import Identity
 from gateway.schemas import ActionView, ApprovalView, FindingRequest, LevelRequest, VoteRequest
@@ -529,7 +529,7 @@ def inbox(request: Request, runtime: Rt, status: Annotated[str, Query()] = "pend
             visit, 422, "invalid input", f"status: one of {', '.join(FILTERS)}, not {status!r}"
         )
     views = runtime.approvals.list(identity, None if status == "all" else status)
-    now = runtime.decider.clock()
+    now = runtime.clock()
     context = {
         "section": "inbox",
         "rows": [_row(view, now) for view in views],
@@ -611,7 +611,7 @@ def _detail(
     except GatewayError as exc:
         status = status_of(exc)
         return _problem(visit, status, exc.title, exc.detail)
-    now = runtime.decider.clock()
+    now = runtime.clock()
     row = _row(view, now)
     proposal_entry = next((t for t in action.timeline if t["kind"] == "proposal"), None)
     voted = next((v for v in view.votes if v.voter == visit.identity.name), None)
@@ -714,7 +714,7 @@ def _autonomy(visit: Visit, *, status_code: int = 200, error: str | None = None)
         views = governance.overview(visit.identity)
     except GatewayError as exc:
         return _problem(visit, status_of(exc), exc.title, exc.detail)
-    today = runtime.decider.clock().date()
+    today = runtime.clock().date()
     workflows: dict[str, list[dict[str, Any]]] = {}
     for view in views:
         history = governance.history(view.workflow, view.case_type, limit=20)
@@ -843,7 +843,7 @@ def _audits(
         views = runtime.audits.list(visit.identity, None if status == "all" else status)
     except GatewayError as exc:
         return _problem(visit, status_of(exc), exc.title, exc.detail)
-    now = runtime.decider.clock()
+    now = runtime.clock()
     context = {
         "section": "audits",
         "rows": [{"view": view, "age": _age(view.created_at, now)} for view in views],

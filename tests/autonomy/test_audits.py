@@ -7,7 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from gateway.autonomy.audits import sampled
+from gateway.autonomy.sampling import sampled
 from tests.approvals.conftest import Launch
 from tests.approvals.harness import assert_problem, proposal, propose, verified_ledger
 from tests.autonomy.support import bundle, drawn, figures

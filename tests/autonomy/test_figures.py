@@ -11,7 +11,7 @@ from typing import Any
 
 import rfc8785
 
-from gateway.decision.decider import rego_input
+from gateway.decision.steps import rego_input
 from gateway.identity import Identity
 from tests.approvals.conftest import Launch
 from tests.approvals.harness import (

@@ -16,12 +16,12 @@ from typing import Any
 import orjson
 import pytest
 
-from gateway.decision.decider import ActivePolicy, classify, classify_input, validate
+from gateway.decision.steps import classify, classify_input, validate
 from gateway.errors import DecisionUnavailable, InvalidInput
 from gateway.identity import Identity
+from gateway.policy.active import ActivePolicy, load_policy
 from gateway.policy.bundle import BundleError, load_bundle
 from gateway.schemas import Proposal
-from gateway.server.runtime import load_policy
 from tests.conftest import Database
 from tests.gateway.support import (
     POLICIES,

@@ -14,14 +14,14 @@ from typing import Any
 
 import pytest
 
-from gateway.decision.decider import ActivePolicy, decide, evaluate, permit, rego_input, validate
+from gateway.decision.steps import decide, evaluate, permit, rego_input, validate
 from gateway.errors import DecisionUnavailable, Forbidden, InvalidInput
 from gateway.identity import Identity
+from gateway.policy.active import ActivePolicy, load_policy
 from gateway.policy.bundle import load_bundle
 from gateway.policy.permit import DENY_BY_DEFAULT, PermitResult, Permitter
 from gateway.policy.rego import OpaServerEngine, RegoResult, RegorusEngine, live_engines
 from gateway.schemas import Proposal
-from gateway.server.runtime import load_policy
 from tests.gateway.support import POLICIES, copy_bundle, proposal
 
 NFD = unicodedata.normalize("NFD", "café")  # "cafe" + a combining accent: not NFC

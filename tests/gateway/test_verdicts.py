@@ -10,7 +10,7 @@ from typing import Any, NamedTuple
 import pytest
 import rfc8785
 
-from gateway.decision.decider import rego_input
+from gateway.decision.steps import rego_input
 from gateway.identity import Identity
 from gateway.policy.bundle import load_bundle
 from gateway.policy.rego import RegorusEngine

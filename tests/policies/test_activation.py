@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from gateway.lifecycle.activation import SYSTEM, write_slot
+from gateway.lifecycle.activation import SYSTEM
+from gateway.lifecycle.slots import write_slot
 from gateway.policy.bundle import bundle_from_files, load_bundle, read_bundle_files
 from tests.approvals.conftest import Launch
 from tests.approvals.harness import (
@@ -189,7 +190,7 @@ def test_every_process_follows_and_held_approvals_are_re_evaluated(
     assert activate(first.as_role("policy-admin"), candidate).status_code == 200
     on_second = second.client(agent_token)
     wait_for(
-        lambda: second.runtime.decider.policy.bundle.digest == digest,
+        lambda: second.runtime.in_force.policy.bundle.digest == digest,
         timeout=10,
         what="the second process to follow",
     )
@@ -231,7 +232,7 @@ def test_the_cli_activates_locally_and_through_a_gateway(
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == digest
     assert "is now the active bundle in the local database" in done.stderr
-    wait_for(lambda: live.runtime.decider.policy.bundle.digest == digest, what="the gateway")
+    wait_for(lambda: live.runtime.in_force.policy.bundle.digest == digest, what="the gateway")
     entry = policy_entries(live)[-1]
     assert entry["body"]["by"]["token_id"] == "local"
     assert entry["body"]["why"] == "raise review"
@@ -244,7 +245,7 @@ def test_the_cli_activates_locally_and_through_a_gateway(
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == default()
-    assert live.runtime.decider.policy.bundle.digest == default()
+    assert live.runtime.in_force.policy.bundle.digest == default()
     # ...and a token that may not: exit 2 with the gateway's answer.
     done = mandate(
         "policy", "activate", candidate, "--reason", "x", "--url", live.url,

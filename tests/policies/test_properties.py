@@ -26,11 +26,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from adapters.receiver import Receiver, running_receiver
+from gateway.autonomy.figures import ZERO_FIGURES
 from gateway.db.tables import INTENTS
-from gateway.decision.decider import ZERO_STATS
 from gateway.decision.redecide import Inputs, redecide
 from gateway.identity import Identity
-from gateway.lifecycle.activation import build_policy
+from gateway.policy.active import build_policy
 from gateway.policy.bundle import load_bundle
 from gateway.schemas import Proposal
 from tests.approvals.harness import SECRET, Live, settings_for, start, wait_for
@@ -59,7 +59,7 @@ amounts = st.one_of(
     st.none(),
     st.decimals(min_value=0, max_value=100_000, places=2, allow_nan=False).map(str),
 )
-figures = st.fixed_dictionaries({name: st.integers(0, 10_000) for name in ZERO_STATS})
+figures = st.fixed_dictionaries({name: st.integers(0, 10_000) for name in ZERO_FIGURES})
 
 
 @st.composite

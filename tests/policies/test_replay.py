@@ -14,8 +14,9 @@ import httpx
 import pytest
 
 from gateway.cli.demo import proposals as demo_proposals
-from gateway.lifecycle.activation import BundleStore, build_policy
 from gateway.lifecycle.replay import Replayer
+from gateway.lifecycle.slots import BundleStore
+from gateway.policy.active import build_policy
 from gateway.policy.bundle import load_bundle
 from tests.approvals.conftest import Hook, Launch
 from tests.approvals.harness import (

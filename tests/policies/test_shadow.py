@@ -37,7 +37,7 @@ def shadow_view(client: httpx.Client, **params: Any) -> dict[str, Any]:
 
 def settled(live: Live, client: httpx.Client) -> dict[str, Any]:
     """The shadow view once this process compared everything it was offered."""
-    live.runtime.policies.shadow.drain()  # type: ignore[union-attr]
+    live.runtime.policies.shadow.drain()
     return shadow_view(client)
 
 
@@ -54,7 +54,7 @@ def test_the_shadow_decides_beside_the_active_bundle_and_lists_what_differs(
     started = activate(admin, candidate, mode="shadow", reason="try a higher review threshold")
     assert started.status_code == 200, started.text
     assert started.json()["policy"]["mode"] == "shadow"
-    active = live.runtime.decider.policy.bundle.digest
+    active = live.runtime.in_force.policy.bundle.digest
     assert active != digest
 
     # The live verdicts are the active bundle's, whatever the shadow says.
@@ -154,4 +154,4 @@ def test_stopping_and_promoting_the_shadow(
         ("shadow", None),
         ("active", True),
     ]
-    wait_for(lambda: live.runtime.policies.shadow.current is None, what="no shadow")  # type: ignore[union-attr]
+    wait_for(lambda: live.runtime.policies.shadow.current is None, what="no shadow")

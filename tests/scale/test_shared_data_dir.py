@@ -9,7 +9,7 @@ import stat
 import threading
 from pathlib import Path
 
-from gateway.execution.dispatcher import load_webhook_secret
+from gateway.execution.routing import load_webhook_secret
 
 STARTERS = 8
 ROUNDS = 20  # each on a fresh data dir

@@ -130,9 +130,8 @@ class Gateway:
 
 def _serve(tmp_path: Path, **settings: Any) -> Iterator[Gateway]:
     config = Settings(data_dir=tmp_path / "data", policies=POLICIES, **settings)
-    with serve_in_background(config) as served:
-        clock = Clock()
-        served.runtime.decider.clock = clock  # approvals and the sweeper read the decider's
+    clock = Clock()
+    with serve_in_background(config, clock=clock) as served:
         yield Gateway(served.url, served.runtime, clock)
 
 

@@ -36,9 +36,9 @@ def gateway(tmp_path: Path) -> Iterator[Gateway]:
     data = orjson.loads((policies / "data.json").read_bytes())
     data["autonomy"]["audit_rate_bp"] = {"2": 10_000, "3": 0, "4": 0}
     (policies / "data.json").write_bytes(orjson.dumps(data))
-    with serve_in_background(Settings(data_dir=tmp_path / "data", policies=policies)) as served:
-        clock = Clock()
-        served.runtime.decider.clock = clock
+    clock = Clock()
+    settings = Settings(data_dir=tmp_path / "data", policies=policies)
+    with serve_in_background(settings, clock=clock) as served:
         yield Gateway(served.url, served.runtime, clock)
 
 

@@ -45,9 +45,9 @@ def gateway(tmp_path: Path) -> Iterator[Gateway]:
         "promotion": {"criteria": {"2": EASY}}
     }
     (policies / "data.json").write_bytes(orjson.dumps(data))
-    with serve_in_background(Settings(data_dir=tmp_path / "data", policies=policies)) as served:
-        clock = Clock()
-        served.runtime.decider.clock = clock
+    clock = Clock()
+    settings = Settings(data_dir=tmp_path / "data", policies=policies)
+    with serve_in_background(settings, clock=clock) as served:
         yield Gateway(served.url, served.runtime, clock)
 
 

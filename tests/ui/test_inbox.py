@@ -160,7 +160,7 @@ def test_approve_from_the_detail_page(gateway: Gateway, page: Page) -> None:
     expect(trace).to_contain_text("payments-agent, parking, refund.issue, propose")
     expect(trace).to_contain_text("allowed")
     expect(trace).to_contain_text("1 advisory")
-    expect(trace).to_contain_text(gateway.runtime.decider.policy.bundle.digest)
+    expect(trace).to_contain_text(gateway.runtime.in_force.policy.bundle.digest)
     timeline = page.locator("table.timeline tbody tr")
     expect(timeline).to_have_count(2)
     expect(timeline.nth(0)).to_contain_text("proposed refund.issue on booking/B-1")

@@ -14,8 +14,8 @@ from gateway.api.strict_json import StrictJSONRoute
 from gateway.binding import confine
 from gateway.db.tables import ACTIONS, EVENTS, INTENTS
 from gateway.errors import Conflict, DecisionUnavailable, Forbidden, NotFound
-from gateway.execution.dispatcher import record_outcome
-from gateway.identity import Identity
+from gateway.execution.outcomes import record_outcome
+from gateway.identity import Identity, may_act_for
 from gateway.schemas import ActionView, ExecutionView, OutcomeReport, Proposal, Verdict
 
 router = APIRouter(
@@ -140,7 +140,7 @@ async def report_outcome(
     if row is None:
         raise NotFound(f"no action {action_id}")
     confine(identity, row.workflow, f"action {action_id}")
-    if not runtime.decider.may_act_for(identity, row.executor, row.proposal_seq):
+    if not may_act_for(runtime.ledger, identity, row.executor, row.proposal_seq):
         raise Forbidden(
             "only the token that proposed an action, or another of the same owner, role and "
             "workflow binding, reports its outcome"

@@ -12,9 +12,11 @@ from sqlalchemy.engine import Engine
 
 from gateway.api.deps import AUTH_PROBLEMS, Caller, Rt
 from gateway.api.strict_json import StrictJSONRoute
+from gateway.autonomy.figures import ZERO_FIGURES
 from gateway.db.migrations import schema_fault
-from gateway.decision.decider import ZERO_STATS, ActivePolicy, rego_input
+from gateway.decision.steps import rego_input
 from gateway.identity import Identity
+from gateway.policy.active import ActivePolicy
 from ledger.database import check_writable, sqlite_room
 from ledger.entry import format_time
 from ledger.store import Ledger
@@ -54,15 +56,14 @@ def readyz(runtime: Rt, _caller: Caller) -> Response:
     except Exception as exc:
         checks["disk"] = f"unavailable: {_why(exc)}"
     checks["signing_key"] = "ok" if runtime.ledger.signer is not None else "no signing key"
-    policy = runtime.decider.policy
-    unavailable = policy.engine.unavailable() or _policy_fails(policy)
+    policy = runtime.in_force.policy
+    # The database's active bundle may not load here: this process then decides nothing.
+    unavailable = (
+        runtime.in_force.unavailable or policy.engine.unavailable() or _policy_fails(policy)
+    )
     checks["policy"] = unavailable or (
         f"ok ({policy.engine.name} {policy.engine.version}, bundle {policy.bundle.digest[:12]})"
     )
-    if runtime.policies is not None and runtime.policies.problem:
-        # The database's active bundle could not be loaded here: this process decides with a
-        # stale one until it can.
-        checks["policy"] = runtime.policies.problem
     ready = all(value == "ok" or value.startswith("ok ") for value in checks.values())
     # Informational, after readiness is settled: any process can decide, whichever signs.
     checks["checkpoint_signer"] = _signer_check(runtime.ledger)
@@ -162,7 +163,7 @@ def _policy_fails(policy: ActivePolicy) -> str | None:
         try:
             policy.engine.evaluate(
                 workflow,
-                rego_input(probe, _PROBE_EXECUTOR, "readiness.probe", 1, dict(ZERO_STATS), now),
+                rego_input(probe, _PROBE_EXECUTOR, "readiness.probe", 1, dict(ZERO_FIGURES), now),
             )
         except Exception as exc:
             return f"the Rego engine fails on a plain {workflow} proposal: {exc}"

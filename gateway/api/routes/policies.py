@@ -24,8 +24,10 @@ from gateway.binding import confine
 from gateway.db.tables import ACTIONS, SHADOW_DISAGREEMENTS
 from gateway.errors import Conflict, InvalidInput
 from gateway.identity import Identity
-from gateway.lifecycle.activation import PolicyLifecycle, Slot, build_policy, refusal
+from gateway.lifecycle.activation import PolicyLifecycle, refusal
 from gateway.lifecycle.replay import Progress, Replayer, ReplayReport, parse_since
+from gateway.lifecycle.slots import Slot
+from gateway.policy.active import build_policy
 from gateway.policy.bundle import Bundle, BundleError, bundle_from_files, file_manifest
 from gateway.policy.rego import EngineError
 from gateway.schemas import (

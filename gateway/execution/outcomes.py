@@ -1,0 +1,63 @@
+"""Outcomes: how an allowed action ended, recorded once, with its intent and figures."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection
+
+from gateway.autonomy.figures import mark_outcome
+from gateway.db.tables import ACTIONS, EVENTS, INTENTS
+from ledger.store import Appended, Ledger, Record
+
+__all__ = ["event_row", "record_outcome"]
+
+
+def event_row(seq: int, action_id: str, kind: str, time: str) -> dict[str, Any]:
+    """An action's index row for one of its ledger entries (``gateway_events``)."""
+    return {"seq": seq, "action_id": action_id, "kind": kind, "time": time}
+
+
+async def record_outcome(
+    ledger: Ledger,
+    action_id: str,
+    *,
+    actor: str,
+    status: str,
+    detail: Any,
+    attempt: int | None,
+    expect: tuple[str, ...],
+    adapter: str | None = None,
+) -> Appended:
+    """Write an ``outcome`` entry and settle the intent and the action (and the action's
+    measured figures), atomically.
+
+    ``expect`` lists the intent statuses (and ``adapter`` the adapter) from which this outcome
+    may be recorded; otherwise (already settled, say) nothing is written and ``LookupError`` is
+    raised.
+    """
+    body = {"action_id": action_id, "status": status, "attempt": attempt, "detail": detail}
+
+    def settle(conn: Connection, appended: list[Appended]) -> None:
+        entry = appended[0]
+        which = sa.and_(INTENTS.c.action_id == action_id, INTENTS.c.status.in_(expect))
+        if adapter is not None:
+            which = sa.and_(which, INTENTS.c.adapter == adapter)
+        moved = conn.execute(
+            sa.update(INTENTS)
+            .where(which)
+            .values(status=status, lease_until=None, updated_at=entry.time)
+        )
+        if moved.rowcount != 1:
+            raise LookupError(f"action {action_id} has no intent waiting for an outcome")
+        conn.execute(sa.update(ACTIONS).where(ACTIONS.c.id == action_id).values(status=status))
+        row = event_row(entry.seq, action_id, "outcome", entry.time)
+        conn.execute(sa.insert(EVENTS).values(row))
+        mark_outcome(conn, action_id, status)
+
+    return (
+        await ledger.append_many_async(
+            [Record("outcome", actor, action_id, body)], in_transaction=settle
+        )
+    )[0]
