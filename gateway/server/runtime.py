@@ -15,6 +15,7 @@ from gateway.autonomy.audits import Audits
 from gateway.autonomy.figures import FigureBook
 from gateway.autonomy.governance import Governance
 from gateway.autonomy.levels import AutonomyBook
+from gateway.autonomy.views import AutonomyViews
 from gateway.db.connect import open_engine, open_ledger
 from gateway.db.migrations import ensure_schema
 from gateway.decision.decider import Decider
@@ -50,6 +51,7 @@ class Runtime:
     approvals: Approvals
     audits: Audits
     governance: Governance
+    autonomy_views: AutonomyViews
     dispatcher: Dispatcher
     policies: PolicyLifecycle
     notices: Notices
@@ -130,6 +132,7 @@ class Runtime:
             clock=clock,
             wake_dispatcher=dispatcher.wake,
         )
+        views = AutonomyViews(engine, policy=in_force.get, autonomy=autonomy, clock=clock)
         governance = Governance(
             engine,
             ledger,
@@ -137,6 +140,7 @@ class Runtime:
             autonomy=autonomy,
             clock=clock,
             new_id=decider.new_id,
+            views=views,
             notify=notices.announce,
         )
         # The book asks governance to review after each event that judges an action, and
@@ -156,6 +160,7 @@ class Runtime:
             approvals=approvals,
             audits=audits,
             governance=governance,
+            autonomy_views=views,
             dispatcher=dispatcher,
             policies=lifecycle,
             notices=notices,

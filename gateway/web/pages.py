@@ -51,8 +51,8 @@ from markupsafe import Markup, escape
 from gateway.api.access import ACCESS, route_path
 from gateway.api.deps import Rt
 from gateway.api.routes.actions import show as show_action
-from gateway.autonomy.governance import SERIES_DAYS
 from gateway.autonomy.levels import LEVEL_NAMES
+from gateway.autonomy.views import SERIES_DAYS
 from gateway.db.tables import TOKENS, UI_SESSIONS
 from gateway.errors import Forbidden, GatewayError, InvalidInput, status_of
 from gateway.identity import Identity
@@ -709,24 +709,26 @@ def _autonomy(visit: Visit, *, status_code: int = 200, error: str | None = None)
     governors) the forms that change a level."""
     assert visit.identity is not None
     runtime = visit.runtime
-    governance = runtime.governance
+    levels = runtime.autonomy_views
     try:
-        views = governance.overview(visit.identity)
+        views = levels.overview(visit.identity)
     except GatewayError as exc:
         return _problem(visit, status_of(exc), exc.title, exc.detail)
     today = runtime.clock().date()
     workflows: dict[str, list[dict[str, Any]]] = {}
     for view in views:
-        history = governance.history(view.workflow, view.case_type, limit=20)
+        history = levels.history(view.workflow, view.case_type, limit=20)
         days = min(90, max(view.window.days, SERIES_DAYS))
-        chart = trend_chart(governance.series(view.workflow, view.case_type), history, today, days)
+        chart = trend_chart(levels.series(view.workflow, view.case_type), history, today, days)
         workflows.setdefault(view.workflow, []).append(
             {
                 "view": view,
                 "chart": chart,
                 "history": history[:5],
                 "anchor": _anchor(view.workflow, view.case_type),
-                "may_govern": governance.may_govern(visit.identity, view.workflow, view.case_type),
+                "may_govern": runtime.governance.may_govern(
+                    visit.identity, view.workflow, view.case_type
+                ),
             }
         )
     pending = sum(1 for v in views if v.pending_promotion is not None)

@@ -54,7 +54,7 @@ def overview(
     """Each case type of the active bundle (and any decided before): its level and where it
     comes from, the measured figures of its window, the next level's entry criteria, the
     demotion threshold and any pending promotion. A token bound to a workflow sees that one."""
-    return runtime.governance.overview(identity, workflow)
+    return runtime.autonomy_views.overview(identity, workflow)
 
 
 @router.get(
@@ -71,7 +71,7 @@ def promotions(
     ] = "pending",
 ) -> list[PromotionView]:
     """Newest first, with the figures that met the entry criteria and the votes so far."""
-    return runtime.governance.promotions(identity, status)
+    return runtime.autonomy_views.promotions(identity, status)
 
 
 @router.post(
@@ -100,7 +100,7 @@ def detail(
 ) -> AutonomyDetail:
     """The case type as `GET /v1/autonomy` shows it, with its changes of level (newest first)
     and its agreement and error rates per day (what the inbox's chart draws)."""
-    return runtime.governance.detail(identity, workflow, case_type)
+    return runtime.autonomy_views.detail(identity, workflow, case_type)
 
 
 @router.post(
