@@ -203,6 +203,11 @@ class Dispatcher:
         # points it at the autonomy review).
         self.on_outcome: Callable[[str], Awaitable[None]] | None = None
 
+    @property
+    def adapters(self) -> Mapping[str, Adapter]:
+        """The adapters it carries actions out through, by name (the runtime closes them)."""
+        return self._adapters
+
     def wake(self) -> None:
         """New intents are due: look now rather than at the next tick."""
         self._wake.set()

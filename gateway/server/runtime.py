@@ -11,7 +11,7 @@ from typing import Any
 
 from sqlalchemy.engine import Engine
 
-from adapters.base import Adapter, Notifier, load_factories
+from adapters.base import Adapter, Notifier, close_adapters, load_factories
 from gateway.approvals.votes import Approvals
 from gateway.autonomy.audits import Audits
 from gateway.autonomy.figures import FigureBook
@@ -156,6 +156,8 @@ class Runtime:
         await asyncio.gather(*self._tasks, *self._notices, return_exceptions=True)
         if self.policies is not None:
             await asyncio.to_thread(self.policies.shadow.stop)
+        # -- adapters: release what they hold (the webhook's connections) once nothing uses them
+        await close_adapters([*self.dispatcher.adapters.values(), self.notifier])
 
     def announce_hold(self, verdict: Verdict, proposal: Proposal, identity: Identity) -> None:
         """Tell approvers of a held action through the notify adapter, if one is set."""
