@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 
 from adapters.base import Dispatch, DispatchResult, close_adapters
-from adapters.receiver import Receiver, running_receiver
+from adapters.examples.receiver import Receiver, running_receiver
 from adapters.webhook import WebhookAdapter
 from gateway.server.serving import free_port
 from tests.approvals.conftest import Hook, Launch
