@@ -20,6 +20,9 @@ class CallbackAdapter:
         """Mark the intent as waiting for the executor's outcome."""
         return DispatchResult("awaiting_outcome", "the executor reports the outcome")
 
+    async def close(self) -> None:
+        """Nothing is held."""
+
 
 def create(options: Mapping[str, Any]) -> CallbackAdapter:
     """Factory for the entry point; the callback adapter takes no options."""

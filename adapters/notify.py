@@ -69,6 +69,9 @@ class NotifyAdapter:
             return DispatchResult("succeeded", f"HTTP {response.status_code}", response.status_code)
         return DispatchResult("failed", f"HTTP {response.status_code}", response.status_code)
 
+    async def close(self) -> None:
+        """Nothing is held: each message has a connection of its own."""
+
 
 def create(options: Mapping[str, Any]) -> NotifyAdapter:
     """Factory for the entry point: ``url`` of the incoming webhook, optional ``timeout``."""

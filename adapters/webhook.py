@@ -55,6 +55,12 @@ class WebhookAdapter:
             return DispatchResult("failed", f"HTTP {status}: {response.text[:200]}", status)
         return DispatchResult("retry", f"HTTP {status}", status)
 
+    async def close(self) -> None:
+        """Close the connections kept open to the executors' endpoints."""
+        client, self._client = self._client, None
+        if client is not None:
+            await client.aclose()
+
 
 def create(options: Mapping[str, Any]) -> WebhookAdapter:
     """Factory for the entry point: ``secret`` (bytes or str), optional ``timeout`` seconds."""

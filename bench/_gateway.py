@@ -31,7 +31,7 @@ from typing import Any
 import httpx
 import sqlalchemy as sa
 
-from adapters.receiver import Receiver, _handler
+from adapters.examples.receiver import Receiver, _handler
 from gateway.server.serving import free_port
 from ledger.database import create_engine
 
@@ -499,7 +499,7 @@ class _BackloggedServer(ThreadingHTTPServer):
 
 @contextlib.contextmanager
 def receiving(receiver: Receiver) -> Iterator[str]:
-    """``adapters.receiver.running_receiver`` with a listen backlog of 128 instead of the
+    """``adapters.examples.receiver.running_receiver`` with a listen backlog of 128 instead of the
     socketserver default of 5: with 16 deliveries at once (each a new connection: the example
     handler speaks HTTP/1.0), a backlog of 5 overflows and the kernel drops connection
     attempts, which the sender retries after a second: a throughput figure would measure that

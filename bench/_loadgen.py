@@ -326,13 +326,16 @@ async def _webhooks_main(args: dict[str, Any]) -> dict[str, Any]:
                 if result.status == "failed" or attempt >= 100:
                     raise RuntimeError(f"delivery of {key} failed: {result.detail}")
 
-    # Untimed: the client's first call sets up its connection pool and TLS context.
-    warm = Dispatch(f"warm-up-{args['keys'][0]}", 1, args["url"], _payload("warm-up"))
-    if (await adapter.dispatch(warm)).status == "failed":
-        raise RuntimeError("the warm-up call failed")
-    start = time.perf_counter()
-    await asyncio.gather(*(worker() for _ in range(int(args["concurrency"]))))
-    seconds = time.perf_counter() - start
+    try:
+        # Untimed: the client's first call sets up its connection pool and TLS context.
+        warm = Dispatch(f"warm-up-{args['keys'][0]}", 1, args["url"], _payload("warm-up"))
+        if (await adapter.dispatch(warm)).status == "failed":
+            raise RuntimeError("the warm-up call failed")
+        start = time.perf_counter()
+        await asyncio.gather(*(worker() for _ in range(int(args["concurrency"]))))
+        seconds = time.perf_counter() - start
+    finally:
+        await adapter.close()
     return {**counts, "seconds": seconds, "rtts_ms": rtts}
 
 

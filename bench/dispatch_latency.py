@@ -2,10 +2,11 @@
 
 A gateway (``mandate serve`` in its own process, SQLite, the repository's policies) sends
 parking actions to a webhook: ``MANDATE_WEBHOOKS={"parking": <receiver>}`` and
-``MANDATE_WEBHOOK_SECRET``. The receiver is the example one (``adapters.receiver``: checks the
-signature, carries each Idempotency-Key out once), in this process on loopback, noting when
-each action was carried out. Tokens come from ``mandate token create``: a ``payments-agent``
-and an ``approver`` bound to parking (another owner, as separation of duties requires).
+``MANDATE_WEBHOOK_SECRET``. The receiver is the example one (``adapters.examples.receiver``:
+checks the signature, carries each Idempotency-Key out once), in this process on loopback,
+noting when each action was carried out. Tokens come from ``mandate token create``: a
+``payments-agent`` and an ``approver`` bound to parking (another owner, as separation of duties
+requires).
 
 Each run proposes its held actions first (refund.issue, amount 20, confidence 0.99: held, as
 refunds are at autonomy level 1), then approves them one at a time over HTTP
@@ -32,7 +33,7 @@ from typing import Any
 
 import httpx
 
-from adapters.receiver import running_receiver
+from adapters.examples.receiver import running_receiver
 from bench._common import Context, Figure, percentile
 from bench._gateway import (
     TimedReceiver,

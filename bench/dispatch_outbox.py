@@ -11,9 +11,9 @@ flight, claims of up to 64) except ``dispatch_backoff`` = 0.01 s (the first retr
 doubling; the default 0.5 s would measure the wait rather than the throughput) and
 ``dispatch_attempts`` = 30 (so that no action runs out of attempts at a 20 % failure rate).
 
-The receiver is the example one (``adapters.receiver``'s ``Receiver`` and request handler,
-``fail_rate=0.2``: a seeded fifth of the calls it has not carried out yet get 503), in this
-process on loopback, served with a listen backlog of 128 (``bench._gateway.receiving``):
+The receiver is the example one (``adapters.examples.receiver``'s ``Receiver`` and request
+handler, ``fail_rate=0.2``: a seeded fifth of the calls it has not carried out yet get 503), in
+this process on loopback, served with a listen backlog of 128 (``bench._gateway.receiving``):
 ``running_receiver`` keeps socketserver's backlog of 5, which drops connections when 16
 deliveries arrive at once (each on a new connection), and the sender's retry of a dropped
 connection after 1 s would dominate the figure. The figure:

@@ -7,7 +7,7 @@ import httpx
 import pytest
 
 from gateway import errors
-from gateway.client import sync as sdk
+from gateway.client import transport as sdk
 
 
 def test_every_gateway_error_has_its_status_in_the_one_table() -> None:

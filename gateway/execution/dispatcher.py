@@ -73,6 +73,11 @@ class Dispatcher:
         self._next_due: dt.datetime | None = None
         self._on_outcome = on_outcome
 
+    @property
+    def adapters(self) -> Mapping[str, Adapter]:
+        """The adapters it carries actions out through, by name (the runtime closes them)."""
+        return self._adapters
+
     def wake(self) -> None:
         """New intents are due: look now rather than at the next tick."""
         self._wake.set()

@@ -25,6 +25,11 @@ class Notices:
         self._base = (settings.public_url or f"http://{settings.host}:{settings.port}").rstrip("/")
         self._sending: set[asyncio.Task[Any]] = set()
 
+    @property
+    def notifier(self) -> Notifier | None:
+        """The notify adapter, if one is set (the runtime closes it at shutdown)."""
+        return self._notifier
+
     def hold(self, verdict: Verdict, proposal: Proposal, identity: Identity) -> None:
         """Tell approvers of a held action, with a link to its approval in the inbox."""
         if self._notifier is None:

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 
 from sqlalchemy.engine import Engine
 
-from adapters.base import Adapter, Notifier, load_factories
+from adapters.base import Adapter, Notifier, close_adapters, load_factories
 from gateway.approvals.votes import Approvals
 from gateway.autonomy.audits import Audits
 from gateway.autonomy.figures import FigureBook
@@ -190,6 +190,8 @@ class Runtime:
         self.dispatcher.stop()
         await asyncio.gather(*self._tasks, self.notices.drain(), return_exceptions=True)
         await asyncio.to_thread(self.policies.shadow.stop)
+        # Adapters release what they hold (the webhook's connections) once nothing uses them.
+        await close_adapters([*self.dispatcher.adapters.values(), self.notices.notifier])
 
     def close(self) -> None:
         """Let the ledger commit what is queued, then release the database."""

@@ -10,7 +10,7 @@ from typing import Any, Protocol
 
 import pytest
 
-from adapters.receiver import Receiver, running_receiver
+from adapters.examples.receiver import Receiver, running_receiver
 from tests.approvals.harness import SECRET, Live, settings_for, start
 from tests.conftest import Database
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from adapters.receiver import Receiver, running_receiver
+from adapters.examples.receiver import Receiver, running_receiver
 from gateway.db.connect import open_engine
 from gateway.db.migrations import ensure_schema
 from gateway.identity import TokenBook

@@ -1,5 +1,5 @@
-"""The example receiver in ``adapters/``, called directly: it carries out a signed call once per
-Idempotency-Key and refuses forged, tampered, stale and unsigned ones."""
+"""The example receiver in ``adapters/examples/``, called directly: it carries out a signed call
+once per Idempotency-Key and refuses forged, tampered, stale and unsigned ones."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import json
 import threading
 import time
 
-from adapters.receiver import Receiver
+from adapters.examples.receiver import Receiver
 from adapters.signing import SIGNATURE_HEADER, sign, verify
 
 SECRET = b"receiver-secret"

@@ -4,13 +4,23 @@ attempt, retry and outcome in the ledger; never claims success it did not get.""
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
+import logging
+import threading
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from adapters.receiver import Receiver, running_receiver
+from adapters.base import Dispatch, DispatchResult, close_adapters
+from adapters.examples.receiver import Receiver, running_receiver
+from adapters.webhook import WebhookAdapter
 from gateway.server.serving import free_port
 from tests.approvals.conftest import Hook, Launch
 from tests.approvals.harness import (
@@ -229,3 +239,121 @@ def test_a_retry_that_overtakes_a_slow_call_does_not_carry_the_action_out_twice(
     assert errors[0].startswith("ReadTimeout")
     assert "HTTP 409" in errors  # "in progress": retried, not taken for a failure
     assert len(ledger.of("outcome", action_id)) == 1
+
+
+# -- connections -------------------------------------------------------------------------------
+
+
+@dataclass
+class KeptAlive:
+    """A receiver that keeps each connection open for the next call (HTTP/1.1), as most do,
+    and counts the connections open now."""
+
+    url: str = ""
+    calls: int = 0
+    open: int = 0
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+
+@contextmanager
+def kept_alive() -> Iterator[KeptAlive]:
+    seen = KeptAlive()
+
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def setup(self) -> None:
+            super().setup()
+            with seen.lock:
+                seen.open += 1
+
+        def finish(self) -> None:  # the caller closed the connection
+            with seen.lock:
+                seen.open -= 1
+            super().finish()
+
+        def do_POST(self) -> None:
+            self.rfile.read(int(self.headers.get("Content-Length", "0")))
+            with seen.lock:
+                seen.calls += 1
+            self.send_response(200)
+            self.send_header("Content-Length", "2")
+            self.end_headers()
+            self.wfile.write(b"ok")
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    server.daemon_threads = True
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    seen.url = f"http://127.0.0.1:{server.server_address[1]}/hook"
+    try:
+        yield seen
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def open_connections(seen: KeptAlive) -> int:
+    with seen.lock:
+        return seen.open
+
+
+def test_a_gateway_that_stops_hangs_up_on_the_receiver_itself(
+    sqlite_database: Database, launch: Launch
+) -> None:
+    with kept_alive() as hook:
+        live = launch(sqlite_database, webhooks={"parking": hook.url})
+        agent = live.as_role("booking-agent")
+        action_id = propose(agent, booking(), "execute")["action_id"]
+        assert settled(agent, action_id) == "succeeded"
+        assert open_connections(hook) == 1  # kept for the next delivery while it runs
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", ResourceWarning)
+            live.stop()
+        wait_for(lambda: open_connections(hook) == 0, what="the gateway to hang up")
+    assert hook.calls == 1
+    # Closed as the gateway stopped, not left for its event loop's end to tear down.
+    assert [str(w.message) for w in caught if issubclass(w.category, ResourceWarning)] == []
+
+
+def test_the_webhook_adapter_closes_its_connections() -> None:
+    async def deliver_then_close(url: str) -> list[str]:
+        adapter = WebhookAdapter(SECRET.encode())
+        await adapter.close()  # nothing opened yet: nothing to do
+        first = await adapter.dispatch(Dispatch("act_1", 1, url, {"n": 1}))
+        await adapter.close()
+        return [first.status]
+
+    with kept_alive() as hook:
+        assert asyncio.run(deliver_then_close(hook.url)) == ["succeeded"]
+        wait_for(lambda: open_connections(hook) == 0, what="the adapter to hang up")
+    assert hook.calls == 1
+
+
+def test_an_adapter_that_fails_to_close_does_not_keep_the_others_open(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    class Stuck:
+        """A plug-in whose close fails."""
+
+        name = "stuck"
+
+        async def dispatch(self, dispatch: Dispatch) -> DispatchResult:
+            return DispatchResult("retry")
+
+        async def close(self) -> None:
+            raise OSError("the socket is gone")
+
+    async def deliver_then_close(url: str) -> str:
+        webhook = WebhookAdapter(SECRET.encode())
+        result = await webhook.dispatch(Dispatch("act_1", 1, url, {"n": 1}))
+        await close_adapters([Stuck(), webhook, None])  # None: no notifier configured
+        return result.status
+
+    with kept_alive() as hook, caplog.at_level(logging.WARNING, logger="mandate.dispatch"):
+        assert asyncio.run(deliver_then_close(hook.url)) == "succeeded"
+        wait_for(lambda: open_connections(hook) == 0, what="the webhook adapter to hang up")
+    assert "the stuck adapter did not close: OSError('the socket is gone')" in caplog.text

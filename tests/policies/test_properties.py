@@ -25,7 +25,7 @@ import sqlalchemy as sa
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from adapters.receiver import Receiver, running_receiver
+from adapters.examples.receiver import Receiver, running_receiver
 from gateway.autonomy.figures import ZERO_FIGURES
 from gateway.db.tables import INTENTS
 from gateway.decision.redecide import Inputs, redecide

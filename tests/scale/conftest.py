@@ -19,7 +19,7 @@ import httpx
 import pytest
 import sqlalchemy as sa
 
-from adapters.receiver import Receiver, running_receiver
+from adapters.examples.receiver import Receiver, running_receiver
 from gateway.db.connect import open_engine
 from gateway.db.tables import INTENTS
 from gateway.identity import TokenBook

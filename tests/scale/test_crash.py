@@ -22,7 +22,7 @@ from typing import Any
 import httpx
 import pytest
 
-from adapters.receiver import Receiver
+from adapters.examples.receiver import Receiver
 from tests.approvals.harness import verified_ledger, wait_for
 from tests.conftest import Database
 from tests.scale.conftest import (

@@ -13,7 +13,7 @@ from typing import Any
 import httpx
 import pytest
 
-from adapters.receiver import Receiver
+from adapters.examples.receiver import Receiver
 from tests.approvals.harness import (
     action_status,
     copy_bundle,

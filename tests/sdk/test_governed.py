@@ -292,7 +292,7 @@ def test_async_execute_raise_reject_and_approve(live: Live) -> None:
 def test_an_action_a_webhook_carries_out_is_not_run_here_too(
     tmp_path_factory: pytest.TempPathFactory,
 ) -> None:
-    from adapters.receiver import Receiver, running_receiver
+    from adapters.examples.receiver import Receiver, running_receiver
     from gateway.server.serving import serve_in_background
     from gateway.settings import Settings
     from tests.sdk.conftest import POLICIES

@@ -6,8 +6,8 @@ of an action it already did is answered 200 without doing it again, and one that
 the first call is still being carried out is answered 409 (retry later), as the IETF
 Idempotency-Key draft asks.
 
-Run it: ``python -m adapters.receiver --port 9000 --secret-file .mandate/webhook-secret``.
-The tests use it as the real receiver on loopback.
+Run it: ``python -m adapters.examples.receiver --port 9000 --secret-file
+.mandate/webhook-secret``. The tests use it as the real receiver on loopback.
 """
 
 from __future__ import annotations

@@ -1,0 +1,1 @@
+"""Examples for executors, not loaded by the gateway: ``receiver``, a webhook endpoint."""
