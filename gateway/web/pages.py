@@ -2,7 +2,7 @@
 
 The pages call the same domain objects as the API: ``runtime.approvals`` lists, shows and
 decides approvals, and the action with its ledger timeline comes from
-``gateway.api.routes.actions.show``; the audit queue lists and settles audits through
+``gateway.execution.views``; the audit queue lists and settles audits through
 ``runtime.audits``, and the ledger's status page reads ``runtime.ledger``. Who may see and
 vote or audit, separation of duties, the reason a rejection or an incorrect finding needs, expiry
 and conflicts are decided there; this module turns the answers (and the domain errors) into
@@ -50,11 +50,11 @@ from markupsafe import Markup, escape
 
 from gateway.api.access import ACCESS, route_path
 from gateway.api.deps import Rt
-from gateway.api.routes.actions import show as show_action
 from gateway.autonomy.governance import SERIES_DAYS
 from gateway.db.tables import TOKENS, UI_SESSIONS
 from gateway.decision.decider import LEVEL_NAMES
 from gateway.errors import Forbidden, GatewayError, InvalidInput, status_of
+from gateway.execution.views import show_action
 from gateway.identity import Identity
 from gateway.schemas import ActionView, ApprovalView, FindingRequest, LevelRequest, VoteRequest
 from gateway.server.runtime import Runtime
@@ -607,7 +607,7 @@ def _detail(
     runtime = visit.runtime
     try:
         view = runtime.approvals.get(visit.identity, approval_id)
-        action = show_action(view.action_id, runtime, visit.identity)
+        action = show_action(runtime.engine, runtime.ledger, visit.identity, view.action_id)
     except GatewayError as exc:
         status = status_of(exc)
         return _problem(visit, status, exc.title, exc.detail)
