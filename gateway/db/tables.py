@@ -58,7 +58,7 @@ class TokenRow(SQLModel, table=True):
 
 
 class UiSessionRow(SQLModel, table=True):
-    """A session signed in to the inbox (``gateway.web.pages``), stored as the SHA-256 of the
+    """A session signed in to the inbox (``gateway.web.session``), stored as the SHA-256 of the
     random id its cookie holds. Signing out deletes it; so does the first sign-in after it is
     too old."""
 

@@ -1,1 +1,1 @@
-"""Carrying allowed actions out: routing and the dispatcher."""
+"""Carrying allowed actions out: routing and the dispatcher; the view of an action."""

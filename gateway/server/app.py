@@ -16,7 +16,7 @@ from gateway.api.routes import actions, approvals, audits, autonomy, health, led
 from gateway.api.routes import policies as policy_routes
 from gateway.server.runtime import Runtime
 from gateway.settings import Settings
-from gateway.web import pages as ui
+from gateway.web import router as ui
 
 __all__ = ["create_app"]
 

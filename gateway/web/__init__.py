@@ -1,1 +1,1 @@
-"""The pages under /ui/: sessions, formatting, charts, templates."""
+"""The pages under /ui/: sessions, the gate, formatting, rendering, charts, the pages."""

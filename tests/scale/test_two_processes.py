@@ -22,7 +22,7 @@ import sqlalchemy as sa
 
 from gateway.db.connect import open_engine
 from gateway.db.tables import INTENTS
-from gateway.web.pages import SESSION_COOKIE
+from gateway.web.session import SESSION_COOKIE
 from tests.approvals.harness import (
     POLICIES,
     action_status,

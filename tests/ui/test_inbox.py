@@ -1,17 +1,20 @@
 """The approvers' inbox in Chromium: sign in, the list, the detail page, votes, expiry, 403s,
-CSRF and the keyboard. Every rule (who may vote, separation of duties, reasons to reject,
-expiry) is the domain's; these tests check that the pages show its answers with the right
-status, and that what the pages do lands in the ledger."""
+CSRF, the keyboard, and a vote that fails closed. Every rule (who may vote, separation of
+duties, reasons to reject, expiry) is the domain's; these tests check that the pages show its
+answers with the right status, and that what the pages do lands in the ledger."""
 
 from __future__ import annotations
 
 import re
+import shutil
 from collections.abc import Callable
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from tests.ui.conftest import Gateway
+from gateway.policy.bundle import read_bundle_files
+from tests.ui.conftest import POLICIES, Gateway
 
 if TYPE_CHECKING:
     from playwright.sync_api import Page
@@ -392,3 +395,70 @@ def test_what_executors_send_is_shown_as_text_never_as_markup(gateway: Gateway, 
     page.goto(gateway.url + "/ui/")
     expect(page.locator(f'tr[data-approval="{approval_id}"]')).to_contain_text(resource)
     assert page.locator("img").count() == 0
+
+
+# A policy bug that only some inputs reach (as in tests/gateway/test_fail_closed.py): dividing
+# by a parameter that may be "0". The bundle's own tests and cases never send one, so it
+# passes its checks and is activated.
+SPLIT_RULE = (
+    '\ndeny contains {"code": "uneven_split", "message": "split too fine"} if {\n'
+    "\t100 / to_number(input.proposal.params.split) < 10\n}\n"
+)
+
+
+def activate(gateway: Gateway, admin: str, root: Path, reason: str) -> None:
+    files = {path: data.decode() for path, data in read_bundle_files(root).items()}
+    with gateway.api(admin) as client:
+        answer = client.post("/v1/policies", json={"files": files, "reason": reason})
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["changed"] is True
+
+
+def test_a_vote_whose_re_evaluation_cannot_be_decided_is_a_503_and_nothing_executes(
+    gateway: Gateway, page: Page, tmp_path: Path
+) -> None:
+    agent = gateway.token("payments-agent", "payments-agent")
+    approver = gateway.token("alice", "approver", workflow="parking")
+    admin = gateway.token("paula", "policy-admin")
+    # Held under the default bundle, which has no rule about params.split.
+    held = gateway.propose(
+        agent,
+        "parking",
+        "refund.issue",
+        amount="20.00",
+        confidence=0.9,
+        resource="booking/B-1",
+        params={"amount": "20.00", "split": "0"},
+    )
+    assert held["verdict"] == "hold", held
+    action_id, approval_id = held["action_id"], held["approval"]["id"]
+    # A new bundle before the vote: approving re-evaluates the proposal under it, and its Rego
+    # fails on this proposal.
+    broken = tmp_path / "broken"
+    shutil.copytree(POLICIES, broken)
+    rego = broken / "rego" / "parking.rego"
+    rego.write_text(rego.read_text() + SPLIT_RULE)
+    activate(gateway, admin, broken, "a rule about split payments")
+
+    sign_in(page, gateway, approver, f"/ui/approvals/{approval_id}")
+    page.get_by_label("Reason").fill("refund matches the cancelled booking")
+    response = submit(page, "Approve")
+
+    assert response.status == 503
+    alert = page.get_by_role("alert")
+    expect(alert).to_contain_text("regorus")
+    expect(alert).to_contain_text("divide by zero")
+    expect(page.locator("h1 .badge")).to_have_text("pending")
+    expect(page.locator("ul.votes li")).to_have_count(0)
+    assert gateway.approval(approver, approval_id)["status"] == "pending"
+    action = gateway.action(approver, action_id)
+    assert (action["status"], action["execution"]) == ("held", None)
+    assert kinds(gateway, approver, action_id) == ["proposal", "decision"]
+    page.screenshot(path="/tmp/ui-vote-503.png", full_page=True)
+
+    # The bundle the approval was asked under, active again: the same vote counts.
+    activate(gateway, admin, POLICIES, "back to the default bundle")
+    page.goto(f"{gateway.url}/ui/approvals/{approval_id}")
+    submit(page, "Approve")
+    expect(page.locator("h1 .badge")).to_have_text("approved")
+    assert kinds(gateway, approver, action_id)[:3] == ["proposal", "decision", "approval"]

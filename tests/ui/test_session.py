@@ -12,7 +12,7 @@ from pathlib import Path
 
 import httpx
 
-from gateway.web.pages import SESSION_COOKIE, SESSION_SECONDS, Session, session_secret
+from gateway.web.session import SESSION_COOKIE, SESSION_SECONDS, Session, session_secret
 from tests.ui.conftest import Gateway
 
 

@@ -5,18 +5,18 @@ from __future__ import annotations
 import time
 from typing import Any
 
-import orjson
 import sqlalchemy as sa
 from fastapi import APIRouter
 
 from gateway.api.deps import AUTH_PROBLEMS, Caller, Rt, problem_doc
 from gateway.api.strict_json import StrictJSONRoute
 from gateway.binding import confine
-from gateway.db.tables import ACTIONS, EVENTS, INTENTS
+from gateway.db.tables import ACTIONS
 from gateway.errors import Conflict, DecisionUnavailable, Forbidden, NotFound
 from gateway.execution.outcomes import record_outcome
-from gateway.identity import Identity, may_act_for
-from gateway.schemas import ActionView, ExecutionView, OutcomeReport, Proposal, Verdict
+from gateway.execution.views import show_action
+from gateway.identity import may_act_for
+from gateway.schemas import ActionView, OutcomeReport, Proposal, Verdict
 
 router = APIRouter(
     prefix="/v1/actions", tags=["actions"], responses=AUTH_PROBLEMS, route_class=StrictJSONRoute
@@ -67,53 +67,7 @@ async def propose(proposal: Proposal, runtime: Rt, identity: Caller) -> Verdict:
 )
 def show(action_id: str, runtime: Rt, identity: Caller) -> ActionView:
     """The proposer's owner, and approvers, governors and auditors of its workflow, may look."""
-    with runtime.engine.connect() as conn:
-        row = conn.execute(sa.select(ACTIONS).where(ACTIONS.c.id == action_id)).first()
-        if row is None:
-            raise NotFound(f"no action {action_id}")
-        _may_see(identity, row.id, row.owner, row.workflow)
-        intent = conn.execute(
-            sa.select(INTENTS.c.adapter, INTENTS.c.status, INTENTS.c.attempts).where(
-                INTENTS.c.action_id == action_id
-            )
-        ).first()
-        events = conn.execute(
-            sa.select(EVENTS.c.seq, EVENTS.c.kind, EVENTS.c.time)
-            .where(EVENTS.c.action_id == action_id)
-            .order_by(EVENTS.c.seq)
-        ).all()
-    timeline = []
-    for seq, kind, when in events:
-        body = runtime.ledger.entry(seq).body
-        timeline.append({"seq": seq, "kind": kind, "time": when, "body": body})
-    answer = orjson.loads(row.response)
-    answer["ledger"] = {
-        "proposal_seq": row.proposal_seq,
-        "decision_seq": row.decision_seq,
-        "leaf_hash": row.decision_leaf,
-    }
-    return ActionView(
-        action_id=row.id,
-        status=row.status,
-        verdict=row.verdict,
-        workflow=row.workflow,
-        case_type=row.case_type,
-        action_type=row.action_type,
-        executor=row.executor,
-        created_at=row.created_at,
-        decision=Verdict.model_validate(answer),
-        execution=None
-        if intent is None
-        else ExecutionView(adapter=intent.adapter, status=intent.status, attempts=intent.attempts),
-        timeline=timeline,
-    )
-
-
-def _may_see(identity: Identity, action_id: str, owner: str, workflow: str) -> None:
-    confine(identity, workflow, f"action {action_id}")
-    if identity.owner == owner or identity.role in ("governor", "auditor", "approver"):
-        return
-    raise Forbidden("only the proposer, and approvers, governors and auditors may see an action")
+    return show_action(runtime.engine, runtime.ledger, identity, action_id)
 
 
 @router.post(
@@ -162,4 +116,4 @@ async def report_outcome(
             "executor"
         ) from None
     await runtime.decider.autonomy.after(row.workflow, row.case_type)  # the figures moved
-    return show(action_id, runtime, identity)
+    return show_action(runtime.engine, runtime.ledger, identity, action_id)

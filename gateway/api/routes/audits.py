@@ -7,8 +7,8 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, Query
 
 from gateway.api.deps import AUTH_PROBLEMS, Caller, Rt, problem_doc
-from gateway.api.routes.actions import show as show_action
 from gateway.api.strict_json import StrictJSONRoute
+from gateway.execution.views import show_action
 from gateway.schemas import ActionView, AuditView, CorrectionRequest, FindingRequest
 
 router = APIRouter(
@@ -86,4 +86,4 @@ async def report_correction(
     """An `outcome` entry with status `corrected`; it counts as an error in the case type's
     figures."""
     await runtime.audits.correct(identity, action_id, correction)
-    return show_action(action_id, runtime, identity)
+    return show_action(runtime.engine, runtime.ledger, identity, action_id)

@@ -1,0 +1,239 @@
+"""The approvers' inbox: the approvals a person may decide, one approval with its proposal,
+trace, votes and ledger timeline, and the vote.
+
+``runtime.approvals`` lists, shows and decides; the action comes from
+``gateway.execution.views`` as the API's does. Who may see and vote, separation of duties, the
+reason a rejection needs, expiry and re-evaluation are decided there; this module shows the
+answers, with the HTTP status the API would give (``gateway.errors.status_of``).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from typing import Annotated, Any
+
+import pydantic
+from fastapi import APIRouter, Form, Query, Request
+from fastapi.responses import HTMLResponse, Response
+
+from gateway.api.deps import Rt
+from gateway.errors import GatewayError, InvalidInput, status_of
+from gateway.execution.views import show_action
+from gateway.schemas import ActionView, ApprovalView, VoteRequest
+from gateway.web.format import (
+    describe_first_error,
+    show_age,
+    show_confidence,
+    show_time,
+    show_time_left,
+)
+from gateway.web.gate import gate
+from gateway.web.render import render_page, render_problem
+from gateway.web.session import Visit, open_visit, redirect
+
+__all__ = ["router"]
+
+STATUSES = ("pending", "approved", "rejected", "expired", "superseded")
+FILTERS = (*STATUSES, "all")
+
+router = APIRouter(prefix="/ui")
+
+
+def _row(view: ApprovalView, now: dt.datetime) -> dict[str, Any]:
+    """An approval as a page shows it: the status to show, and the time left with its tone."""
+    shown = view.status
+    if view.status == "pending":
+        left, tone = show_time_left(view.expires_at, now)
+        if tone == "expired":
+            shown = "expired"  # past its time; the sweeper (or the next vote) closes it
+    elif view.status == "expired":
+        left, tone = "expired", "expired"
+    else:
+        left, tone = "closed", "closed"
+    return {
+        "view": view,
+        "status": shown,
+        "left": left,
+        "tone": tone,
+        "confidence": show_confidence(view.confidence),
+        "age": show_age(view.created_at, now),
+        "open": shown == "pending",
+    }
+
+
+@router.get("/", response_class=HTMLResponse)
+def inbox(request: Request, runtime: Rt, status: Annotated[str, Query()] = "pending") -> Response:
+    """Approvals this person may decide, newest first, filtered by status."""
+    visit = open_visit(request, runtime)
+    identity = gate(visit)
+    if isinstance(identity, Response):
+        return identity
+    if status not in FILTERS:
+        return render_problem(
+            visit, 422, "invalid input", f"status: one of {', '.join(FILTERS)}, not {status!r}"
+        )
+    views = runtime.approvals.list(identity, None if status == "all" else status)
+    now = runtime.clock()
+    context = {
+        "section": "inbox",
+        "rows": [_row(view, now) for view in views],
+        "status": status,
+        "filters": FILTERS,
+        "now": now.strftime("%Y-%m-%d %H:%M"),
+    }
+    return render_page(visit, "inbox.html", context)
+
+
+def _timeline(action: ActionView) -> list[dict[str, Any]]:
+    """The action's ledger entries, each with who did it and a line saying what happened."""
+    lines = []
+    for item in action.timeline:
+        kind, body = item["kind"], item.get("body") or {}
+        who, text = "mandate", kind
+        if kind == "proposal":
+            proposal = body.get("proposal") or {}
+            who = (body.get("executor") or {}).get("name", "?")
+            text = f"proposed {proposal.get('action_type')} on {proposal.get('resource')}"
+        elif kind == "decision":
+            trace = body.get("trace") or {}
+            text = f"verdict {body.get('verdict')}; recommends {trace.get('recommendation')}"
+            if body.get("reevaluated"):
+                text = f"re-evaluated ({body['reevaluated'].get('because')}): {text}"
+            if body.get("approval"):
+                held = body["approval"]
+                text += f"; awaits approval {held.get('id')} (quorum {held.get('quorum')})"
+        elif kind in ("approval", "rejection"):
+            who = (body.get("voter") or {}).get("name", "?")
+            verb = "approved" if kind == "approval" else "rejected"
+            text = f"{verb}: {body['reason']}" if body.get("reason") else verb
+        elif kind == "expiry":
+            text = f"approval {body.get('approval_id')} expired: no quorum in time"
+        elif kind == "execution":
+            attempt, adapter = body.get("attempt"), body.get("adapter")
+            if body.get("result") == "retry":
+                text = (
+                    f"attempt {attempt} failed ({body.get('error')}); "
+                    f"next at {show_time(body.get('next_attempt_at'))}"
+                )
+            else:
+                target = body.get("target")
+                text = f"dispatched via {adapter}" + (f" to {target}" if target else "")
+                text += f" (attempt {attempt})"
+                if adapter == "callback":
+                    text += "; the executor carries it out and reports the outcome"
+        elif kind == "outcome":
+            detail = body.get("detail")
+            text = f"outcome: {body.get('status')}"
+            if isinstance(detail, dict) and detail.get("detail"):
+                text += f" ({detail['detail']})"
+            elif detail:
+                text += f" ({json.dumps(detail, sort_keys=True)})"
+        lines.append(
+            {"seq": item["seq"], "time": item["time"], "kind": kind, "who": who, "text": text}
+        )
+    return lines
+
+
+def _detail(
+    visit: Visit,
+    approval_id: str,
+    *,
+    status_code: int = 200,
+    error: str | None = None,
+    reason_error: str | None = None,
+    reason: str = "",
+) -> Response:
+    """The detail page; ``error`` says why the last vote was not counted."""
+    assert visit.identity is not None
+    runtime = visit.runtime
+    try:
+        view = runtime.approvals.get(visit.identity, approval_id)
+        action = show_action(runtime.engine, runtime.ledger, visit.identity, view.action_id)
+    except GatewayError as exc:
+        status = status_of(exc)
+        return render_problem(visit, status, exc.title, exc.detail)
+    now = runtime.clock()
+    row = _row(view, now)
+    proposal_entry = next((t for t in action.timeline if t["kind"] == "proposal"), None)
+    voted = next((v for v in view.votes if v.voter == visit.identity.name), None)
+    may_vote = runtime.approvals.may_vote(visit.identity, view.workflow, view.action_type)
+    context = {
+        "section": "inbox",
+        "row": row,
+        "view": view,
+        "action": action,
+        "trace": action.decision.trace,
+        "ledger": action.decision.ledger,
+        "proposal": None if proposal_entry is None else proposal_entry["body"].get("proposal"),
+        "proposer": None if proposal_entry is None else proposal_entry["body"].get("executor"),
+        "timeline": _timeline(action),
+        "voted": voted,
+        "can_vote": row["open"] and may_vote and voted is None,
+        "may_vote": may_vote,
+        "error": error,
+        "reason_error": reason_error,
+        "reason": reason,
+    }
+    return render_page(visit, "detail.html", context, status_code)
+
+
+@router.get("/approvals/{approval_id}", response_class=HTMLResponse)
+def approval_page(approval_id: str, request: Request, runtime: Rt) -> Response:
+    """One approval: the proposal, the trace, the votes, the timeline, and the vote form."""
+    visit = open_visit(request, runtime)
+    identity = gate(visit)
+    if isinstance(identity, Response):
+        return identity
+    return _detail(visit, approval_id)
+
+
+@router.post("/approvals/{approval_id}", response_class=HTMLResponse)
+async def vote(
+    approval_id: str,
+    request: Request,
+    runtime: Rt,
+    decision: Annotated[str, Form()] = "",
+    reason: Annotated[str, Form()] = "",
+    csrf: Annotated[str, Form()] = "",
+) -> Response:
+    """Approve or reject through ``Approvals.decide``; then back to the page, with a message."""
+    visit = open_visit(request, runtime)
+    identity = gate(visit, csrf)
+    if isinstance(identity, Response):
+        return identity
+    try:
+        request_ = VoteRequest.model_validate({"decision": decision, "reason": reason})
+    except pydantic.ValidationError as exc:
+        where, message = describe_first_error(exc, "decision")
+        return _detail(
+            visit,
+            approval_id,
+            status_code=422,
+            error=None if where == "reason" else message,
+            reason_error=message if where == "reason" else None,
+            reason=reason,
+        )
+    try:
+        view = await runtime.approvals.decide(identity, approval_id, request_)
+    except InvalidInput as exc:
+        fields = dict(exc.errors)
+        return _detail(
+            visit,
+            approval_id,
+            status_code=422,
+            error=None if "reason" in fields else exc.detail,
+            reason_error=fields.get("reason"),
+            reason=reason,
+        )
+    except GatewayError as exc:
+        return _detail(
+            visit, approval_id, status_code=status_of(exc), error=exc.detail, reason=reason
+        )
+    if view.status == "approved":
+        visit.say("ok", f"Approved: quorum of {view.quorum} reached; the action is released.")
+    elif view.status == "rejected":
+        visit.say("ok", "Rejected: the action will not execute.")
+    else:
+        visit.say("ok", f"Your approval is recorded: {view.approvals} of {view.quorum}.")
+    return redirect(visit, f"{visit.base}/approvals/{approval_id}")
