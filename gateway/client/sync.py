@@ -50,6 +50,7 @@ from pydantic import ValidationError
 from gateway import errors
 from gateway.schemas import (
     ActionView,
+    ActivationView,
     ApprovalView,
     AuditView,
     AutonomyDetail,
@@ -641,6 +642,70 @@ class MandateClient:
         """An auditor's finding on an executed action (an incorrect one needs a note)."""
         call = _Call("POST", f"/v1/audits/{_segment(audit_id)}", {"finding": finding, "note": note})
         return AuditView.model_validate_json(self._send(call).content)
+
+    # -- the policy lifecycle (a policy-admin token) -----------------------------------------
+
+    def activate_policy(
+        self, files: Mapping[str, str], reason: str, mode: Literal["active", "shadow"] = "active"
+    ) -> ActivationView:
+        """Make a bundle the active one, or run it in shadow, with a reason for the ledger.
+
+        ``files`` maps each path in the bundle to its text. The gateway checks the bundle first
+        (its Rego tests and decision cases): ``InvalidInput`` when it fails them. ``changed``
+        is False when the slot held this bundle already.
+        """
+        body = {"files": dict(files), "reason": reason, "mode": mode}
+        return ActivationView.model_validate_json(
+            self._send(_Call("POST", "/v1/policies", body)).content
+        )
+
+    def replay_policy(
+        self,
+        files: Mapping[str, str] | None = None,
+        *,
+        since: str | None = None,
+        examples: int = 3,
+        progress: Callable[[int, int | None], None] | None = None,
+    ) -> dict[str, Any]:
+        """Re-decide the recorded history with a candidate bundle and return the report
+        (``POST /v1/policies/replay``'s last event); nothing is written.
+
+        ``files`` as for ``activate_policy``; without them, each decision is replayed with the
+        bundle that made it. ``since`` is a date or an ISO time. The gateway streams its
+        progress, passed on to ``progress(scanned, total)``, for as long as the replay takes:
+        no timeout applies, and nothing is retried. ``MandateError`` when the replay fails
+        after it began; ``Unreachable`` (with the ``httpx`` error as ``__cause__``) when the
+        connection fails or breaks.
+        """
+        body = {
+            "files": None if files is None else dict(files),
+            "since": since,
+            "examples": examples,
+        }
+        try:
+            with self._http.stream(
+                "POST", "/v1/policies/replay", content=_encode(body), headers=_JSON, timeout=None
+            ) as response:
+                if not response.is_success:
+                    response.read()
+                    raise _error_from(response)
+                for line in response.iter_lines():
+                    if not line.strip():
+                        continue
+                    try:
+                        event = json.loads(line)
+                        kind = event["event"]
+                    except (ValueError, KeyError, TypeError) as exc:
+                        raise MandateError(f"not a replay event: {line[:200]!r}") from exc
+                    if kind == "report":
+                        return cast(dict[str, Any], event)
+                    if kind != "progress":
+                        raise MandateError(f"the replay failed: {event.get('detail')}")
+                    if progress is not None:
+                        progress(event["scanned"], event["total"])
+        except httpx.TransportError as exc:
+            raise _unreachable(self.url, exc) from exc
+        raise MandateError("the gateway ended the replay without a report")
 
 
 # -- the async client -------------------------------------------------------------------------
