@@ -34,7 +34,7 @@ def test_the_sdk_raises_the_error_each_status_stands_for(
         json={"type": "about:blank", "title": kind.title, "status": status, "detail": "why"},
         request=request,
     )
-    raised = sdk._error_from(response)
+    raised = sdk.error_from(response)
     assert raised.kind is kind
     assert raised.status == status
     assert str(raised) == "why"

@@ -21,6 +21,7 @@ from gateway.client.errors import Conflict, WaitTimeout
 from gateway.client.transport import Call, Flow, Link, Pause, encode
 from gateway.schemas import (
     ActionView,
+    ActivationView,
     ApprovalView,
     AuditView,
     AutonomyDetail,
@@ -216,3 +217,14 @@ class Calls:
         body = {"finding": finding, "note": note}
         path = f"/v1/audits/{_segment(audit_id)}"
         return self.link.exchange(Call("POST", path, AuditView.model_validate_json, body))
+
+    # -- the policy lifecycle (a policy-admin token) -----------------------------------------
+
+    def activate_policy(
+        self, files: Mapping[str, str], reason: str, mode: Literal["active", "shadow"]
+    ) -> Flow[ActivationView]:
+        """``POST /v1/policies``."""
+        body = {"files": dict(files), "reason": reason, "mode": mode}
+        return self.link.exchange(
+            Call("POST", "/v1/policies", ActivationView.model_validate_json, body)
+        )

@@ -17,13 +17,15 @@ What each method sends, and its retries, are written once (``gateway.client.call
 
 from __future__ import annotations
 
+import json
 import time
-from collections.abc import Mapping
-from typing import Any, Literal, TypeVar
+from collections.abc import Callable, Mapping
+from typing import Any, Literal, TypeVar, cast
 
 import httpx
 
 from gateway.client.calls import ApprovalStatus, Calls, OutcomeStatus
+from gateway.client.errors import MandateError
 from gateway.client.transport import (
     DEFAULT_BACKOFF,
     DEFAULT_RETRIES,
@@ -31,9 +33,13 @@ from gateway.client.transport import (
     Flow,
     Link,
     Pause,
+    encode,
+    error_from,
+    unreachable,
 )
 from gateway.schemas import (
     ActionView,
+    ActivationView,
     ApprovalView,
     AuditView,
     AutonomyDetail,
@@ -232,3 +238,65 @@ class MandateClient:
     ) -> AuditView:
         """An auditor's finding on an executed action (an incorrect one needs a note)."""
         return self._run(self._calls.record_finding(audit_id, finding, note))
+
+    # -- the policy lifecycle (a policy-admin token) -----------------------------------------
+
+    def activate_policy(
+        self, files: Mapping[str, str], reason: str, mode: Literal["active", "shadow"] = "active"
+    ) -> ActivationView:
+        """Make a bundle the active one, or run it in shadow, with a reason for the ledger.
+
+        ``files`` maps each path in the bundle to its text. The gateway checks the bundle first
+        (its Rego tests and decision cases): ``InvalidInput`` when it fails them. ``changed``
+        is False when the slot held this bundle already.
+        """
+        return self._run(self._calls.activate_policy(files, reason, mode))
+
+    def replay_policy(
+        self,
+        files: Mapping[str, str] | None = None,
+        *,
+        since: str | None = None,
+        examples: int = 3,
+        progress: Callable[[int, int | None], None] | None = None,
+    ) -> dict[str, Any]:
+        """Re-decide the recorded history with a candidate bundle and return the report
+        (``POST /v1/policies/replay``'s last event); nothing is written.
+
+        ``files`` as for ``activate_policy``; without them, each decision is replayed with the
+        bundle that made it. ``since`` is a date or an ISO time. The gateway streams its
+        progress, passed on to ``progress(scanned, total)``, for as long as the replay takes:
+        no timeout applies, and nothing is retried. ``MandateError`` when the replay fails
+        after it began; ``Unreachable`` (with the ``httpx`` error as ``__cause__``) when the
+        connection fails or breaks.
+        """
+        body = {
+            "files": None if files is None else dict(files),
+            "since": since,
+            "examples": examples,
+        }
+        headers = {"Content-Type": "application/json"}
+        try:
+            with self._http.stream(
+                "POST", "/v1/policies/replay", content=encode(body), headers=headers, timeout=None
+            ) as response:
+                if not response.is_success:
+                    response.read()
+                    raise error_from(response)
+                for line in response.iter_lines():
+                    if not line.strip():
+                        continue
+                    try:
+                        event = json.loads(line)
+                        kind = event["event"]
+                    except (ValueError, KeyError, TypeError) as exc:
+                        raise MandateError(f"not a replay event: {line[:200]!r}") from exc
+                    if kind == "report":
+                        return cast(dict[str, Any], event)
+                    if kind != "progress":
+                        raise MandateError(f"the replay failed: {event.get('detail')}")
+                    if progress is not None:
+                        progress(event["scanned"], event["total"])
+        except httpx.TransportError as exc:
+            raise unreachable(self.url, exc) from exc
+        raise MandateError("the gateway ended the replay without a report")

@@ -44,7 +44,9 @@ __all__ = [
     "Pause",
     "Request",
     "encode",
+    "error_from",
     "json_default",
+    "unreachable",
 ]
 
 log = logging.getLogger("mandate.client")
@@ -182,7 +184,7 @@ class Link:
                 attempts.note(exc)
                 delay = attempts.pause(None)
                 if delay is None:
-                    raise _unreachable(self.url, exc) from exc
+                    raise unreachable(self.url, exc) from exc
                 log.info("retrying %s %s in %.2fs after %r", call.method, call.path, delay, exc)
                 yield Pause(delay)
                 continue
@@ -194,10 +196,10 @@ class Link:
                     continue
             if response.is_success:
                 return call.read(response.content)
-            raise _error_from(response, proposing=call.proposing)
+            raise error_from(response, proposing=call.proposing)
 
 
-def _error_from(response: httpx.Response, *, proposing: bool = False) -> MandateError:
+def error_from(response: httpx.Response, *, proposing: bool = False) -> MandateError:
     """The exception for an error response, with its problem details."""
     try:
         problem = Problem.model_validate_json(response.content)
@@ -214,6 +216,6 @@ def _error_from(response: httpx.Response, *, proposing: bool = False) -> Mandate
     return error(problem.detail or problem.title, problem=problem, status=response.status_code)
 
 
-def _unreachable(url: str, exc: httpx.TransportError) -> Unreachable:
+def unreachable(url: str, exc: httpx.TransportError) -> Unreachable:
     what = type(exc).__name__
     return Unreachable(f"the gateway at {url} could not be reached ({what}: {exc})")

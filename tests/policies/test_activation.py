@@ -255,6 +255,24 @@ def test_the_cli_activates_locally_and_through_a_gateway(
     assert "403" in done.stderr
 
 
+def test_the_cli_says_in_one_line_when_it_cannot_do_it_through_a_gateway(tmp_path: Path) -> None:
+    nowhere = "http://127.0.0.1:9"  # the discard port: nothing listens there
+    env = clean_env(MANDATE_TOKEN="mdt_whatever")
+    activating = ("policy", "activate", POLICIES, "--reason", "x", "--url", nowhere)
+    replaying = ("policy", "replay", "--url", nowhere)
+    for args, said in [
+        (activating, f"error: cannot reach the gateway at {nowhere}: "),
+        (replaying, f"error: the replay through {nowhere} failed: "),
+    ]:
+        done = mandate(*args, cwd=tmp_path, env=env)
+        assert done.returncode == 2, done.stderr
+        assert done.stderr.startswith(said), done.stderr
+        assert "Traceback" not in done.stderr
+    untokened = mandate(*replaying, cwd=tmp_path)
+    assert untokened.returncode == 2
+    assert "--url needs a policy-admin token (--token or MANDATE_TOKEN)" in untokened.stderr
+
+
 def test_a_process_started_with_another_bundle_activates_it(
     sqlite_database: Database, launch: Launch, tmp_path: Path
 ) -> None:

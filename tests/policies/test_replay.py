@@ -14,6 +14,7 @@ import httpx
 import pytest
 
 from gateway.cli.demo import proposals as demo_proposals
+from gateway.client import Forbidden, InvalidInput, MandateClient
 from gateway.lifecycle.replay import Replayer
 from gateway.lifecycle.slots import BundleStore
 from gateway.policy.active import build_policy
@@ -267,6 +268,38 @@ def test_replay_through_the_cli_with_a_progress_bar_and_an_exit_code(
         cwd=tmp_path, env=env,
     )  # fmt: skip
     assert bad.returncode == 2
+
+
+def test_the_sdk_replays_and_activates_for_a_policy_admin(
+    sqlite_database: Database, launch: Launch, tmp_path: Path
+) -> None:
+    live = launch(sqlite_database)
+    _claims_history(live)
+    candidate = bundle_copy(tmp_path / "raised", raised_review)
+    seen: list[tuple[int, int | None]] = []
+    with MandateClient(live.url, live.token("policy-admin")) as admin:
+        report = admin.replay_policy(
+            texts(candidate),
+            examples=1,
+            progress=lambda scanned, total: seen.append((scanned, total)),
+        )
+        assert (report["decisions"], report["changed"], len(report["examples"])) == (9, 3, 1)
+        assert seen[0][0] == 0
+        assert seen[-1][0] == report["entries_scanned"]
+        with pytest.raises(InvalidInput) as bad:
+            admin.replay_policy(since="last week")
+        assert bad.value.errors[0].field == "since"
+
+        same = admin.activate_policy(texts(POLICIES), "it is active already")
+        assert not same.changed
+        beside = admin.activate_policy(texts(candidate), "try it beside", mode="shadow")
+        assert beside.changed
+        assert (beside.policy.mode, beside.policy.digest) == (
+            "shadow",
+            load_bundle(candidate).digest,
+        )
+    with MandateClient(live.url, live.token("auditor")) as auditor, pytest.raises(Forbidden):
+        auditor.replay_policy()
 
 
 def test_replay_refusals(sqlite_database: Database, launch: Launch, tmp_path: Path) -> None:

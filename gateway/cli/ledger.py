@@ -1,0 +1,162 @@
+"""``mandate ledger``: export the ledger, verify an export offline, prove inclusion and
+consistency, sign a checkpoint, print the public key auditors verify with."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from gateway.cli.console import fail, show_progress
+from gateway.cli.local import DatabaseUrl, DataDir, settings_from
+from ledger.errors import LedgerError
+
+__all__ = ["ledger_app"]
+
+ledger_app = typer.Typer(
+    help=(
+        "The ledger: export it, verify an export offline, prove inclusion and consistency, "
+        "print the public key auditors verify with."
+    ),
+    no_args_is_help=True,
+)
+
+
+@ledger_app.command("public-key")
+def public_key(data_dir: DataDir = None, database_url: DatabaseUrl = None) -> None:
+    """Print the verifier key line (name+keyid+key) that auditors pass to `ledger verify`.
+
+    The signing key is made (mode 0600) if this data dir has none yet.
+    """
+    from gateway.db.connect import signing_key
+
+    settings = settings_from(data_dir, database_url)
+    try:
+        print(signing_key(settings).vkey)
+    except LedgerError as exc:
+        raise fail(exc.diagnostics()) from None
+
+
+@ledger_app.command("export")
+def export(
+    out: Annotated[Path, typer.Option("--out", "-o", help="File to write (JSON Lines).")],
+    data_dir: DataDir = None,
+    database_url: DatabaseUrl = None,
+) -> None:
+    """Export the whole ledger as JSON Lines, ending with a checkpoint that covers it all.
+
+    Give the file to an auditor with the output of `mandate ledger public-key`; they run
+    `mandate ledger verify FILE --public-key KEYFILE` (or `python -m ledger verify`).
+    """
+    from gateway.db.connect import open_ledger
+    from ledger.export import write_export
+
+    settings = settings_from(data_dir, database_url)
+    try:
+        with (
+            open_ledger(settings) as ledger,
+            out.open("wb") as file,
+            show_progress("exporting") as bar,
+        ):
+            task = bar.add_task("exporting", total=None)
+            checkpoint = write_export(
+                ledger,
+                file,
+                progress=lambda done, total: bar.update(task, completed=done, total=total),
+            )
+    except (LedgerError, OSError) as exc:
+        raise fail(exc.diagnostics() if isinstance(exc, LedgerError) else str(exc)) from None
+    sys.stderr.write(f"wrote {checkpoint.size} entries to {out}; closing checkpoint:\n")
+    sys.stderr.write(checkpoint.note)
+
+
+@ledger_app.command("verify")
+def verify(
+    export_file: Annotated[Path, typer.Argument(metavar="FILE", help="The export to verify.")],
+    public_key_file: Annotated[
+        Path,
+        typer.Option("--public-key", help="File with the verifier key line(s) to trust."),
+    ],
+    trusted_checkpoint: Annotated[
+        Path | None,
+        typer.Option(
+            "--trusted-checkpoint",
+            help="A checkpoint you kept earlier: proves nothing before it was rewritten or cut.",
+        ),
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+) -> None:
+    """Verify an export offline: canonical form, seq, chain, Merkle roots, signatures, keys.
+
+    Exit 0 valid, 1 tampered (the first line names the first bad seq), 2 unusable input.
+    Needs no gateway or database: `python -m ledger verify` is the same check.
+    """
+    from ledger.cli import run_verify
+
+    code = run_verify(export_file, public_key_file, trusted_checkpoint, as_json=as_json)
+    raise typer.Exit(code)
+
+
+@ledger_app.command("proof")
+def proof(
+    seq: Annotated[int | None, typer.Option("--seq", help="Inclusion proof of this entry.")] = None,
+    size: Annotated[
+        int | None, typer.Option("--size", help="...in the tree of this size [default: all].")
+    ] = None,
+    old: Annotated[
+        int | None, typer.Option("--from", help="Consistency proof from this tree size...")
+    ] = None,
+    new: Annotated[int | None, typer.Option("--to", help="...to this one [default: all].")] = None,
+    data_dir: DataDir = None,
+    database_url: DatabaseUrl = None,
+) -> None:
+    """Print an RFC 9162 inclusion (--seq) or consistency (--from/--to) proof as JSON."""
+    from gateway.db.connect import open_ledger
+
+    if (seq is None) == (old is None):
+        raise fail("give --seq N for an inclusion proof or --from A [--to B] for consistency")
+    settings = settings_from(data_dir, database_url)
+    try:
+        with open_ledger(settings) as ledger:
+            if seq is not None:
+                tree = size if size is not None else ledger.size()
+                hashes = ledger.inclusion_proof(seq, tree)
+                result: dict[str, Any] = {
+                    "type": "inclusion",
+                    "seq": seq,
+                    "tree_size": tree,
+                    "leaf_hash": ledger.leaf_hash(seq).hex(),
+                    "root_hash": ledger.root(tree).hex(),
+                    "proof": [h.hex() for h in hashes],
+                }
+            else:
+                assert old is not None
+                tree = new if new is not None else ledger.size()
+                hashes = ledger.consistency_proof(old, tree)
+                result = {
+                    "type": "consistency",
+                    "size1": old,
+                    "size2": tree,
+                    "root1": ledger.root(old).hex(),
+                    "root2": ledger.root(tree).hex(),
+                    "proof": [h.hex() for h in hashes],
+                }
+    except LedgerError as exc:
+        raise fail(exc.diagnostics()) from None
+    print(json.dumps(result, indent=2))
+
+
+@ledger_app.command("checkpoint")
+def checkpoint(data_dir: DataDir = None, database_url: DatabaseUrl = None) -> None:
+    """Sign a checkpoint of the whole ledger now and print it (keep it: it anchors verifies)."""
+    from gateway.db.connect import open_ledger
+
+    settings = settings_from(data_dir, database_url)
+    try:
+        with open_ledger(settings) as ledger:
+            sys.stdout.write(ledger.checkpoint().note)
+    except LedgerError as exc:
+        raise fail(exc.diagnostics()) from None

@@ -1,0 +1,458 @@
+"""``mandate policy``: test a bundle, activate it (or run it in shadow), replay the recorded
+history with a candidate.
+
+`policy test` works on a directory alone. `activate` and `replay` talk to a running gateway
+when --url (or MANDATE_URL) is given, with a policy-admin token, through the SDK; without it
+they work on the local database (--data-dir, --database-url) directly, as the operator who
+holds it.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any, Literal
+
+import typer
+from rich.markup import escape
+
+from gateway.cli.console import err, fail, show_progress, tabulate
+from gateway.cli.local import DatabaseUrl, DataDir, open_database, settings_from
+from ledger.errors import LedgerError
+
+if TYPE_CHECKING:
+    from gateway.client import MandateClient, MandateError
+
+__all__ = ["policy_app"]
+
+policy_app = typer.Typer(
+    help=(
+        "Policy bundles: test one (Rego unit tests, decision cases, coverage), activate one "
+        "(or run it in shadow), replay the recorded history with a candidate. activate and "
+        "replay talk to a running gateway when --url (or MANDATE_URL) is set, with a "
+        "policy-admin token; otherwise they work on the local database directly."
+    ),
+    no_args_is_help=True,
+)
+
+BundleDir = Annotated[
+    Path,
+    typer.Argument(metavar="DIR", help="The bundle directory (rego/, casbin/, data.json, tests/)."),
+]
+RemoteUrl = Annotated[
+    str | None,
+    typer.Option(
+        "--url",
+        envvar="MANDATE_URL",
+        help="A running gateway to do it through (with --token); without it, the local "
+        "database is used directly.",
+        show_envvar=True,
+        show_default=False,
+    ),
+]
+RemoteToken = Annotated[
+    str | None,
+    typer.Option(
+        "--token",
+        envvar="MANDATE_TOKEN",
+        help="A policy-admin token, with --url. Prefer the environment variable.",
+        show_default=False,
+        show_envvar=True,
+    ),
+]
+
+
+def _checked(directory: Path, *, report: bool) -> Any:
+    """Load and check a bundle; exit 2 if it cannot be checked, 1 if it fails."""
+    from gateway.lifecycle.checks import check_bundle, describe
+    from gateway.policy.bundle import BundleError, load_bundle
+
+    try:
+        bundle = load_bundle(directory)
+    except BundleError as exc:
+        raise fail(str(exc)) from None
+    check = check_bundle(bundle)
+    if report or not check.passed:
+        for line in describe(check):
+            err.print(escape(line), highlight=False, soft_wrap=True)
+    if not check.usable:
+        raise fail("the bundle cannot be checked (see above)")
+    if not check.passed:
+        raise fail(f"the bundle fails its checks: {len(check.failures())} failures", code=1)
+    return check
+
+
+@policy_app.command("test")
+def policy_test(
+    directory: Annotated[
+        Path,
+        typer.Argument(metavar="[DIR]", help="The bundle directory [default: ./policies]."),
+    ] = Path("policies"),
+    as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
+) -> None:
+    """Test a bundle: its Rego unit tests, its decision cases, and which rules fired.
+
+    Rego unit tests are the `test_` rules of rego/*_test.rego, run as `opa test` runs them.
+    Decision cases (tests/*.yaml, format in policies/README.md) are decided exactly as the
+    gateway decides: Casbin, the workflow's Rego at the autonomy level, the level-1 rule.
+    Coverage (regorus) shows each rule with the number of cases that fired it and whether a
+    unit test did. Exit 0 when everything passes, 1 on any failure, 2 if the bundle or a case
+    file cannot be used.
+    """
+    from gateway.lifecycle.checks import check_bundle, describe
+    from gateway.policy.bundle import BundleError, load_bundle
+
+    try:
+        bundle = load_bundle(directory)
+    except BundleError as exc:
+        raise fail(str(exc)) from None
+    check = check_bundle(bundle)
+    if as_json:
+        print(json.dumps(check.to_json(), indent=2))
+    else:
+        print("\n".join(describe(check)))
+    raise typer.Exit(0 if check.passed else (2 if not check.usable else 1))
+
+
+def _operator() -> Any:
+    """Who acts when a command works on the database directly."""
+    import getpass
+    import socket
+
+    from gateway.identity import Identity
+
+    user = getpass.getuser()
+    name = f"{user}@{socket.gethostname()}"[:120]
+    return Identity(
+        token_id="local",  # noqa: S106 - a name, not a secret
+        name=name,
+        role="policy-admin",
+        workflow=None,
+        owner=user,
+    )
+
+
+def _bundle_texts(directory: Path) -> dict[str, str]:
+    from gateway.policy.bundle import BundleError, read_bundle_files
+
+    try:
+        files = read_bundle_files(directory)
+        return {path: content.decode("utf-8") for path, content in files.items()}
+    except BundleError as exc:
+        raise fail(str(exc)) from None
+    except UnicodeDecodeError as exc:
+        raise fail(f"{directory}: a bundle holds UTF-8 text files only: {exc}") from None
+
+
+def _gateway(url: str, token: str | None) -> MandateClient:
+    """A policy admin's client of the gateway at --url: one attempt per call, and a minute for
+    each answer (the gateway checks a bundle before it answers)."""
+    from gateway.client import MandateClient
+
+    if not token:
+        raise fail("--url needs a policy-admin token (--token or MANDATE_TOKEN)")
+    return MandateClient(url, token, timeout=60.0, retries=0)
+
+
+def _answered(exc: MandateError) -> typer.Exit:
+    """The gateway's problem answer as a message: exit 1 when it found the bundle bad (422) or
+    the state refuses (409), else 2."""
+    for item in (exc.problem.errors or []) if exc.problem else []:
+        err.print(f"  {escape(item.field)}: {escape(item.message)}", highlight=False)
+    code = 1 if exc.status in (409, 422) else 2
+    return fail(f"the gateway answered {exc.status}: {exc}", code=code)
+
+
+@policy_app.command("activate")
+def policy_activate(
+    directory: BundleDir,
+    reason: Annotated[str, typer.Option(help="Why (recorded in the ledger).", show_default=False)],
+    shadow: Annotated[
+        bool,
+        typer.Option(
+            "--shadow",
+            help="Run it beside the active bundle instead: every proposal is decided by both, "
+            "only the active verdict is enforced, disagreements are listed by GET "
+            "/v1/policies/shadow.",
+        ),
+    ] = False,
+    url: RemoteUrl = None,
+    token: RemoteToken = None,
+    data_dir: DataDir = None,
+    database_url: DatabaseUrl = None,
+) -> None:
+    """Check a bundle and make it the active one (or the shadow).
+
+    The bundle must load and pass its Rego tests and decision cases (as `policy test`), here
+    and again on the gateway. Activation writes a `policy` ledger entry (digest, every file's
+    SHA-256, who, why) and stores the files in the database: every gateway process on it
+    switches within its poll interval (policy_poll_interval, 0.5 s); held approvals are
+    re-evaluated at their next vote.
+
+    With --url, through that gateway with a policy-admin token. Without it, on the database
+    directly (--data-dir / --database-url), recorded as the operator (user@host). Exit 1 if
+    the bundle fails its checks, 2 if it cannot be used.
+    """
+    if not reason.strip():
+        raise fail("a reason is required (--reason)")
+    mode: Literal["active", "shadow"] = "shadow" if shadow else "active"
+    check = _checked(directory, report=False)
+    bundle = check.bundle
+    if url:
+        from gateway.client import MandateError, Unreachable
+
+        with _gateway(url, token) as client:
+            files = _bundle_texts(directory)
+            try:
+                answer = client.activate_policy(files, reason, mode)
+            except Unreachable as exc:
+                raise fail(f"cannot reach the gateway at {url}: {exc.__cause__ or exc}") from None
+            except MandateError as exc:
+                raise _answered(exc) from None
+        changed, seq, who = answer.changed, answer.policy.ledger_seq, "the gateway"
+    else:
+        from gateway.db.connect import open_ledger
+        from gateway.lifecycle.slots import write_slot
+
+        settings = settings_from(data_dir, database_url)
+        engine = open_database(settings)
+        try:
+            with open_ledger(settings, engine) as ledger:
+                written = write_slot(
+                    engine,
+                    ledger,
+                    mode,
+                    bundle,
+                    by=_operator(),
+                    reason=reason,
+                    validation=check.summary(),
+                )
+        except LedgerError as exc:
+            raise fail(exc.diagnostics()) from None
+        finally:
+            engine.dispose()
+        changed, seq, who = written.changed, written.slot.seq, "the local database"
+    summary = check.summary()
+    if not changed:
+        err.print(f"bundle {bundle.digest[:12]} is already the {mode} one; nothing changed")
+    else:
+        err.print(
+            f"bundle {bundle.digest[:12]} ({len(bundle.files)} files, workflows "
+            f"{', '.join(sorted(bundle.workflows))}; {summary['rego_tests']['passed']} Rego "
+            f"tests and {summary['cases']['passed']} decision cases passed) is now the {mode} "
+            f"bundle in {who}: policy entry #{seq}",
+            highlight=False,
+        )
+    print(bundle.digest)
+
+
+@policy_app.command("replay")
+def policy_replay(
+    candidate: Annotated[
+        Path | None,
+        typer.Option(
+            "--candidate",
+            help="The candidate bundle directory. Without it, each decision is replayed with "
+            "the bundle that made it: a check that the history is reproducible.",
+            show_default=False,
+        ),
+    ] = None,
+    since: Annotated[
+        str | None,
+        typer.Option(
+            help="Only decisions made at or after this date or time (2026-11-01, "
+            "2026-11-01T08:00:00Z).",
+            show_default=False,
+        ),
+    ] = None,
+    examples: Annotated[
+        int, typer.Option(help="Examples shown per verdict change.", min=0, max=50)
+    ] = 3,
+    fail_on_change: Annotated[
+        bool, typer.Option("--fail-on-change", help="Exit 1 if any verdict would change.")
+    ] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
+    url: RemoteUrl = None,
+    token: RemoteToken = None,
+    data_dir: DataDir = None,
+    database_url: DatabaseUrl = None,
+) -> None:
+    """Re-decide the recorded history with a candidate bundle and report what would change.
+
+    Every decision in the ledger (since --since) is decided again with the candidate from the
+    inputs its entries recorded: the proposal, the executor, the autonomy level, the figures
+    and the time. The report: how many verdicts would change and from what to what, by
+    workflow and case type, the reason codes the candidate adds or removes, and examples.
+    Nothing is written. The ledger is read in pages (a progress bar shows how far).
+
+    With --url, the gateway replays (policy-admin token); without it, this process reads the
+    local database. Exit 0, or 1 with --fail-on-change when a verdict would change; 2 if the
+    candidate or --since cannot be used.
+    """
+    from gateway.lifecycle.replay import parse_since
+
+    try:
+        since_stamp = None if since is None else parse_since(since)
+    except ValueError:
+        raise fail(f"--since {since!r}: a date (2026-11-01) or an ISO time") from None
+    if url:
+        report = _replay_remote(url, token, candidate, since, examples)
+    else:
+        report = _replay_local(candidate, since_stamp, examples, data_dir, database_url)
+    if as_json:
+        print(json.dumps(report, indent=2))
+    else:
+        print("\n".join(_replay_lines(report)))
+    raise typer.Exit(1 if fail_on_change and report["changed"] else 0)
+
+
+def _replay_local(
+    candidate: Path | None,
+    since: str | None,
+    examples: int,
+    data_dir: Path | None,
+    database_url: str | None,
+) -> dict[str, Any]:
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from gateway.db.connect import open_engine
+    from gateway.lifecycle.replay import Replayer
+    from gateway.lifecycle.slots import BundleStore
+    from gateway.policy.active import build_policy
+    from gateway.policy.bundle import BundleError, load_bundle
+    from ledger.store import Ledger
+
+    policy = None
+    if candidate is not None:
+        try:
+            policy = build_policy(load_bundle(candidate))
+        except BundleError as exc:
+            raise fail(str(exc)) from None
+        except Exception as exc:  # the Rego does not load
+            raise fail(f"{candidate}: {exc}") from None
+    settings = settings_from(data_dir, database_url)
+    engine = open_engine(settings)
+    store = BundleStore(engine)
+    try:
+        ledger = Ledger(engine, origin=settings.ledger_origin)  # read only: no writer
+        replayer = Replayer(
+            ledger,
+            engine,
+            policy,
+            recorded=lambda digest: build_policy(store.bundle(digest)),
+            since=since,
+            examples=examples,
+        )
+        with show_progress("replaying") as bar:
+            task = bar.add_task("replaying", total=None)
+            result = replayer.run(
+                lambda p: bar.update(task, completed=p.scanned, total=p.total or None)
+            )
+    except LedgerError as exc:
+        raise fail(exc.diagnostics()) from None
+    except SQLAlchemyError as exc:
+        first = str(exc).splitlines()[0]
+        where = make_url(settings.database).render_as_string(hide_password=True)
+        raise fail(f"cannot read the ledger at {where}: {first}") from None
+    finally:
+        engine.dispose()
+    return result.to_json()
+
+
+def _replay_remote(
+    url: str, token: str | None, candidate: Path | None, since: str | None, examples: int
+) -> dict[str, Any]:
+    from gateway.client import MandateError, Unreachable
+
+    files = None if candidate is None else _bundle_texts(candidate)
+    with _gateway(url, token) as client, show_progress("replaying") as bar:
+        task = bar.add_task("replaying", total=None)
+        try:
+            return client.replay_policy(
+                files,
+                since=since,
+                examples=examples,
+                progress=lambda scanned, total: bar.update(
+                    task, completed=scanned, total=total or None
+                ),
+            )
+        except Unreachable as exc:
+            raise fail(f"the replay through {url} failed: {exc.__cause__ or exc}") from None
+        except MandateError as exc:
+            raise (fail(str(exc)) if exc.status is None else _answered(exc)) from None
+
+
+def _replay_lines(report: dict[str, Any]) -> list[str]:
+    """The replay report for people."""
+    decisions = report["decisions"]
+    changed = report["changed"]
+    share = f" ({changed / decisions:.2%})" if decisions else ""
+    rate = report.get("decisions_per_second")
+    lines = [
+        f"Replayed {decisions:,} decisions ({report['entries_scanned']:,} ledger entries read"
+        + (f", since {report['since']}" if report.get("since") else "")
+        + (
+            ") with the bundle that made each"
+            if report["candidate_digest"] == "as-recorded"
+            else f") with candidate {report['candidate_digest'][:16]}…"
+        )
+        + f" in {report['seconds']:.1f} s"
+        + (f" ({rate:,.0f} decisions/s)" if rate else ""),
+        f"Verdicts that would change: {changed:,}{share}; unchanged: {report['unchanged']:,}; "
+        f"same verdict for other reasons: {report['reasons_changed']:,}; the candidate "
+        f"refuses or fails on: {report['refused_or_failed']:,}",
+    ]
+    for t in report["transitions"]:
+        lines.append(f"  {t['from']} → {t['to']}: {t['count']:,}")
+    if changed:
+        lines += ["", "By workflow and case type (changed of decided; from → to; rules):"]
+        rows = []
+        for g in report["groups"]:
+            if not g["changed"]:
+                continue
+            moves = ", ".join(f"{t['from']}→{t['to']} {t['count']}" for t in g["transitions"])
+            rules = ", ".join(_rule_text(r) for r in g["rules"]) or "-"
+            rows.append(
+                [g["workflow"], g["case_type"], f"{g['changed']}/{g['decisions']}", moves, rules]
+            )
+        lines.append(tabulate([["WORKFLOW", "CASE TYPE", "CHANGED", "FROM → TO", "RULES"], *rows]))
+        lines += ["", "Rules that made the difference (+ the candidate adds it, - it drops it):"]
+        lines += [f"  {_rule_text(r)}" for r in report["rules"]] or [
+            "  (none: Casbin or the level)"
+        ]
+        lines += ["", "Examples:"]
+        for ex in report["examples"]:
+            before = ex["before"]
+            after = ex["after"]
+            codes_before = ", ".join(r["code"] for r in before["reasons"]) or "-"
+            codes_after = (
+                ", ".join(r["code"] for r in after["reasons"]) or after.get("error") or "-"
+            )
+            lines.append(
+                f"  {before['verdict']} → {after['verdict']}  {ex['action_id']} "
+                f"({ex['workflow']}/{ex['case_type']}, {ex['role']}, level {ex['level']}, "
+                f"{ex['decided_at']}): was [{codes_before}], now [{codes_after}]"
+            )
+            lines.append(f"      proposal {json.dumps(ex['proposal'], sort_keys=True)}")
+    lines.append("")
+    if report["input_mismatches"]:
+        lines.append(
+            f"WARNING: {report['input_mismatches']} decisions' Rego input could not be rebuilt "
+            f"from the ledger (seqs {report['input_mismatch_seqs']}): they depended on "
+            "something not recorded"
+        )
+    else:
+        lines.append("Every replayed decision's Rego input was rebuilt from the ledger exactly.")
+    if report.get("proposals_missing"):
+        lines.append(f"{report['proposals_missing']} decisions had no proposal entry to replay.")
+    return lines
+
+
+def _rule_text(rule: dict[str, Any]) -> str:
+    parts = []
+    if rule["added"]:
+        parts.append(f"+{rule['code']} {rule['added']}")
+    if rule["removed"]:
+        parts.append(f"-{rule['code']} {rule['removed']}")
+    return ", ".join(parts)
