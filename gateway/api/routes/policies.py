@@ -353,6 +353,18 @@ async def _stream(replayer: Replayer, lifecycle: PolicyLifecycle) -> AsyncIterat
     loop = asyncio.get_running_loop()
     worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="replay")
     events: Generator[Progress | ReplayReport, None, None] = replayer.events()
+    done = False
+
+    async def finish() -> None:
+        nonlocal done
+        if done:
+            return
+        done = True
+        with contextlib.suppress(Exception):
+            await loop.run_in_executor(worker, events.close)
+        worker.shutdown(wait=False)
+        lifecycle.replaying.release()
+
     try:
         while True:
             try:
@@ -362,9 +374,12 @@ async def _stream(replayer: Replayer, lifecycle: PolicyLifecycle) -> AsyncIterat
                 return
             if event is None:
                 return
+            if isinstance(event, ReplayReport):
+                # The replay is over once its report exists: free this process for the next
+                # one before the client reads it, which may ask for another at once.
+                await finish()
+                yield orjson.dumps(event.to_json()) + b"\n"
+                return
             yield orjson.dumps(event.to_json()) + b"\n"
     finally:
-        with contextlib.suppress(Exception):
-            await loop.run_in_executor(worker, events.close)
-        worker.shutdown(wait=False)
-        lifecycle.replaying.release()
+        await finish()
