@@ -4,6 +4,9 @@ A new key is written to a temporary file created with O_CREAT|O_EXCL and mode 06
 never readable by anyone else, not even for a moment), fsynced, then published under its final
 name with a hard link, which fails rather than overwrite. Concurrent starters therefore never
 see a half-written key: each either publishes its key or loads the one that won.
+
+A witness's cosigning key is kept the same way (mode 0600, never overwritten), as one line in
+Go's ``PRIVATE+KEY+<name>+<key id>+<key>`` form (``ledger.cosignature``).
 """
 
 from __future__ import annotations
@@ -18,13 +21,16 @@ from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from ledger.errors import KeyFileError
+from ledger.cosignature import Cosigner
+from ledger.errors import KeyFileError, NoteError
 from ledger.note import NoteSigner
 
 __all__ = [
     "generate_signing_key",
+    "generate_witness_key",
     "load_or_create_signing_key",
     "load_signing_key",
+    "load_witness_key",
     "public_key_line",
 ]
 
@@ -94,23 +100,26 @@ def _fsync_directory(directory: Path) -> None:
         os.close(fd)
 
 
-def _write_new_key(path: Path, name: str) -> NoteSigner:
-    """Generate a key and publish it at ``path``; FileExistsError if ``path`` exists."""
+def _new_key(name: str) -> tuple[NoteSigner, bytes]:
+    """A new signing key named ``name`` and its PEM (NoteError, before any file, on a bad name)."""
     key = Ed25519PrivateKey.generate()
-    # Validate the name before anything touches the disk.
-    signer = NoteSigner(name, key)
     pem = key.private_bytes(
         serialization.Encoding.PEM,
         serialization.PrivateFormat.PKCS8,
         serialization.NoEncryption(),
     )
+    return NoteSigner(name, key), pem
+
+
+def _publish(path: Path, data: bytes) -> None:
+    """Write ``data`` to a new file at ``path``, mode 0600; FileExistsError if ``path`` exists."""
     tmp = path.with_name(f".{path.name}.{secrets.token_hex(8)}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     try:
         try:
             # The umask can only narrow 0600; make it exactly 0600 so the owner can read it.
             os.fchmod(fd, 0o600)
-            view = memoryview(pem)
+            view = memoryview(data)
             while view:
                 view = view[os.write(fd, view) :]
             os.fsync(fd)
@@ -122,11 +131,10 @@ def _write_new_key(path: Path, name: str) -> NoteSigner:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
     _fsync_directory(path.parent)
-    return signer
 
 
-def _create(path: Path, name: str) -> NoteSigner:
-    """Create the parent directory (mode 0700) if needed and write a new key at ``path``.
+def _create(path: Path, data: bytes) -> None:
+    """Create the parent directory (mode 0700) if needed and write a new key file at ``path``.
 
     FileExistsError if ``path`` exists; any other failure is a KeyFileError.
     """
@@ -138,11 +146,22 @@ def _create(path: Path, name: str) -> NoteSigner:
             f"cannot create directory {path.parent} for the signing key: {exc.strerror or exc}"
         ) from exc
     try:
-        return _write_new_key(path, name)
+        _publish(path, data)
     except FileExistsError:
         raise
     except OSError as exc:
         raise KeyFileError(f"cannot write signing key {path}: {exc.strerror or exc}") from exc
+
+
+def _create_new(path: Path, data: bytes) -> None:
+    """``_create``, refusing (KeyFileError) an existing file."""
+    try:
+        _create(path, data)
+    except FileExistsError as exc:
+        raise KeyFileError(
+            f"{path} already exists; refusing to overwrite a signing key: choose a new path, "
+            f"or move the old key away once nothing needs it"
+        ) from exc
 
 
 def load_signing_key(path: Path, name: str) -> NoteSigner:
@@ -170,11 +189,13 @@ def load_or_create_signing_key(path: Path, name: str) -> NoteSigner:
     try:
         data = _read_key_file(path)
     except FileNotFoundError:
+        signer, pem = _new_key(name)
         try:
-            return _create(path, name)
+            _create(path, pem)
         except FileExistsError:
             # Another process published its key between our read and our write: use that one.
             return load_signing_key(path, name)
+        return signer
     return _signer_from_pem(path, data, name)
 
 
@@ -183,15 +204,40 @@ def generate_signing_key(path: Path, name: str) -> NoteSigner:
 
     Raises KeyFileError if ``path`` already exists: a signing key is never overwritten.
     """
-    try:
-        return _create(path, name)
-    except FileExistsError as exc:
-        raise KeyFileError(
-            f"{path} already exists; refusing to overwrite a signing key: choose a new path, "
-            f"or move the old key away once nothing needs it"
-        ) from exc
+    signer, pem = _new_key(name)
+    _create_new(path, pem)
+    return signer
 
 
 def public_key_line(signer: NoteSigner) -> str:
     """Return the verifier key to publish for ``signer`` (``name+keyid+base64 key``)."""
     return signer.vkey
+
+
+def generate_witness_key(path: Path, name: str) -> Cosigner:
+    """Generate a witness's cosigning key named ``name`` and write it to ``path``, mode 0600.
+
+    The file holds one line, ``PRIVATE+KEY+<name>+<key id>+<key>`` (``Cosigner.skey``). Raises
+    KeyFileError if ``path`` exists (a key is never overwritten), NoteError if ``name`` is not
+    a valid key name.
+    """
+    cosigner = Cosigner(name, Ed25519PrivateKey.generate())
+    _create_new(path, f"{cosigner.skey()}\n".encode())
+    return cosigner
+
+
+def load_witness_key(path: Path) -> Cosigner:
+    """Load the witness key at ``path``; KeyFileError if it is missing, open to group or
+    others, or not a witness key."""
+    try:
+        data = _read_key_file(path)
+    except FileNotFoundError as exc:
+        raise KeyFileError(
+            f"no witness key file at {path.absolute()}; make one with "
+            f"`python -m ledger witness keygen NAME --out {path}`"
+        ) from exc
+    try:
+        return Cosigner.from_skey(data.decode("ascii").strip())
+    except (UnicodeDecodeError, NoteError) as exc:
+        problem = exc.reason if isinstance(exc, UnicodeDecodeError) else str(exc)
+        raise KeyFileError(f"{path} is not a witness key: {problem}") from None
