@@ -34,6 +34,7 @@ import ledger.verify
 from ledger import merkle
 from ledger.checkpoint import Checkpoint, sign_checkpoint
 from ledger.cli import main as ledger_cli
+from ledger.cosignature import CosignatureVerifier, Cosigner, add_cosignature
 from ledger.database import create_engine
 from ledger.entry import GENESIS_PREV, encode_entry
 from ledger.errors import LedgerError, VerificationError
@@ -561,6 +562,233 @@ def test_a_trusted_checkpoint_from_a_different_history(
     with pytest.raises(VerificationError) as failed:
         verify(path, export, trusted=elsewhere)
     assert failed.value.seq == 15
+
+
+# -- witnesses -----------------------------------------------------------------------------------
+
+WITNESS_TIME = 1_700_000_000
+
+
+@pytest.fixture(scope="module")
+def witnesses() -> tuple[Cosigner, Cosigner, Cosigner]:
+    w1, w2, w3 = (
+        Cosigner(f"witness.example/w{i}", Ed25519PrivateKey.generate()) for i in (1, 2, 3)
+    )
+    return w1, w2, w3
+
+
+def cosign(note: str, *by: Cosigner) -> str:
+    for cosigner in by:
+        note = add_cosignature(note, cosigner.cosign(parse_note(note).text, WITNESS_TIME))
+    return note
+
+
+def verifiers(*cosigners: Cosigner) -> list[CosignatureVerifier]:
+    return [CosignatureVerifier.from_vkey(c.vkey) for c in cosigners]
+
+
+def witnessed(
+    path: Path, export: Export, known: list[Cosigner], want: int, trusted: str | None = None
+) -> VerifyResult:
+    return verify_export(
+        path,
+        export.keys[:1],
+        trusted_checkpoint=trusted,
+        witnesses=verifiers(*known),
+        min_witnesses=want,
+    )
+
+
+def witness_cli(
+    path: Path, export: Export, known: list[Cosigner], *extra: str, trusted: str | None = None
+) -> int:
+    args = ["verify", str(path), "--public-key", str(export.key_file), *extra]
+    for i, cosigner in enumerate(known):
+        key = path.with_name(f"witness-{i}.pub")
+        key.write_text(f"# witness {i}\n{cosigner.vkey}\n")
+        args += ["--witness-key", str(key)]
+    if trusted is not None:
+        kept = path.with_name("kept.note")
+        kept.write_text(trusted)
+        args += ["--trusted-checkpoint", str(kept)]
+    return ledger_cli(args)
+
+
+def assert_not_witnessed(
+    path: Path,
+    export: Export,
+    known: list[Cosigner],
+    want: int,
+    seq: int,
+    problem: str,
+    capsys: pytest.CaptureFixture[str],
+    trusted: str | None = None,
+) -> None:
+    """Too few or forged cosignatures: the API and the command say so, at ``seq``."""
+    with pytest.raises(VerificationError) as failed:
+        witnessed(path, export, known, want, trusted)
+    assert failed.value.seq == seq
+    assert failed.value.problem == problem
+    capsys.readouterr()
+    assert witness_cli(path, export, known, "--min-witnesses", str(want), trusted=trusted) == 1
+    assert capsys.readouterr().out == f"TAMPERED: seq {seq}: {problem}\n"
+
+
+def test_enough_witness_cosignatures_make_the_export_valid(
+    export: Export,
+    witnesses: tuple[Cosigner, ...],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    w1, w2, w3 = witnesses
+    path = write(tmp_path, [*export.entries, closing(cosign(export.closing_note, w1, w2))])
+    result = witnessed(path, export, [w1, w2, w3], 2)
+    assert result.witnesses == (w1.vkey, w2.vkey)
+    assert result.witnessed_at == 35
+    assert witnessed(path, export, [w2], 1).witnesses == (w2.vkey,)
+    # The cosignature lines change nothing else, and are ignored without witness keys.
+    plain = verify(path, export)
+    assert (plain.size, plain.checkpoints, plain.witnesses, plain.witnessed_at) == (35, 5, (), None)
+
+    capsys.readouterr()
+    assert witness_cli(path, export, [w1, w2, w3], "--min-witnesses", "2") == 0
+    out = capsys.readouterr().out
+    assert (
+        f"cosigned by 2 witness(es) at the closing checkpoint (size 35): {w1.vkey}, {w2.vkey}"
+        in out
+    )
+    assert witness_cli(path, export, [w3, w2], "--json") == 0  # one is enough by default
+    shown = json.loads(capsys.readouterr().out)
+    assert (shown["witnesses"], shown["witnessed_at"]) == ([w2.vkey], 35)
+
+
+def test_too_few_witness_cosignatures_are_refused_naming_who_did(
+    export: Export,
+    witnesses: tuple[Cosigner, ...],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    w1, w2, _ = witnesses
+    path = write(tmp_path, [*export.entries, closing(cosign(export.closing_note, w1))])
+    problem = (
+        "not witnessed: want 2 witness cosignatures, the closing checkpoint has 1 "
+        "(witness.example/w1)"
+    )
+    assert_not_witnessed(path, export, [w1, w2], 2, 35, problem, capsys)
+
+    # No cosignature at all, and one wanted by default as soon as witness keys are known.
+    bare = write(tmp_path, export.lines, "bare.jsonl")
+    problem = "not witnessed: want 1 witness cosignatures, the closing checkpoint has 0"
+    assert_not_witnessed(bare, export, [w1], 1, 35, problem, capsys)
+    assert witness_cli(bare, export, [w1]) == 1
+    assert witness_cli(bare, export, [w1], "--min-witnesses", "0") == 0
+
+
+def test_a_cosignature_by_a_key_not_given_does_not_count(
+    export: Export,
+    witnesses: tuple[Cosigner, ...],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    w1, w2, w3 = witnesses
+    path = write(tmp_path, [*export.entries, closing(cosign(export.closing_note, w3, w1))])
+    problem = (
+        "not witnessed: want 2 witness cosignatures, the closing checkpoint has 1 "
+        f"(witness.example/w1); ignored cosignatures by keys not given: "
+        f"witness.example/w3+{w3.key_id.hex()}"
+    )  # the log's own signature is not listed
+    assert_not_witnessed(path, export, [w1, w2], 2, 35, problem, capsys)
+
+
+@pytest.mark.parametrize("edit", ["time", "signature", "root"])
+def test_a_forged_cosignature_is_refused(
+    export: Export,
+    witnesses: tuple[Cosigner, ...],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    edit: str,
+) -> None:
+    w1, w2, _ = witnesses
+    text = parse_note(export.closing_note).text
+    if edit == "root":  # a genuine cosignature, of another tree
+        line = w2.cosign(parse_note(forge_root(export.closing_note)).text, WITNESS_TIME)
+    else:
+        head, _, encoded = w2.cosign(text, WITNESS_TIME).rpartition(" ")
+        blob = bytearray(base64.b64decode(encoded))
+        blob[11 if edit == "time" else 40] ^= 1
+        line = f"{head} {base64.b64encode(bytes(blob)).decode()}"
+    note = add_cosignature(cosign(export.closing_note, w1), line)
+    path = write(tmp_path, [*export.entries, closing(note)])
+    problem = (
+        f"closing checkpoint: cosignature by {w2.vkey} does not verify: forged, or the "
+        "checkpoint was altered after the witness signed it"
+    )
+    # Refused even though w1's cosignature alone would be enough.
+    assert_not_witnessed(path, export, [w1, w2], 1, 35, problem, capsys)
+
+
+def test_cosignatures_on_the_kept_checkpoint_count(
+    export: Export,
+    witnesses: tuple[Cosigner, ...],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    w1, w2, w3 = witnesses
+    earlier = entry(export.entries[15])["body"]["note"]
+    kept = cosign(earlier, w1, w2)
+    path = write(tmp_path, [*export.entries, closing(cosign(export.closing_note, w3))])
+    result = witnessed(path, export, [w1, w2, w3], 2, trusted=kept)
+    assert (result.anchored_at, result.witnessed_at) == (15, 15)
+    assert result.witnesses == (w1.vkey, w2.vkey)
+    # The closing checkpoint comes first when both have enough.
+    assert witnessed(path, export, [w1, w2, w3], 1, trusted=kept).witnessed_at == 35
+    capsys.readouterr()
+    assert witness_cli(path, export, [w1, w2], "--min-witnesses", "2", trusted=kept) == 0
+    assert "at the trusted checkpoint (size 15)" in capsys.readouterr().out
+
+    # Neither has enough alone; counts from the two are not added up.
+    problem = (
+        "not witnessed: want 2 witness cosignatures, the closing checkpoint has 1 "
+        "(witness.example/w3), the trusted checkpoint 1 (witness.example/w1)"
+    )
+    one = cosign(earlier, w1)
+    assert_not_witnessed(path, export, [w1, w3], 2, 35, problem, capsys, trusted=one)
+
+    # A forged cosignature on the kept checkpoint names the kept checkpoint's size.
+    forged = add_cosignature(earlier, w2.cosign(parse_note(forge_root(earlier)).text, 1))
+    problem = (
+        f"trusted checkpoint: cosignature by {w2.vkey} does not verify: forged, or the "
+        "checkpoint was altered after the witness signed it"
+    )
+    assert_not_witnessed(path, export, [w1, w2], 2, 15, problem, capsys, trusted=forged)
+
+
+def test_more_witnesses_wanted_than_keys_given_is_unusable(
+    export: Export,
+    witnesses: tuple[Cosigner, ...],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    w1, w2, _ = witnesses
+    path = write(tmp_path, [*export.entries, closing(cosign(export.closing_note, w1, w2))])
+    capsys.readouterr()
+    for known, extra in (
+        ([w1], ["--min-witnesses", "2"]),
+        ([w1, w1], ["--min-witnesses", "2"]),  # the same witness twice is one witness
+        ([], ["--min-witnesses", "1"]),
+    ):
+        assert witness_cli(path, export, known, *extra) == 2
+        captured = capsys.readouterr()
+        assert captured.out == ""
+        assert captured.err.startswith("error: --min-witnesses ")
+        assert len(captured.err.splitlines()) == 1
+    with pytest.raises(ValueError, match="2 witness cosignatures wanted but 1 distinct"):
+        witnessed(path, export, [w1, w1], 2)
+
+    # A log key is not a witness key (another signature type).
+    log_key = ["--witness-key", str(export.key_file)]
+    assert ledger_cli(["verify", str(path), "--public-key", str(export.key_file), *log_key]) == 2
+    assert "mandate.pub:1: verifier key algorithm is 0x01; want 0x04" in capsys.readouterr().err
 
 
 # -- chunks and workers against the reference -----------------------------------------------------
