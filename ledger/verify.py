@@ -363,10 +363,6 @@ class ExportVerifier:
         if not isinstance(note, str):
             raise VerificationError(seq, "checkpoint entry has no note")
         checkpoint = self._open(seq, note)
-        if checkpoint.size != seq:
-            raise VerificationError(
-                seq, f"checkpoint entry signs size {checkpoint.size} but stands at seq {seq}"
-            )
         self._check_root(seq, checkpoint, f"seq {self._last_checkpoint}..{seq - 1}")
         self._last_checkpoint = checkpoint.size
 
@@ -381,18 +377,13 @@ class ExportVerifier:
         if not isinstance(note, str) or len(obj) != 1:
             raise VerificationError(seq, 'a checkpoint line is {"checkpoint": "<signed note>"}')
         checkpoint = self._open(seq, note, closing=True)
-        if checkpoint.size != self._size:
-            raise VerificationError(
-                seq,
-                f"the closing checkpoint signs size {checkpoint.size} but the export holds "
-                f"{self._size} entries",
-            )
         self._check_root(seq, checkpoint, f"seq {self._last_checkpoint}..{seq - 1}")
         self._tail.append(checkpoint)
         self._closing_note = note
 
     def _open(self, seq: int, note_text: str, *, closing: bool = False) -> Checkpoint:
-        """5. Parse a checkpoint note and check its signature against the key for its size."""
+        """5. Parse a checkpoint note, check its signature against the key for its size, and
+        that it signs the tree of the entries before ``seq``."""
         where = "closing checkpoint" if closing else "checkpoint"
         try:
             note = parse_note(note_text)
@@ -428,11 +419,19 @@ class ExportVerifier:
                 "key entry was never signed into a tree by the key before it; a key counts only "
                 "after its predecessor vouches for it",
             )
+        if checkpoint.size != seq:
+            raise VerificationError(
+                seq,
+                f"the closing checkpoint signs size {checkpoint.size} but the export holds "
+                f"{seq} entries"
+                if closing
+                else f"checkpoint entry signs size {checkpoint.size} but stands at seq {seq}",
+            )
         if key.trusted:
-            # A trusted signature over this tree vouches for every key entry inside it.
+            # A trusted signature over this tree vouches for every key entry inside it: every
+            # one read so far, as the tree holds all the entries before seq.
             for other in self._keys:
-                if other.seq < checkpoint.size:
-                    other.trusted = True
+                other.trusted = True
         self._checkpoints += 1
         if closing:
             self._tail_keys.append(key)
@@ -446,8 +445,10 @@ class ExportVerifier:
                 f"the entries do not match the root signed for size {checkpoint.size}: an entry "
                 f"in {span} was altered and the chain recomputed",
             )
+        # Every key entry read so far is in this tree; one whose key signs only larger trees
+        # has been vouched for by the key that signed this one.
         for key in self._keys:
-            if not key.anchored and key.seq < checkpoint.size and key.from_size > checkpoint.size:
+            if not key.anchored and key.from_size > checkpoint.size:
                 key.anchored = True
 
     def _check_origin(self, origin: str, seq: int | None) -> None:

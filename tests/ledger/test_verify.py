@@ -564,6 +564,209 @@ def test_a_trusted_checkpoint_from_a_different_history(
     assert failed.value.seq == 15
 
 
+# -- keys, built entry by entry ------------------------------------------------------------------
+#
+# Logs a ledger never writes, built line by line: what someone holding a key, or the database,
+# could try.
+
+
+def built(*steps: tuple[Any, ...]) -> list[bytes]:
+    """An export from steps: ("entry",), ("key", signer, from_size[, previous signer]),
+    ("checkpoint", signer[, size]), ("closing", signer[, size]): each line canonical and chained,
+    each checkpoint over the entries before it (or signing ``size``, with the right root)."""
+    lines: list[bytes] = []
+    leaves: list[bytes] = []
+    prev = GENESIS_PREV
+    for step in steps:
+        kind, seq = step[0], len(leaves)
+        if kind in ("checkpoint", "closing"):
+            size = step[2] if len(step) > 2 else seq
+            tree = Checkpoint(ORIGIN, size, merkle.root_hash(leaves[:size]))
+            note = sign_checkpoint(tree, step[1])
+            if kind == "closing":
+                lines.append(closing(note))
+                continue
+            body: dict[str, Any] = {"note": note}
+        elif kind == "key":
+            body = {"vkey": step[1].vkey, "from_size": step[2]}
+            if len(step) > 3:
+                body["previous"] = step[3].vkey
+        else:
+            body = {"n": seq}
+        obj = {
+            "actor": "ledger",
+            "body": body,
+            "kind": "decision" if kind == "entry" else kind,
+            "prev": prev,
+            "seq": seq,
+            "subject": "s",
+            "time": "2026-01-01T00:00:00.000000Z",
+        }
+        data = encode(obj)
+        lines.append(data)
+        leaves.append(merkle.leaf_hash(data))
+        prev = leaves[-1].hex()
+    return lines
+
+
+def verified(tmp_path: Path, lines: list[bytes], *trusted: NoteSigner) -> VerifyResult:
+    keys = [NoteVerifier.from_vkey(s.vkey) for s in trusted]
+    return verify_export(write(tmp_path, lines, "built.jsonl"), keys)
+
+
+def refused(tmp_path: Path, lines: list[bytes], *trusted: NoteSigner) -> VerificationError:
+    with pytest.raises(VerificationError) as failed:
+        verified(tmp_path, lines, *trusted)
+    return failed.value
+
+
+def test_a_log_built_as_a_ledger_builds_it_verifies(tmp_path: Path) -> None:
+    # The steps the tests below depart from: a rotation from k0 to k1 at seq 5.
+    k0, k1 = new_signer(), new_signer()
+    lines = built(
+        ("key", k0, 1),
+        ("entry",),
+        ("entry",),
+        ("checkpoint", k0),
+        ("entry",),
+        ("key", k1, 7, k0),
+        ("checkpoint", k0),  # the handover: k0 signs the tree holding k1's key entry
+        ("entry",),
+        ("checkpoint", k1),
+        ("closing", k1),
+    )
+    for trusted in ([k0], [k1], [k0, k1]):
+        result = verified(tmp_path, lines, *trusted)
+        assert (result.size, result.checkpoints, result.final_key) == (9, 4, k1.vkey)
+        assert result.keys == (k0.vkey, k1.vkey)
+
+
+def test_a_key_entry_the_previous_key_never_signed_into_a_tree_is_refused(tmp_path: Path) -> None:
+    # An attacker with write access adds their own key and signs with it: no checkpoint by k0
+    # holds the key entry. Refused at the key entry even if the auditor was told to trust the
+    # attacker's key too (say, from a key list the attacker edited).
+    k0, attacker = new_signer(), new_signer()
+    head = [("key", k0, 1), ("entry",), ("checkpoint", k0), ("key", attacker, 5, k0), ("entry",)]
+    never = "key entry was never signed into a tree by the key before it"
+    for tail in ([("closing", attacker)], [("checkpoint", attacker), ("closing", attacker)]):
+        for trusted in ([k0], [k0, attacker], [attacker]):
+            failed = refused(tmp_path, built(*head, *tail), *trusted)
+            assert (failed.seq, failed.problem.split(";")[0]) == (3, never)
+
+    # A checkpoint by k0 before the key entry does not vouch for it either.
+    lines = built(
+        ("key", k0, 1),
+        ("entry",),
+        ("checkpoint", k0),
+        ("entry",),
+        ("key", attacker, 6, k0),
+        ("entry",),
+        ("closing", attacker),
+    )
+    failed = refused(tmp_path, lines, k0, attacker)
+    assert (failed.seq, failed.problem.split(";")[0]) == (4, never)
+
+
+def test_a_checkpoint_with_no_key_entry_before_it_is_refused(tmp_path: Path) -> None:
+    k0 = new_signer()
+    failed = refused(tmp_path, built(("entry",), ("entry",), ("checkpoint", k0)), k0)
+    assert (failed.seq, failed.problem) == (2, "no key entry precedes this checkpoint")
+    failed = refused(tmp_path, built(("entry",), ("closing", k0)), k0)
+    assert (failed.seq, failed.problem) == (1, "no key entry precedes this closing checkpoint")
+    # A key entry later on does not cover the checkpoints before it.
+    failed = refused(tmp_path, built(("entry",), ("key", k0, 1)), k0)
+    assert (failed.seq, failed.problem) == (1, "the first key entry must be seq 0, from size 1")
+
+
+@pytest.mark.parametrize(
+    ("steps", "seq", "problem"),
+    [
+        ([("key", "k0", 2)], 0, "the first key entry must be seq 0, from size 1"),
+        ([("key", "k0", 0)], 0, "the first key entry must be seq 0, from size 1"),
+        (
+            [("key", "k0", 1), ("entry",), ("key", "k1", 3, "k0")],
+            2,
+            "a new key may sign from size 4 at the earliest, not 3",
+        ),
+        (
+            [("key", "k0", 1), ("entry",), ("key", "k1", 4, "k1")],
+            2,
+            "key entry does not name the current key as previous",
+        ),
+        (
+            [("key", "k0", 1), ("entry",), ("key", "k1", 4)],
+            2,
+            "key entry does not name the current key as previous",
+        ),
+    ],
+)
+def test_key_entries_that_break_the_rules_are_refused(
+    tmp_path: Path, steps: list[tuple[Any, ...]], seq: int, problem: str
+) -> None:
+    signers = {"k0": new_signer(), "k1": new_signer()}
+    named = [tuple(signers.get(x, x) if isinstance(x, str) else x for x in s) for s in steps]
+    failed = refused(tmp_path, built(*named, ("closing", signers["k0"])), signers["k0"])
+    assert (failed.seq, failed.problem) == (seq, problem)
+
+
+def test_a_new_key_may_sign_from_two_entries_on(tmp_path: Path) -> None:
+    # The earliest: the key entry, then the handover checkpoint, then the new key's range.
+    k0, k1 = new_signer(), new_signer()
+    lines = built(("key", k0, 1), ("key", k1, 3, k0), ("checkpoint", k0), ("closing", k1))
+    assert verified(tmp_path, lines, k0).final_key == k1.vkey
+
+
+@pytest.mark.parametrize(
+    ("body", "problem"),
+    [
+        ("key", "key entry body must be an object"),
+        ({"vkey": 1, "from_size": 1}, "key entry needs vkey (string) and from_size (integer)"),
+        ({"vkey": "x+00000000+AA==", "from_size": "1"}, "key entry needs vkey (string) and"),
+        ({"vkey": "x+00000000+AA==", "from_size": 1}, "key entry holds a bad verifier key: "),
+    ],
+)
+def test_malformed_key_entries_are_refused(tmp_path: Path, body: Any, problem: str) -> None:
+    k0 = new_signer()
+    lines = built(("key", k0, 1), ("entry",), ("closing", k0))
+    obj = entry(lines[0])
+    obj["body"] = body
+    lines = [*rechain([encode(obj), *lines[1:-1]], 0), lines[-1]]
+    failed = refused(tmp_path, lines, k0)
+    assert failed.seq == 0
+    assert failed.problem.startswith(problem)
+
+
+def test_a_checkpoint_that_signs_another_size_is_refused(tmp_path: Path) -> None:
+    k0 = new_signer()
+    start = [("key", k0, 1), ("entry",), ("entry",)]
+    for size in (2, 4):
+        failed = refused(tmp_path, built(*start, ("checkpoint", k0, size), ("closing", k0)), k0)
+        assert (failed.seq, failed.problem) == (
+            3,
+            f"checkpoint entry signs size {size} but stands at seq 3",
+        )
+    failed = refused(tmp_path, built(*start, ("closing", k0, 2)), k0)
+    assert (failed.seq, failed.problem) == (
+        3,
+        "the closing checkpoint signs size 2 but the export holds 3 entries",
+    )
+
+
+def test_trust_passes_only_from_a_trusted_key(tmp_path: Path) -> None:
+    k0, k1, stranger = new_signer(), new_signer(), new_signer()
+    lines = built(
+        ("key", k0, 1), ("entry",), ("key", k1, 4, k0), ("checkpoint", k0), ("closing", k1)
+    )
+    failed = refused(tmp_path, lines, stranger)
+    assert (failed.seq, failed.problem) == (
+        4,
+        f"the closing checkpoint is signed by {k1.vkey}, which is neither a key you trust nor "
+        "one a trusted key vouched for",
+    )
+    # k0 trusted, k1 learnt from k0's signed tree; the stranger's key does not vouch for k0.
+    assert verified(tmp_path, lines, k0, stranger).final_key == k1.vkey
+
+
 # -- witnesses -----------------------------------------------------------------------------------
 
 WITNESS_TIME = 1_700_000_000
