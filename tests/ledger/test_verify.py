@@ -288,6 +288,50 @@ def test_the_export_as_written_verifies(
     assert ledger_cli(["verify", str(path), "--public-key", str(export.key_file)]) == 0
     out = capsys.readouterr().out
     assert out.startswith(f"VALID: 35 entries, root {result.root.hex()}")
+    assert kept.to_json() == {
+        "valid": True,
+        "size": 35,
+        "root": result.root.hex(),
+        "checkpoints": 5,
+        "keys": [export.signers[0].vkey],
+        "final_key": export.signers[0].vkey,
+        "anchored_at": 35,
+        "tail_unanchored": False,
+        "witnesses": [],
+        "witnessed_at": None,
+    }
+
+
+@pytest.mark.parametrize(
+    ("line", "problem"),
+    [
+        (b'{"checkpoint": ', "the closing checkpoint line is not JSON"),
+        (b'{"checkpoint": 7}', 'a checkpoint line is {"checkpoint": "<signed note>"}'),
+        (b'{"checkpoint": "x", "more": 1}', 'a checkpoint line is {"checkpoint": "<signed note>"}'),
+        (b'{"checkpoint":["x"]}', 'a checkpoint line is {"checkpoint": "<signed note>"}'),
+    ],
+)
+def test_a_closing_line_that_is_not_a_checkpoint_line(
+    export: Export, tmp_path: Path, capsys: pytest.CaptureFixture[str], line: bytes, problem: str
+) -> None:
+    failed = assert_names(write(tmp_path, [*export.entries, line]), export, 35, "", capsys)
+    assert failed.problem == problem
+
+
+def test_a_kept_checkpoint_whose_signature_does_not_verify(
+    export: Export, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    earlier = entry(export.entries[15])["body"]["note"]
+    path = write(tmp_path, export.lines)
+    problem = "the trusted checkpoint's signature does not verify"
+    failed = assert_names(path, export, 15, "", capsys, trusted=forge_root(earlier))
+    assert failed.problem == problem
+    # The log's own signature, relabelled with another key name: a signature counts only for
+    # the key its name and key id name.
+    text, _, line = earlier.rstrip("\n").rpartition("\n")
+    relabelled = f"{text}\n{line.replace(ORIGIN, 'someone.else/log', 1)}\n"
+    failed = assert_names(path, export, 15, "", capsys, trusted=relabelled)
+    assert failed.problem == problem
 
 
 # -- entries -------------------------------------------------------------------------------------
@@ -780,6 +824,10 @@ def witnesses() -> tuple[Cosigner, Cosigner, Cosigner]:
     return w1, w2, w3
 
 
+def witnesses_extra() -> Cosigner:
+    return Cosigner("witness.example/w4", Ed25519PrivateKey.generate())
+
+
 def cosign(note: str, *by: Cosigner) -> str:
     for cosigner in by:
         note = add_cosignature(note, cosigner.cosign(parse_note(note).text, WITNESS_TIME))
@@ -956,6 +1004,15 @@ def test_cosignatures_on_the_kept_checkpoint_count(
     )
     one = cosign(earlier, w1)
     assert_not_witnessed(path, export, [w1, w3], 2, 35, problem, capsys, trusted=one)
+
+    # Cosignatures by keys not given are named from both checkpoints, each once.
+    problem = (
+        "not witnessed: want 2 witness cosignatures, the closing checkpoint has 0, the trusted "
+        "checkpoint 1 (witness.example/w1); ignored cosignatures by keys not given: "
+        f"witness.example/w3+{w3.key_id.hex()}, witness.example/w2+{w2.key_id.hex()}"
+    )
+    both = cosign(earlier, w1, w2, w3)
+    assert_not_witnessed(path, export, [w1, witnesses_extra()], 2, 35, problem, capsys, both)
 
     # A forged cosignature on the kept checkpoint names the kept checkpoint's size.
     forged = add_cosignature(earlier, w2.cosign(parse_note(forge_root(earlier)).text, 1))
