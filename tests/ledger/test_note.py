@@ -554,3 +554,18 @@ def test_a_hundred_signatures_are_accepted_and_a_hundred_and_one_refused() -> No
     assert verified == [verifier_of(s) for s in signers[:100]]
     with pytest.raises(NoteError, match=r"^note has 101 signatures; want at most 100$"):
         parse_note(note + lines[100])
+
+
+def test_other_signature_types_get_their_own_key_ids_and_vkeys() -> None:
+    # Witness cosignature keys (type 0x04) use the same encoding with another type byte.
+    raw = base64.b64decode(PETER_VKEY.split("+", 2)[2])[1:]
+    kid = key_id("PeterNeumann", raw, 4)
+    assert kid == hashlib.sha256(b"PeterNeumann\n\x04" + raw).digest()[:4]
+    assert kid != key_id("PeterNeumann", raw)
+    vkey = vkey_from_public_key("PeterNeumann", raw, 4)
+    encoded = base64.b64encode(b"\x04" + raw).decode()
+    assert vkey == f"PeterNeumann+{kid.hex()}+{encoded}"
+    assert parse_vkey(vkey, 4) == ("PeterNeumann", raw)
+    assert parse_vkey(PETER_VKEY) == ("PeterNeumann", raw)
+    with pytest.raises(NoteError, match="algorithm is 0x04; want 0x01"):
+        parse_vkey(vkey)
