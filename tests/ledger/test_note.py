@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import re
 from typing import Any
 
 import pytest
@@ -387,6 +388,15 @@ REFUSALS = [
         "signature by PeterNeumann is not valid base64: Only base64 data is allowed",
     ),
     (
+        lambda: parse_note(TEXT + "\n— PeterNeumann x08g og==\n"),
+        "signature by PeterNeumann is not valid base64: Only base64 data is allowed",
+    ),
+    (
+        # Exactly 1 MiB, all ASCII: within the limit, refused for what it lacks.
+        lambda: parse_note("x" * ((1 << 20) - 1) + "\n"),
+        "note has no blank line before its signatures",
+    ),
+    (
         lambda: parse_note(TEXT + "\n— PeterNeumann x08gog==\n"),
         "signature by PeterNeumann is 4 bytes; want a 4-byte key id and a signature",
     ),
@@ -506,7 +516,11 @@ def test_each_refusal_says_what_was_got_and_wanted(refused: Any, message: str) -
     with pytest.raises((NoteError, SignatureError)) as failed:
         refused()
     assert str(failed.value).startswith(message)
-    if not message.endswith(("stranger+", " and ")):
+    if message.endswith("stranger+"):  # two trusted keys, each with a fresh key id
+        assert re.fullmatch(
+            r"stranger\+[0-9a-f]{8}, stranger\+[0-9a-f]{8}\)", str(failed.value)[len(message) - 9 :]
+        )
+    elif not message.endswith(" and "):
         assert str(failed.value) == message
 
 
