@@ -45,6 +45,8 @@ from ledger.verify import ExportVerifier, VerifyResult, verify_export
 
 ORIGIN = "test.mandate.example/ledger"
 EVERY = 7
+# The verify_mode fixture replaces it in every test; the tests of the choice itself call this.
+AUTO_WORKERS = ledger.verify._auto_workers
 # The entry most tests tamper with: inside the span 8..14, between the checkpoints at 7 and 15.
 K = 10
 
@@ -395,8 +397,7 @@ def test_a_rewrite_after_the_last_inline_checkpoint_is_caught_by_the_closing_one
     entries[33] = with_body(entries[33], amount="9000.00")
     lines = [*rechain(entries, 33), export.lines[-1]]
     failed = assert_names(write(tmp_path, lines), export, 35, "altered", capsys)
-    low, high = span_of(failed.problem)
-    assert low <= 33 <= high
+    assert span_of(failed.problem) == (31, 34)
 
 
 def test_an_entry_deleted_without_renumbering(
@@ -437,7 +438,17 @@ def test_an_entry_inserted(
 ) -> None:
     lines = list(export.lines)
     lines.insert(K, _forged(export, K))
-    assert_names(write(tmp_path, lines), export, K, "inserted", capsys)
+    failed = assert_names(write(tmp_path, lines), export, K, "inserted", capsys)
+    assert failed.problem == f"entry was inserted: the next entry links past it, to seq {K - 1}"
+
+    # Before the first entry: it links to nothing but the start of the log.
+    first = entry(export.entries[0])
+    forged = encode({**first, "kind": "decision", "subject": "slipped-in", "body": {"n": -1}})
+    failed = assert_names(write(tmp_path, [forged, *export.lines]), export, 0, "", capsys)
+    assert (
+        failed.problem
+        == "entry was inserted: the next entry links past it, to the start of the log"
+    )
 
 
 def test_an_entry_inserted_with_the_rest_renumbered(
@@ -809,6 +820,62 @@ def test_trust_passes_only_from_a_trusted_key(tmp_path: Path) -> None:
     )
     # k0 trusted, k1 learnt from k0's signed tree; the stranger's key does not vouch for k0.
     assert verified(tmp_path, lines, k0, stranger).final_key == k1.vkey
+
+
+def test_the_last_entry_s_broken_link_names_the_entry_before_it(
+    export: Export, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Nothing after it tells which of the two was changed: the report names the earlier one.
+    lines = list(export.lines)
+    lines[34] = encode({**entry(lines[34]), "prev": "ab" * 32})
+    failed = assert_names(write(tmp_path, lines), export, 33, "", capsys)
+    assert failed.problem == "entry was altered, or the prev of seq 34 was: their hashes differ"
+
+
+def test_a_checkpoint_entry_without_a_note(
+    export: Export, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    entries = list(export.entries)
+    entries[15] = with_body(entries[15], note=15)
+    lines = [*rechain(entries, 15), export.lines[-1]]
+    failed = assert_names(write(tmp_path, lines), export, 15, "", capsys)
+    assert failed.problem == "checkpoint entry has no note"
+
+
+def test_feeding_lines_tells_progress_every_16384_lines_and_at_the_end(tmp_path: Path) -> None:
+    # The path a pipe takes. Progress is in bytes done, after whole lines.
+    k0 = new_signer()
+    lines = [x + b"\n" for x in built(("key", k0, 1), *[("entry",)] * 16400, ("closing", k0))]
+    told: list[int] = []
+    verifier = ExportVerifier([NoteVerifier.from_vkey(k0.vkey)])
+    verifier.feed_all(iter(lines), told.append)
+    assert verifier.finish().size == 16401
+    assert told == [sum(map(len, lines[:16384])), sum(map(len, lines))]
+    quiet = ExportVerifier([NoteVerifier.from_vkey(k0.vkey)])
+    quiet.feed_all(iter(lines), None)
+    assert quiet.finish().size == 16401
+
+
+def test_workers_are_chosen_by_size_and_cpus() -> None:
+    assert AUTO_WORKERS(0) == 1
+    assert AUTO_WORKERS(ledger.verify.PARALLEL_MIN_BYTES - 1) == 1
+    cpus = len(os.sched_getaffinity(0))
+    want = max(1, min(cpus, ledger.verify.MAX_AUTO_WORKERS))
+    assert AUTO_WORKERS(ledger.verify.PARALLEL_MIN_BYTES) == want
+    assert AUTO_WORKERS(1 << 40) == want
+
+
+def test_worker_processes_are_not_forked_from_a_process_with_threads() -> None:
+    # A forked child gets copies of the locks other threads hold: with a thread running, the
+    # workers start from a fresh interpreter.
+    stop = threading.Event()
+    other = threading.Thread(target=stop.wait)
+    other.start()
+    try:
+        assert ledger.verify._start_method() == "forkserver"
+    finally:
+        stop.set()
+        other.join()
 
 
 # -- witnesses -----------------------------------------------------------------------------------
@@ -1249,6 +1316,10 @@ def _tampers(big: Big) -> list[tuple[str, list[bytes]]]:
             as_true = list(lines)
             as_true[at] = reencode({**obj, "seq": True})
             out.append((f"seq-true@{name}", as_true))
+            # Renumbered in place, the chain untouched: only the seq check sees it.
+            skipped = list(lines)
+            skipped[at] = reencode({**obj, "seq": obj["seq"] + 1})
+            out.append((f"seq-skipped@{name}", skipped))
         if at + 1 < len(lines) - 1:
             renumbered = [
                 *lines[:at],
