@@ -702,11 +702,14 @@ def test_a_key_entry_the_previous_key_never_signed_into_a_tree_is_refused(tmp_pa
     # attacker's key too (say, from a key list the attacker edited).
     k0, attacker = new_signer(), new_signer()
     head = [("key", k0, 1), ("entry",), ("checkpoint", k0), ("key", attacker, 5, k0), ("entry",)]
-    never = "key entry was never signed into a tree by the key before it"
+    never = (
+        "key entry was never signed into a tree by the key before it; a key counts only after "
+        "its predecessor vouches for it"
+    )
     for tail in ([("closing", attacker)], [("checkpoint", attacker), ("closing", attacker)]):
         for trusted in ([k0], [k0, attacker], [attacker]):
             failed = refused(tmp_path, built(*head, *tail), *trusted)
-            assert (failed.seq, failed.problem.split(";")[0]) == (3, never)
+            assert (failed.seq, failed.problem) == (3, never)
 
     # A checkpoint by k0 before the key entry does not vouch for it either.
     lines = built(
@@ -719,7 +722,7 @@ def test_a_key_entry_the_previous_key_never_signed_into_a_tree_is_refused(tmp_pa
         ("closing", attacker),
     )
     failed = refused(tmp_path, lines, k0, attacker)
-    assert (failed.seq, failed.problem.split(";")[0]) == (4, never)
+    assert (failed.seq, failed.problem) == (4, never)
 
 
 def test_a_checkpoint_with_no_key_entry_before_it_is_refused(tmp_path: Path) -> None:
@@ -820,6 +823,50 @@ def test_trust_passes_only_from_a_trusted_key(tmp_path: Path) -> None:
     )
     # k0 trusted, k1 learnt from k0's signed tree; the stranger's key does not vouch for k0.
     assert verified(tmp_path, lines, k0, stranger).final_key == k1.vkey
+
+
+def test_a_checkpoint_signed_by_a_trusted_key_the_log_does_not_name_for_it(
+    tmp_path: Path,
+) -> None:
+    k0, other = new_signer(), new_signer()
+    lines = built(("key", k0, 1), ("entry",), ("closing", other))
+    failed = refused(tmp_path, lines, k0, other)
+    assert (failed.seq, failed.problem) == (
+        2,
+        f"closing checkpoint of size 2 is signed by {ORIGIN}+{other.key_id.hex()}, outside that "
+        f"key's range; the ledger's key for this size is {k0.vkey}",
+    )
+    failed = refused(tmp_path, lines, k0)
+    assert (failed.seq, failed.problem) == (
+        2,
+        f"closing checkpoint is signed by unknown key {ORIGIN}+{other.key_id.hex()}",
+    )
+
+
+def test_malformed_and_foreign_checkpoints(
+    export: Export, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    signer = export.signers[0]
+    cases = [
+        ("not a note", "malformed checkpoint: note has no blank line before its signatures"),
+        (
+            sign_checkpoint(Checkpoint("other.example/log", 15, bytes(32)), signer),
+            f"checkpoint origin 'other.example/log', expected '{ORIGIN}'",
+        ),
+    ]
+    for note, problem in cases:
+        entries = list(export.entries)
+        entries[15] = with_body(entries[15], note=note)
+        lines = [*rechain(entries, 15), export.lines[-1]]
+        failed = assert_names(write(tmp_path, lines), export, 15, "", capsys)
+        assert failed.problem == problem
+    closing_line = closing("x\n\n— y AAAA\n")
+    failed = assert_names(write(tmp_path, [*export.entries, closing_line]), export, 35, "", capsys)
+    assert (
+        failed.problem
+        == "malformed closing checkpoint: signature by y is 3 bytes; want a 4-byte key id and a "
+        "signature"
+    )
 
 
 def test_the_last_entry_s_broken_link_names_the_entry_before_it(
