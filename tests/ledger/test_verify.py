@@ -16,6 +16,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import multiprocessing
 import os
 import random
 import re
@@ -869,6 +870,21 @@ def test_malformed_and_foreign_checkpoints(
     )
 
 
+def test_a_prev_that_links_nowhere_names_its_entry(
+    export: Export, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    lines = list(export.lines)
+    lines[K] = encode({**entry(lines[K]), "prev": "ab" * 32})
+    failed = assert_names(write(tmp_path, lines), export, K, "", capsys)
+    assert failed.problem == (
+        f"prev does not link to seq {K - 1}: an entry was removed, inserted or rewritten here"
+    )
+    lines = list(export.lines)
+    lines[0] = encode({**entry(lines[0]), "prev": "ab" * 32})
+    failed = assert_names(write(tmp_path, lines), export, 0, "", capsys)
+    assert failed.problem == "the first entry's prev must be 64 zeros"
+
+
 def test_the_last_entry_s_broken_link_names_the_entry_before_it(
     export: Export, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -1156,7 +1172,9 @@ def test_more_witnesses_wanted_than_keys_given_is_unusable(
         assert captured.out == ""
         assert captured.err.startswith("error: --min-witnesses ")
         assert len(captured.err.splitlines()) == 1
-    with pytest.raises(ValueError, match="2 witness cosignatures wanted but 1 distinct"):
+    with pytest.raises(
+        ValueError, match=r"^2 witness cosignatures wanted but 1 distinct witness keys given$"
+    ):
         witnessed(path, export, [w1, w1], 2)
 
     # A log key is not a witness key (another signature type).
@@ -1564,8 +1582,31 @@ def test_an_export_read_from_a_pipe_is_verified_line_by_line(
         target=fifo.write_bytes, args=(b"".join(x + b"\n" for x in export.lines),)
     )
     writer.start()
+    told: list[int] = []
     try:
-        result = verify_export(fifo, export.keys[:1], workers=2)
+        result = verify_export(fifo, export.keys[:1], workers=2, progress=told.append)
     finally:
         writer.join()
     assert result == verify(write(tmp_path, export.lines), export)
+    assert told == [sum(len(x) + 1 for x in export.lines)]  # once, at the end
+
+
+def _verify_in_a_daemon(path: str, vkey: str, out: Any) -> None:
+    result = verify_export(Path(path), [NoteVerifier.from_vkey(vkey)], workers=2)
+    out.put(result.size)
+
+
+@compares_modes
+def test_a_daemonic_process_verifies_without_worker_processes(chunked: Big, tmp_path: Path) -> None:
+    # A pool's worker (daemonic) may not start processes: it scans every chunk itself.
+    path = tmp_path / "big.jsonl"
+    path.write_bytes(b"".join(chunked.lines))
+    context = multiprocessing.get_context("fork")
+    out = context.Queue()
+    child = context.Process(
+        target=_verify_in_a_daemon, args=(str(path), chunked.signer.vkey, out), daemon=True
+    )
+    child.start()
+    child.join(timeout=120)
+    assert child.exitcode == 0
+    assert out.get(timeout=5) == len(chunked.lines) - 1
