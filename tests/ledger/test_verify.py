@@ -919,13 +919,20 @@ def test_feeding_lines_tells_progress_every_16384_lines_and_at_the_end(tmp_path:
     assert quiet.finish().size == 16401
 
 
-def test_workers_are_chosen_by_size_and_cpus() -> None:
+def test_workers_are_chosen_by_size_and_cpus(monkeypatch: pytest.MonkeyPatch) -> None:
     assert AUTO_WORKERS(0) == 1
     assert AUTO_WORKERS(ledger.verify.PARALLEL_MIN_BYTES - 1) == 1
     cpus = len(os.sched_getaffinity(0))
     want = max(1, min(cpus, ledger.verify.MAX_AUTO_WORKERS))
     assert AUTO_WORKERS(ledger.verify.PARALLEL_MIN_BYTES) == want
     assert AUTO_WORKERS(1 << 40) == want
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0})
+    assert AUTO_WORKERS(1 << 40) == 1
+    monkeypatch.delattr(os, "sched_getaffinity")  # as on macOS: all the CPUs count
+    monkeypatch.setattr(os, "cpu_count", lambda: 3)
+    assert AUTO_WORKERS(1 << 40) == 3
+    monkeypatch.setattr(os, "cpu_count", lambda: None)
+    assert AUTO_WORKERS(1 << 40) == 1
 
 
 def test_worker_processes_are_not_forked_from_a_process_with_threads() -> None:
@@ -1591,22 +1598,13 @@ def test_an_export_read_from_a_pipe_is_verified_line_by_line(
     assert told == [sum(len(x) + 1 for x in export.lines)]  # once, at the end
 
 
-def _verify_in_a_daemon(path: str, vkey: str, out: Any) -> None:
-    result = verify_export(Path(path), [NoteVerifier.from_vkey(vkey)], workers=2)
-    out.put(result.size)
-
-
 @compares_modes
-def test_a_daemonic_process_verifies_without_worker_processes(chunked: Big, tmp_path: Path) -> None:
-    # A pool's worker (daemonic) may not start processes: it scans every chunk itself.
+def test_a_daemonic_process_verifies_without_worker_processes(
+    chunked: Big, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A pool's worker is daemonic and may not start processes: it scans every chunk itself.
     path = tmp_path / "big.jsonl"
     path.write_bytes(b"".join(chunked.lines))
-    context = multiprocessing.get_context("fork")
-    out = context.Queue()
-    child = context.Process(
-        target=_verify_in_a_daemon, args=(str(path), chunked.signer.vkey, out), daemon=True
-    )
-    child.start()
-    child.join(timeout=120)
-    assert child.exitcode == 0
-    assert out.get(timeout=5) == len(chunked.lines) - 1
+    monkeypatch.setattr(multiprocessing.current_process(), "daemon", True)
+    result = verify_export(path, [NoteVerifier.from_vkey(chunked.signer.vkey)], workers=2)
+    assert result.size == len(chunked.lines) - 1
