@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
 import threading
@@ -428,9 +429,12 @@ def test_unusable_input_exits_2_with_one_line(setup: Setup, tmp_path: Path) -> N
 
 
 def test_an_unreachable_gateway_exits_3(setup: Setup) -> None:
-    done = setup.run(url="http://127.0.0.1:9")
+    with socket.socket() as closed:  # a port nothing listens on once the socket is closed
+        closed.bind(("127.0.0.1", 0))
+        port = closed.getsockname()[1]
+    done = setup.run(url=f"http://127.0.0.1:{port}")
     assert done.code == 3
-    assert done.err.startswith("error: cannot reach the gateway at http://127.0.0.1:9/")
+    assert done.err.startswith(f"error: cannot reach the gateway at http://127.0.0.1:{port}/")
     assert len(done.err.splitlines()) == 1
 
 
