@@ -1,8 +1,9 @@
 """Mandate's ledger: a verifiable, signed, append-only log that a regulator checks offline.
 
 It imports nothing from ``gateway`` or ``adapters``. The verifier side (``ledger.verify``,
-``ledger.merkle``, ``ledger.note``, ``ledger.checkpoint``) needs no database; the store side
-(``ledger.store`` and the writer behind it) adds SQLAlchemy and is loaded only when asked for.
+``ledger.merkle``, ``ledger.note``, ``ledger.checkpoint``, ``ledger.cosignature``, and the
+witness, ``ledger.witness``) needs no database; the store side (``ledger.store`` and the
+writer behind it) adds SQLAlchemy and is loaded only when asked for.
 
     from ledger import Ledger, create_engine
     from ledger.verify import verify_export

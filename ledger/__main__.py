@@ -1,4 +1,4 @@
-"""``python -m ledger verify EXPORT --public-key KEYFILE``."""
+"""``python -m ledger verify EXPORT --public-key KEYFILE`` and ``python -m ledger witness``."""
 
 import sys
 

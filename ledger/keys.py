@@ -1,9 +1,10 @@
-"""The ledger's key files, mode 0600: the signing key and the subject key.
+"""The ledger's key files, mode 0600: the signing key, the subject key and a witness's key.
 
 The signing key is one Ed25519 private key, unencrypted PKCS#8 PEM. The subject key is 32 random
 bytes in hex, the secret that names data subjects by a keyed digest (``ledger.sealing``); it is
 kept beside the signing key, outside the database, so that a copy of the database cannot tell
-whose data an erasure removed.
+whose data an erasure removed. A witness's cosigning key is one line in Go's
+``PRIVATE+KEY+<name>+<key id>+<key>`` form (``ledger.cosignature``).
 
 A new key is written to a temporary file created with O_CREAT|O_EXCL and mode 0600 (so it is
 never readable by anyone else, not even for a moment), fsynced, then published under its final
@@ -23,15 +24,18 @@ from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from ledger.errors import KeyFileError
+from ledger.cosignature import Cosigner
+from ledger.errors import KeyFileError, NoteError
 from ledger.note import NoteSigner
 
 __all__ = [
     "generate_signing_key",
+    "generate_witness_key",
     "load_or_create_signing_key",
     "load_or_create_subject_key",
     "load_signing_key",
     "load_subject_key",
+    "load_witness_key",
     "public_key_line",
 ]
 
@@ -258,3 +262,37 @@ def _subject_key_from(path: Path, data: bytes) -> bytes:
 def public_key_line(signer: NoteSigner) -> str:
     """Return the verifier key to publish for ``signer`` (``name+keyid+base64 key``)."""
     return signer.vkey
+
+
+def generate_witness_key(path: Path, name: str) -> Cosigner:
+    """Generate a witness's cosigning key named ``name`` and write it to ``path``, mode 0600.
+
+    The file holds one line, ``PRIVATE+KEY+<name>+<key id>+<key>`` (``Cosigner.skey``). Raises
+    KeyFileError if ``path`` exists (a key is never overwritten), NoteError if ``name`` is not
+    a valid key name.
+    """
+    cosigner = Cosigner(name, Ed25519PrivateKey.generate())
+    try:
+        _create(path, f"{cosigner.skey()}\n".encode(), "witness key")
+    except FileExistsError as exc:
+        raise KeyFileError(
+            f"{path} already exists; refusing to overwrite a witness key: choose a new path"
+        ) from exc
+    return cosigner
+
+
+def load_witness_key(path: Path) -> Cosigner:
+    """Load the witness key at ``path``; KeyFileError if it is missing, open to group or
+    others, or not a witness key."""
+    try:
+        data = _read_key_file(path, "witness key")
+    except FileNotFoundError as exc:
+        raise KeyFileError(
+            f"no witness key file at {path.absolute()}; make one with "
+            f"`python -m ledger witness keygen NAME --out {path}`"
+        ) from exc
+    try:
+        return Cosigner.from_skey(data.decode("ascii").strip())
+    except (UnicodeDecodeError, NoteError) as exc:
+        problem = exc.reason if isinstance(exc, UnicodeDecodeError) else str(exc)
+        raise KeyFileError(f"{path} is not a witness key: {problem}") from None

@@ -9,7 +9,9 @@ The format is the one of ``golang.org/x/mod/sumdb/note``, so notes signed here o
 
 A key is identified by its name and a 4-byte key id, the first four bytes of
 SHA-256(name || 0x0A || 0x01 || public key). Verifier keys are published as
-``<name>+<key id in hex>+<base64(0x01 || public key)>``.
+``<name>+<key id in hex>+<base64(0x01 || public key)>``. The byte 0x01 is the signature type
+(Ed25519); other types put another byte in both places (witness cosignatures use 0x04, see
+``ledger.cosignature``).
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import (
 from ledger.errors import NoteError, SignatureError
 
 __all__ = [
+    "SIGNATURE_TYPE_ED25519",
     "Note",
     "NoteSigner",
     "NoteVerifier",
@@ -38,10 +41,11 @@ __all__ = [
     "key_id",
     "open_note",
     "parse_note",
+    "parse_vkey",
     "vkey_from_public_key",
 ]
 
-_ALG_ED25519 = 0x01
+SIGNATURE_TYPE_ED25519 = 0x01
 _PUBLIC_KEY_SIZE = 32
 _KEY_ID_SIZE = 4
 _SIG_PREFIX = "— "  # U+2014 EM DASH, then a space
@@ -100,10 +104,12 @@ def _b64decode(data: str, what: str) -> bytes:
     return raw
 
 
-def key_id(name: str, public_key_bytes: bytes) -> bytes:
+def key_id(
+    name: str, public_key_bytes: bytes, signature_type: int = SIGNATURE_TYPE_ED25519
+) -> bytes:
     """Return the 4-byte key id of the Ed25519 ``public_key_bytes`` (32 bytes) named ``name``.
 
-    key id = SHA-256(name || 0x0A || 0x01 || public key)[:4]
+    key id = SHA-256(name || 0x0A || signature type || public key)[:4]
     """
     _check_name(name)
     if len(public_key_bytes) != _PUBLIC_KEY_SIZE:
@@ -111,16 +117,50 @@ def key_id(name: str, public_key_bytes: bytes) -> bytes:
             f"Ed25519 public key is {len(public_key_bytes)} bytes; want {_PUBLIC_KEY_SIZE}"
         )
     digest = hashlib.sha256(
-        name.encode("utf-8") + b"\n" + bytes([_ALG_ED25519]) + public_key_bytes
+        name.encode("utf-8") + b"\n" + bytes([signature_type]) + public_key_bytes
     ).digest()
     return digest[:_KEY_ID_SIZE]
 
 
-def vkey_from_public_key(name: str, public_key_bytes: bytes) -> str:
-    """Return the verifier key string ``<name>+<key id hex>+<base64(0x01 || public key)>``."""
-    kid = key_id(name, public_key_bytes)
-    encoded = base64.b64encode(bytes([_ALG_ED25519]) + public_key_bytes).decode("ascii")
+def vkey_from_public_key(
+    name: str, public_key_bytes: bytes, signature_type: int = SIGNATURE_TYPE_ED25519
+) -> str:
+    """Return the verifier key ``<name>+<key id hex>+<base64(signature type || public key)>``."""
+    kid = key_id(name, public_key_bytes, signature_type)
+    encoded = base64.b64encode(bytes([signature_type]) + public_key_bytes).decode("ascii")
     return f"{name}+{kid.hex()}+{encoded}"
+
+
+def parse_vkey(vkey: str, signature_type: int = SIGNATURE_TYPE_ED25519) -> tuple[str, bytes]:
+    """Split a verifier key ``<name>+<8 lowercase hex key id>+<base64(type || key)>``.
+
+    Returns the name and the 32-byte Ed25519 public key. Raises NoteError if any part is
+    malformed, the signature type is not ``signature_type``, or the key id does not match the
+    name, type and key (without that check a vkey could pair a trusted name and id with an
+    attacker's key).
+    """
+    parts = vkey.split("+", 2)  # base64 may itself contain '+'
+    if len(parts) != 3:
+        raise NoteError(
+            f"verifier key has {len(parts)} '+'-separated parts; want 3 (name+keyid+key)"
+        )
+    name, hex_id, encoded = parts
+    _check_name(name)
+    if not _HEX_KEY_ID.fullmatch(hex_id):
+        raise NoteError(f"verifier key id {hex_id!r} is not 8 lowercase hex digits")
+    key = _b64decode(encoded, "verifier key")
+    if not key or key[0] != signature_type:
+        got = f"0x{key[0]:02x}" if key else "nothing"
+        raise NoteError(f"verifier key algorithm is {got}; want 0x{signature_type:02x}")
+    if len(key) != 1 + _PUBLIC_KEY_SIZE:
+        raise NoteError(f"verifier key is {len(key)} bytes; want {1 + _PUBLIC_KEY_SIZE}")
+    public = key[1:]
+    want = key_id(name, public, signature_type).hex()
+    if want != hex_id:
+        raise NoteError(
+            f"verifier key id is {hex_id}; want {want} (computed from the name and key)"
+        )
+    return name, public
 
 
 def _raw_public_key(public_key: Ed25519PublicKey) -> bytes:
@@ -176,31 +216,10 @@ class NoteVerifier:
         """Parse a verifier key ``<name>+<8 lowercase hex key id>+<base64(0x01 || key)>``.
 
         Raises NoteError if any part is malformed, the algorithm is not Ed25519, or the key id
-        does not match the name and key.
+        does not match the name and key (``parse_vkey``).
         """
-        parts = vkey.split("+", 2)  # base64 may itself contain '+'
-        if len(parts) != 3:
-            raise NoteError(
-                f"verifier key has {len(parts)} '+'-separated parts; want 3 (name+keyid+key)"
-            )
-        name, hex_id, encoded = parts
-        _check_name(name)
-        if not _HEX_KEY_ID.fullmatch(hex_id):
-            raise NoteError(f"verifier key id {hex_id!r} is not 8 lowercase hex digits")
-        key = _b64decode(encoded, "verifier key")
-        if not key or key[0] != _ALG_ED25519:
-            got = f"0x{key[0]:02x}" if key else "nothing"
-            raise NoteError(f"verifier key algorithm is {got}; want 0x{_ALG_ED25519:02x} (Ed25519)")
-        if len(key) != 1 + _PUBLIC_KEY_SIZE:
-            raise NoteError(f"verifier key is {len(key)} bytes; want {1 + _PUBLIC_KEY_SIZE}")
-        verifier = cls(name, Ed25519PublicKey.from_public_bytes(key[1:]))
-        # Without this check a vkey could pair a trusted name+id with an attacker's key.
-        if verifier.key_id.hex() != hex_id:
-            raise NoteError(
-                f"verifier key id is {hex_id}; want {verifier.key_id.hex()} "
-                "(computed from the name and key)"
-            )
-        return verifier
+        name, public = parse_vkey(vkey)
+        return cls(name, Ed25519PublicKey.from_public_bytes(public))
 
     def __repr__(self) -> str:
         return f"NoteVerifier.from_vkey({self.vkey!r})"

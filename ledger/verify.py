@@ -11,6 +11,10 @@ Steps, numbered as in the code:
    its ``key`` entry; the export's last checkpoint is signed by a trusted key.
 6. Given a checkpoint the auditor kept from earlier, the export holds that tree: same root at
    that size (so nothing before it was rewritten), and no fewer entries (so the tail was not cut).
+7. Given witness keys and a quorum N, N of those witnesses cosigned the closing checkpoint, or
+   the kept one (which the export extends): the log showed them this history, so it cannot show
+   another one to someone else unnoticed. A cosignature by a given witness that does not verify
+   is a forgery.
 
 Without a kept checkpoint the result says the tail is unanchored: a signer could have cut it.
 
@@ -44,18 +48,26 @@ from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, BinaryIO, NamedTuple
+from typing import Any, BinaryIO, NamedTuple, TypeVar
 
 import orjson
 
 from ledger.checkpoint import Checkpoint, parse_checkpoint_body
+from ledger.cosignature import Cosignature, CosignatureVerifier, verify_cosignatures
 from ledger.entry import GENESIS_PREV, check_canonical
-from ledger.errors import EntryError, NoteError, VerificationError
+from ledger.errors import EntryError, NoteError, SignatureError, VerificationError
 from ledger.merkle import fold_subtrees
 from ledger.note import NoteVerifier, parse_note
 
-__all__ = ["ExportVerifier", "VerifyResult", "load_verifier_keys", "verify_export"]
+__all__ = [
+    "ExportVerifier",
+    "VerifyResult",
+    "load_verifier_keys",
+    "load_witness_keys",
+    "verify_export",
+]
 
+_K = TypeVar("_K")
 _ENVELOPE = ("actor", "body", "kind", "prev", "seq", "subject", "time")
 _CHECKPOINT_PREFIX = b'{"checkpoint":'
 # RFC 9162 leaf and node prefixes, as hashers to copy: a copy costs less than hashing
@@ -83,6 +95,8 @@ class VerifyResult:
     keys: tuple[str, ...]
     final_key: str
     anchored_at: int | None  # size of the trusted checkpoint the export was checked against
+    witnesses: tuple[str, ...] = ()  # the witness keys whose cosignatures were counted
+    witnessed_at: int | None = None  # size of the checkpoint they cosigned
 
     @property
     def anchored(self) -> bool:
@@ -100,6 +114,8 @@ class VerifyResult:
             "final_key": self.final_key,
             "anchored_at": self.anchored_at,
             "tail_unanchored": self.anchored_at is None,
+            "witnesses": list(self.witnesses),
+            "witnessed_at": self.witnessed_at,
         }
 
 
@@ -161,6 +177,8 @@ class ExportVerifier:
     trusted_keys: Sequence[NoteVerifier]
     trusted_checkpoint: str | None = None
     origin: str | None = None
+    witnesses: Sequence[CosignatureVerifier] = ()
+    min_witnesses: int = 0
     _frontier: _Frontier = field(default_factory=_Frontier)
     _size: int = 0
     _prev: str = GENESIS_PREV
@@ -174,8 +192,15 @@ class ExportVerifier:
     _kept: Checkpoint | None = None
     _kept_note: str | None = None
     _kept_ok: bool = False
+    _closing_note: str = ""
 
     def __post_init__(self) -> None:
+        distinct = len(set(self.witnesses))
+        if self.min_witnesses > distinct:
+            raise ValueError(
+                f"{self.min_witnesses} witness cosignatures wanted but {distinct} distinct "
+                "witness keys given"
+            )
         if self.trusted_checkpoint is not None:
             note = parse_note(self.trusted_checkpoint)
             self._kept = parse_checkpoint_body(note.text)
@@ -338,10 +363,6 @@ class ExportVerifier:
         if not isinstance(note, str):
             raise VerificationError(seq, "checkpoint entry has no note")
         checkpoint = self._open(seq, note)
-        if checkpoint.size != seq:
-            raise VerificationError(
-                seq, f"checkpoint entry signs size {checkpoint.size} but stands at seq {seq}"
-            )
         self._check_root(seq, checkpoint)
         self._last_checkpoint = checkpoint.size
 
@@ -356,17 +377,13 @@ class ExportVerifier:
         if not isinstance(note, str) or len(obj) != 1:
             raise VerificationError(seq, 'a checkpoint line is {"checkpoint": "<signed note>"}')
         checkpoint = self._open(seq, note, closing=True)
-        if checkpoint.size != self._size:
-            raise VerificationError(
-                seq,
-                f"the closing checkpoint signs size {checkpoint.size} but the export holds "
-                f"{self._size} entries",
-            )
         self._check_root(seq, checkpoint, closing=True)
         self._tail.append(checkpoint)
+        self._closing_note = note
 
     def _open(self, seq: int, note_text: str, *, closing: bool = False) -> Checkpoint:
-        """5. Parse a checkpoint note and check its signature against the key for its size."""
+        """5. Parse a checkpoint note, check its signature against the key for its size, and
+        that it signs the tree of the entries before ``seq``."""
         where = "closing checkpoint" if closing else "checkpoint"
         try:
             note = parse_note(note_text)
@@ -402,11 +419,19 @@ class ExportVerifier:
                 "key entry was never signed into a tree by the key before it; a key counts only "
                 "after its predecessor vouches for it",
             )
+        if checkpoint.size != seq:
+            raise VerificationError(
+                seq,
+                f"the closing checkpoint signs size {checkpoint.size} but the export holds "
+                f"{seq} entries"
+                if closing
+                else f"checkpoint entry signs size {checkpoint.size} but stands at seq {seq}",
+            )
         if key.trusted:
-            # A trusted signature over this tree vouches for every key entry inside it.
+            # A trusted signature over this tree vouches for every key entry inside it: every
+            # one read so far, as the tree holds all the entries before seq.
             for other in self._keys:
-                if other.seq < checkpoint.size:
-                    other.trusted = True
+                other.trusted = True
         self._checkpoints += 1
         if closing:
             self._tail_keys.append(key)
@@ -433,8 +458,10 @@ class ExportVerifier:
                 f"the entries do not match the root signed for size {checkpoint.size}: an entry "
                 f"in {span} was altered and the chain recomputed",
             )
+        # Every key entry read so far is in this tree; one whose key signs only larger trees
+        # has been vouched for by the key that signed this one.
         for key in self._keys:
-            if not key.anchored and key.seq < checkpoint.size and key.from_size > checkpoint.size:
+            if not key.anchored and key.from_size > checkpoint.size:
                 key.anchored = True
 
     def _check_origin(self, origin: str, seq: int | None) -> None:
@@ -545,6 +572,7 @@ class ExportVerifier:
                 f"the closing checkpoint is signed by {final.verifier.vkey}, which is neither a "
                 "key you trust nor one a trusted key vouched for",
             )
+        witnesses, witnessed_at = self._check_witnesses()
         return VerifyResult(
             size=self._size,
             root=self._tail[-1].root,
@@ -552,7 +580,42 @@ class ExportVerifier:
             keys=tuple(k.verifier.vkey for k in self._keys),
             final_key=final.verifier.vkey,
             anchored_at=kept.size if kept is not None else None,
+            witnesses=witnesses,
+            witnessed_at=witnessed_at,
         )
+
+    def _check_witnesses(self) -> tuple[tuple[str, ...], int | None]:
+        """7. ``min_witnesses`` of the witnesses cosigned the closing or the kept checkpoint."""
+        want = self.min_witnesses
+        if want < 1:
+            return (), None
+        closing, others = self._cosignatures(self._closing_note, self._size, "closing")
+        if len(closing) >= want:
+            return tuple(c.witness.vkey for c in closing), self._size
+        kept = self._kept
+        found = f"the closing checkpoint has {_count(closing)}"
+        if kept is not None and self._kept_note is not None:
+            at_kept, more = self._cosignatures(self._kept_note, kept.size, "trusted")
+            if len(at_kept) >= want:
+                return tuple(c.witness.vkey for c in at_kept), kept.size
+            found += f", the trusted checkpoint {_count(at_kept)}"
+            others += more
+        # The log's own signatures are not worth naming among the ignored ones.
+        logs = [*(k.verifier for k in self._keys), *self.trusted_keys]
+        own = {f"{v.name}+{v.key_id.hex()}" for v in logs}
+        unknown = [label for label in dict.fromkeys(others) if label not in own]
+        ignored = (
+            f"; ignored cosignatures by keys not given: {', '.join(unknown)}" if unknown else ""
+        )
+        raise VerificationError(
+            self._size, f"not witnessed: want {want} witness cosignatures, {found}{ignored}"
+        )
+
+    def _cosignatures(self, note: str, seq: int, which: str) -> tuple[list[Cosignature], list[str]]:
+        try:
+            return verify_cosignatures(note, self.witnesses)
+        except SignatureError as exc:
+            raise VerificationError(seq, f"{which} checkpoint: {exc}") from None
 
 
 def _seq_problem(expected: int, got: object) -> str:
@@ -568,14 +631,19 @@ def _inserted(seq: int) -> str:
     return f"entry was inserted: the next entry links past it, to {before}"
 
 
-def load_verifier_keys(path: Path) -> list[NoteVerifier]:
-    """Read verifier keys, one signed-note key line each, from a file (``#`` starts a comment)."""
+def _count(found: list[Cosignature]) -> str:
+    names = f" ({', '.join(c.witness.name for c in found)})" if found else ""
+    return f"{len(found)}{names}"
+
+
+def _read_keys(path: Path, parse: Callable[[str], _K]) -> list[_K]:
+    """Parse each key line of a file (``#`` starts a comment); NoteError naming the line."""
     keys = []
     for number, raw in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
         line = raw.strip()
         if line and not line.startswith("#"):
             try:
-                keys.append(NoteVerifier.from_vkey(line))
+                keys.append(parse(line))
             except NoteError as exc:
                 raise NoteError(f"{path}:{number}: {exc}") from None
     if not keys:
@@ -583,21 +651,37 @@ def load_verifier_keys(path: Path) -> list[NoteVerifier]:
     return keys
 
 
+def load_verifier_keys(path: Path) -> list[NoteVerifier]:
+    """Read the log's verifier keys, one signed-note key line each, from a file."""
+    return _read_keys(path, NoteVerifier.from_vkey)
+
+
+def load_witness_keys(path: Path) -> list[CosignatureVerifier]:
+    """Read witness verifier keys (type 0x04), one line each, from a file."""
+    return _read_keys(path, CosignatureVerifier.from_vkey)
+
+
 def verify_export(
     path: Path,
     keys: Sequence[NoteVerifier],
     *,
     trusted_checkpoint: str | None = None,
+    witnesses: Sequence[CosignatureVerifier] = (),
+    min_witnesses: int = 0,
     progress: Callable[[int], None] | None = None,
     workers: int | None = None,
 ) -> VerifyResult:
     """Verify an export file. Raises VerificationError (tampered) or LedgerError/OSError.
 
-    ``workers`` processes scan the file's chunks (1: all in this process); by default files of
-    ``PARALLEL_MIN_BYTES`` and more use up to ``MAX_AUTO_WORKERS``, one per CPU. The outcome,
-    and on failure the seq and message, are the same whatever the number.
+    ``min_witnesses`` of ``witnesses`` must have cosigned the closing checkpoint or the trusted
+    one (ValueError if there are fewer distinct witnesses than that). ``workers`` processes scan
+    the file's chunks (1: all in this process); by default files of ``PARALLEL_MIN_BYTES`` and
+    more use up to ``MAX_AUTO_WORKERS``, one per CPU. The outcome, and on failure the seq and
+    message, are the same whatever the number.
     """
-    verifier = ExportVerifier(keys, trusted_checkpoint)
+    verifier = ExportVerifier(
+        keys, trusted_checkpoint, witnesses=witnesses, min_witnesses=min_witnesses
+    )
     verifier.feed_file(path, progress, workers=workers)
     return verifier.finish()
 

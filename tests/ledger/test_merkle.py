@@ -484,6 +484,30 @@ def test_hash_lists_with_a_bad_element_are_malformed() -> None:
             lambda: verify_consistency(2, 5, [SOME_HASH], ROOTS[2], ROOTS[5]),
             "consistency proof length: got 1 hashes, want 2 from size 2 to size 5",
         ),
+        (
+            lambda: complete_subtrees(2, 8),
+            "leaf range [2, 8): got start 2, want a multiple of 4 (the largest power of two <= 6)",
+        ),
+        (
+            lambda: verify_inclusion(LEAF_HASHES[0][:31], 0, 8, [SOME_HASH] * 3, ROOTS[8]),
+            "leaf hash: got 31 bytes, want 32",
+        ),
+        (
+            lambda: verify_inclusion(LEAF_HASHES[0], 0, 8, [SOME_HASH] * 3, ROOTS[8][:31]),
+            "root: got 31 bytes, want 32",
+        ),
+        (
+            lambda: verify_inclusion(LEAF_HASHES[0], 0, 8, [SOME_HASH, b"", SOME_HASH], ROOTS[8]),
+            "proof[1]: got 0 bytes, want 32",
+        ),
+        (
+            lambda: verify_consistency(2, 5, [SOME_HASH] * 2, ROOTS[2][:31], ROOTS[5]),
+            "root1: got 31 bytes, want 32",
+        ),
+        (
+            lambda: verify_consistency(2, 5, [SOME_HASH] * 2, ROOTS[2], ROOTS[5] + b"\0"),
+            "root2: got 33 bytes, want 32",
+        ),
     ],
 )
 def test_malformed_requests_say_what_was_got_and_wanted(
@@ -492,6 +516,22 @@ def test_malformed_requests_say_what_was_got_and_wanted(
     with pytest.raises(ProofError) as info:
         call()
     assert message in str(info.value)
+
+
+@pytest.mark.parametrize(("size1", "size2"), [(1, 2), (2, 5), (3, 7), (4, 8), (6, 8), (5, 8)])
+@pytest.mark.parametrize("length", [0, 31, 33, 64])
+def test_consistency_proof_elements_of_the_wrong_length_are_malformed(
+    size1: int, size2: int, length: int
+) -> None:
+    # Each element: the right number of hashes, one of them not 32 bytes, is malformed input
+    # (ProofError naming it), never just a proof that does not match.
+    proof = consistency_proof(size1, LEAF_HASHES[:size2])
+    assert verify_consistency(size1, size2, proof, ROOTS[size1], ROOTS[size2])
+    for i in range(len(proof)):
+        bad = [*proof[:i], (proof[i] * 2)[:length], *proof[i + 1 :]]
+        with pytest.raises(ProofError) as info:
+            verify_consistency(size1, size2, bad, ROOTS[size1], ROOTS[size2])
+        assert str(info.value) == f"proof[{i}]: got {length} bytes, want 32"
 
 
 def test_ranges_are_logarithmic_for_huge_trees() -> None:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import re
+from typing import Any
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -17,6 +19,7 @@ from ledger.note import (
     key_id,
     open_note,
     parse_note,
+    parse_vkey,
     vkey_from_public_key,
 )
 
@@ -291,6 +294,136 @@ def test_public_key_of_wrong_size_is_refused(size):
         vkey_from_public_key("n", b"\x01" * size)
 
 
+# --- what each refusal says ----------------------------------------------------------------
+
+
+def _stranger() -> NoteVerifier:
+    return NoteVerifier("stranger", Ed25519PrivateKey.generate().public_key())
+
+
+def _impostor() -> NoteVerifier:
+    impostor = NoteVerifier("PeterNeumann", Ed25519PrivateKey.generate().public_key())
+    impostor.key_id = bytes.fromhex("c74f20a3")  # a colliding key id, as in the test below
+    return impostor
+
+
+def _alg(kind: int, size: int = 33) -> str:
+    return "a+c74f20a3+" + base64.b64encode(bytes([kind]) * size).decode()
+
+
+REFUSALS = [
+    (
+        lambda: key_id("", b"\x01" * 32),
+        "key name is empty; want a non-empty name such as example.com/log",
+    ),
+    (
+        lambda: key_id("a b", b"\x01" * 32),
+        "key name 'a b' is malformed; want no '+', whitespace or control characters",
+    ),
+    (
+        lambda: key_id("\ud800", b"\x01" * 32),
+        "key name is not valid UTF-8: surrogates not allowed at 0",
+    ),
+    (lambda: key_id("n", b"\x01" * 31), "Ed25519 public key is 31 bytes; want 32"),
+    (
+        lambda: new_signer().sign("x"),
+        "note text does not end in a newline; want text ending in '\\n'",
+    ),
+    (
+        lambda: new_signer().sign("a\tb\n"),
+        "note text contains control character '\\t' at 1; want none other than '\\n'",
+    ),
+    (
+        lambda: new_signer().sign("\ud800\n"),
+        "note text is not valid UTF-8: surrogates not allowed at 0",
+    ),
+    (
+        lambda: NoteVerifier.from_vkey("a+b"),
+        "verifier key has 2 '+'-separated parts; want 3 (name+keyid+key)",
+    ),
+    (
+        lambda: NoteVerifier.from_vkey("a+C74F20A3+AAAA"),
+        "verifier key id 'C74F20A3' is not 8 lowercase hex digits",
+    ),
+    (
+        lambda: NoteVerifier.from_vkey("a+c74f20a3+AA!A"),
+        "verifier key is not valid base64: Only base64 data is allowed",
+    ),
+    (
+        lambda: NoteVerifier.from_vkey("a+c74f20a3+AB=="),
+        "verifier key is not canonical padded base64",
+    ),
+    (lambda: NoteVerifier.from_vkey("a+c74f20a3+"), "verifier key algorithm is nothing; want 0x01"),
+    (lambda: NoteVerifier.from_vkey(_alg(2)), "verifier key algorithm is 0x02; want 0x01"),
+    (lambda: NoteVerifier.from_vkey(_alg(1, 32)), "verifier key is 32 bytes; want 33"),
+    (lambda: parse_vkey(_alg(1), 4), "verifier key algorithm is 0x01; want 0x04"),
+    (
+        lambda: NoteVerifier.from_vkey(PETER_VKEY.replace("c74f20a3", "c74f20a4")),
+        "verifier key id is c74f20a4; want c74f20a3 (computed from the name and key)",
+    ),
+    (
+        lambda: parse_note("a\x01\n\n" + PETER_SIG),
+        "note contains control character '\\x01' at 1; want none other than '\\n'",
+    ),
+    (lambda: parse_note(TEXT), "note has no blank line before its signatures"),
+    (lambda: parse_note(TEXT + "\n"), "note has no signatures after its blank line"),
+    (
+        lambda: parse_note(TEXT + "\n" + PETER_SIG[:-1]),
+        "note's last signature line does not end in a newline",
+    ),
+    (
+        lambda: parse_note(TEXT + "\n- " + "x" * 60 + "\n"),
+        "signature line '- " + "x" * 38 + "' does not start with '— '",
+    ),
+    (
+        lambda: parse_note(TEXT + "\n— " + "x" * 60 + "\n"),
+        "signature line '— " + "x" * 38 + "' has no signature; want '— <name> <b64>'",
+    ),
+    (
+        lambda: parse_note(TEXT + "\n— PeterNeumann \n"),
+        "signature line '— PeterNeumann ' has no signature; want '— <name> <b64>'",
+    ),
+    (
+        lambda: parse_note(TEXT + "\n— PeterNeumann AA!A\n"),
+        "signature by PeterNeumann is not valid base64: Only base64 data is allowed",
+    ),
+    (
+        lambda: parse_note(TEXT + "\n— PeterNeumann x08g og==\n"),
+        "signature by PeterNeumann is not valid base64: Only base64 data is allowed",
+    ),
+    (
+        # Exactly 1 MiB, all ASCII: within the limit, refused for what it lacks.
+        lambda: parse_note("x" * ((1 << 20) - 1) + "\n"),
+        "note has no blank line before its signatures",
+    ),
+    (
+        lambda: parse_note(TEXT + "\n— PeterNeumann x08gog==\n"),
+        "signature by PeterNeumann is 4 bytes; want a 4-byte key id and a signature",
+    ),
+    (
+        lambda: open_note(with_sig_blob(PETER_NOTE, 30), [NoteVerifier.from_vkey(PETER_VKEY)]),
+        "invalid signature for key PeterNeumann+c74f20a3: the note was altered or the signature "
+        "forged",
+    ),
+    (
+        lambda: open_note(PETER_NOTE, []),
+        "note is not signed by any trusted key; signed by unknown key(s): PeterNeumann+c74f20a3 "
+        "(trusted: none)",
+    ),
+    (
+        lambda: open_note(
+            TEXT + "\n" + PETER_SIG + ENOCH_SIG + PETER_SIG, [_stranger(), _stranger()]
+        ),
+        "note is not signed by any trusted key; signed by unknown key(s): PeterNeumann+c74f20a3, "
+        "EnochRoot+af0cfe78 (trusted: stranger+",
+    ),
+    (
+        lambda: open_note(PETER_NOTE, [NoteVerifier.from_vkey(PETER_VKEY), _impostor()]),
+        f"ambiguous verifier keys: {PETER_VKEY} and ",
+    ),
+]
+
+
 # --- tampering and trust -------------------------------------------------------------------
 
 
@@ -375,3 +508,78 @@ def test_ambiguous_verifiers_are_refused():
         open_note(PETER_NOTE, [peter, impostor])
     # The same key listed twice is harmless.
     assert open_note(PETER_NOTE, [peter, NoteVerifier.from_vkey(PETER_VKEY)])[1] == [peter]
+
+
+@pytest.mark.parametrize(("refused", "message"), REFUSALS)
+def test_each_refusal_says_what_was_got_and_wanted(refused: Any, message: str) -> None:
+    """The messages are what a person acts on: each names the part that is wrong, exactly."""
+    with pytest.raises((NoteError, SignatureError)) as failed:
+        refused()
+    assert str(failed.value).startswith(message)
+    if message.endswith("stranger+"):  # two trusted keys, each with a fresh key id
+        assert re.fullmatch(
+            r"stranger\+[0-9a-f]{8}, stranger\+[0-9a-f]{8}\)", str(failed.value)[len(message) - 9 :]
+        )
+    elif not message.endswith(" and "):
+        assert str(failed.value) == message
+
+
+# --- limits, at the limit ------------------------------------------------------------------
+
+LIMIT = 1 << 20  # bytes in a note, as Go's note.Open
+
+
+def _filled(size: int, *, char: str = "x") -> str:
+    """A well-formed (unverified) note of exactly ``size`` bytes in UTF-8."""
+    rest = size - len(f"\n\n{PETER_SIG}".encode())
+    width = len(char.encode())
+    return char * (rest // width) + "y" * (rest % width) + "\n\n" + PETER_SIG[:-1] + "\n"
+
+
+@pytest.mark.parametrize("char", ["x", "é", "€"])
+def test_a_note_of_exactly_1_mib_is_accepted_and_one_byte_more_refused(char: str) -> None:
+    # "é" and "€" make the UTF-8 length the one that reaches the limit, not the length in
+    # characters.
+    note = _filled(LIMIT, char=char)
+    assert len(note.encode()) == LIMIT
+    assert parse_note(note).signatures[0].name == "PeterNeumann"
+    over = _filled(LIMIT + 1, char=char)
+    assert len(over.encode()) == LIMIT + 1
+    with pytest.raises(NoteError, match=r"^note is over 1048576 bytes$"):
+        parse_note(over)
+
+
+def test_signing_stops_at_exactly_1_mib() -> None:
+    signer = new_signer()
+    overhead = len(signer.sign("x\n").encode()) - len(b"x\n")
+    text = "x" * (LIMIT - overhead - 1) + "\n"
+    assert len(signer.sign(text).encode()) == LIMIT
+    assert open_note(signer.sign(text), [verifier_of(signer)])[0].text == text
+    with pytest.raises(NoteError, match=r"^signed note would exceed 1048576 bytes$"):
+        signer.sign("x" + text)
+
+
+def test_a_hundred_signatures_are_accepted_and_a_hundred_and_one_refused() -> None:
+    signers = [new_signer(f"s{i}") for i in range(101)]
+    lines = [s.sign("x\n").split("\n\n")[1] for s in signers]
+    note = "x\n\n" + "".join(lines[:100])
+    parsed, verified = open_note(note, [verifier_of(s) for s in signers])
+    assert len(parsed.signatures) == 100
+    assert verified == [verifier_of(s) for s in signers[:100]]
+    with pytest.raises(NoteError, match=r"^note has 101 signatures; want at most 100$"):
+        parse_note(note + lines[100])
+
+
+def test_other_signature_types_get_their_own_key_ids_and_vkeys() -> None:
+    # Witness cosignature keys (type 0x04) use the same encoding with another type byte.
+    raw = base64.b64decode(PETER_VKEY.split("+", 2)[2])[1:]
+    kid = key_id("PeterNeumann", raw, 4)
+    assert kid == hashlib.sha256(b"PeterNeumann\n\x04" + raw).digest()[:4]
+    assert kid != key_id("PeterNeumann", raw)
+    vkey = vkey_from_public_key("PeterNeumann", raw, 4)
+    encoded = base64.b64encode(b"\x04" + raw).decode()
+    assert vkey == f"PeterNeumann+{kid.hex()}+{encoded}"
+    assert parse_vkey(vkey, 4) == ("PeterNeumann", raw)
+    assert parse_vkey(PETER_VKEY) == ("PeterNeumann", raw)
+    with pytest.raises(NoteError, match="algorithm is 0x04; want 0x01"):
+        parse_vkey(vkey)
