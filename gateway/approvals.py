@@ -300,6 +300,7 @@ class Approvals:
             "action_id": row.action_id,
             "verdict": decision.verdict,
             "reasons": [r.model_dump() for r in decision.reasons],
+            "warnings": [r.model_dump() for r in decision.warnings],
             "trace": judgement.trace.model_dump(),
             "approval": None if judgement.approval is None else judgement.approval.model_dump(),
             "stats": judgement.stats,

@@ -59,6 +59,7 @@ __all__ = [
     "Classification",
     "Decider",
     "Decision",
+    "amount_problem",
     "classify",
     "classify_admitted",
     "classify_input",
@@ -279,7 +280,7 @@ def validate(proposal: Proposal, policy: ActivePolicy) -> None:
             )
     amount = proposal.params.get("amount")
     if amount is not None:
-        problem = _amount_problem(amount, config)
+        problem = amount_problem(amount, config)
         if problem is not None:
             errors.append(("params.amount", problem))
     for name in ("resource", "params", "context"):
@@ -292,7 +293,7 @@ def validate(proposal: Proposal, policy: ActivePolicy) -> None:
         raise InvalidInput(errors)
 
 
-def _amount_problem(amount: Any, config: WorkflowConfig | None) -> str | None:
+def amount_problem(amount: Any, config: WorkflowConfig | None) -> str | None:
     """Why ``amount`` is not an amount this workflow takes, or None. Amounts are decimal
     strings with no more decimals than the workflow's ``amount_scale``, and positive unless
     it allows ``signed_amounts``: the gateway never passes on a string the policy engines
@@ -464,11 +465,13 @@ def evaluate(engine: RegoEngine, workflow: str, input_: dict[str, Any]) -> RegoR
 
 @dataclass(frozen=True)
 class Decision:
-    """A verdict, its reasons, and what the gateway would have done without the level-1 rule."""
+    """A verdict, its reasons, and what the gateway would have done without the level-1 rule;
+    ``warnings``: the policy's advisories, which never change the verdict."""
 
     verdict: VerdictName
     reasons: list[Reason]
     recommendation: VerdictName
+    warnings: list[Reason] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -491,7 +494,8 @@ def decide(
 ) -> Decision:
     """Step 6: reject if Casbin denies or the policy denies; hold if the policy holds or the
     level is 1 (the gateway's own rule, whatever the policy says); otherwise execute. A held
-    proposal that a new bundle no longer takes (``refused``) is rejected."""
+    proposal that a new bundle no longer takes (``refused``) is rejected. The policy's
+    ``warn`` reasons go beside the verdict, whatever it is, and never change it."""
     if not permitted.allowed:
         role, workflow, action_type, act = permitted.request
         return Decision(
@@ -513,8 +517,9 @@ def decide(
         )
         return Decision("reject", [reason], "reject")
     assert rego is not None
+    warnings = _policy_reasons(rego.warn)
     if rego.deny:
-        return Decision("reject", _policy_reasons(rego.deny), "reject")
+        return Decision("reject", _policy_reasons(rego.deny), "reject", warnings)
     reasons = _policy_reasons(rego.hold)
     recommendation: VerdictName = "hold" if reasons else "execute"
     if level == 1:
@@ -527,7 +532,7 @@ def decide(
             )
         )
     verdict: VerdictName = "hold" if reasons else "execute"
-    return Decision(verdict, reasons, recommendation)
+    return Decision(verdict, reasons, recommendation, warnings)
 
 
 def _policy_reasons(items: list[dict[str, Any]]) -> list[Reason]:
@@ -736,6 +741,7 @@ class Decider:
             "action_id": action_id,
             "verdict": decision.verdict,
             "reasons": [r.model_dump() for r in decision.reasons],
+            "warnings": [r.model_dump() for r in decision.warnings],
             "trace": trace.model_dump(),
             "approval": None if approval is None else approval.model_dump(),
             "execution": None if execution is None else execution.model_dump(),
@@ -794,6 +800,7 @@ class Decider:
             action_id=action_id,
             verdict=decision.verdict,
             reasons=decision.reasons,
+            warnings=decision.warnings,
             trace=trace,
             ledger=_ledger_ref(appended[0].seq, appended[1].seq, appended[1].leaf_hash.hex()),
             approval=approval,
@@ -824,8 +831,8 @@ def _input_digest(input_: dict[str, Any]) -> str:
 
 def _normalised(rego: RegoResult) -> dict[str, Any]:
     return {
-        "deny": [r.model_dump(exclude={"source"}) for r in _policy_reasons(rego.deny)],
-        "hold": [r.model_dump(exclude={"source"}) for r in _policy_reasons(rego.hold)],
+        rule: [r.model_dump(exclude={"source"}) for r in _policy_reasons(getattr(rego, rule))]
+        for rule in ("deny", "hold", "warn")
     }
 
 

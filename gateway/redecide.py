@@ -14,7 +14,7 @@ no verdict (``tests/policies/test_replay.py`` checks it over a realistic history
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from pydantic import ValidationError
@@ -102,17 +102,24 @@ class Redecision:
     input_digest: str | None = None
     case_type: str | None = None
     level: int | None = None
+    warnings: list[Reason] = field(default_factory=list)
 
     @property
     def codes(self) -> list[str]:
         """The reason codes, sorted."""
         return sorted(r.code for r in self.reasons)
 
+    @property
+    def warning_codes(self) -> list[str]:
+        """The warnings' codes, sorted."""
+        return sorted(r.code for r in self.warnings)
+
     def to_json(self) -> dict[str, Any]:
         """As a report shows it."""
         return {
             "verdict": self.verdict,
             "reasons": [r.model_dump() for r in self.reasons],
+            "warnings": [r.model_dump() for r in self.warnings],
             "recommendation": self.recommendation,
             "error": self.error,
         }
@@ -171,4 +178,5 @@ def redecide(policy: ActivePolicy, inputs: Inputs) -> Redecision:
         input_digest=digest,
         case_type=case_type,
         level=level,
+        warnings=decision.warnings,
     )

@@ -183,6 +183,11 @@ class Verdict(BaseModel):
     action_id: str
     verdict: VerdictName
     reasons: list[Reason]
+    warnings: list[Reason] = Field(
+        default_factory=list,
+        description="The policy's advisories (its warn rules): recorded and counted, never "
+        "changing the verdict.",
+    )
     trace: Trace
     ledger: LedgerRef
     approval: ApprovalRef | None = None

@@ -14,8 +14,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import yaml
+from pydantic import ValidationError
 
-__all__ = ["EXPECTABLE", "Case", "CaseError", "Expectation", "load_cases"]
+from gateway.identity import Identity
+from gateway.pipeline import ZERO_STATS
+from gateway.redecide import Inputs
+from gateway.schemas import Proposal
+
+__all__ = ["EXPECTABLE", "Case", "CaseError", "Expectation", "case_inputs", "load_cases"]
 
 EXPECTABLE = ("execute", "hold", "reject", "refused")
 DEFAULT_NOW = "2026-01-01T00:00:00.000000Z"
@@ -185,3 +191,26 @@ def _expect(value: Any, where: str, path: str) -> Expectation:
         reasons=None if reasons is None else tuple(sorted(reasons)),
         recommendation=recommendation,
     )
+
+
+def case_inputs(case: Case) -> Inputs:
+    """What the gateway decides a case from: its proposal, made by a token of its executor's
+    role, at its level, with its figures (unnamed ones 0) and its clock. CaseError if the
+    proposal is not one the API would take."""
+    try:
+        proposal = Proposal.model_validate(case.proposal)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()
+        )
+        raise CaseError(f"{case.where}: not a valid proposal: {problems}", case.file) from None
+    executor = case.executor
+    identity = Identity(
+        token_id="case",  # noqa: S106 - a name, not a secret
+        name=str(executor["name"]),
+        role=str(executor["role"]),
+        workflow=executor["workflow"],
+        owner=str(executor["owner"]),
+    )
+    stats = {**ZERO_STATS, **case.stats}
+    return Inputs.of(identity, proposal, case.level, stats, case.now)

@@ -26,16 +26,12 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from pydantic import ValidationError
-
-from gateway.identity import Identity
-from gateway.pipeline import ZERO_STATS, ActivePolicy
+from gateway.pipeline import ActivePolicy
 from gateway.policy.bundle import Bundle
-from gateway.policy.cases import Case, CaseError, load_cases
+from gateway.policy.cases import Case, CaseError, case_inputs, load_cases
 from gateway.policy.permit import Permitter
 from gateway.policy.rego import EngineError, RegoRule, RegorusEngine, RegoTestResult
-from gateway.redecide import Inputs, Redecision, redecide
-from gateway.schemas import Proposal
+from gateway.redecide import Redecision, redecide
 
 __all__ = ["BundleCheck", "CaseResult", "Problem", "RuleCoverage", "check_bundle", "describe"]
 
@@ -296,23 +292,7 @@ def check_mapping(bundle: Bundle, permitter: Permitter) -> list[Problem]:
 
 
 def _run(policy: ActivePolicy, case: Case) -> CaseResult:
-    try:
-        proposal = Proposal.model_validate(case.proposal)
-    except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()
-        )
-        raise CaseError(f"{case.where}: not a valid proposal: {problems}", case.file) from None
-    executor = case.executor
-    identity = Identity(
-        token_id="case",  # noqa: S106 - a name, not a secret
-        name=str(executor["name"]),
-        role=str(executor["role"]),
-        workflow=executor["workflow"],
-        owner=str(executor["owner"]),
-    )
-    stats = {**ZERO_STATS, **case.stats}
-    got = redecide(policy, Inputs.of(identity, proposal, case.level, stats, case.now))
+    got = redecide(policy, case_inputs(case))
     failures = []
     expect = case.expect
     if got.verdict != expect.verdict:

@@ -5,7 +5,8 @@ pinned and the choice explained in policies/README.md). ``OpaServerEngine`` asks
 through its Data API, for sites that already run OPA.
 
 The policy contract: package ``mandate.workflows.<workflow>`` defines the sets ``deny`` and
-``hold``, each of ``{"code", "message"}`` objects, and may define ``case_type``, a string: the
+``hold``, each of ``{"code", "message"}`` objects, may define the set ``warn`` (advisories that
+are recorded with the verdict and never change it), and may define ``case_type``, a string: the
 case type it classifies the proposal as (one its action type lists in ``data.json``).
 """
 
@@ -16,7 +17,7 @@ import itertools
 import re
 import threading
 import weakref
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 from urllib.parse import urlsplit
 
@@ -35,6 +36,8 @@ __all__ = [
     "RegorusEngine",
     "live_engines",
     "package_of",
+    "result_of",
+    "unit_tests_of",
 ]
 
 
@@ -44,14 +47,16 @@ class EngineError(RuntimeError):
 
 @dataclass(frozen=True, slots=True)
 class RegoResult:
-    """What the policy said: reasons to deny and reasons to hold, as the policy wrote them."""
+    """What the policy said: reasons to deny, reasons to hold and warnings (advisory only), as
+    the policy wrote them."""
 
     deny: list[dict[str, Any]]
     hold: list[dict[str, Any]]
+    warn: list[dict[str, Any]] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
         """As recorded in a decision's trace."""
-        return {"deny": self.deny, "hold": self.hold}
+        return {"deny": self.deny, "hold": self.hold, "warn": self.warn}
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,6 +112,7 @@ def package_of(workflow: str) -> str:
 
 
 CLASSIFY_RULE = "case_type"
+REASON_RULES = ("deny", "hold", "warn")
 _UNDEFINED = "<undefined>"  # what regorus answers for a rule with no value for this input
 
 
@@ -120,8 +126,15 @@ def _case_type(value: Any, package: str) -> str | None:
     return value
 
 
+def result_of(document: dict[str, Any]) -> RegoResult:
+    """The reasons of a package's document (or of its ``deny``, ``hold`` and ``warn`` rules),
+    checked and in a stable order; a rule the package does not define gives none."""
+    deny, hold, warn = (_reasons(document.get(rule), rule) for rule in REASON_RULES)
+    return RegoResult(deny, hold, warn)
+
+
 def _reasons(value: Any, rule: str) -> list[dict[str, Any]]:
-    if value is None:
+    if value is None or value == _UNDEFINED:
         return []
     if not isinstance(value, list) or not all(isinstance(r, dict) for r in value):
         raise EngineError(f"{rule} must be a set of objects, got {orjson.dumps(value).decode()}")
@@ -181,9 +194,9 @@ class RegorusEngine:
         weakref.finalize(self, _retire, self._id)
         self._packages = set(self._engine().get_packages())
         self._tests = bundle.tests if include_tests else {}
-        self._classifying = {
-            f"data.{rule.package}" for rule in self.rules() if rule.name == CLASSIFY_RULE
-        }
+        rules = self.rules()
+        self._classifying = {f"data.{r.package}" for r in rules if r.name == CLASSIFY_RULE}
+        self._warning = {f"data.{r.package}" for r in rules if r.name == "warn"}
 
     def _engine(self) -> regorus.Engine:
         engines = _THREAD_ENGINES.engines
@@ -219,18 +232,21 @@ class RegorusEngine:
         return package_of(workflow) in self._classifying
 
     def evaluate(self, workflow: str, input_: dict[str, Any]) -> RegoResult:
-        """Evaluate ``deny`` and ``hold`` of the workflow's package."""
+        """Evaluate ``deny``, ``hold`` and (where the package has it) ``warn``."""
         package = package_of(workflow)
         if package not in self._packages:
             raise EngineError(f"no Rego package {package} in the bundle")
         engine = self._engine()
         try:
             engine.set_input_json(orjson.dumps(input_).decode())
-            deny = orjson.loads(engine.eval_rule_as_json(f"{package}.deny"))
-            hold = orjson.loads(engine.eval_rule_as_json(f"{package}.hold"))
+            found = {
+                rule: orjson.loads(engine.eval_rule_as_json(f"{package}.{rule}"))
+                for rule in REASON_RULES
+                if rule != "warn" or package in self._warning
+            }
         except Exception as exc:
             raise EngineError(f"regorus failed on {package}: {_first_line(exc)}") from exc
-        return RegoResult(_reasons(deny, "deny"), _reasons(hold, "hold"))
+        return result_of(found)
 
     def classify(self, workflow: str, input_: dict[str, Any]) -> str | None:
         """Evaluate the workflow's ``case_type`` rule, if its package has one."""
@@ -250,8 +266,8 @@ class RegorusEngine:
         engine = self._engine()
         results = []
         for path, source in sorted(self._tests.items()):
-            package = _package_line(source)
-            for name in _test_rules(source):
+            package, names = unit_tests_of(source)
+            for name in names:
                 try:
                     value = engine.eval_rule(f"data.{package}.{name}")
                 except Exception as exc:
@@ -318,6 +334,11 @@ def _package_line(source: str) -> str:
     raise EngineError("a test module has no package line")
 
 
+def unit_tests_of(source: str) -> tuple[str, list[str]]:
+    """A test module's package and its ``test_`` rules, in order."""
+    return _package_line(source), _test_rules(source)
+
+
 def _test_rules(source: str) -> list[str]:
     names: list[str] = []
     for line in source.splitlines():
@@ -371,9 +392,7 @@ class OpaServerEngine:
         result = answer.get("result") if isinstance(answer, dict) else None
         if not isinstance(result, dict):
             raise EngineError(f"OPA server at {self.url} has no package for workflow {workflow}")
-        return RegoResult(
-            _reasons(result.get("deny"), "deny"), _reasons(result.get("hold"), "hold")
-        )
+        return result_of(result)
 
     def classify(self, workflow: str, input_: dict[str, Any]) -> str | None:
         """POST the input to /v1/data/mandate/workflows/<workflow>/case_type."""

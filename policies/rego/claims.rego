@@ -51,7 +51,7 @@ hold contains {
 
 hold contains {
 	"code": "low_confidence",
-	"message": sprintf("confidence %v is below the floor of %v", [input.proposal.confidence, cfg.confidence_floor]),
+	"message": sprintf("confidence is below the floor of %v", [cfg.confidence_floor]),
 } if {
 	is_number(input.proposal.confidence)
 	input.proposal.confidence < to_number(cfg.confidence_floor)

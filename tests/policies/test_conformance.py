@@ -1,0 +1,94 @@
+"""Conformance: every shipped and test bundle decides alike on regorus and on OPA's own evaluator
+(OPA v1.20.2, in-process through opa-golib-python-bindings), over its Rego tests, its decision
+cases and inputs generated around every threshold of its data; where they differ, the report
+names the rule and the input."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from gateway.policy.bundle import load_bundle
+from gateway.policy.conformance import Conformance, check_conformance, describe_conformance
+from tests.gateway.test_classify import classifying_bundle
+from tests.policies.support import POLICIES, bundle_copy, edit_data, raised_review, replace_in
+
+pytest.importorskip("opa_bindings", reason="OPA's evaluator (mandate[opa]) is not installed")
+
+
+def _check(root: Path) -> Conformance:
+    return check_conformance(load_bundle(root))
+
+
+def _shipped(tmp_path: Path) -> Path:
+    return POLICIES
+
+
+def _raised_review(tmp_path: Path) -> Path:
+    return bundle_copy(tmp_path / "raised", raised_review)
+
+
+@pytest.mark.parametrize(
+    "make", [_shipped, _raised_review, classifying_bundle], ids=["shipped", "raised", "classifying"]
+)
+def test_shipped_and_test_bundles_decide_alike_on_both_engines(
+    tmp_path: Path, make: Callable[[Path], Path]
+) -> None:
+    report = _check(make(tmp_path))
+    assert report.passed, "\n".join(describe_conformance(report))
+    assert report.opa.startswith("OPA v1.")
+    assert report.tests >= 13
+    assert report.cases >= 20
+    assert report.generated > 1000  # around every threshold, at every level
+
+
+def test_a_number_printed_with_v_is_a_disagreement_naming_the_rule_and_the_input(
+    tmp_path: Path,
+) -> None:
+    # regorus prints a float's digits (0.00001), OPA the number as the input wrote it (1e-05).
+    root = bundle_copy(
+        tmp_path / "printed",
+        replace_in(
+            "rego/parking.rego",
+            '"message": sprintf("confidence is below the floor of %v", [cfg.confidence_floor]),',
+            '"message": sprintf("confidence %v is below the floor of %v", '
+            "[input.proposal.confidence, cfg.confidence_floor]),",
+        ),
+    )
+    report = _check(root)
+    assert not report.passed
+    disagreement = next(
+        d for d in report.disagreements if d.input["proposal"]["confidence"] == 1e-05
+    )
+    assert disagreement.input["proposal"]["workflow"] == "parking"
+    (difference,) = disagreement.differences
+    assert difference.startswith("hold low_confidence (rego/parking.rego:")
+    assert "'confidence 0.00001 is below the floor of 0.80' (regorus)" in difference
+    assert "'confidence 1e-05 is below the floor of 0.80' (OPA)" in difference
+    lines = describe_conformance(report)
+    assert any(line.strip().startswith("DIFFER") for line in lines)
+    assert any('"confidence": 1e-05' in line for line in lines)
+
+
+def test_amounts_finer_than_a_float_tells_apart_are_a_disagreement(tmp_path: Path) -> None:
+    # 18 decimals: regorus compares 64-bit floats (50000.000000000000000001 is 50000), OPA
+    # compares the decimals exactly and refuses it over the hard limit.
+    root = bundle_copy(
+        tmp_path / "fine",
+        edit_data(lambda d: d["workflows"]["claims"].update(amount_scale=18)),
+    )
+    report = _check(root)
+    over = [
+        d
+        for d in report.disagreements
+        if d.input["proposal"]["params"].get("amount") == "50000.000000000000000001"
+    ]
+    assert over, "\n".join(describe_conformance(report))
+    assert any(
+        "deny over_hard_limit (rego/claims.rego:" in diff and "only OPA gives it" in diff
+        for d in over
+        for diff in d.differences
+    )
+    assert any(diff.startswith("verdict: regorus") for d in over for diff in d.differences)
