@@ -29,6 +29,7 @@ from typing import Any
 from gateway.pipeline import ActivePolicy
 from gateway.policy.bundle import Bundle
 from gateway.policy.cases import Case, CaseError, case_inputs, load_cases
+from gateway.policy.opa import OpaEngine
 from gateway.policy.permit import Permitter
 from gateway.policy.rego import EngineError, RegoRule, RegorusEngine, RegoTestResult
 from gateway.redecide import Redecision, redecide
@@ -83,6 +84,7 @@ class BundleCheck:
     rego_tests: list[RegoTestResult] = field(default_factory=list)
     cases: list[CaseResult] = field(default_factory=list)
     coverage: list[RuleCoverage] = field(default_factory=list)
+    engine: str = "regorus"  # the engine of the Rego tests and decision cases (with its version)
 
     @property
     def usable(self) -> bool:
@@ -136,6 +138,7 @@ class BundleCheck:
         return {
             "bundle": str(self.bundle.root),
             "digest": self.bundle.digest,
+            "engine": self.engine,
             "usable": self.usable,
             "passed": self.passed,
             "problems": [{"file": p.file, "message": p.message} for p in self.problems],
@@ -178,8 +181,10 @@ class BundleCheck:
         }
 
 
-def check_bundle(bundle: Bundle) -> BundleCheck:
-    """Run steps 1 to 4 on a loaded bundle. Never raises for what is wrong with the bundle."""
+def check_bundle(bundle: Bundle, *, engine: str = "regorus") -> BundleCheck:
+    """Run steps 1 to 4 on a loaded bundle. Never raises for what is wrong with the bundle.
+    With ``engine="opa"`` the Rego tests and decision cases are run by OPA's own evaluator
+    (coverage stays regorus's: OPA's evaluator here reports none per rule)."""
     check = BundleCheck(bundle)
     # 1. Engines: the gateway's (no test modules) for the cases, one with the tests for them.
     try:
@@ -245,7 +250,24 @@ def check_bundle(bundle: Bundle) -> BundleCheck:
         RuleCoverage(rule, fired[rule], rule.line in reached_by_tests.get(rule.module, ()))
         for rule in rules
     ]
+    check.engine = f"regorus {deciding.version}"
+    if engine == "opa":
+        _on_opa(check, permitter)
     return check
+
+
+def _on_opa(check: BundleCheck, permitter: Permitter) -> None:
+    """Steps 3 and 4 again, on OPA's own evaluator: what the report shows of them."""
+    try:
+        testing = OpaEngine(check.bundle, include_tests=True)
+        deciding = OpaEngine(check.bundle)
+    except EngineError as exc:
+        check.problems.append(Problem("rego/", str(exc)))
+        return
+    check.engine = deciding.version
+    check.rego_tests = testing.run_tests()
+    policy = ActivePolicy(check.bundle, permitter, deciding)
+    check.cases = [_run(policy, result.case) for result in check.cases]
 
 
 def check_mapping(bundle: Bundle, permitter: Permitter) -> list[Problem]:
@@ -332,6 +354,7 @@ def describe(check: BundleCheck) -> list[str]:
     lines.append(
         f"Rego unit tests: {passed} passed, {len(check.rego_tests) - passed} failed"
         + ("" if check.rego_tests else " (none: add rego/*_test.rego with test_ rules)")
+        + f" ({check.engine})"
     )
     for t in check.rego_tests:
         lines.append(f"  {'PASS' if t.passed else 'FAIL'}  {t.module}  {t.name}")
@@ -342,6 +365,7 @@ def describe(check: BundleCheck) -> list[str]:
     lines.append(
         f"Decision cases: {passed} passed, {len(check.cases) - passed} failed"
         + ("" if check.cases else " (none: add tests/*.yaml, see policies/README.md)")
+        + f" ({check.engine})"
     )
     for c in check.cases:
         got = c.got.verdict + (f" [{', '.join(c.got.codes)}]" if c.got.codes else "")

@@ -32,7 +32,7 @@ from gateway.policy.rego import (
     unit_tests_of,
 )
 
-__all__ = ["DISTRIBUTION", "OpaEngine", "opa_available", "opa_version"]
+__all__ = ["DISTRIBUTION", "INSTALL_HINT", "OpaEngine", "opa_available", "opa_version"]
 
 DISTRIBUTION = "opa-golib-python-bindings"
 INSTALL_HINT = (

@@ -5,6 +5,7 @@ names the rule and the input."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from pathlib import Path
 
@@ -13,9 +14,27 @@ import pytest
 from gateway.policy.bundle import load_bundle
 from gateway.policy.conformance import Conformance, check_conformance, describe_conformance
 from tests.gateway.test_classify import classifying_bundle
-from tests.policies.support import POLICIES, bundle_copy, edit_data, raised_review, replace_in
+from tests.policies.support import (
+    POLICIES,
+    REPO,
+    bundle_copy,
+    edit_data,
+    lines_with,
+    mandate,
+    raised_review,
+    replace_in,
+)
 
 pytest.importorskip("opa_bindings", reason="OPA's evaluator (mandate[opa]) is not installed")
+
+
+# regorus prints a float's digits (0.00001), OPA the number as the input wrote it (1e-05).
+_prints_the_confidence = replace_in(
+    "rego/parking.rego",
+    '"message": sprintf("confidence is below the floor of %v", [cfg.confidence_floor]),',
+    '"message": sprintf("confidence %v is below the floor of %v", '
+    "[input.proposal.confidence, cfg.confidence_floor]),",
+)
 
 
 def _check(root: Path) -> Conformance:
@@ -47,16 +66,7 @@ def test_shipped_and_test_bundles_decide_alike_on_both_engines(
 def test_a_number_printed_with_v_is_a_disagreement_naming_the_rule_and_the_input(
     tmp_path: Path,
 ) -> None:
-    # regorus prints a float's digits (0.00001), OPA the number as the input wrote it (1e-05).
-    root = bundle_copy(
-        tmp_path / "printed",
-        replace_in(
-            "rego/parking.rego",
-            '"message": sprintf("confidence is below the floor of %v", [cfg.confidence_floor]),',
-            '"message": sprintf("confidence %v is below the floor of %v", '
-            "[input.proposal.confidence, cfg.confidence_floor]),",
-        ),
-    )
+    root = bundle_copy(tmp_path / "printed", _prints_the_confidence)
     report = _check(root)
     assert not report.passed
     disagreement = next(
@@ -92,3 +102,34 @@ def test_amounts_finer_than_a_float_tells_apart_are_a_disagreement(tmp_path: Pat
         for diff in d.differences
     )
     assert any(diff.startswith("verdict: regorus") for d in over for diff in d.differences)
+
+
+def test_policy_test_on_opa_passes_the_shipped_bundle(tmp_path: Path) -> None:
+    done = mandate("policy", "test", "--engine", "opa", cwd=REPO)
+    assert done.returncode == 0, done.stdout + done.stderr
+    out = done.stdout
+    assert lines_with(out, "Rego unit tests: 13 passed, 0 failed", "(OPA v1.20.2")
+    assert lines_with(out, "Decision cases:", "passed, 0 failed", "(OPA v1.20.2")
+    assert lines_with(out, "Engines: regorus", "against OPA v1.20.2", "generated inputs")
+    assert "The engines agree on every one." in out
+    assert out.rstrip().splitlines()[-1].startswith("PASS:")
+    assert out.rstrip().endswith("0 engine disagreements")
+
+
+def test_policy_test_on_opa_fails_a_disagreement_naming_the_rule_and_the_input(
+    tmp_path: Path,
+) -> None:
+    root = bundle_copy(tmp_path / "printed", _prints_the_confidence)
+    done = mandate("policy", "test", "--engine", "opa", root, cwd=tmp_path)
+    assert done.returncode == 1, done.stdout + done.stderr
+    out = done.stdout
+    assert lines_with(out, "DIFFER", "generated")
+    assert lines_with(out, "hold low_confidence (rego/parking.rego:", "(regorus) vs", "(OPA)")
+    assert lines_with(out, "input", '"confidence": 1e-05', '"workflow": "parking"')
+    assert out.rstrip().splitlines()[-1].startswith("FAIL:")
+    as_json = mandate("policy", "test", "--engine", "opa", "--json", root, cwd=tmp_path)
+    report = json.loads(as_json.stdout)
+    assert report["passed"] is False
+    assert report["conformance"]["disagreements"]
+    # regorus alone sees nothing wrong: the difference exists only between engines.
+    assert mandate("policy", "test", root, cwd=tmp_path).returncode == 0

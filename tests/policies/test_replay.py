@@ -183,6 +183,20 @@ def test_replaying_the_whole_history_with_what_decided_it_changes_no_verdict(
             0,
             0,
         )
+        # OPA's own evaluator decides the same history alike: verdicts, reasons, their words.
+        on_opa = mandate(
+            "policy", "replay", "--engine", "opa", "--data-dir", live.settings.data_dir, "--json",
+            cwd=tmp_path, env=clean_env(MANDATE_DATABASE_URL=database.url),
+        )  # fmt: skip
+        assert on_opa.returncode == 0, on_opa.stderr
+        opa = json.loads(on_opa.stdout)
+        assert opa["decisions"] == decisions
+        assert (opa["changed"], opa["reasons_changed"], opa["messages_changed"]) == (0, 0, 0), opa
+        assert (opa["warnings_changed"], opa["refused_or_failed"], opa["input_mismatches"]) == (
+            0,
+            0,
+            0,
+        )
 
 
 def _claims_history(live: Live) -> dict[str, list[str]]:
