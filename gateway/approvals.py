@@ -289,7 +289,12 @@ class Approvals:
             }
         )
         judgement = decider.judge(
-            identity, proposal, policy, decider.clock(), admitted=row.case_type
+            identity,
+            proposal,
+            policy,
+            decider.clock(),
+            admitted=row.case_type,
+            admitted_history=decider.ledger.entry(action.decision_seq).body.get("history"),
         )
         decision = judgement.decision
         why = (
@@ -306,6 +311,8 @@ class Approvals:
             "stats": judgement.stats,
             "reevaluated": {"because": why, "supersedes": row.id},
         }
+        if judgement.history is not None:
+            body["history"] = judgement.history
 
         def supersede(conn: Connection, appended: list[Appended]) -> None:
             entry_ = appended[0]

@@ -29,6 +29,7 @@ from gateway.audits import audit_row, sampled
 from gateway.errors import Conflict, DecisionUnavailable, Forbidden, InvalidInput
 from gateway.execution import Routing, handover, intent_row
 from gateway.figures import ZERO_FIGURES, FigureBook, Standing, WindowSpec, figures_row
+from gateway.history import HistoryBook, amount_of, resource_digest
 from gateway.identity import Identity
 from gateway.models import ACTIONS, APPROVALS, AUDITS, AUTONOMY, EVENTS, FIGURES, INTENTS
 from gateway.policy.autonomy import Terms, terms_for
@@ -207,10 +208,10 @@ class AutonomyBook:
         rate = self.terms(bundle, workflow, case_type).audit_rate(level)
         return {"rate_bp": rate, "sampled": sampled(action_id, rate)}
 
-    def decided(self, workflow: str, case_type: str, verdict: str) -> None:
+    def decided(self, workflow: str, case_type: str, verdict: str, *, warned: bool = False) -> None:
         """This process recorded a decision: count it in the cached figures."""
         if self.figures is not None:
-            self.figures.bump(workflow, case_type, verdict)
+            self.figures.bump(workflow, case_type, verdict, warned=warned)
 
     def forget(self, workflow: str | None = None, case_type: str | None = None) -> None:
         """Read levels and figures from the database next time (after a local change)."""
@@ -445,12 +446,17 @@ def rego_input(
     level: int,
     stats: dict[str, int],
     now: str,
+    history: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """What the workflow's Rego sees. Built only from recorded values, so replay rebuilds it."""
-    return classify_input(proposal, identity, now) | {
+    """What the workflow's Rego sees. Built only from recorded values, so replay rebuilds it.
+    ``history`` (``gateway.history``) is left out for decisions recorded without it."""
+    input_ = classify_input(proposal, identity, now) | {
         "autonomy": {"case_type": case_type, "level": level, "name": LEVEL_NAMES[level]},
         "stats": stats,
     }
+    if history is not None:
+        input_["history"] = history
+    return input_
 
 
 def evaluate(engine: RegoEngine, workflow: str, input_: dict[str, Any]) -> RegoResult:
@@ -484,6 +490,7 @@ class Judgement:
     approval: ApprovalRef | None
     recorded: dict[str, Any]  # the proposal as the ledger keeps it
     case_type: str  # as the bundle classified it
+    history: dict[str, Any] | None = None  # input.history, recorded beside the figures
 
 
 def decide(
@@ -573,6 +580,8 @@ class Decider:
     # The shadow bundle's hook (``gateway.policies.ShadowRunner.offer``): told of every fresh
     # decision once it is durable and answered; it only queues, and what it raises is logged.
     shadow: Callable[[Verdict], None] | None = None
+    # The history signals (input.history); None: decisions see none and record none.
+    history: HistoryBook | None = None
     # Why this process must not decide now (the active bundle does not load here): every
     # proposal gets 503 until it does (``gateway.policies``), never a verdict of a stale bundle.
     unavailable: str | None = None
@@ -669,11 +678,13 @@ class Decider:
         moment: dt.datetime,
         *,
         admitted: str | None = None,
+        admitted_history: dict[str, Any] | None = None,
     ) -> Judgement:
         """Steps 3 to 6 (permit, classify, evaluate, decide) for a validated proposal, with the
         trace that shows them. Also re-evaluates a held proposal under a new bundle:
         ``admitted`` is then the case type it was decided as, and a proposal the new bundle no
-        longer takes is a recorded rejection instead of a 422."""
+        longer takes is a recorded rejection instead of a 422; it is decided with the history
+        its first decision recorded (``admitted_history``), as of when it was proposed."""
         now = format_time(moment)
         recorded = _recorded_proposal(proposal)
         permitted = permit(policy.permitter, identity, proposal, admitted=admitted is not None)
@@ -683,7 +694,12 @@ class Decider:
         case_type = classification.case_type
         level, level_source = self.autonomy.level(policy.bundle, proposal.workflow, case_type)
         stats = self.autonomy.stats(policy.bundle, proposal.workflow, case_type, level, moment)
-        input_ = rego_input(recorded, identity, case_type, level, stats, now)
+        history = (
+            admitted_history
+            if admitted is not None
+            else self._history(identity, recorded, policy, case_type, moment)
+        )
+        input_ = rego_input(recorded, identity, case_type, level, stats, now, history)
         rego = None
         if permitted.allowed and refused is None:
             rego = evaluate(policy.engine, proposal.workflow, input_)
@@ -718,7 +734,25 @@ class Decider:
                 quorum=config.quorum(case_type),
                 expires_at=format_time(moment + dt.timedelta(hours=config.approval_ttl_hours)),
             )
-        return Judgement(decision, trace, stats, approval, recorded, case_type)
+        return Judgement(decision, trace, stats, approval, recorded, case_type, history)
+
+    def _history(
+        self,
+        identity: Identity,
+        recorded: dict[str, Any],
+        policy: ActivePolicy,
+        case_type: str,
+        moment: dt.datetime,
+    ) -> dict[str, Any] | None:
+        """``input.history`` for a fresh decision; the tables unreadable fail closed."""
+        if self.history is None:
+            return None
+        terms = self.autonomy.terms(policy.bundle, recorded["workflow"], case_type)
+        window = (terms.window_decisions, terms.window_days)
+        try:
+            return self.history.signals(identity.name, recorded, case_type, window, moment)
+        except sa.exc.SQLAlchemyError as exc:
+            raise DecisionUnavailable(f"the history signals cannot be read: {exc}") from exc
 
     async def _decide_and_record(
         self, identity: Identity, proposal: Proposal, digest: str, policy: ActivePolicy
@@ -757,6 +791,8 @@ class Decider:
             action_id,
         )
         decision_body = answer | {"stats": judgement.stats}
+        if judgement.history is not None:
+            decision_body["history"] = judgement.history
         if audit is not None:
             decision_body["audit"] = audit
         records = [
@@ -795,7 +831,16 @@ class Decider:
             if raced is not None:
                 return raced
             raise DecisionUnavailable(f"the ledger did not record the decision: {exc}") from exc
-        autonomy.decided(proposal.workflow, judgement.case_type, decision.verdict)
+        autonomy.decided(
+            proposal.workflow,
+            judgement.case_type,
+            decision.verdict,
+            warned=bool(decision.warnings),
+        )
+        if self.history is not None:
+            self.history.decided(
+                identity.name, judgement.recorded, judgement.case_type, decision.verdict
+            )
         verdict = Verdict(
             action_id=action_id,
             verdict=decision.verdict,
@@ -931,6 +976,7 @@ def _decision_rows(
                 "decision_leaf": appended[1].leaf_hash.hex(),
                 "response": stored,
                 "created_at": created,
+                "resource_digest": resource_digest(proposal.resource),
             },
         )
     ]
@@ -963,6 +1009,8 @@ def _decision_rows(
             level,
             verdict,
             judgement.decision.recommendation,
+            warned=bool(judgement.decision.warnings),
+            amount=amount_of(proposal.params),
         )
         rows.append((FIGURES, row))
     if audit is not None and audit["sampled"]:

@@ -1,14 +1,14 @@
 """Deciding again from recorded inputs: what replay, shadow mode and decision cases share.
 
 A decision names every input it was made from: the proposal and the executor (the ``proposal``
-entry), and the autonomy level, the figures (``stats``) and the clock (``decided_at``) (the
-``decision`` entry). ``redecide`` runs the gateway's own steps on those inputs under a given
-policy, the functions ``Decider.judge`` runs, in its order: validate, permit (Casbin), classify
-(the case type, by the bundle), evaluate (Rego at the level), decide (the level-1 rule
-included). Nothing is written, and no input is
-taken from anywhere but the ``Inputs`` given, so the same inputs and bundle always give the same
-answer: that is what makes a replay of the whole ledger with the bundle that decided it change
-no verdict (``tests/policies/test_replay.py`` checks it over a realistic history).
+entry), and the autonomy level, the figures (``stats``), the history signals (``history``) and
+the clock (``decided_at``) (the ``decision`` entry). ``redecide`` runs the gateway's own steps
+on those inputs under a given policy, the functions ``Decider.judge`` runs, in its order:
+validate, permit (Casbin), classify (the case type, by the bundle), evaluate (Rego at the
+level), decide (the level-1 rule included). Nothing is written, and no input is taken from
+anywhere but the ``Inputs`` given, so the same inputs and bundle always give the same answer:
+that is what makes a replay of the whole ledger with the bundle that decided it change no
+verdict (``tests/policies/test_replay.py`` checks it over a realistic history).
 """
 
 from __future__ import annotations
@@ -59,6 +59,7 @@ class Inputs:
     now: str
     admitted: bool = False
     case_type: str | None = None  # as recorded: the case type the decision was made as
+    history: dict[str, Any] | None = None  # input.history; None where none was recorded
 
     @classmethod
     def recorded(cls, proposal_body: Mapping[str, Any], decision_body: Mapping[str, Any]) -> Inputs:
@@ -74,6 +75,7 @@ class Inputs:
             now=str(trace["decided_at"]),
             admitted=bool(decision_body.get("reevaluated")),
             case_type=str(trace["autonomy"].get("case_type") or proposal["case_type"]),
+            history=decision_body.get("history"),
         )
 
     @classmethod
@@ -86,9 +88,11 @@ class Inputs:
         now: str,
         *,
         admitted: bool = False,
+        history: dict[str, Any] | None = None,
     ) -> Inputs:
         """Inputs for a proposal that was never recorded (a decision case)."""
-        return cls(identity, _recorded_proposal(proposal), level, stats, now, admitted)
+        recorded = _recorded_proposal(proposal)
+        return cls(identity, recorded, level, stats, now, admitted, history=history)
 
 
 @dataclass(frozen=True)
@@ -161,7 +165,7 @@ def redecide(policy: ActivePolicy, inputs: Inputs) -> Redecision:
     if level not in LEVEL_NAMES:
         return Redecision("refused", [], error=f"autonomy level {level} is not 1 to 4")
     input_ = rego_input(
-        inputs.proposal, inputs.identity, case_type, level, inputs.stats, inputs.now
+        inputs.proposal, inputs.identity, case_type, level, inputs.stats, inputs.now, inputs.history
     )
     digest = _input_digest(input_)
     try:

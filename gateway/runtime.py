@@ -17,6 +17,7 @@ from gateway.audits import Audits
 from gateway.autonomy import Governance
 from gateway.execution import Dispatcher, Routing, load_webhook_secret, payload_for
 from gateway.figures import FigureBook
+from gateway.history import HistoryBook
 from gateway.identity import Identity, TokenBook
 from gateway.metrics import Metrics
 from gateway.migrations import ensure_schema
@@ -81,7 +82,14 @@ class Runtime:
         # Levels and figures are read from the database (short caches), so every process
         # sees a change another one made.
         autonomy = AutonomyBook(engine=engine, figures=FigureBook(engine))
-        decider = Decider(engine, ledger, policy, autonomy, routing=Routing(settings.webhooks))
+        decider = Decider(
+            engine,
+            ledger,
+            policy,
+            autonomy,
+            routing=Routing(settings.webhooks),
+            history=HistoryBook(engine),
+        )
         if clock is not None:
             decider.clock = clock
         factories = load_factories()

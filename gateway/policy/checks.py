@@ -325,6 +325,11 @@ def _run(policy: ActivePolicy, case: Case) -> CaseResult:
         failures.append(
             f"expected reasons [{', '.join(expect.reasons)}], got [{', '.join(got.codes)}]"
         )
+    if expect.warnings is not None and tuple(got.warning_codes) != expect.warnings:
+        failures.append(
+            f"expected warnings [{', '.join(expect.warnings)}], "
+            f"got [{', '.join(got.warning_codes)}]"
+        )
     if expect.recommendation is not None and got.recommendation != expect.recommendation:
         failures.append(
             f"expected recommendation {expect.recommendation}, got {got.recommendation}"

@@ -42,6 +42,7 @@ COUNTS = (
     "corrections",
     "checked",
     "errors",
+    "warnings",
 )
 
 
@@ -207,6 +208,7 @@ def test_input_stats_reach_rego_and_replay_from_the_entry(
             trace["autonomy"]["level"],
             body["stats"],
             trace["decided_at"],
+            body["history"],
         )
         digest = hashlib.sha256(rfc8785.dumps({**input_, "proposal": recorded})).hexdigest()
         assert digest == trace["rego"]["input_digest"]

@@ -206,6 +206,7 @@ def test_the_verdict_table(gateway: Gateway, row: Row) -> None:
         trace["autonomy"]["level"],
         body["stats"],
         trace["decided_at"],
+        body["history"],
     )
     # The digest is over the input as recorded: confidence as the decimal string the entry holds.
     as_recorded = rfc8785.dumps({**input_, "proposal": recorded})
