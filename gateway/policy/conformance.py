@@ -13,7 +13,8 @@ recommendation, the case type and the level. It runs
    threshold at the workflow's largest accepted scale (``amount_scale``), the smallest and the
    largest amount accepted, confidences at, just below and just above each floor (the
    neighbouring 64-bit floats) and a few others (none, 0, 1, tiny ones whose digits engines
-   print differently), and the history signals around their thresholds; each at every level.
+   print differently), and history signals (``input.history``) around the data's whole-number
+   thresholds and the proposal's amount; each at every level.
 
 Any difference is a disagreement naming the rule (its code, module and line) and the input
 (as a decision case would give it), so the bundle can be fixed where engines read it apart: a
@@ -31,6 +32,9 @@ from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation, localcontext
 from typing import Any
 
+import orjson
+
+from gateway.history import ZERO_HISTORY, amount_of
 from gateway.identity import Identity
 from gateway.pipeline import ZERO_STATS, ActivePolicy, amount_problem
 from gateway.policy.bundle import Bundle, WorkflowConfig
@@ -162,10 +166,8 @@ def _unit_tests(bundle: Bundle) -> tuple[int, list[Disagreement]]:
 
 
 def _key(inputs: Inputs) -> bytes:
-    return repr(
-        (inputs.identity, sorted(inputs.proposal.items(), key=str), inputs.level,
-         sorted(inputs.stats.items()), inputs.now)
-    ).encode()  # fmt: skip
+    """The same inputs give the same key (a case and a generated input can coincide)."""
+    return orjson.dumps(dataclasses.asdict(inputs), option=orjson.OPT_SORT_KEYS)
 
 
 def _compare(
@@ -206,6 +208,7 @@ def _as_case(inputs: Inputs) -> dict[str, Any]:
         "level": inputs.level,
         "now": inputs.now,
         "stats": {k: v for k, v in inputs.stats.items() if v},
+        "history": inputs.history,
         "proposal": proposal,
     }
 
@@ -261,6 +264,7 @@ def generate_inputs(bundle: Bundle, cases: list[Case], permitter: Permitter) -> 
     plain proposal per listed action type, at every level (see the module docstring)."""
     templates = [case_inputs(case) for case in cases]
     templates += _plain_proposals(bundle, permitter)
+    varied: set[tuple[str, Any, str]] = set()
     for template in templates:
         config = bundle.workflows.get(template.proposal.get("workflow", ""))
         if config is None:
@@ -269,6 +273,19 @@ def generate_inputs(bundle: Bundle, cases: list[Case], permitter: Permitter) -> 
         thresholds = sorted(set(_thresholds(data)))
         amounts = _amounts(thresholds, config)
         confidences = _confidences(thresholds)
+        # History variants once per executor role, action type and amount: the other cases of
+        # those differ in what the amount and confidence variants already cover.
+        kind = (
+            template.identity.role,
+            template.proposal.get("action_type"),
+            str(template.proposal.get("params")),
+        )
+        histories = (
+            []
+            if kind in varied
+            else _histories(template, sorted(set(_whole_numbers(data))), config)
+        )
+        varied.add(kind)
         for level in _LEVELS:
             for amount in amounts:
                 params = {**template.proposal.get("params", {}), "amount": amount}
@@ -276,6 +293,8 @@ def generate_inputs(bundle: Bundle, cases: list[Case], permitter: Permitter) -> 
             for confidence in confidences:
                 text = None if confidence is None else repr(confidence)
                 yield _with(template, level, confidence=text)
+            for history in histories:
+                yield dataclasses.replace(template, level=level, history=history)
 
 
 def _with(template: Inputs, level: int, **proposal: Any) -> Inputs:
@@ -339,6 +358,20 @@ def _thresholds(data: Any, key: str = "") -> Iterator[Decimal]:
             yield number
 
 
+def _whole_numbers(data: Any, key: str = "") -> Iterator[int]:
+    """Every whole JSON number in a workflow's data, outside the gateway's own settings."""
+    if key in _NOT_THRESHOLDS or isinstance(data, bool):
+        return
+    if isinstance(data, dict):
+        for name, value in data.items():
+            yield from _whole_numbers(value, name)
+    elif isinstance(data, list):
+        for value in data:
+            yield from _whole_numbers(value)
+    elif isinstance(data, int):
+        yield data
+
+
 def _amounts(thresholds: list[Decimal], config: WorkflowConfig) -> list[str]:
     """Amounts the workflow accepts just below, at and just above each threshold, at its
     largest scale, and its smallest and largest amounts."""
@@ -356,6 +389,27 @@ def _amounts(thresholds: list[Decimal], config: WorkflowConfig) -> list[str]:
             text = f"{number.quantize(step):f}"
             if amount_problem(text, config) is None:
                 found.append(text)
+    return found
+
+
+def _histories(template: Inputs, whole: list[int], config: WorkflowConfig) -> list[dict[str, Any]]:
+    """``input.history`` around the data's whole numbers (``whole``: counts of executed amounts
+    and of proposals in the last hour) and around the proposal's own amount (the 95th
+    percentile just below, at and just above it), for a first action type and resource."""
+    step = Decimal(1).scaleb(-config.amount_scale)
+    amount = amount_of(template.proposal.get("params") or {})
+    around = Decimal(amount) if amount is not None else Decimal(100)
+    counts = sorted({n + d for n in whole for d in (-1, 0, 1) if n + d >= 0})
+    found: list[dict[str, Any]] = [
+        {**ZERO_HISTORY, "first_action_type": True},
+        *({**ZERO_HISTORY, "proposals_last_hour": n} for n in counts),
+    ]
+    for n in counts:
+        for p95 in (around - step, around, around + step):
+            if p95 > 0:
+                text = f"{p95.quantize(step):f}"
+                amounts = {"count": n, "p95": text, "max": text}
+                found.append({**ZERO_HISTORY, "first_resource": True, "amounts": amounts})
     return found
 
 

@@ -70,3 +70,16 @@ hold contains {
 } if {
 	input.proposal.context.litigation == true
 }
+
+# Level 3 (conditional) and below: a novel pattern escalates. A claim on a resource never seen
+# before, above what this case type usually pays (the 95th percentile of its executed amounts),
+# once there is enough history to say what is usual (input.history).
+hold contains {
+	"code": "novel_pattern",
+	"message": sprintf("claim of %v on a resource never seen before is above the usual %v (95th percentile of executed claims)", [input.proposal.params.amount, input.history.amounts.p95]),
+} if {
+	input.autonomy.level < 4
+	input.history.first_resource
+	input.history.amounts.count >= cfg.novelty_min_history
+	amount > to_number(input.history.amounts.p95)
+}
