@@ -57,7 +57,7 @@ from gateway.policy.bundle import (
 )
 from gateway.policy.checks import check_bundle
 from gateway.policy.permit import Permitter
-from gateway.policy.rego import OpaServerEngine, RegoEngine, RegorusEngine
+from gateway.policy.rego import EngineError, OpaServerEngine, RegoEngine, RegorusEngine
 from gateway.redecide import Inputs, Redecision, redecide
 from gateway.schemas import Verdict
 from gateway.settings import Settings
@@ -92,12 +92,19 @@ SYSTEM = Identity(
 
 def build_policy(bundle: Bundle, opa_url: str | None = None) -> ActivePolicy:
     """A bundle's engines: Casbin, and Rego in-process (regorus) or on an OPA server (which
-    is asked for a classification only where the bundle's Rego, parsed here, has the rule)."""
+    is asked for a classification only where the bundle's Rego, parsed here, has the rule).
+    The OPA server is loaded with the bundle here (``OpaServerEngine.push``); a server that
+    cannot take it now is loaded when it can (``PolicyLifecycle.refresh``), and until then
+    every decision fails closed."""
     local = RegorusEngine(bundle)
     engine: RegoEngine = local
     if opa_url:
         classifying = frozenset(w for w in bundle.workflows if local.classifies(w))
-        engine = OpaServerEngine(opa_url, classifying=classifying)
+        engine = server = OpaServerEngine(opa_url, bundle, classifying=classifying)
+        try:
+            server.push()
+        except EngineError as exc:
+            log.error("%s", exc)
     return ActivePolicy(bundle, Permitter(bundle.casbin_model, bundle.casbin_policy), engine)
 
 
@@ -494,7 +501,21 @@ class PolicyLifecycle:
             shadow = slots.get("shadow")
             if shadow is not None and shadow.seq > self._seen["shadow"]:
                 changed |= self._follow_shadow(shadow)
+            if active is not None and self.decider is not None:
+                self._reload_server(active)
             return changed
+
+    def _reload_server(self, active: Slot) -> None:
+        """An OPA server that lost the active bundle (it restarted) gets it again, from the
+        process deciding with it; one that holds another bundle is left to fail closed."""
+        assert self.decider is not None
+        policy = self.decider.policy
+        if isinstance(policy.engine, OpaServerEngine) and policy.bundle.digest == active.digest:
+            try:
+                if policy.engine.sync():
+                    log.warning("OPA server %s reloaded with the active bundle", policy.engine.url)
+            except EngineError as exc:
+                log.error("%s", exc)
 
     def _follow_active(self, slot: Slot) -> bool:
         decider = self.decider

@@ -349,13 +349,32 @@ def _test_rules(source: str) -> list[str]:
     return names
 
 
+BUNDLE_DOCUMENT = "mandate_bundle"  # the data document where the gateway names what it pushed
+POLICY_PREFIX = "mandate/"  # the Policy API ids of the modules the gateway pushed
+
+
 class OpaServerEngine:
-    """Rego evaluated by an OPA server through its Data API (``opa-python-client``)."""
+    """Rego evaluated by an OPA server (``opa-python-client``), which the gateway loads itself.
+
+    ``push`` puts the bundle on the server: each Rego module through the Policy API
+    (``PUT /v1/policies/mandate/<path>``, after deleting the modules it pushed before) and
+    ``data.json`` through the Data API (``PUT /v1/data``), with the bundle's digest beside it
+    (``data.mandate_bundle.digest``), written last, so that a server holds a digest only once
+    every file of that bundle is in. Every evaluation asks, in one query (one snapshot of the
+    server's store), for the digest and the workflow's document: a server holding another
+    bundle, or one half pushed, fails closed (``EngineError``), never a verdict of a bundle
+    that is not the active one.
+    """
 
     name = "opa-server"
 
     def __init__(
-        self, url: str, *, timeout: float = 2.0, classifying: frozenset[str] = frozenset()
+        self,
+        url: str,
+        bundle: Bundle,
+        *,
+        timeout: float = 2.0,
+        classifying: frozenset[str] = frozenset(),
     ) -> None:
         """``classifying``: the workflows whose package has a ``case_type`` rule (the bundle
         says), so that the server is asked for it only where there is one."""
@@ -371,39 +390,111 @@ class OpaServerEngine:
             timeout=timeout,
             retries=0,
         )
+        self._timeout = timeout
         self.version = importlib.metadata.version("opa-python-client")
         self.url = url
+        self.bundle = bundle
         self._classifying = classifying
 
+    # -- the server's copy of the bundle --------------------------------------------------
+
+    def push(self) -> None:
+        """Load the bundle onto the server (see the class docstring); EngineError if the server
+        refuses a file or cannot be reached."""
+        client = self._client
+        try:
+            client.update_or_create_data({"digest": None, "pushing": self.bundle.digest},
+                                         BUNDLE_DOCUMENT)  # fmt: skip
+            for old in client.get_policies_list():
+                if old.startswith(POLICY_PREFIX):
+                    client.delete_policy(old)
+            for path, source in sorted(self.bundle.modules.items()):
+                # rego_compat=False: the server gets the Rego as written, never a rewrite of it.
+                client.update_policy_from_string(source, POLICY_PREFIX + path, rego_compat=False)
+            document = {**self.bundle.data, BUNDLE_DOCUMENT: {"digest": self.bundle.digest}}
+            # PUT /v1/data (the root document) in one write: the client's data call always
+            # adds a path, so its session is asked directly.
+            answer = client._session.put(
+                f"{client.root_url}/data", json=document, timeout=self._timeout
+            )
+            if answer.status_code != 204:
+                raise EngineError(f"PUT /v1/data answered {answer.status_code}: {answer.text}")
+        except EngineError:
+            raise
+        except Exception as exc:
+            raise EngineError(
+                f"the OPA server at {self.url} did not take bundle {self.bundle.digest[:12]}: {exc}"
+            ) from exc
+
+    def held(self) -> str | None:
+        """The digest of the bundle the server holds (None: none, or one half pushed)."""
+        try:
+            answer = self._client.get_data(f"{BUNDLE_DOCUMENT}/digest")
+        except Exception as exc:
+            if type(exc).__name__ == "PolicyNotFoundError":
+                return None  # the server holds no document there: nothing was pushed
+            raise EngineError(f"OPA server at {self.url} failed: {exc}") from exc
+        digest = answer.get("result")
+        return digest if isinstance(digest, str) else None
+
+    def sync(self) -> bool:
+        """Push the bundle if the server holds none (it restarted, or a push was cut short);
+        True if it pushed. A server holding another bundle is left as it is: someone else
+        loaded it, and evaluations fail closed until the bundle is activated again."""
+        if self.held() is not None:
+            return False
+        self.push()
+        return True
+
+    def _mismatch(self, digest: Any) -> str:
+        held = "no bundle" if not isinstance(digest, str) else f"bundle {digest[:12]}"
+        return (
+            f"the OPA server at {self.url} holds {held}, not the active bundle "
+            f"{self.bundle.digest[:12]}: activate the bundle again to push it"
+        )
+
+    # -- evaluation -------------------------------------------------------------------------
+
     def unavailable(self) -> str | None:
-        """Whether the OPA server answers its /health endpoint."""
-        if self._client.check_health():
-            return None
-        return f"the OPA server at {self.url} does not answer /health"
+        """Whether the OPA server answers its /health endpoint and holds the active bundle."""
+        if not self._client.check_health():
+            return f"the OPA server at {self.url} does not answer /health"
+        try:
+            digest = self.held()
+        except EngineError as exc:
+            return str(exc)
+        return None if digest == self.bundle.digest else self._mismatch(digest)
+
+    def _ask(self, workflow: str, rule: str | None, input_: dict[str, Any]) -> list[Any]:
+        """One query: the digest the server holds and the values of the workflow's package (or
+        of one of its rules), from one snapshot of its store. The values: [] where undefined."""
+        target = f"data.mandate.workflows[{orjson.dumps(workflow).decode()}]"
+        if rule is not None:
+            target += f".{rule}"
+        query = f"digest := data.{BUNDLE_DOCUMENT}.digest; values := [x | x := {target}]"
+        try:
+            answer = self._client.ad_hoc_query(query, input_data=input_)
+        except Exception as exc:
+            raise EngineError(f"OPA server at {self.url} failed: {exc}") from exc
+        results = answer.get("result") if isinstance(answer, dict) else None
+        digest = results[0].get("digest") if results else None
+        if digest != self.bundle.digest:
+            raise EngineError(self._mismatch(digest))
+        values = results[0].get("values") if results else None
+        if not isinstance(values, list):
+            raise EngineError(f"OPA server at {self.url} answered {answer!r}")
+        return values
 
     def evaluate(self, workflow: str, input_: dict[str, Any]) -> RegoResult:
-        """POST the input to /v1/data/mandate/workflows/<workflow> and read deny and hold."""
-        try:
-            answer = self._client.query_rule(
-                input_data=input_, package_path=f"mandate.workflows.{workflow}"
-            )
-        except Exception as exc:
-            raise EngineError(f"OPA server at {self.url} failed: {exc}") from exc
-        result = answer.get("result") if isinstance(answer, dict) else None
-        if not isinstance(result, dict):
+        """The workflow's package document for this input: its deny, hold and warn."""
+        values = self._ask(workflow, None, input_)
+        if not values or not isinstance(values[0], dict):
             raise EngineError(f"OPA server at {self.url} has no package for workflow {workflow}")
-        return result_of(result)
+        return result_of(values[0])
 
     def classify(self, workflow: str, input_: dict[str, Any]) -> str | None:
-        """POST the input to /v1/data/mandate/workflows/<workflow>/case_type."""
+        """The workflow's ``case_type`` rule for this input, where its package has one."""
         if workflow not in self._classifying:
             return None
-        package = f"mandate.workflows.{workflow}"
-        try:
-            answer = self._client.query_rule(
-                input_data=input_, package_path=package, rule_name=CLASSIFY_RULE
-            )
-        except Exception as exc:
-            raise EngineError(f"OPA server at {self.url} failed: {exc}") from exc
-        result = answer.get("result") if isinstance(answer, dict) else None
-        return _case_type(result, package)
+        values = self._ask(workflow, CLASSIFY_RULE, input_)
+        return _case_type(values[0] if values else None, package_of(workflow))
