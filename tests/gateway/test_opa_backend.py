@@ -135,7 +135,7 @@ class OpaLike:
             try:
                 self._load({**self.modules, module_id: source}, self.data)
             except opa_bindings.OpaError as exc:
-                return exc.message
+                return str(exc.message)
         return None
 
     def delete_module(self, module_id: str) -> bool:
