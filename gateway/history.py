@@ -159,35 +159,38 @@ class HistoryBook:
             known = {key: key in self._seen for key in (kind, named)}
             rate = self._rates.get(executor)
             amounts = self._amounts.get((workflow, case_type))
-        with self._engine.connect() as conn:
-            if not known[kind]:
-                known[kind] = (
-                    conn.execute(
+        stale_rate = rate is None or rate[0] <= clock
+        stale_amounts = amounts is None or amounts.expires <= clock or amounts.size != window[0]
+        if not all(known.values()) or stale_rate or stale_amounts:
+            with self._engine.connect() as conn:
+                if not known[kind]:
+                    found = conn.execute(
                         _PROPOSED_TYPE,
                         {"executor": executor, "workflow": workflow, "action_type": kind[3]},
                     ).first()
-                    is not None
-                )
-            if not known[named]:
-                found = conn.execute(_NAMED, {"workflow": workflow, "digest": named[2]}).first()
-                known[named] = found is not None
-            if rate is None or rate[0] <= clock:
-                since = format_time(moment - dt.timedelta(hours=1))
-                count = conn.execute(
-                    _RECENT, {"executor": executor, "since": since, "cap": RATE_CAP}
-                ).scalar_one()
-                rate = (clock + self.ttl, int(count))
-            if amounts is None or amounts.expires <= clock or amounts.size != window[0]:
-                rows = conn.execute(
-                    _AMOUNTS,
-                    {
-                        "workflow": workflow,
-                        "case_type": case_type,
-                        "cutoff": format_time(moment - dt.timedelta(days=window[1])),
-                        "size": window[0],
-                    },
-                ).scalars()
-                amounts = _Amounts(clock + self.ttl, window[0], list(rows))
+                    known[kind] = found is not None
+                if not known[named]:
+                    found = conn.execute(_NAMED, {"workflow": workflow, "digest": named[2]}).first()
+                    known[named] = found is not None
+                if stale_rate:
+                    since = format_time(moment - dt.timedelta(hours=1))
+                    count = conn.execute(
+                        _RECENT, {"executor": executor, "since": since, "cap": RATE_CAP}
+                    ).scalar_one()
+                    rate = (clock + self.ttl, int(count))
+                if stale_amounts:
+                    rows = conn.execute(
+                        _AMOUNTS,
+                        {
+                            "workflow": workflow,
+                            "case_type": case_type,
+                            "cutoff": format_time(moment - dt.timedelta(days=window[1])),
+                            "size": window[0],
+                        },
+                    ).scalars()
+                    amounts = _Amounts(clock + self.ttl, window[0], list(rows))
+        assert rate is not None
+        assert amounts is not None
         with self._lock:
             for key, seen in known.items():
                 if seen:
