@@ -16,6 +16,7 @@ import pytest
 from gateway.demo import proposals as demo_proposals
 from gateway.policies import BundleStore, build_policy
 from gateway.policy.bundle import load_bundle
+from gateway.policy.opa import opa_available
 from gateway.replay import Replayer
 from tests.approvals.conftest import Hook, Launch
 from tests.approvals.harness import (
@@ -184,6 +185,8 @@ def test_replaying_the_whole_history_with_what_decided_it_changes_no_verdict(
             0,
         )
         # OPA's own evaluator decides the same history alike: verdicts, reasons, their words.
+        if not opa_available():
+            return
         on_opa = mandate(
             "policy", "replay", "--engine", "opa", "--data-dir", live.settings.data_dir, "--json",
             cwd=tmp_path, env=clean_env(MANDATE_DATABASE_URL=database.url),
