@@ -38,6 +38,7 @@ BENCHES = (
     "bench.dispatch_latency",
     "bench.dispatch_outbox",
     "bench.autonomy",
+    "bench.history",
     "bench.replay",
     "bench.soak",
 )

@@ -183,6 +183,11 @@ class Verdict(BaseModel):
     action_id: str
     verdict: VerdictName
     reasons: list[Reason]
+    warnings: list[Reason] = Field(
+        default_factory=list,
+        description="The policy's advisories (its warn rules): recorded and counted, never "
+        "changing the verdict.",
+    )
     trace: Trace
     ledger: LedgerRef
     approval: ApprovalRef | None = None
@@ -347,6 +352,10 @@ class Figures(BaseModel):
     corrections: int = Field(description="Executed actions corrected afterwards.")
     checked: int = Field(description="Actions reviewed, carried out or corrected (each once).")
     errors: int = Field(description="Actions overridden, failed, found incorrect or corrected.")
+    warnings: int = Field(
+        default=0,
+        description="Decisions the policy warned about (its warn rules), whatever the verdict.",
+    )
     agreement_bp: int = Field(description="agreements × 10000 ÷ reviewed.")
     failure_bp: int = Field(description="failures × 10000 ÷ executions.")
     error_bp: int = Field(description="errors × 10000 ÷ checked.")

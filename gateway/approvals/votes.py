@@ -64,6 +64,7 @@ class Reevaluate(Protocol):
         moment: dt.datetime,
         *,
         admitted: str | None = None,
+        admitted_history: dict[str, Any] | None = None,
     ) -> Judgement: ...
 
 
@@ -317,7 +318,12 @@ class Approvals:
             }
         )
         judgement = self._judgement(
-            identity, proposal, policy, self._clock(), admitted=row.case_type
+            identity,
+            proposal,
+            policy,
+            self._clock(),
+            admitted=row.case_type,
+            admitted_history=self._ledger.entry(action.decision_seq).body.get("history"),
         )
         decision = judgement.decision
         why = (
@@ -328,11 +334,14 @@ class Approvals:
             "action_id": row.action_id,
             "verdict": decision.verdict,
             "reasons": [r.model_dump() for r in decision.reasons],
+            "warnings": [r.model_dump() for r in decision.warnings],
             "trace": judgement.trace.model_dump(),
             "approval": None if judgement.approval is None else judgement.approval.model_dump(),
             "stats": judgement.stats,
             "reevaluated": {"because": why, "supersedes": row.id},
         }
+        if judgement.history is not None:
+            body["history"] = judgement.history
 
         def supersede(conn: Connection, appended: list[Appended]) -> None:
             entry_ = appended[0]

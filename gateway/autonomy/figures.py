@@ -61,6 +61,7 @@ COUNTS = (
     "corrections",  # carried out, and corrected afterwards
     "checked",  # reviewed, carried out with an outcome, or corrected (each action once)
     "errors",  # overridden, failed, found incorrect or corrected (each action once)
+    "warnings",  # decided with warnings (the policy's warn rules): advisories, whatever the verdict
 )
 RATES = ("agreement_bp", "failure_bp", "error_bp")
 FIGURE_NAMES = COUNTS + RATES
@@ -101,9 +102,13 @@ def figures_row(
     level: int,
     verdict: str,
     recommendation: str,
+    *,
+    warned: bool = False,
+    amount: str | None = None,
 ) -> dict[str, Any]:
     """The row a decision starts its action's figures with (the other flags default to 0 in
-    the database: fewer parameters on the decision path)."""
+    the database: fewer parameters on the decision path). ``amount`` is the proposal's
+    ``params.amount``, the case type's amount history (``gateway.decision.history``)."""
     return {
         "action_id": action_id,
         "workflow": workflow,
@@ -114,6 +119,8 @@ def figures_row(
         "verdict": verdict,
         "recommendation": recommendation,
         "held": int(verdict == "hold"),
+        "warned": int(warned),
+        "amount": amount,
     }
 
 
@@ -194,6 +201,7 @@ _LATEST = (
         _F.c.corrected.label("corrections"),
         _CHECKED.label("checked"),
         _ERROR.label("errors"),
+        _F.c.warned.label("warnings"),
     )
     .where(
         _F.c.workflow == sa.bindparam("workflow"),
@@ -265,7 +273,7 @@ class FigureBook:
         self._cache[key] = (clock + self.ttl, spec, figures)
         return dict(figures)
 
-    def bump(self, workflow: str, case_type: str, verdict: str) -> None:
+    def bump(self, workflow: str, case_type: str, verdict: str, *, warned: bool = False) -> None:
         """This process decided one more action of the case type: count it in the cached
         figures (the next read from the table corrects any drift, such as a row that left a
         full window)."""
@@ -277,6 +285,8 @@ class FigureBook:
         figures["decisions"] = min(figures["decisions"] + 1, spec.size)
         if verdict == "hold":
             figures["holds"] = min(figures["holds"] + 1, figures["decisions"])
+        if warned:
+            figures["warnings"] = min(figures["warnings"] + 1, figures["decisions"])
         self._cache[(workflow, case_type)] = (expires, spec, figures)
 
     def forget(self, workflow: str | None = None, case_type: str | None = None) -> None:

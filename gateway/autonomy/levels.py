@@ -136,10 +136,10 @@ class AutonomyBook:
         rate = self.terms(bundle, workflow, case_type).audit_rate(level)
         return {"rate_bp": rate, "sampled": sampled(action_id, rate)}
 
-    def decided(self, workflow: str, case_type: str, verdict: str) -> None:
+    def decided(self, workflow: str, case_type: str, verdict: str, *, warned: bool = False) -> None:
         """This process recorded a decision: count it in the cached figures."""
         if self.figures is not None:
-            self.figures.bump(workflow, case_type, verdict)
+            self.figures.bump(workflow, case_type, verdict, warned=warned)
 
     def forget(self, workflow: str | None = None, case_type: str | None = None) -> None:
         """Read levels and figures from the database next time (after a local change)."""

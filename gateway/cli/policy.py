@@ -10,6 +10,7 @@ holds it.
 from __future__ import annotations
 
 import json
+from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
@@ -50,6 +51,24 @@ RemoteUrl = Annotated[
         show_default=False,
     ),
 ]
+
+
+class EngineName(StrEnum):
+    """The Rego engines a bundle can be tested and replayed on."""
+
+    regorus = "regorus"
+    opa = "opa"
+
+
+EngineChoice = Annotated[
+    EngineName,
+    typer.Option(
+        "--engine",
+        help="regorus: the in-process engine the gateway decides with. opa: OPA's own evaluator "
+        "(OPA v1.x, the extra mandate[opa]); policy test then also checks that both engines "
+        "decide alike (conformance).",
+    ),
+]
 RemoteToken = Annotated[
     str | None,
     typer.Option(
@@ -88,6 +107,7 @@ def policy_test(
         Path,
         typer.Argument(metavar="[DIR]", help="The bundle directory [default: ./policies]."),
     ] = Path("policies"),
+    engine: EngineChoice = EngineName.regorus,
     as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
 ) -> None:
     """Test a bundle: its Rego unit tests, its decision cases, and which rules fired.
@@ -96,22 +116,71 @@ def policy_test(
     Decision cases (tests/*.yaml, format in policies/README.md) are decided exactly as the
     gateway decides: Casbin, the workflow's Rego at the autonomy level, the level-1 rule.
     Coverage (regorus) shows each rule with the number of cases that fired it and whether a
-    unit test did. Exit 0 when everything passes, 1 on any failure, 2 if the bundle or a case
-    file cannot be used.
+    unit test did. With --engine opa the tests and cases run on OPA's own evaluator, and both
+    engines decide the tests, the cases and inputs generated around every threshold of the
+    data: each disagreement fails, naming the rule and the input. Exit 0 when everything
+    passes, 1 on any failure, 2 if the bundle or a case file cannot be used.
     """
     from gateway.lifecycle.checks import check_bundle, describe
+    from gateway.lifecycle.conformance import describe_conformance
     from gateway.policy.bundle import BundleError, load_bundle
 
+    _need(engine)
     try:
         bundle = load_bundle(directory)
     except BundleError as exc:
         raise fail(str(exc)) from None
-    check = check_bundle(bundle)
+    check = check_bundle(bundle, engine=engine.value)
+    report = check.to_json()
+    lines = describe(check)
+    passed = check.passed
+    if engine is EngineName.opa and check.usable:
+        conformance = _conformance(bundle)
+        report |= {"conformance": conformance.to_json(), "passed": passed and conformance.passed}
+        verdict = lines.pop()
+        lines += [*describe_conformance(conformance), ""]
+        passed = passed and conformance.passed
+        lines.append(
+            f"{'PASS' if passed else 'FAIL'}{verdict[verdict.index(':') :]}, "
+            f"{len(conformance.disagreements)} engine disagreements"
+        )
     if as_json:
-        print(json.dumps(check.to_json(), indent=2))
+        print(json.dumps(report, indent=2))
     else:
-        print("\n".join(describe(check)))
-    raise typer.Exit(0 if check.passed else (2 if not check.usable else 1))
+        print("\n".join(lines))
+    raise typer.Exit(0 if passed else (2 if not check.usable else 1))
+
+
+def _need(engine: EngineName) -> None:
+    """Exit 2 when the engine asked for is not installed here."""
+    from gateway.policy.opa import INSTALL_HINT, opa_available
+
+    if engine is EngineName.opa and not opa_available():
+        raise fail(INSTALL_HINT)
+
+
+def _conformance(bundle: Any) -> Any:
+    """Both engines on the bundle; exit 2 if either cannot load it."""
+    from gateway.lifecycle.conformance import check_conformance
+    from gateway.policy.cases import CaseError
+    from gateway.policy.rego import EngineError
+
+    try:
+        return check_conformance(bundle)
+    except (EngineError, CaseError) as exc:
+        raise fail(str(exc)) from None
+
+
+def _policy_on(bundle: Any, engine: EngineName) -> Any:
+    """A bundle's policy with its Rego on ``engine`` (for a local replay)."""
+    from gateway.policy.active import ActivePolicy, build_policy
+    from gateway.policy.opa import OpaEngine
+    from gateway.policy.permit import Permitter
+
+    if engine is EngineName.regorus:
+        return build_policy(bundle)
+    permitter = Permitter(bundle.casbin_model, bundle.casbin_policy)
+    return ActivePolicy(bundle, permitter, OpaEngine(bundle))
 
 
 def _operator() -> Any:
@@ -272,6 +341,7 @@ def policy_replay(
         bool, typer.Option("--fail-on-change", help="Exit 1 if any verdict would change.")
     ] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
+    engine: EngineChoice = EngineName.regorus,
     url: RemoteUrl = None,
     token: RemoteToken = None,
     data_dir: DataDir = None,
@@ -285,9 +355,10 @@ def policy_replay(
     workflow and case type, the reason codes the candidate adds or removes, and examples.
     Nothing is written. The ledger is read in pages (a progress bar shows how far).
 
-    With --url, the gateway replays (policy-admin token); without it, this process reads the
-    local database. Exit 0, or 1 with --fail-on-change when a verdict would change; 2 if the
-    candidate or --since cannot be used.
+    With --url, the gateway replays (policy-admin token) with its own engine; without it,
+    this process reads the local database, and --engine opa replays on OPA's own evaluator
+    (with no candidate: does OPA decide the history as it was decided?). Exit 0, or 1 with
+    --fail-on-change when a verdict would change; 2 if the candidate or --since cannot be used.
     """
     from gateway.lifecycle.replay import parse_since
 
@@ -295,10 +366,13 @@ def policy_replay(
         since_stamp = None if since is None else parse_since(since)
     except ValueError:
         raise fail(f"--since {since!r}: a date (2026-11-01) or an ISO time") from None
+    if url and engine is not EngineName.regorus:
+        raise fail("--engine opa replays the local database; through --url the gateway replays")
+    _need(engine)
     if url:
         report = _replay_remote(url, token, candidate, since, examples)
     else:
-        report = _replay_local(candidate, since_stamp, examples, data_dir, database_url)
+        report = _replay_local(candidate, since_stamp, examples, data_dir, database_url, engine)
     if as_json:
         print(json.dumps(report, indent=2))
     else:
@@ -312,6 +386,7 @@ def _replay_local(
     examples: int,
     data_dir: Path | None,
     database_url: str | None,
+    engine_name: EngineName = EngineName.regorus,
 ) -> dict[str, Any]:
     from sqlalchemy.engine import make_url
     from sqlalchemy.exc import SQLAlchemyError
@@ -319,14 +394,13 @@ def _replay_local(
     from gateway.db.connect import open_engine
     from gateway.lifecycle.replay import Replayer
     from gateway.lifecycle.slots import BundleStore
-    from gateway.policy.active import build_policy
     from gateway.policy.bundle import BundleError, load_bundle
     from ledger.store import Ledger
 
     policy = None
     if candidate is not None:
         try:
-            policy = build_policy(load_bundle(candidate))
+            policy = _policy_on(load_bundle(candidate), engine_name)
         except BundleError as exc:
             raise fail(str(exc)) from None
         except Exception as exc:  # the Rego does not load
@@ -340,7 +414,7 @@ def _replay_local(
             ledger,
             engine,
             policy,
-            recorded=lambda digest: build_policy(store.bundle(digest)),
+            recorded=lambda digest: _policy_on(store.bundle(digest), engine_name),
             since=since,
             examples=examples,
         )
@@ -402,6 +476,9 @@ def _replay_lines(report: dict[str, Any]) -> list[str]:
         f"Verdicts that would change: {changed:,}{share}; unchanged: {report['unchanged']:,}; "
         f"same verdict for other reasons: {report['reasons_changed']:,}; the candidate "
         f"refuses or fails on: {report['refused_or_failed']:,}",
+        f"Same reasons worded otherwise: {report.get('messages_changed', 0):,}; warnings that "
+        f"would change: {report.get('warnings_changed', 0):,}"
+        + "".join(f", {_rule_text(r)}" for r in report.get("warning_rules", [])),
     ]
     for t in report["transitions"]:
         lines.append(f"  {t['from']} → {t['to']}: {t['count']:,}")

@@ -73,7 +73,14 @@ class ActionRow(SQLModel, table=True):
     """A proposed action, its verdict and the response its proposer got (for idempotency)."""
 
     __tablename__ = "gateway_actions"
-    __table_args__ = (UniqueConstraint("owner", "idempotency_key", name="uq_action_idempotency"),)
+    __table_args__ = (
+        UniqueConstraint("owner", "idempotency_key", name="uq_action_idempotency"),
+        # The history signals (gateway.decision.history): has this executor proposed this
+        # action type, has anyone named this resource, how many proposals in the last hour.
+        Index("ix_gateway_actions_executor_type", "executor", "workflow", "action_type"),
+        Index("ix_gateway_actions_executor_time", "executor", "created_at"),
+        Index("ix_gateway_actions_resource", "workflow", "resource_digest"),
+    )
 
     id: str = Field(primary_key=True, max_length=40)
     owner: str = Field(max_length=128)
@@ -91,6 +98,8 @@ class ActionRow(SQLModel, table=True):
     # The verdict as answered, less its ledger block (rebuilt from the columns above).
     response: bytes = Field(sa_column=Column(LargeBinary, nullable=False))
     created_at: str
+    # SHA-256 (hex) of the proposal's resource: fixed width to index, and no copy of it in clear.
+    resource_digest: str | None = Field(default=None, max_length=64)
 
 
 class EventRow(SQLModel, table=True):
@@ -207,6 +216,9 @@ class FigureRow(SQLModel, table=True):
     audited: int = _flag()
     audit_incorrect: int = _flag()
     corrected: int = _flag()
+    warned: int = _flag()  # the policy warned (its warn rules) when deciding it
+    # params.amount as proposed (a decimal string), for the case type's amount history.
+    amount: str | None = Field(default=None, max_length=64)
 
 
 class AuditRow(SQLModel, table=True):

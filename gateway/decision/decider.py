@@ -25,6 +25,7 @@ from sqlalchemy.engine import Engine
 
 from gateway.autonomy.levels import LEVEL_NAMES, AutonomyBook
 from gateway.db.tables import ACTIONS
+from gateway.decision.history import HistoryBook
 from gateway.decision.records import Judgement, decision_rows
 from gateway.decision.steps import (
     input_digest,
@@ -84,6 +85,8 @@ class Decider:
     # every fresh decision once it is durable and answered; it only queues, and what it raises
     # is logged.
     shadow: Callable[[Verdict], None] | None = None
+    # The history signals (input.history); None: decisions see none and record none.
+    history: HistoryBook | None = None
     _inflight: dict[tuple[str, str], tuple[str, Identity, asyncio.Future[Verdict]]] = field(
         default_factory=dict
     )
@@ -168,10 +171,13 @@ class Decider:
         moment: dt.datetime,
         *,
         admitted: str | None = None,
+        admitted_history: dict[str, Any] | None = None,
     ) -> Judgement:
         """``judge`` (gateway.decision.steps) at the case type's level in force, with the
         trace that shows each step and, for a hold, its approval. ``admitted``: a held proposal
-        re-evaluated under a new bundle, as the case type it was decided as."""
+        re-evaluated under a new bundle, as the case type it was decided as; it is decided with
+        the history its first decision recorded (``admitted_history``), as of when it was
+        proposed."""
         now = format_time(moment)
         recorded = recorded_proposal(proposal)
         workflow = proposal.workflow
@@ -181,7 +187,14 @@ class Decider:
             stats = self.autonomy.stats(policy.bundle, workflow, case_type, level, moment)
             return level, source, stats
 
-        judged = judge(policy, identity, proposal, recorded, now, standing, admitted=admitted)
+        def signals(case_type: str) -> dict[str, Any] | None:
+            if admitted is not None:
+                return admitted_history
+            return self._history(identity, recorded, policy, case_type, moment)
+
+        judged = judge(
+            policy, identity, proposal, recorded, now, standing, signals, admitted=admitted
+        )
         decision, classification = judged.decision, judged.classification
         rules = ("case_type", "deny", "hold") if classification.source == "classified" else ()
         trace = Trace(
@@ -213,8 +226,32 @@ class Decider:
                 expires_at=format_time(moment + dt.timedelta(hours=config.approval_ttl_hours)),
             )
         return Judgement(
-            decision, trace, judged.stats, approval, recorded, classification.case_type
+            decision,
+            trace,
+            judged.stats,
+            approval,
+            recorded,
+            classification.case_type,
+            judged.history,
         )
+
+    def _history(
+        self,
+        identity: Identity,
+        recorded: dict[str, Any],
+        policy: ActivePolicy,
+        case_type: str,
+        moment: dt.datetime,
+    ) -> dict[str, Any] | None:
+        """``input.history`` for a fresh decision; the tables unreadable fail closed."""
+        if self.history is None:
+            return None
+        terms = self.autonomy.terms(policy.bundle, recorded["workflow"], case_type)
+        window = (terms.window_decisions, terms.window_days)
+        try:
+            return self.history.signals(identity.name, recorded, case_type, window, moment)
+        except sa.exc.SQLAlchemyError as exc:
+            raise DecisionUnavailable(f"the history signals cannot be read: {exc}") from exc
 
     async def _decide_and_record(
         self, identity: Identity, proposal: Proposal, digest: str, policy: ActivePolicy
@@ -237,6 +274,7 @@ class Decider:
             "action_id": action_id,
             "verdict": decision.verdict,
             "reasons": [r.model_dump() for r in decision.reasons],
+            "warnings": [r.model_dump() for r in decision.warnings],
             "trace": trace.model_dump(),
             "approval": None if approval is None else approval.model_dump(),
             "execution": None if execution is None else execution.model_dump(),
@@ -252,6 +290,8 @@ class Decider:
             action_id,
         )
         decision_body = answer | {"stats": judgement.stats}
+        if judgement.history is not None:
+            decision_body["history"] = judgement.history
         if audit is not None:
             decision_body["audit"] = audit
         records = [
@@ -290,11 +330,21 @@ class Decider:
             if raced is not None:
                 return raced
             raise DecisionUnavailable(f"the ledger did not record the decision: {exc}") from exc
-        autonomy.decided(proposal.workflow, judgement.case_type, decision.verdict)
+        autonomy.decided(
+            proposal.workflow,
+            judgement.case_type,
+            decision.verdict,
+            warned=bool(decision.warnings),
+        )
+        if self.history is not None:
+            self.history.decided(
+                identity.name, judgement.recorded, judgement.case_type, decision.verdict
+            )
         verdict = Verdict(
             action_id=action_id,
             verdict=decision.verdict,
             reasons=decision.reasons,
+            warnings=decision.warnings,
             trace=trace,
             ledger=_ledger_ref(appended[0].seq, appended[1].seq, appended[1].leaf_hash.hex()),
             approval=approval,

@@ -14,6 +14,7 @@ import sqlalchemy as sa
 from gateway.autonomy.figures import figures_row
 from gateway.autonomy.sampling import audit_row
 from gateway.db.tables import ACTIONS, APPROVALS, AUDITS, EVENTS, FIGURES, INTENTS
+from gateway.decision.history import amount_of, resource_digest
 from gateway.decision.steps import Decision
 from gateway.execution.routing import Routing, intent_row
 from gateway.identity import Identity
@@ -34,6 +35,7 @@ class Judgement:
     approval: ApprovalRef | None
     recorded: dict[str, Any]  # the proposal as the ledger keeps it
     case_type: str  # as the bundle classified it
+    history: dict[str, Any] | None = None  # input.history, recorded beside the figures
 
 
 def approval_summary(
@@ -91,6 +93,7 @@ def decision_rows(
                 "decision_leaf": appended[1].leaf_hash.hex(),
                 "response": stored,
                 "created_at": created,
+                "resource_digest": resource_digest(proposal.resource),
             },
         )
     ]
@@ -123,6 +126,8 @@ def decision_rows(
             level,
             verdict,
             judgement.decision.recommendation,
+            warned=bool(judgement.decision.warnings),
+            amount=amount_of(proposal.params),
         )
         rows.append((FIGURES, row))
     if audit is not None and audit["sampled"]:

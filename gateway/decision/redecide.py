@@ -1,20 +1,20 @@
 """Deciding again from recorded inputs: what replay, shadow mode and decision cases share.
 
 A decision names every input it was made from: the proposal and the executor (the ``proposal``
-entry), and the autonomy level, the figures (``stats``) and the clock (``decided_at``) (the
-``decision`` entry). ``redecide`` validates them and runs ``judge``
-(``gateway.decision.steps``), the one orchestration the live decider runs too: permit (Casbin),
-classify (the case type, by the bundle), evaluate (Rego at the recorded level), decide (the
-level-1 rule included). Nothing is written, and no input is taken from anywhere but the
-``Inputs`` given, so the same inputs and bundle always give the same answer: that is what makes
-a replay of the whole ledger with the bundle that decided it change no verdict
-(``tests/policies/test_replay.py`` checks it over a realistic history).
+entry), and the autonomy level, the figures (``stats``), the history signals (``history``) and
+the clock (``decided_at``) (the ``decision`` entry). ``redecide`` validates them and runs
+``judge`` (``gateway.decision.steps``), the one orchestration the live decider runs too: permit
+(Casbin), classify (the case type, by the bundle), evaluate (Rego at the recorded level, with
+the recorded history), decide (the level-1 rule included). Nothing is written, and no input is
+taken from anywhere but the ``Inputs`` given, so the same inputs and bundle always give the same
+answer: that is what makes a replay of the whole ledger with the bundle that decided it change
+no verdict (``tests/policies/test_replay.py`` checks it over a realistic history).
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from pydantic import ValidationError
@@ -49,6 +49,7 @@ class Inputs:
     now: str
     admitted: bool = False
     case_type: str | None = None  # as recorded: the case type the decision was made as
+    history: dict[str, Any] | None = None  # input.history; None where none was recorded
 
     @classmethod
     def recorded(cls, proposal_body: Mapping[str, Any], decision_body: Mapping[str, Any]) -> Inputs:
@@ -64,6 +65,7 @@ class Inputs:
             now=str(trace["decided_at"]),
             admitted=bool(decision_body.get("reevaluated")),
             case_type=str(trace["autonomy"].get("case_type") or proposal["case_type"]),
+            history=decision_body.get("history"),
         )
 
     @classmethod
@@ -76,9 +78,12 @@ class Inputs:
         now: str,
         *,
         admitted: bool = False,
+        history: dict[str, Any] | None = None,
     ) -> Inputs:
         """Inputs for a proposal that was never recorded (a decision case)."""
-        return cls(identity, recorded_proposal(proposal), level, stats, now, admitted)
+        return cls(
+            identity, recorded_proposal(proposal), level, stats, now, admitted, history=history
+        )
 
 
 @dataclass(frozen=True)
@@ -92,17 +97,24 @@ class Redecision:
     input_digest: str | None = None
     case_type: str | None = None
     level: int | None = None
+    warnings: list[Reason] = field(default_factory=list)
 
     @property
     def codes(self) -> list[str]:
         """The reason codes, sorted."""
         return sorted(r.code for r in self.reasons)
 
+    @property
+    def warning_codes(self) -> list[str]:
+        """The warnings' codes, sorted."""
+        return sorted(r.code for r in self.warnings)
+
     def to_json(self) -> dict[str, Any]:
         """As a report shows it."""
         return {
             "verdict": self.verdict,
             "reasons": [r.model_dump() for r in self.reasons],
+            "warnings": [r.model_dump() for r in self.warnings],
             "recommendation": self.recommendation,
             "error": self.error,
         }
@@ -141,6 +153,7 @@ def redecide(policy: ActivePolicy, inputs: Inputs) -> Redecision:
             inputs.proposal,
             inputs.now,
             standing,
+            lambda _case_type: inputs.history,
             admitted=inputs.case_type if inputs.admitted else None,
         )
     except ValidationError as exc:
@@ -157,4 +170,5 @@ def redecide(policy: ActivePolicy, inputs: Inputs) -> Redecision:
         input_digest=input_digest(judged.input),
         case_type=judged.case_type,
         level=judged.level,
+        warnings=decision.warnings,
     )

@@ -15,7 +15,7 @@ from __future__ import annotations
 import hashlib
 import re
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import orjson
@@ -36,7 +36,9 @@ __all__ = [
     "Classification",
     "Decision",
     "Judged",
+    "Signals",
     "Standing",
+    "amount_problem",
     "classify",
     "classify_input",
     "decide",
@@ -84,7 +86,7 @@ def validate(proposal: Proposal, policy: ActivePolicy) -> None:
             )
     amount = proposal.params.get("amount")
     if amount is not None:
-        problem = _amount_problem(amount, config)
+        problem = amount_problem(amount, config)
         if problem is not None:
             errors.append(("params.amount", problem))
     for name in ("resource", "params", "context"):
@@ -97,7 +99,7 @@ def validate(proposal: Proposal, policy: ActivePolicy) -> None:
         raise InvalidInput(errors)
 
 
-def _amount_problem(amount: Any, config: WorkflowConfig | None) -> str | None:
+def amount_problem(amount: Any, config: WorkflowConfig | None) -> str | None:
     """Why ``amount`` is not an amount this workflow takes, or None. Amounts are decimal
     strings with no more decimals than the workflow's ``amount_scale``, and positive unless
     it allows ``signed_amounts``: the gateway never passes on a string the policy engines
@@ -232,12 +234,17 @@ def rego_input(
     level: int,
     stats: dict[str, int],
     now: str,
+    history: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """What the workflow's Rego sees. Built only from recorded values, so replay rebuilds it."""
-    return classify_input(proposal, identity, now) | {
+    """What the workflow's Rego sees. Built only from recorded values, so replay rebuilds it.
+    ``history`` (``gateway.decision.history``) is left out for decisions recorded without it."""
+    input_ = classify_input(proposal, identity, now) | {
         "autonomy": {"case_type": case_type, "level": level, "name": LEVEL_NAMES[level]},
         "stats": stats,
     }
+    if history is not None:
+        input_["history"] = history
+    return input_
 
 
 def evaluate(engine: RegoEngine, workflow: str, input_: dict[str, Any]) -> RegoResult:
@@ -252,11 +259,13 @@ def evaluate(engine: RegoEngine, workflow: str, input_: dict[str, Any]) -> RegoR
 
 @dataclass(frozen=True)
 class Decision:
-    """A verdict, its reasons, and what the gateway would have done without the level-1 rule."""
+    """A verdict, its reasons, and what the gateway would have done without the level-1 rule;
+    ``warnings``: the policy's advisories, which never change the verdict."""
 
     verdict: VerdictName
     reasons: list[Reason]
     recommendation: VerdictName
+    warnings: list[Reason] = field(default_factory=list)
 
 
 def decide(
@@ -267,7 +276,8 @@ def decide(
 ) -> Decision:
     """Step 6: reject if Casbin denies or the policy denies; hold if the policy holds or the
     level is 1 (the gateway's own rule, whatever the policy says); otherwise execute. A held
-    proposal that a new bundle no longer takes (``refused``) is rejected."""
+    proposal that a new bundle no longer takes (``refused``) is rejected. The policy's
+    ``warn`` reasons go beside the verdict, whatever it is, and never change it."""
     if not permitted.allowed:
         role, workflow, action_type, act = permitted.request
         return Decision(
@@ -289,8 +299,9 @@ def decide(
         )
         return Decision("reject", [reason], "reject")
     assert rego is not None
+    warnings = _policy_reasons(rego.warn)
     if rego.deny:
-        return Decision("reject", _policy_reasons(rego.deny), "reject")
+        return Decision("reject", _policy_reasons(rego.deny), "reject", warnings)
     reasons = _policy_reasons(rego.hold)
     recommendation: VerdictName = "hold" if reasons else "execute"
     if level == 1:
@@ -303,7 +314,7 @@ def decide(
             )
         )
     verdict: VerdictName = "hold" if reasons else "execute"
-    return Decision(verdict, reasons, recommendation)
+    return Decision(verdict, reasons, recommendation, warnings)
 
 
 def _policy_reasons(items: list[dict[str, Any]]) -> list[Reason]:
@@ -322,6 +333,8 @@ def _policy_reasons(items: list[dict[str, Any]]) -> list[Reason]:
 # The level a case type is decided at, where that level came from, and the figures a decision
 # at it sees: the live autonomy book's, or what a recorded decision recorded.
 Standing = Callable[[str], tuple[int, str, dict[str, int]]]
+# The history signals a decision of a case type sees (``input.history``), or None for none.
+Signals = Callable[[str], dict[str, Any] | None]
 
 
 @dataclass(frozen=True)
@@ -333,6 +346,7 @@ class Judged:
     level: int
     level_source: str
     stats: dict[str, int]
+    history: dict[str, Any] | None
     input: dict[str, Any]
     rego: RegoResult | None
     decision: Decision
@@ -350,11 +364,13 @@ def judge(
     recorded: dict[str, Any],
     now: str,
     standing: Standing,
+    signals: Signals | None = None,
     *,
     admitted: str | None = None,
 ) -> Judged:
     """Steps 3 to 6 for a validated proposal (``recorded`` is it as the ledger keeps it):
-    permit, classify, evaluate at the case type's level (``standing`` says which), decide.
+    permit, classify, evaluate at the case type's level (``standing`` says which) with its
+    history signals (``signals``), decide.
 
     A held proposal re-evaluated under a new bundle is ``admitted`` (the case type it was
     decided as): Casbin then answers even for a role that proposes nothing any more, and what
@@ -377,12 +393,15 @@ def judge(
             raise
         refused, classification = exc, Classification(admitted, "claimed")
     level, level_source, stats = standing(classification.case_type)
-    input_ = rego_input(recorded, identity, classification.case_type, level, stats, now)
+    history = None if signals is None else signals(classification.case_type)
+    input_ = rego_input(recorded, identity, classification.case_type, level, stats, now, history)
     rego = None
     if permitted.allowed and refused is None:
         rego = evaluate(policy.engine, proposal.workflow, input_)
     decision = decide(permitted, rego, level, refused)
-    return Judged(permitted, classification, level, level_source, stats, input_, rego, decision)
+    return Judged(
+        permitted, classification, level, level_source, stats, history, input_, rego, decision
+    )
 
 
 # -- what is recorded of a proposal and its input ---------------------------------------------
@@ -417,6 +436,6 @@ def input_digest(input_: dict[str, Any]) -> str:
 def rego_output(rego: RegoResult) -> dict[str, Any]:
     """What the policy said, as a decision's trace records it."""
     return {
-        "deny": [r.model_dump(exclude={"source"}) for r in _policy_reasons(rego.deny)],
-        "hold": [r.model_dump(exclude={"source"}) for r in _policy_reasons(rego.hold)],
+        rule: [r.model_dump(exclude={"source"}) for r in _policy_reasons(getattr(rego, rule))]
+        for rule in ("deny", "hold", "warn")
     }

@@ -44,6 +44,7 @@ from gateway.policy.bundle import (
     bundle_from_files,
     read_bundle_files,
 )
+from gateway.policy.rego import EngineError, OpaServerEngine
 from gateway.settings import Settings
 from ledger.errors import LedgerError
 from ledger.store import Ledger
@@ -153,7 +154,21 @@ class PolicyLifecycle:
             shadow = slots.get("shadow")
             if shadow is not None and shadow.seq > self._seen["shadow"]:
                 changed |= self._follow_shadow(shadow)
+            if active is not None and self.in_force is not None:
+                self._reload_server(active)
             return changed
+
+    def _reload_server(self, active: Slot) -> None:
+        """An OPA server that lost the active bundle (it restarted) gets it again, from the
+        process deciding with it; one that holds another bundle is left to fail closed."""
+        assert self.in_force is not None
+        policy = self.in_force.policy
+        if isinstance(policy.engine, OpaServerEngine) and policy.bundle.digest == active.digest:
+            try:
+                if policy.engine.sync():
+                    log.warning("OPA server %s reloaded with the active bundle", policy.engine.url)
+            except EngineError as exc:
+                log.error("%s", exc)
 
     def _follow_active(self, slot: Slot) -> bool:
         in_force = self.in_force

@@ -34,6 +34,7 @@ from gateway.identity import Identity
 from gateway.policy.active import ActivePolicy
 from gateway.policy.bundle import Bundle
 from gateway.policy.cases import Case, CaseError, load_cases
+from gateway.policy.opa import OpaEngine
 from gateway.policy.permit import Permitter
 from gateway.policy.rego import EngineError, RegoRule, RegorusEngine, RegoTestResult
 from gateway.schemas import Proposal
@@ -88,6 +89,7 @@ class BundleCheck:
     rego_tests: list[RegoTestResult] = field(default_factory=list)
     cases: list[CaseResult] = field(default_factory=list)
     coverage: list[RuleCoverage] = field(default_factory=list)
+    engine: str = "regorus"  # the engine of the Rego tests and decision cases (with its version)
 
     @property
     def usable(self) -> bool:
@@ -141,6 +143,7 @@ class BundleCheck:
         return {
             "bundle": str(self.bundle.root),
             "digest": self.bundle.digest,
+            "engine": self.engine,
             "usable": self.usable,
             "passed": self.passed,
             "problems": [{"file": p.file, "message": p.message} for p in self.problems],
@@ -183,8 +186,10 @@ class BundleCheck:
         }
 
 
-def check_bundle(bundle: Bundle) -> BundleCheck:
-    """Run steps 1 to 4 on a loaded bundle. Never raises for what is wrong with the bundle."""
+def check_bundle(bundle: Bundle, *, engine: str = "regorus") -> BundleCheck:
+    """Run steps 1 to 4 on a loaded bundle. Never raises for what is wrong with the bundle.
+    With ``engine="opa"`` the Rego tests and decision cases are run by OPA's own evaluator
+    (coverage stays regorus's: OPA's evaluator here reports none per rule)."""
     check = BundleCheck(bundle)
     # 1. Engines: the gateway's (no test modules) for the cases, one with the tests for them.
     try:
@@ -250,7 +255,24 @@ def check_bundle(bundle: Bundle) -> BundleCheck:
         RuleCoverage(rule, fired[rule], rule.line in reached_by_tests.get(rule.module, ()))
         for rule in rules
     ]
+    check.engine = f"regorus {deciding.version}"
+    if engine == "opa":
+        _on_opa(check, permitter)
     return check
+
+
+def _on_opa(check: BundleCheck, permitter: Permitter) -> None:
+    """Steps 3 and 4 again, on OPA's own evaluator: what the report shows of them."""
+    try:
+        testing = OpaEngine(check.bundle, include_tests=True)
+        deciding = OpaEngine(check.bundle)
+    except EngineError as exc:
+        check.problems.append(Problem("rego/", str(exc)))
+        return
+    check.engine = deciding.version
+    check.rego_tests = testing.run_tests()
+    policy = ActivePolicy(check.bundle, permitter, deciding)
+    check.cases = [_run(policy, result.case) for result in check.cases]
 
 
 def check_mapping(bundle: Bundle, permitter: Permitter) -> list[Problem]:
@@ -296,7 +318,10 @@ def check_mapping(bundle: Bundle, permitter: Permitter) -> list[Problem]:
     return found
 
 
-def _run(policy: ActivePolicy, case: Case) -> CaseResult:
+def case_inputs(case: Case) -> Inputs:
+    """What the gateway decides a case from: its proposal, made by a token of its executor's
+    role, at its level, with its figures (unnamed ones 0) and its clock. CaseError if the
+    proposal is not one the API would take."""
     try:
         proposal = Proposal.model_validate(case.proposal)
     except ValidationError as exc:
@@ -313,7 +338,11 @@ def _run(policy: ActivePolicy, case: Case) -> CaseResult:
         owner=str(executor["owner"]),
     )
     stats = {**ZERO_FIGURES, **case.stats}
-    got = redecide(policy, Inputs.of(identity, proposal, case.level, stats, case.now))
+    return Inputs.of(identity, proposal, case.level, stats, case.now, history=case.history)
+
+
+def _run(policy: ActivePolicy, case: Case) -> CaseResult:
+    got = redecide(policy, case_inputs(case))
     failures = []
     expect = case.expect
     if got.verdict != expect.verdict:
@@ -323,6 +352,11 @@ def _run(policy: ActivePolicy, case: Case) -> CaseResult:
     if expect.reasons is not None and tuple(got.codes) != expect.reasons:
         failures.append(
             f"expected reasons [{', '.join(expect.reasons)}], got [{', '.join(got.codes)}]"
+        )
+    if expect.warnings is not None and tuple(got.warning_codes) != expect.warnings:
+        failures.append(
+            f"expected warnings [{', '.join(expect.warnings)}], "
+            f"got [{', '.join(got.warning_codes)}]"
         )
     if expect.recommendation is not None and got.recommendation != expect.recommendation:
         failures.append(
@@ -353,6 +387,7 @@ def describe(check: BundleCheck) -> list[str]:
     lines.append(
         f"Rego unit tests: {passed} passed, {len(check.rego_tests) - passed} failed"
         + ("" if check.rego_tests else " (none: add rego/*_test.rego with test_ rules)")
+        + f" ({check.engine})"
     )
     for t in check.rego_tests:
         lines.append(f"  {'PASS' if t.passed else 'FAIL'}  {t.module}  {t.name}")
@@ -363,6 +398,7 @@ def describe(check: BundleCheck) -> list[str]:
     lines.append(
         f"Decision cases: {passed} passed, {len(check.cases) - passed} failed"
         + ("" if check.cases else " (none: add tests/*.yaml, see policies/README.md)")
+        + f" ({check.engine})"
     )
     for c in check.cases:
         got = c.got.verdict + (f" [{', '.join(c.got.codes)}]" if c.got.codes else "")

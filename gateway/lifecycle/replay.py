@@ -4,7 +4,8 @@ Every ``decision`` entry is decided again (``gateway.decision.redecide``) from w
 recorded for it: the proposal and the executor (its ``proposal`` entry), the autonomy level, the
 figures and the clock (the decision's own entry); a re-evaluation is replayed as one (``admitted``).
 The report counts the verdicts that would change, from what to what, by workflow and case
-type, with examples and the reason codes that appear or disappear, and the decisions whose Rego
+type, with examples and the reason codes that appear or disappear (and the warnings, which a rule
+moved from ``warn`` to ``hold`` or ``deny`` takes away), and the decisions whose Rego
 input could not be rebuilt byte for byte (an input the ledger did not record: there should be
 none).
 
@@ -83,6 +84,8 @@ class _Group:
     transitions: Counter[tuple[str, str]] = field(default_factory=Counter)
     added: Counter[str] = field(default_factory=Counter)
     removed: Counter[str] = field(default_factory=Counter)
+    warnings_added: Counter[str] = field(default_factory=Counter)
+    warnings_removed: Counter[str] = field(default_factory=Counter)
 
 
 @dataclass
@@ -96,6 +99,8 @@ class ReplayReport:
     decisions: int = 0
     changed: int = 0
     reasons_changed: int = 0
+    messages_changed: int = 0  # the same verdict and reason codes, worded otherwise
+    warnings_changed: int = 0  # other warning codes, whatever the verdict
     failed: int = 0  # the candidate refused the proposal or failed on it
     input_mismatches: int = 0
     mismatched: list[int] = field(default_factory=list)
@@ -113,9 +118,13 @@ class ReplayReport:
         """The report as ``POST /v1/policies/replay`` ends its stream with it."""
         added: Counter[str] = Counter()
         removed: Counter[str] = Counter()
+        warned: Counter[str] = Counter()
+        unwarned: Counter[str] = Counter()
         for group in self.groups.values():
             added.update(group.added)
             removed.update(group.removed)
+            warned.update(group.warnings_added)
+            unwarned.update(group.warnings_removed)
         return {
             "event": "report",
             "candidate_digest": self.candidate,
@@ -126,6 +135,9 @@ class ReplayReport:
             "unchanged": self.unchanged,
             "changed": self.changed,
             "reasons_changed": self.reasons_changed,
+            "messages_changed": self.messages_changed,
+            "warnings_changed": self.warnings_changed,
+            "warning_rules": _rules(warned, unwarned),
             "refused_or_failed": self.failed,
             "input_mismatches": self.input_mismatches,
             "input_mismatch_seqs": self.mismatched,
@@ -140,6 +152,7 @@ class ReplayReport:
                     "changed": group.changed,
                     "transitions": _transitions(group.transitions),
                     "rules": _rules(group.added, group.removed),
+                    "warning_rules": _rules(group.warnings_added, group.warnings_removed),
                 }
                 for (workflow, case_type), group in sorted(self.groups.items())
             ],
@@ -298,9 +311,18 @@ class Replayer:
         before_codes = sorted(r["code"] for r in decided["reasons"])
         if again.verdict in ("refused", "error"):
             report.failed += 1
+        warned = {r["code"] for r in decided.get("warnings") or ()}
+        if sorted(warned) != again.warning_codes:
+            report.warnings_changed += 1
+            group.warnings_added.update(set(again.warning_codes) - warned)
+            group.warnings_removed.update(warned - set(again.warning_codes))
         if again.verdict == before:
             if again.codes != before_codes:
                 report.reasons_changed += 1
+            elif sorted((r.code, r.message) for r in again.reasons) != sorted(
+                (r["code"], r["message"]) for r in decided["reasons"]
+            ):
+                report.messages_changed += 1
             return
         report.changed += 1
         group.changed += 1

@@ -8,14 +8,17 @@ it holds, so every reader sees a whole bundle, never a half-swapped one.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 
 from gateway.policy.bundle import Bundle, load_bundle
 from gateway.policy.permit import Permitter
-from gateway.policy.rego import OpaServerEngine, RegoEngine, RegorusEngine
+from gateway.policy.rego import EngineError, OpaServerEngine, RegoEngine, RegorusEngine
 
 __all__ = ["ActivePolicy", "InForce", "build_policy", "load_policy"]
+
+log = logging.getLogger("mandate.policy")
 
 
 @dataclass(frozen=True)
@@ -43,12 +46,19 @@ class InForce:
 
 def build_policy(bundle: Bundle, opa_url: str | None = None) -> ActivePolicy:
     """A bundle's engines: Casbin, and Rego in-process (regorus) or on an OPA server (which
-    is asked for a classification only where the bundle's Rego, parsed here, has the rule)."""
+    is asked for a classification only where the bundle's Rego, parsed here, has the rule).
+    The OPA server is loaded with the bundle here (``OpaServerEngine.push``); a server that
+    cannot take it now is loaded when it can (``PolicyLifecycle.refresh``), and until then
+    every decision fails closed."""
     local = RegorusEngine(bundle)
     engine: RegoEngine = local
     if opa_url:
         classifying = frozenset(w for w in bundle.workflows if local.classifies(w))
-        engine = OpaServerEngine(opa_url, classifying=classifying)
+        engine = server = OpaServerEngine(opa_url, bundle, classifying=classifying)
+        try:
+            server.push()
+        except EngineError as exc:
+            log.error("%s", exc)
     return ActivePolicy(bundle, Permitter(bundle.casbin_model, bundle.casbin_policy), engine)
 
 

@@ -1,7 +1,8 @@
 """Decision cases: YAML files in a bundle's ``tests/`` that say what the gateway must decide.
 
-A case gives a proposal, the executor's role, the autonomy level and the figures, and expects a
-verdict (and, optionally, exactly its reason codes and the gateway's recommendation). The format
+A case gives a proposal, the executor's role, the autonomy level, the figures and the history
+signals, and expects a verdict (and, optionally, exactly its reason codes, its warnings and the
+gateway's recommendation). The format
 is documented in policies/README.md; ``load_cases`` refuses anything it does not know, naming
 the file, the case and the key, so a typo never passes as a case that checks nothing.
 """
@@ -15,14 +16,16 @@ from typing import Any
 
 import yaml
 
+from gateway.decision.history import ZERO_HISTORY
+
 __all__ = ["EXPECTABLE", "Case", "CaseError", "Expectation", "load_cases"]
 
 EXPECTABLE = ("execute", "hold", "reject", "refused")
 DEFAULT_NOW = "2026-01-01T00:00:00.000000Z"
 _NOW = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{6}Z")
-_CASE_KEYS = {"name", "executor", "proposal", "level", "stats", "now", "expect"}
-_DEFAULT_KEYS = {"executor", "proposal", "level", "stats", "now"}
-_EXPECT_KEYS = {"verdict", "reasons", "recommendation"}
+_CASE_KEYS = {"name", "executor", "proposal", "level", "stats", "history", "now", "expect"}
+_DEFAULT_KEYS = {"executor", "proposal", "level", "stats", "history", "now"}
+_EXPECT_KEYS = {"verdict", "reasons", "recommendation", "warnings"}
 _EXECUTOR_KEYS = {"role", "name", "owner", "workflow"}
 
 
@@ -41,6 +44,7 @@ class Expectation:
     verdict: str
     reasons: tuple[str, ...] | None = None
     recommendation: str | None = None
+    warnings: tuple[str, ...] | None = None  # the warnings' codes; None: not checked
 
 
 @dataclass(frozen=True)
@@ -57,6 +61,7 @@ class Case:
     stats: dict[str, Any]
     now: str
     expect: Expectation
+    history: dict[str, Any] = field(default_factory=lambda: dict(ZERO_HISTORY))
     raw: dict[str, Any] = field(default_factory=dict, repr=False)
 
     @property
@@ -122,6 +127,7 @@ def _case(path: str, index: int, item: Any, defaults: Mapping[str, Any]) -> Case
     if level is not None and (type(level) is not int or not 1 <= level <= 4):
         raise CaseError(f"{where}: level must be 1, 2, 3 or 4, got {level!r}", path)
     stats = _mapping(merged.get("stats") or {}, f"{where}: stats", path)
+    history = _history(defaults.get("history"), item.get("history"), where, path)
     now = merged.get("now", DEFAULT_NOW)
     if not isinstance(now, str) or not _NOW.fullmatch(now):
         raise CaseError(f"{where}: now must look like {DEFAULT_NOW}, got {now!r}", path)
@@ -135,8 +141,31 @@ def _case(path: str, index: int, item: Any, defaults: Mapping[str, Any]) -> Case
         stats=dict(stats),
         now=now,
         expect=_expect(item.get("expect"), where, path),
+        history=history,
         raw=item,
     )
+
+
+def _history(defaults: Any, value: Any, where: str, path: str) -> dict[str, Any]:
+    """A case's ``input.history``: its own over the defaults' over none at all (nothing new,
+    no proposals in the last hour, no amount history); ``amounts`` merges key by key."""
+    history = {**ZERO_HISTORY, "amounts": dict(ZERO_HISTORY["amounts"])}
+    for given in (defaults, value):
+        if given is None:
+            continue
+        given = _mapping(given, f"{where}: history", path)
+        unknown = set(given) - set(ZERO_HISTORY)
+        if unknown:
+            raise CaseError(
+                f"{where}: history: unknown keys {sorted(unknown)}; known {sorted(ZERO_HISTORY)}",
+                path,
+            )
+        amounts = _mapping(given.get("amounts") or {}, f"{where}: history.amounts", path)
+        if set(amounts) - set(ZERO_HISTORY["amounts"]):
+            raise CaseError(f"{where}: history.amounts has count, p95 and max", path)
+        history |= {k: v for k, v in given.items() if k != "amounts"}
+        history["amounts"] = {**history["amounts"], **amounts}
+    return history
 
 
 def _executor(value: Any, where: str, path: str) -> dict[str, str | None]:
@@ -180,8 +209,14 @@ def _expect(value: Any, where: str, path: str) -> Expectation:
     recommendation = value.get("recommendation")
     if recommendation is not None and recommendation not in ("execute", "hold", "reject"):
         raise CaseError(f"{where}: expect.recommendation must be execute, hold or reject", path)
+    warnings = value.get("warnings")
+    if warnings is not None and (
+        not isinstance(warnings, list) or not all(isinstance(w, str) for w in warnings)
+    ):
+        raise CaseError(f"{where}: expect.warnings must be a list of warning codes", path)
     return Expectation(
         verdict=verdict,
         reasons=None if reasons is None else tuple(sorted(reasons)),
         recommendation=recommendation,
+        warnings=None if warnings is None else tuple(sorted(warnings)),
     )

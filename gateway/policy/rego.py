@@ -5,7 +5,8 @@ pinned and the choice explained in policies/README.md). ``OpaServerEngine`` asks
 through its Data API, for sites that already run OPA.
 
 The policy contract: package ``mandate.workflows.<workflow>`` defines the sets ``deny`` and
-``hold``, each of ``{"code", "message"}`` objects, and may define ``case_type``, a string: the
+``hold``, each of ``{"code", "message"}`` objects, may define the set ``warn`` (advisories that
+are recorded with the verdict and never change it), and may define ``case_type``, a string: the
 case type it classifies the proposal as (one its action type lists in ``data.json``).
 """
 
@@ -16,7 +17,7 @@ import itertools
 import re
 import threading
 import weakref
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 from urllib.parse import urlsplit
 
@@ -35,6 +36,8 @@ __all__ = [
     "RegorusEngine",
     "live_engines",
     "package_of",
+    "result_of",
+    "unit_tests_of",
 ]
 
 
@@ -44,14 +47,16 @@ class EngineError(RuntimeError):
 
 @dataclass(frozen=True, slots=True)
 class RegoResult:
-    """What the policy said: reasons to deny and reasons to hold, as the policy wrote them."""
+    """What the policy said: reasons to deny, reasons to hold and warnings (advisory only), as
+    the policy wrote them."""
 
     deny: list[dict[str, Any]]
     hold: list[dict[str, Any]]
+    warn: list[dict[str, Any]] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
         """As recorded in a decision's trace."""
-        return {"deny": self.deny, "hold": self.hold}
+        return {"deny": self.deny, "hold": self.hold, "warn": self.warn}
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,6 +112,7 @@ def package_of(workflow: str) -> str:
 
 
 CLASSIFY_RULE = "case_type"
+REASON_RULES = ("deny", "hold", "warn")
 _UNDEFINED = "<undefined>"  # what regorus answers for a rule with no value for this input
 
 
@@ -120,8 +126,15 @@ def _case_type(value: Any, package: str) -> str | None:
     return value
 
 
+def result_of(document: dict[str, Any]) -> RegoResult:
+    """The reasons of a package's document (or of its ``deny``, ``hold`` and ``warn`` rules),
+    checked and in a stable order; a rule the package does not define gives none."""
+    deny, hold, warn = (_reasons(document.get(rule), rule) for rule in REASON_RULES)
+    return RegoResult(deny, hold, warn)
+
+
 def _reasons(value: Any, rule: str) -> list[dict[str, Any]]:
-    if value is None:
+    if value is None or value == _UNDEFINED:
         return []
     if not isinstance(value, list) or not all(isinstance(r, dict) for r in value):
         raise EngineError(f"{rule} must be a set of objects, got {orjson.dumps(value).decode()}")
@@ -181,9 +194,9 @@ class RegorusEngine:
         weakref.finalize(self, _retire, self._id)
         self._packages = set(self._engine().get_packages())
         self._tests = bundle.tests if include_tests else {}
-        self._classifying = {
-            f"data.{rule.package}" for rule in self.rules() if rule.name == CLASSIFY_RULE
-        }
+        rules = self.rules()
+        self._classifying = {f"data.{r.package}" for r in rules if r.name == CLASSIFY_RULE}
+        self._warning = {f"data.{r.package}" for r in rules if r.name == "warn"}
 
     def _engine(self) -> regorus.Engine:
         engines = _THREAD_ENGINES.engines
@@ -219,18 +232,21 @@ class RegorusEngine:
         return package_of(workflow) in self._classifying
 
     def evaluate(self, workflow: str, input_: dict[str, Any]) -> RegoResult:
-        """Evaluate ``deny`` and ``hold`` of the workflow's package."""
+        """Evaluate ``deny``, ``hold`` and (where the package has it) ``warn``."""
         package = package_of(workflow)
         if package not in self._packages:
             raise EngineError(f"no Rego package {package} in the bundle")
         engine = self._engine()
         try:
             engine.set_input_json(orjson.dumps(input_).decode())
-            deny = orjson.loads(engine.eval_rule_as_json(f"{package}.deny"))
-            hold = orjson.loads(engine.eval_rule_as_json(f"{package}.hold"))
+            found = {
+                rule: orjson.loads(engine.eval_rule_as_json(f"{package}.{rule}"))
+                for rule in REASON_RULES
+                if rule != "warn" or package in self._warning
+            }
         except Exception as exc:
             raise EngineError(f"regorus failed on {package}: {_first_line(exc)}") from exc
-        return RegoResult(_reasons(deny, "deny"), _reasons(hold, "hold"))
+        return result_of(found)
 
     def classify(self, workflow: str, input_: dict[str, Any]) -> str | None:
         """Evaluate the workflow's ``case_type`` rule, if its package has one."""
@@ -250,8 +266,8 @@ class RegorusEngine:
         engine = self._engine()
         results = []
         for path, source in sorted(self._tests.items()):
-            package = _package_line(source)
-            for name in _test_rules(source):
+            package, names = unit_tests_of(source)
+            for name in names:
                 try:
                     value = engine.eval_rule(f"data.{package}.{name}")
                 except Exception as exc:
@@ -318,6 +334,11 @@ def _package_line(source: str) -> str:
     raise EngineError("a test module has no package line")
 
 
+def unit_tests_of(source: str) -> tuple[str, list[str]]:
+    """A test module's package and its ``test_`` rules, in order."""
+    return _package_line(source), _test_rules(source)
+
+
 def _test_rules(source: str) -> list[str]:
     names: list[str] = []
     for line in source.splitlines():
@@ -328,13 +349,32 @@ def _test_rules(source: str) -> list[str]:
     return names
 
 
+BUNDLE_DOCUMENT = "mandate_bundle"  # the data document where the gateway names what it pushed
+POLICY_PREFIX = "mandate/"  # the Policy API ids of the modules the gateway pushed
+
+
 class OpaServerEngine:
-    """Rego evaluated by an OPA server through its Data API (``opa-python-client``)."""
+    """Rego evaluated by an OPA server (``opa-python-client``), which the gateway loads itself.
+
+    ``push`` puts the bundle on the server: each Rego module through the Policy API
+    (``PUT /v1/policies/mandate/<path>``, after deleting the modules it pushed before) and
+    ``data.json`` through the Data API (``PUT /v1/data``), with the bundle's digest beside it
+    (``data.mandate_bundle.digest``), written last, so that a server holds a digest only once
+    every file of that bundle is in. Every evaluation asks, in one query (one snapshot of the
+    server's store), for the digest and the workflow's document: a server holding another
+    bundle, or one half pushed, fails closed (``EngineError``), never a verdict of a bundle
+    that is not the active one.
+    """
 
     name = "opa-server"
 
     def __init__(
-        self, url: str, *, timeout: float = 2.0, classifying: frozenset[str] = frozenset()
+        self,
+        url: str,
+        bundle: Bundle,
+        *,
+        timeout: float = 2.0,
+        classifying: frozenset[str] = frozenset(),
     ) -> None:
         """``classifying``: the workflows whose package has a ``case_type`` rule (the bundle
         says), so that the server is asked for it only where there is one."""
@@ -350,41 +390,111 @@ class OpaServerEngine:
             timeout=timeout,
             retries=0,
         )
+        self._timeout = timeout
         self.version = importlib.metadata.version("opa-python-client")
         self.url = url
+        self.bundle = bundle
         self._classifying = classifying
 
-    def unavailable(self) -> str | None:
-        """Whether the OPA server answers its /health endpoint."""
-        if self._client.check_health():
-            return None
-        return f"the OPA server at {self.url} does not answer /health"
+    # -- the server's copy of the bundle --------------------------------------------------
 
-    def evaluate(self, workflow: str, input_: dict[str, Any]) -> RegoResult:
-        """POST the input to /v1/data/mandate/workflows/<workflow> and read deny and hold."""
+    def push(self) -> None:
+        """Load the bundle onto the server (see the class docstring); EngineError if the server
+        refuses a file or cannot be reached."""
+        client = self._client
         try:
-            answer = self._client.query_rule(
-                input_data=input_, package_path=f"mandate.workflows.{workflow}"
+            client.update_or_create_data({"digest": None, "pushing": self.bundle.digest},
+                                         BUNDLE_DOCUMENT)  # fmt: skip
+            for old in client.get_policies_list():
+                if old.startswith(POLICY_PREFIX):
+                    client.delete_policy(old)
+            for path, source in sorted(self.bundle.modules.items()):
+                # rego_compat=False: the server gets the Rego as written, never a rewrite of it.
+                client.update_policy_from_string(source, POLICY_PREFIX + path, rego_compat=False)
+            document = {**self.bundle.data, BUNDLE_DOCUMENT: {"digest": self.bundle.digest}}
+            # PUT /v1/data (the root document) in one write: the client's data call always
+            # adds a path, so its session is asked directly.
+            answer = client._session.put(
+                f"{client.root_url}/data", json=document, timeout=self._timeout
             )
+            if answer.status_code != 204:
+                raise EngineError(f"PUT /v1/data answered {answer.status_code}: {answer.text}")
+        except EngineError:
+            raise
         except Exception as exc:
+            raise EngineError(
+                f"the OPA server at {self.url} did not take bundle {self.bundle.digest[:12]}: {exc}"
+            ) from exc
+
+    def held(self) -> str | None:
+        """The digest of the bundle the server holds (None: none, or one half pushed)."""
+        try:
+            answer = self._client.get_data(f"{BUNDLE_DOCUMENT}/digest")
+        except Exception as exc:
+            if type(exc).__name__ == "PolicyNotFoundError":
+                return None  # the server holds no document there: nothing was pushed
             raise EngineError(f"OPA server at {self.url} failed: {exc}") from exc
-        result = answer.get("result") if isinstance(answer, dict) else None
-        if not isinstance(result, dict):
-            raise EngineError(f"OPA server at {self.url} has no package for workflow {workflow}")
-        return RegoResult(
-            _reasons(result.get("deny"), "deny"), _reasons(result.get("hold"), "hold")
+        digest = answer.get("result")
+        return digest if isinstance(digest, str) else None
+
+    def sync(self) -> bool:
+        """Push the bundle if the server holds none (it restarted, or a push was cut short);
+        True if it pushed. A server holding another bundle is left as it is: someone else
+        loaded it, and evaluations fail closed until the bundle is activated again."""
+        if self.held() is not None:
+            return False
+        self.push()
+        return True
+
+    def _mismatch(self, digest: Any) -> str:
+        held = "no bundle" if not isinstance(digest, str) else f"bundle {digest[:12]}"
+        return (
+            f"the OPA server at {self.url} holds {held}, not the active bundle "
+            f"{self.bundle.digest[:12]}: activate the bundle again to push it"
         )
 
-    def classify(self, workflow: str, input_: dict[str, Any]) -> str | None:
-        """POST the input to /v1/data/mandate/workflows/<workflow>/case_type."""
-        if workflow not in self._classifying:
-            return None
-        package = f"mandate.workflows.{workflow}"
+    # -- evaluation -------------------------------------------------------------------------
+
+    def unavailable(self) -> str | None:
+        """Whether the OPA server answers its /health endpoint and holds the active bundle."""
+        if not self._client.check_health():
+            return f"the OPA server at {self.url} does not answer /health"
         try:
-            answer = self._client.query_rule(
-                input_data=input_, package_path=package, rule_name=CLASSIFY_RULE
-            )
+            digest = self.held()
+        except EngineError as exc:
+            return str(exc)
+        return None if digest == self.bundle.digest else self._mismatch(digest)
+
+    def _ask(self, workflow: str, rule: str | None, input_: dict[str, Any]) -> list[Any]:
+        """One query: the digest the server holds and the values of the workflow's package (or
+        of one of its rules), from one snapshot of its store. The values: [] where undefined."""
+        target = f"data.mandate.workflows[{orjson.dumps(workflow).decode()}]"
+        if rule is not None:
+            target += f".{rule}"
+        query = f"digest := data.{BUNDLE_DOCUMENT}.digest; values := [x | x := {target}]"
+        try:
+            answer = self._client.ad_hoc_query(query, input_data=input_)
         except Exception as exc:
             raise EngineError(f"OPA server at {self.url} failed: {exc}") from exc
-        result = answer.get("result") if isinstance(answer, dict) else None
-        return _case_type(result, package)
+        results = answer.get("result") if isinstance(answer, dict) else None
+        digest = results[0].get("digest") if results else None
+        if digest != self.bundle.digest:
+            raise EngineError(self._mismatch(digest))
+        values = results[0].get("values") if results else None
+        if not isinstance(values, list):
+            raise EngineError(f"OPA server at {self.url} answered {answer!r}")
+        return values
+
+    def evaluate(self, workflow: str, input_: dict[str, Any]) -> RegoResult:
+        """The workflow's package document for this input: its deny, hold and warn."""
+        values = self._ask(workflow, None, input_)
+        if not values or not isinstance(values[0], dict):
+            raise EngineError(f"OPA server at {self.url} has no package for workflow {workflow}")
+        return result_of(values[0])
+
+    def classify(self, workflow: str, input_: dict[str, Any]) -> str | None:
+        """The workflow's ``case_type`` rule for this input, where its package has one."""
+        if workflow not in self._classifying:
+            return None
+        values = self._ask(workflow, CLASSIFY_RULE, input_)
+        return _case_type(values[0] if values else None, package_of(workflow))

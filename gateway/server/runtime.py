@@ -19,6 +19,7 @@ from gateway.autonomy.views import AutonomyViews
 from gateway.db.connect import open_engine, open_ledger
 from gateway.db.migrations import ensure_schema
 from gateway.decision.decider import Decider
+from gateway.decision.history import HistoryBook
 from gateway.execution.dispatcher import Dispatcher, payload_for
 from gateway.execution.routing import Routing, load_webhook_secret
 from gateway.identity import TokenBook
@@ -121,6 +122,7 @@ class Runtime:
             on_execute=dispatcher.wake,
             clock=clock,
             shadow=lifecycle.shadow.offer,
+            history=HistoryBook(engine),
         )
         approvals = Approvals(
             engine,

@@ -51,7 +51,7 @@ hold contains {
 
 hold contains {
 	"code": "low_confidence",
-	"message": sprintf("confidence %v is below the floor of %v", [input.proposal.confidence, cfg.confidence_floor]),
+	"message": sprintf("confidence is below the floor of %v", [cfg.confidence_floor]),
 } if {
 	is_number(input.proposal.confidence)
 	input.proposal.confidence < to_number(cfg.confidence_floor)
@@ -69,4 +69,17 @@ hold contains {
 	"message": "the claim mentions litigation; an adjuster decides",
 } if {
 	input.proposal.context.litigation == true
+}
+
+# Level 3 (conditional) and below: a novel pattern escalates. A claim on a resource never seen
+# before, above what this case type usually pays (the 95th percentile of its executed amounts),
+# once there is enough history to say what is usual (input.history).
+hold contains {
+	"code": "novel_pattern",
+	"message": sprintf("claim of %v on a resource never seen before is above the usual %v (95th percentile of executed claims)", [input.proposal.params.amount, input.history.amounts.p95]),
+} if {
+	input.autonomy.level < 4
+	input.history.first_resource
+	input.history.amounts.count >= cfg.novelty_min_history
+	amount > to_number(input.history.amounts.p95)
 }

@@ -47,3 +47,15 @@ test_litigation_is_held if {
 	c := json.patch(claim("800", 4), [{"op": "add", "path": "/proposal/context/litigation", "value": true}])
 	codes(claims.hold) == {"litigation_risk"} with input as c
 }
+
+novel(amount, level, history) := json.patch(claim(amount, level), [{"op": "add", "path": "/history", "value": history}])
+
+usual := {"first_resource": true, "amounts": {"count": 20, "p95": "800.00", "max": "950.00"}}
+
+test_a_novel_claim_above_the_usual_is_held_below_level_4 if {
+	codes(claims.hold) == {"novel_pattern"} with input as novel("900", 3, usual)
+	count(claims.hold) == 0 with input as novel("900", 4, usual)
+	count(claims.hold) == 0 with input as novel("800", 3, usual)
+	count(claims.hold) == 0 with input as novel("900", 3, json.patch(usual, [{"op": "replace", "path": "/first_resource", "value": false}]))
+	count(claims.hold) == 0 with input as novel("900", 3, json.patch(usual, [{"op": "replace", "path": "/amounts/count", "value": 19}]))
+}

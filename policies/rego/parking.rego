@@ -37,7 +37,7 @@ deny contains {
 
 hold contains {
 	"code": "low_confidence",
-	"message": sprintf("confidence %v is below the floor of %v", [input.proposal.confidence, cfg.confidence_floor]),
+	"message": sprintf("confidence is below the floor of %v", [cfg.confidence_floor]),
 } if {
 	is_number(input.proposal.confidence)
 	input.proposal.confidence < to_number(cfg.confidence_floor)
@@ -60,4 +60,27 @@ hold contains {
 	input.proposal.action_type == "booking.modify"
 	input.proposal.params.lot != input.proposal.context.current_lot
 	input.autonomy.level < 3
+}
+
+# Level 3 (conditional) and below: a novel pattern escalates. A refund on a resource never seen
+# before, above what this case type usually pays out (the 95th percentile of its executed
+# amounts), once there is enough history to say what is usual (input.history).
+hold contains {
+	"code": "novel_pattern",
+	"message": sprintf("refund of %v on a resource never seen before is above the usual %v (95th percentile of executed refunds)", [input.proposal.params.amount, input.history.amounts.p95]),
+} if {
+	input.proposal.action_type == "refund.issue"
+	input.autonomy.level < 4
+	input.history.first_resource
+	input.history.amounts.count >= cfg.novelty_min_history
+	amount > to_number(input.history.amounts.p95)
+}
+
+# Advisory: an executor doing something for the first time is noted beside the verdict (and
+# counted in the figures), never held for it.
+warn contains {
+	"code": "first_of_its_kind",
+	"message": sprintf("%v proposes %v for the first time", [input.executor.name, input.proposal.action_type]),
+} if {
+	input.history.first_action_type
 }

@@ -63,3 +63,13 @@ test_refund_under_minimum_is_denied if {
 test_refund_at_hard_limit_is_allowed if {
 	count(parking.deny) == 0 with input as refund("1000.00")
 }
+
+test_a_first_of_its_kind_is_a_warning_not_a_hold if {
+	b := json.patch(booking(0.95, 3), [
+		{"op": "add", "path": "/history", "value": {"first_action_type": true}},
+		{"op": "add", "path": "/executor", "value": {"name": "booking-agent-7"}},
+	])
+	{r.code | some r in parking.warn} == {"first_of_its_kind"} with input as b
+	count(parking.hold) == 0 with input as b
+	count(parking.warn) == 0 with input as booking(0.95, 3)
+}

@@ -42,6 +42,7 @@ COUNTS = (
     "corrections",
     "checked",
     "errors",
+    "warnings",
 )
 
 
@@ -63,9 +64,10 @@ def test_figures_move_with_every_event_and_reach_the_next_decision(
     wf, ct = "parking", "refund.issue"
     counts(figures(reader, wf, ct))
 
-    # A decision: held at level 1, the gateway recommending execute.
+    # A decision: held at level 1, the gateway recommending execute; the executor's first
+    # refund, which the shipped bundle warns about (first_of_its_kind).
     first = refund(agent)
-    counts(figures(reader, wf, ct), decisions=1, holds=1)
+    counts(figures(reader, wf, ct), decisions=1, holds=1, warnings=1)
 
     # A person approves: a review that agrees; then the executor reports success.
     assert vote(approver, first["approval"]["id"], "approve").json()["status"] == "approved"
@@ -77,6 +79,7 @@ def test_figures_move_with_every_event_and_reach_the_next_decision(
         reviewed=1,
         agreements=1,
         checked=1,
+        warnings=1,
     )
     wait_for(lambda: action_status(agent, first["action_id"]) == "approved", what="the callback")
     report(agent, first["action_id"], "succeeded")
@@ -90,6 +93,7 @@ def test_figures_move_with_every_event_and_reach_the_next_decision(
         agreements=1,
         executions=1,
         checked=1,
+        warnings=1,
     )
     assert (view["figures"]["agreement_bp"], view["figures"]["error_bp"]) == (10_000, 0)
 
@@ -140,6 +144,7 @@ def test_figures_move_with_every_event_and_reach_the_next_decision(
         corrections=1,
         checked=3,
         errors=3,
+        warnings=1,
     )
     assert view["figures"]["agreement_bp"] == 6666  # 2 of 3, rounded down
     assert view["figures"]["failure_bp"] == 5000
@@ -207,6 +212,7 @@ def test_input_stats_reach_rego_and_replay_from_the_entry(
             trace["autonomy"]["level"],
             body["stats"],
             trace["decided_at"],
+            body["history"],
         )
         digest = hashlib.sha256(rfc8785.dumps({**input_, "proposal": recorded})).hexdigest()
         assert digest == trace["rego"]["input_digest"]

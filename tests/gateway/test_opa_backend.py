@@ -1,8 +1,11 @@
-"""The OPA-server backend against a real loopback server that speaks OPA's Data API.
+"""The OPA-server backend against a real loopback server that speaks OPA's REST API.
 
-The server is written here with http.server and evaluates the bundle with regorus, so its
-answers are real Rego: ``POST /v1/data/<package path>`` with ``{"input": ...}`` answers
-``{"result": <the package's document>}``, or ``{}`` for a package it does not have, as OPA does.
+No OPA binary can be installed here, so the server is written here with http.server over OPA's
+own evaluator (OPA v1.20.2's Go rego package, through opa-golib-python-bindings): the semantics
+are OPA's, only the HTTP around them is ours. It answers the APIs the gateway uses, in OPA's
+shapes: the Policy API (``GET /v1/policies``, ``PUT`` and ``DELETE /v1/policies/{id}``), the Data
+API (``GET``, ``PUT`` and ``POST /v1/data[/{path}]``; an undefined document is ``{}``), the Query
+API (``POST /v1/query`` with ``{"query", "input"}``: ``{"result": [bindings…]}``) and /health.
 """
 
 from __future__ import annotations
@@ -15,8 +18,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
-import regorus
 
 from gateway.policy.bundle import load_bundle
 from tests.conftest import Database
@@ -27,18 +30,25 @@ from tests.gateway.support import (
     assert_problem,
     copy_bundle,
     good_booking,
+    wait_for,
 )
 from tests.gateway.test_verdicts import TABLE
+from tests.policies.support import raised_review, texts
+
+opa_bindings = pytest.importorskip("opa_bindings", reason="OPA's evaluator (mandate[opa])")
 
 FIXED = dt.datetime(2026, 3, 1, 12, 0, tzinfo=dt.UTC)
 
 
 class OpaLike:
-    """A loopback HTTP server answering OPA's Data API and /health from a bundle."""
+    """A loopback HTTP server answering OPA's Policy, Data and Query APIs and /health, over OPA's
+    own evaluator. It starts empty, as OPA does: the gateway loads it."""
 
-    def __init__(self, bundle_root: Path, port: int = 0) -> None:
-        self.bundle = load_bundle(bundle_root)
+    def __init__(self, port: int = 0) -> None:
         self.lock = threading.Lock()
+        self.modules: dict[str, str] = {}
+        self.data: dict[str, Any] = {}
+        self.evaluator = opa_bindings.OpaEngine()
         self.queries: list[str] = []
         owner = self
 
@@ -46,25 +56,57 @@ class OpaLike:
             def do_GET(self) -> None:
                 if self.path == "/health":
                     self._send(200, {})
+                elif self.path.rstrip("/") == "/v1/policies":
+                    with owner.lock:
+                        listed = [{"id": k, "raw": v} for k, v in sorted(owner.modules.items())]
+                    self._send(200, {"result": listed})
+                elif self.path.startswith("/v1/data"):
+                    self._send(200, owner.document(self._data_path(), None))
+                else:
+                    self._send(404, {"code": "resource_not_found", "message": self.path})
+
+            def do_PUT(self) -> None:
+                body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
+                if self.path.startswith("/v1/policies/"):
+                    problem = owner.put_module(self.path[len("/v1/policies/") :], body.decode())
+                    if problem is None:
+                        self._send(200, {})
+                    else:
+                        self._send(400, {"code": "invalid_parameter", "message": problem})
+                elif self.path.startswith("/v1/data"):
+                    owner.put_data(self._data_path(), json.loads(body))
+                    self._send(204, None)
+                else:
+                    self._send(404, {"code": "resource_not_found", "message": self.path})
+
+            def do_DELETE(self) -> None:
+                found = owner.delete_module(self.path[len("/v1/policies/") :])
+                if self.path.startswith("/v1/policies/") and found:
+                    self._send(200, {})
                 else:
                     self._send(404, {"code": "resource_not_found", "message": self.path})
 
             def do_POST(self) -> None:
-                prefix = "/v1/data/"
-                if not self.path.startswith(prefix):
-                    self._send(404, {"code": "resource_not_found", "message": self.path})
-                    return
-                query = "data." + self.path[len(prefix) :].strip("/").replace("/", ".")
                 length = int(self.headers.get("Content-Length", "0"))
                 request = json.loads(self.rfile.read(length) or b"{}")
                 try:
-                    status, answer = 200, owner.evaluate(query, request.get("input"))
-                except Exception as exc:
-                    status, answer = 500, {"code": "internal_error", "message": str(exc)}
-                self._send(status, answer)
+                    if self.path.split("?")[0] == "/v1/query":
+                        answer = owner.query(request["query"], request.get("input"))
+                    elif self.path.startswith("/v1/data"):
+                        answer = owner.document(self._data_path(), request.get("input"))
+                    else:
+                        self._send(404, {"code": "resource_not_found", "message": self.path})
+                        return
+                except opa_bindings.OpaError as exc:
+                    self._send(400, {"code": "invalid_parameter", "message": exc.message})
+                    return
+                self._send(200, answer)
 
-            def _send(self, status: int, body: dict[str, Any]) -> None:
-                data = json.dumps(body).encode()
+            def _data_path(self) -> str:
+                return self.path.split("?")[0][len("/v1/data") :].strip("/")
+
+            def _send(self, status: int, body: dict[str, Any] | None) -> None:
+                data = b"" if body is None else json.dumps(body).encode()
                 self.send_response(status)
                 self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Length", str(len(data)))
@@ -80,19 +122,54 @@ class OpaLike:
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
         self.thread.start()
 
-    def evaluate(self, query: str, input_: Any) -> dict[str, Any]:
-        # A regorus engine may only be used by the thread that made it: one per request.
-        engine = regorus.Engine()
-        for path, source in self.bundle.modules.items():
-            engine.add_policy(path, source)
-        engine.add_data_json(json.dumps(self.bundle.data))
-        engine.set_input_json(json.dumps(input_))
-        results = json.loads(engine.eval_query_as_json(query)).get("result", [])  # sets as arrays
+    def _load(self, modules: dict[str, str], data: dict[str, Any]) -> None:
+        """A fresh evaluator with these modules and data (OPA compiles them all together)."""
+        evaluator = opa_bindings.OpaEngine()
+        for module_id, source in modules.items():
+            evaluator.add_policy(module_id, source)
+        evaluator.add_data(data)
+        self.evaluator, self.modules, self.data = evaluator, modules, data
+
+    def put_module(self, module_id: str, source: str) -> str | None:
+        with self.lock:
+            try:
+                self._load({**self.modules, module_id: source}, self.data)
+            except opa_bindings.OpaError as exc:
+                return str(exc.message)
+        return None
+
+    def delete_module(self, module_id: str) -> bool:
+        with self.lock:
+            if module_id not in self.modules:
+                return False
+            self._load({k: v for k, v in self.modules.items() if k != module_id}, self.data)
+        return True
+
+    def put_data(self, path: str, value: Any) -> None:
+        with self.lock:
+            data = json.loads(json.dumps(self.data))
+            if not path:
+                data = value
+            else:
+                *parents, last = path.split("/")
+                node = data
+                for part in parents:
+                    node = node.setdefault(part, {})
+                node[last] = value
+            self._load(self.modules, data)
+
+    def document(self, path: str, input_: Any) -> dict[str, Any]:
+        try:
+            value = self.evaluator.eval_document(path.replace("/", "."), input_)
+        except opa_bindings.OpaUndefinedError:
+            return {}  # OPA: an undefined document is an answer without "result"
+        return {"result": value}
+
+    def query(self, query: str, input_: Any) -> dict[str, Any]:
         with self.lock:
             self.queries.append(query)
-        if not results:
-            return {}  # OPA: an undefined document is an answer without "result"
-        return {"result": results[0]["expressions"][0]["value"]}
+            evaluator = self.evaluator  # one snapshot: a query never sees half a change
+        return {"result": evaluator.eval_query(query, input_)}
 
     def stop(self) -> None:
         self.server.shutdown()
@@ -102,7 +179,7 @@ class OpaLike:
 
 @pytest.fixture
 def opa() -> Iterator[OpaLike]:
-    server = OpaLike(POLICIES)
+    server = OpaLike()
     yield server
     server.stop()
 
@@ -142,23 +219,69 @@ def test_the_opa_backend_gives_the_in_process_verdicts(
         assert remote_answer.json()["trace"]["rego"]["engine"] == "opa-server", row_id
         assert _comparable(remote_answer.json()) == _comparable(local.json()), row_id
 
-    # Casbin refused one row, so OPA was asked for the seven others, each by its package path.
-    assert sorted(set(opa.queries)) == [
-        "data.mandate.workflows.claims",
-        "data.mandate.workflows.parking",
-    ]
+    # Casbin refused one row, so OPA was asked for the seven others: each one query for the
+    # digest the server holds and the workflow's package, from one snapshot of its store.
     assert len(opa.queries) == len(TABLE) - 1
+    assert all(q.startswith("digest := data.mandate_bundle.digest; ") for q in opa.queries)
+    assert {q.split("workflows[")[1].split("]")[0] for q in opa.queries} == {
+        '"claims"',
+        '"parking"',
+    }
+
+
+def _claim(amount: str, key: str) -> dict[str, Any]:
+    return TABLE["small-claim"].body | {"params": {"amount": amount}, "idempotency_key": key}
+
+
+def test_the_gateway_loads_the_server_and_fails_closed_when_it_holds_another_bundle(
+    opa: OpaLike, sqlite_database: Database, tmp_path: Path, serve_gateway: Serve
+) -> None:
+    gateway = serve_gateway(sqlite_database, opa_url=opa.url)
+    bundle = load_bundle(POLICIES)
+    # At start the gateway pushed its bundle: every module (Policy API), data.json and its
+    # digest (Data API).
+    assert set(opa.modules) == {f"mandate/{path}" for path in bundle.modules}
+    assert opa.data["workflows"] == bundle.data["workflows"]
+    assert opa.data["mandate_bundle"] == {"digest": bundle.digest}
+    client = gateway.as_role("claims-agent")
+    held = client.post("/v1/actions", json=_claim("12000", "opa-push-1")).json()
+    assert [r["code"] for r in held["reasons"]] == ["high_value"]
+
+    # Someone else loads the server with another bundle: nothing is decided by it.
+    httpx.put(f"{opa.url}/v1/data/mandate_bundle", json={"digest": "f" * 64}).raise_for_status()
+    size = gateway.proposals_recorded()
+    problem = assert_problem(client.post("/v1/actions", json=_claim("800", "opa-push-2")), 503)
+    assert (
+        f"holds bundle ffffffffffff, not the active bundle {bundle.digest[:12]}"
+        in (problem["detail"])
+    )
+    assert gateway.proposals_recorded() == size
+    ready = gateway.as_role("auditor").get("/readyz")
+    assert ready.status_code == 503
+    assert "holds bundle ffffffffffff" in ready.json()["checks"]["policy"]
+
+    # Activating a bundle pushes it: with review from 20,000, a claim of 12,000 runs alone.
+    candidate = copy_bundle(tmp_path, "raised")
+    raised_review(candidate)
+    admin = gateway.as_role("policy-admin")
+    done = admin.post(
+        "/v1/policies", json={"files": texts(candidate), "reason": "raise the review threshold"}
+    )
+    assert done.status_code == 200, done.text
+    assert opa.data["mandate_bundle"] == {"digest": load_bundle(candidate).digest}
+    answer = client.post("/v1/actions", json=_claim("12000", "opa-push-3")).json()
+    assert answer["verdict"] == "execute", answer
+    assert answer["trace"]["bundle_digest"] == load_bundle(candidate).digest
 
 
 def test_a_package_the_opa_server_lacks_gives_503(
-    tmp_path: Path, sqlite_database: Database, serve_gateway: Serve
+    sqlite_database: Database, serve_gateway: Serve
 ) -> None:
-    bundle = copy_bundle(tmp_path)
-    (bundle / "rego" / "claims.rego").unlink()
-    (bundle / "rego" / "claims_test.rego").unlink()
-    server = OpaLike(bundle)
+    server = OpaLike()
     try:
         gateway = serve_gateway(sqlite_database, opa_url=server.url)
+        # A module deleted on the server behind the gateway's back (the digest stays).
+        httpx.delete(f"{server.url}/v1/policies/mandate/rego/claims.rego").raise_for_status()
         client = gateway.as_role("claims-agent")
         size = gateway.proposals_recorded()
         body = TABLE["small-claim"].body | {"idempotency_key": "claim-on-partial-opa"}
@@ -174,7 +297,7 @@ def test_a_package_the_opa_server_lacks_gives_503(
 def test_the_opa_server_down_gives_503_and_not_ready_until_it_is_back(
     sqlite_database: Database, serve_gateway: Serve
 ) -> None:
-    server = OpaLike(POLICIES)
+    server = OpaLike()
     gateway: Gateway = serve_gateway(sqlite_database, opa_url=server.url)
     client = gateway.as_role("booking-agent")
     auditor = gateway.as_role("auditor")
@@ -193,9 +316,11 @@ def test_the_opa_server_down_gives_503_and_not_ready_until_it_is_back(
         assert ready.json()["checks"]["policy"] != "ok"
         assert server.url in ready.json()["checks"]["policy"]
     finally:
-        server = OpaLike(POLICIES, port=server.port)  # back, on the same address
+        server = OpaLike(port=server.port)  # back, on the same address, empty (as OPA restarts)
 
-    assert auditor.get("/readyz").status_code == 200
+    # The gateway loads it again within a poll of the slots, and is ready once it has.
+    assert wait_for(lambda: auditor.get("/readyz").status_code == 200)
+    assert server.data["mandate_bundle"] == {"digest": load_bundle(POLICIES).digest}
     again = client.post("/v1/actions", json=body)
     assert again.status_code == 200, again.text
     assert again.json()["verdict"] == "execute"

@@ -322,7 +322,7 @@ def test_evaluate_fails_closed_when_the_opa_server_is_unreachable() -> None:
     with socket.socket() as sock:  # a port that nothing listens on once closed
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
-    engine = OpaServerEngine(f"http://127.0.0.1:{port}")
+    engine = OpaServerEngine(f"http://127.0.0.1:{port}", load_bundle(POLICIES))
     with pytest.raises(DecisionUnavailable, match=f"OPA server at http://127.0.0.1:{port}"):
         evaluate(engine, "parking", {"proposal": {}})
 

@@ -206,10 +206,11 @@ def test_the_verdict_table(gateway: Gateway, row: Row) -> None:
         trace["autonomy"]["level"],
         body["stats"],
         trace["decided_at"],
+        body["history"],
     )
     # The digest is over the input as recorded: confidence as the decimal string the entry holds.
     as_recorded = rfc8785.dumps({**input_, "proposal": recorded})
     assert hashlib.sha256(as_recorded).hexdigest() == trace["rego"]["input_digest"]
     if trace["rego"]["output"] is not None:
         again = RegorusEngine(load_bundle(POLICIES)).evaluate(workflow, input_)
-        assert {"deny": again.deny, "hold": again.hold} == trace["rego"]["output"]
+        assert again.to_json() == trace["rego"]["output"]

@@ -99,7 +99,7 @@ def test_a_policy_admin_activates_a_bundle_and_decisions_follow_it(
     body = answer.json()
     assert body["changed"] is True
     assert body["policy"]["digest"] == digest
-    assert body["validation"]["rego_tests"] == {"passed": 13, "failed": 0}
+    assert body["validation"]["rego_tests"] == {"passed": 15, "failed": 0}
     assert body["validation"]["cases"]["failed"] == 0
 
     # In force at once on this process: the same claim now runs alone, naming the new bundle.

@@ -19,6 +19,7 @@ from gateway.lifecycle.replay import Replayer
 from gateway.lifecycle.slots import BundleStore
 from gateway.policy.active import build_policy
 from gateway.policy.bundle import load_bundle
+from gateway.policy.opa import opa_available
 from tests.approvals.conftest import Hook, Launch
 from tests.approvals.harness import (
     Clock,
@@ -182,6 +183,22 @@ def test_replaying_the_whole_history_with_what_decided_it_changes_no_verdict(
         local = json.loads(done.stdout)
         assert (local["decisions"], local["changed"], local["input_mismatches"]) == (
             decisions,
+            0,
+            0,
+        )
+        # OPA's own evaluator decides the same history alike: verdicts, reasons, their words.
+        if not opa_available():
+            return
+        on_opa = mandate(
+            "policy", "replay", "--engine", "opa", "--data-dir", live.settings.data_dir, "--json",
+            cwd=tmp_path, env=clean_env(MANDATE_DATABASE_URL=database.url),
+        )  # fmt: skip
+        assert on_opa.returncode == 0, on_opa.stderr
+        opa = json.loads(on_opa.stdout)
+        assert opa["decisions"] == decisions
+        assert (opa["changed"], opa["reasons_changed"], opa["messages_changed"]) == (0, 0, 0), opa
+        assert (opa["warnings_changed"], opa["refused_or_failed"], opa["input_mismatches"]) == (
+            0,
             0,
             0,
         )
