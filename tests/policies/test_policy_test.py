@@ -25,7 +25,7 @@ def test_the_default_bundle_passes_with_every_rule_fired(tmp_path: Path) -> None
     done = mandate("policy", "test", cwd=REPO)  # the default DIR is ./policies
     assert done.returncode == 0, done.stdout + done.stderr
     out = done.stdout
-    assert "Rego unit tests: 13 passed, 0 failed" in out
+    assert "Rego unit tests: 18 passed, 0 failed" in out
     assert lines_with(out, "Decision cases:", "passed, 0 failed")
     assert lines_with(out, "PASS", "tests/verdicts.yaml #3", "→ reject [not_permitted]")
     assert lines_with(out, "PASS", "rego/claims_test.rego", "test_litigation_is_held")
@@ -98,7 +98,7 @@ def test_json_output_has_every_test_case_and_rule(tmp_path: Path) -> None:
     report = json.loads(done.stdout)
     assert report["passed"] is True
     assert report["digest"] == load_bundle(POLICIES).digest
-    assert report["summary"]["rego_tests"] == {"passed": 13, "failed": 0}
+    assert report["summary"]["rego_tests"] == {"passed": 18, "failed": 0}
     assert report["summary"]["cases"]["failed"] == 0
     assert {c["got"]["verdict"] for c in report["cases"]} == {
         "execute",
