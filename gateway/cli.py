@@ -536,7 +536,8 @@ def approvals_list(
     status: Annotated[
         str,
         typer.Option(
-            help="Only approvals in this state: pending, approved, rejected, expired or superseded."
+            help="Only approvals in this state: pending, approved, rejected, expired, superseded "
+            "or withdrawn."
         ),
     ] = "pending",
     url: GatewayUrl = DEFAULT_URL,
@@ -549,7 +550,7 @@ def approvals_list(
     """
     from typing import cast
 
-    _check_status(status, ("pending", "approved", "rejected", "expired", "superseded"))
+    _check_status(status, ("pending", "approved", "rejected", "expired", "superseded", "withdrawn"))
     approvals = _ask(url, token, lambda client: client.approvals(cast(Any, status)))
     headers = ["APPROVAL", "WORKFLOW", "CASE TYPE", "EXECUTOR", "AMOUNT", "CONF", "VOTES"]
     rows = [
@@ -964,6 +965,8 @@ def _summary(entry: dict[str, Any], limit: int = 160) -> str:
         text = f"{who} rejected: {body.get('reason', '')}"
     elif kind == "expiry":
         text = f"approval {body.get('approval_id')} expired without quorum"
+    elif kind == "withdrawal":
+        text = f"{who} withdrew it: {body.get('reason', '')}"
     elif kind == "execution" and body.get("result") == "retry":
         text = (
             f"attempt {body.get('attempt')} failed: {body.get('error')}; next attempt at "

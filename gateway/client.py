@@ -83,7 +83,7 @@ __all__ = [
 log = logging.getLogger("mandate.client")
 
 OutcomeStatus = Literal["succeeded", "failed"]
-ApprovalStatus = Literal["pending", "approved", "rejected", "expired", "superseded"]
+ApprovalStatus = Literal["pending", "approved", "rejected", "expired", "superseded", "withdrawn"]
 
 DEFAULT_TIMEOUT = 10.0  # seconds per HTTP request
 DEFAULT_RETRIES = 3  # further attempts after the first, for connection errors and 503

@@ -68,7 +68,7 @@ HERE = Path(__file__).parent
 SESSION_COOKIE = "mandate_session"
 SESSION_SECONDS = 12 * 3600  # a working day; then sign in again
 SECRET_FILE = "ui-session-secret"  # noqa: S105 (a file name, not a secret)
-STATUSES = ("pending", "approved", "rejected", "expired", "superseded")
+STATUSES = ("pending", "approved", "rejected", "expired", "superseded", "withdrawn")
 FILTERS = (*STATUSES, "all")
 _STATUS_OF: tuple[tuple[type[GatewayError], int], ...] = (
     (InvalidInput, 422),
@@ -577,6 +577,9 @@ def _timeline(action: ActionView) -> list[dict[str, Any]]:
             text = f"{verb}: {body['reason']}" if body.get("reason") else verb
         elif kind == "expiry":
             text = f"approval {body.get('approval_id')} expired: no quorum in time"
+        elif kind == "withdrawal":
+            who = (body.get("executor") or {}).get("name", "?")
+            text = f"withdrawn: {body.get('reason')}"
         elif kind == "execution":
             attempt, adapter = body.get("attempt"), body.get("adapter")
             if body.get("result") == "retry":
