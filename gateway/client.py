@@ -58,6 +58,7 @@ from gateway.schemas import (
     PromotionView,
     Reason,
     Verdict,
+    WorkflowView,
 )
 
 __all__ = [
@@ -91,7 +92,7 @@ DEFAULT_BACKOFF = 0.25  # seconds before the first retry; doubles, with jitter
 _MAX_BACKOFF = 5.0
 _POLL_FIRST = 0.1  # wait(): the first pause between polls, growing by half each time...
 _POLL_MAX = 2.0  # ...up to this
-_FINAL = frozenset({"rejected", "expired"})
+_FINAL = frozenset({"rejected", "expired", "withdrawn"})
 _USER_AGENT = "mandate-python/0.1.0"
 _JSON = {"Content-Type": "application/json"}
 
@@ -229,6 +230,8 @@ def _rejection_message(verdict: Verdict, action: ActionView | None) -> str:
         return f"action {verdict.action_id} was rejected" + (f" ({reasons})" if reasons else "")
     if action.status == "expired":
         return f"action {verdict.action_id} was held ({reasons}) and its approval expired"
+    if action.status == "withdrawn":
+        return f"action {verdict.action_id} was held ({reasons}) and withdrawn by its proposer"
     last = next(
         (e for e in reversed(action.timeline) if e.get("kind") in ("rejection", "decision")), None
     )
@@ -366,6 +369,11 @@ class _Common:
             raise ValueError(f"outcome must be a bool, 'succeeded' or 'failed', not {outcome!r}")
         body = {"status": status, "details": dict(details or {})}
         return _Call("POST", f"/v1/actions/{_segment(action_id)}/outcome", body)
+
+    @staticmethod
+    def withdrawal(action_id: str, reason: str) -> _Call:
+        body = {"reason": reason}
+        return _Call("POST", f"/v1/actions/{_segment(action_id)}/withdraw", body)
 
     @staticmethod
     def vote(approval_id: str, decision: Literal["approve", "reject"], reason: str) -> _Call:
@@ -558,6 +566,19 @@ class MandateClient:
                     return view
             raise
         return ActionView.model_validate_json(response.content)
+
+    def withdraw(self, action_id: str, reason: str) -> ActionView:
+        """Take back a held action of yours that nobody will carry out (you stopped waiting for
+        it): its approval closes as ``withdrawn`` and it never executes. ``Conflict`` once it is
+        decided (look with ``get_action``: an approval that came just now stands)."""
+        call = self._common.withdrawal(action_id, reason)
+        return ActionView.model_validate_json(self._send(call).content)
+
+    def workflow(self, workflow: str) -> WorkflowView:
+        """What ``workflow`` takes: its action types, the case types each may be, and which of
+        them this token's role may propose."""
+        response = self._send(_Call("GET", f"/v1/workflows/{_segment(workflow)}"))
+        return WorkflowView.model_validate_json(response.content)
 
     def approvals(self, status: ApprovalStatus = "pending") -> list[ApprovalView]:
         """Approvals this token may decide or oversee, newest first."""
@@ -760,6 +781,16 @@ class AsyncMandateClient:
             raise
         return ActionView.model_validate_json(response.content)
 
+    async def withdraw(self, action_id: str, reason: str) -> ActionView:
+        """See ``MandateClient.withdraw``."""
+        call = self._common.withdrawal(action_id, reason)
+        return ActionView.model_validate_json((await self._send(call)).content)
+
+    async def workflow(self, workflow: str) -> WorkflowView:
+        """See ``MandateClient.workflow``."""
+        response = await self._send(_Call("GET", f"/v1/workflows/{_segment(workflow)}"))
+        return WorkflowView.model_validate_json(response.content)
+
     async def approvals(self, status: ApprovalStatus = "pending") -> list[ApprovalView]:
         """See ``MandateClient.approvals``."""
         call = _Call("GET", "/v1/approvals", params=_approvals_query(status))
@@ -884,6 +915,10 @@ class _Governance:
                 f"this process (a webhook adapter?), so {self.name} is not run here"
             )
 
+    def gave_up(self) -> str:
+        """Why a held call that timed out is withdrawn (the ledger and the approvers see it)."""
+        return f"@governed {self.name}: no decision within {self.wait_timeout:g} s"
+
     def success(self, result: Any) -> dict[str, Any]:
         return dict(self.details(result)) if self.details is not None else {}
 
@@ -923,8 +958,10 @@ def governed(
        a JSON form; ``Decimal`` as strings, so money stays exact). ``case_type`` is the
        bundle's to decide (leave it out); the key, by default, is new for every call.
     2. ``reject``: ``ActionRejected`` is raised and the function is not called.
-       ``hold``: the call waits (up to ``wait_timeout`` seconds, else ``WaitTimeout``) for the
-       approval; rejected or expired raises ``ActionRejected`` without calling the function.
+       ``hold``: the call waits (up to ``wait_timeout`` seconds) for the approval; rejected or
+       expired raises ``ActionRejected`` without calling the function. When the time runs out,
+       the held action is withdrawn (nobody would run it if it were approved later) and
+       ``WaitTimeout`` is raised; an approval that came just before the withdrawal stands.
     3. ``execute``, or approved: the function runs, once.
     4. Its outcome is reported (the callback adapter): ``succeeded`` with ``details(result)``
        if given, or ``failed`` with the exception's type and message, and the exception is
@@ -964,13 +1001,43 @@ def governed(
     return decorate
 
 
+def _waited(client: MandateClient, action_id: str, spec: _Governance) -> ActionView:
+    """The held action once decided; withdrawn when ``wait_timeout`` runs out first."""
+    try:
+        return client.wait(action_id, spec.wait_timeout)
+    except WaitTimeout as timeout:
+        try:
+            timeout.action = client.withdraw(action_id, spec.gave_up())
+        except Conflict:  # decided just now: that decision stands
+            return client.get_action(action_id)
+        except MandateError as lost:
+            timeout.add_note(f"mandate: the held action was not withdrawn: {lost}")
+        raise
+
+
+async def _waited_async(
+    client: AsyncMandateClient, action_id: str, spec: _Governance
+) -> ActionView:
+    """``_waited`` for the async client."""
+    try:
+        return await client.wait(action_id, spec.wait_timeout)
+    except WaitTimeout as timeout:
+        try:
+            timeout.action = await client.withdraw(action_id, spec.gave_up())
+        except Conflict:
+            return await client.get_action(action_id)
+        except MandateError as lost:
+            timeout.add_note(f"mandate: the held action was not withdrawn: {lost}")
+        raise
+
+
 def _governed_sync(client: MandateClient, spec: _Governance, fn: Callable[P, R]) -> Callable[P, R]:
     @functools.wraps(fn)
     def run(*args: P.args, **kwargs: P.kwargs) -> R:
         verdict = client.propose(**spec.proposal(args, kwargs))
         action = None
         if verdict.verdict == "hold":
-            action = client.wait(verdict.action_id, spec.wait_timeout)
+            action = _waited(client, verdict.action_id, spec)
         spec.go_ahead(verdict, action)
         try:
             result = fn(*args, **kwargs)
@@ -1001,7 +1068,7 @@ def _governed_async(
         verdict = await client.propose(**spec.proposal(args, kwargs))
         action = None
         if verdict.verdict == "hold":
-            action = await client.wait(verdict.action_id, spec.wait_timeout)
+            action = await _waited_async(client, verdict.action_id, spec)
         spec.go_ahead(verdict, action)
         try:
             result = await fn(*args, **kwargs)
