@@ -39,6 +39,7 @@ BENCHES = (
     "bench.dispatch_outbox",
     "bench.autonomy",
     "bench.replay",
+    "bench.mcp_proxy",
     "bench.soak",
 )
 DEFAULT_OUT = Path(__file__).resolve().parent / "out"

@@ -75,7 +75,7 @@ log = logging.getLogger("mandate.mcp")
 
 OnHold = Literal["wait", "return"]
 _FIRST_POLL = 0.05  # seconds before the first look at a held action; growing by half...
-_POLL_MAX = 1.0  # ...up to this
+_POLL_MAX = 0.5  # ...up to this
 _GRACE = 5.0  # seconds a withdrawal or report may take while the proxy is stopping
 _HANDOVER = 30.0  # seconds an action approved at the last moment may take to be handed over
 
@@ -250,17 +250,22 @@ class Proxy:
         try:
             with anyio.move_on_after(timeout):
                 view = await self._decided(verdict, report)
-            if view is None:
-                why = f"nobody decided approval {approval} within {timeout:g} s"
-                view = await self._withdraw(verdict, f"the MCP call gave up waiting: {why}")
-                if view is None:
-                    return _refusal(f"not carried out: {why}; the proposal was withdrawn")
         except anyio.get_cancelled_exc_class():
-            with anyio.CancelScope(shield=True), anyio.move_on_after(_GRACE):
-                await self._withdraw(verdict, "the MCP client stopped waiting for the call")
+            await self._withdraw_quietly(verdict, "the MCP client stopped waiting for the call")
             raise
         except MandateError as exc:
             return _refusal(f"not carried out: {_why(exc)}")
+        if view is None:
+            why = f"nobody decided approval {approval} within {timeout:g} s"
+            try:
+                view = await self._withdraw(verdict, f"the MCP call gave up waiting: {why}")
+            except MandateError as exc:
+                return _refusal(
+                    f"not carried out: {why}, and the proposal could not be withdrawn "
+                    f"({_why(exc)}): if it is approved now, nobody makes the call"
+                )
+            if view is None:
+                return _refusal(f"not carried out: {why}; the proposal was withdrawn")
         return await self._carry_out(verdict, view, name, arguments, ctx)
 
     async def _carry_out_later(
@@ -271,13 +276,18 @@ class Proxy:
         try:
             view = await self._decided(verdict, None)
         except anyio.get_cancelled_exc_class():
-            with anyio.CancelScope(shield=True), anyio.move_on_after(_GRACE):
-                await self._withdraw(verdict, "the MCP proxy stopped: nobody will make the call")
+            await self._withdraw_quietly(
+                verdict, "the MCP proxy stopped: nobody will make the call"
+            )
             raise
         except MandateError as exc:
             log.error("gave up waiting for %s: %s", verdict.action_id, exc)
             return
-        result = await self._carry_out(verdict, view, name, arguments, None)
+        try:
+            result = await self._carry_out(verdict, view, name, arguments, None)
+        except MCPError as exc:  # the upstream's own error: recorded as the outcome already
+            log.warning("held call %s of %s failed upstream: %s", verdict.action_id, name, exc)
+            return
         if result.get("isError"):
             log.warning("held call %s of %s: %s", verdict.action_id, name, _text(result))
         else:
@@ -312,18 +322,29 @@ class Proxy:
             pause = min(_POLL_MAX, pause * 1.5)
 
     async def _withdraw(self, verdict: Verdict, reason: str) -> ActionView | None:
-        """Withdraw the held action; None when it is withdrawn (or could not be: logged), the
-        action as it stands when it was decided just before (a decision that stands)."""
+        """Withdraw the held action: None once withdrawn; the action as it stands if it was
+        decided just before (that decision stands). MandateError when the gateway does not
+        take the withdrawal."""
         try:
             await self.gateway.withdraw(verdict.action_id, reason)
         except Conflict:
             with anyio.move_on_after(_HANDOVER):
                 return await self._decided(verdict, None)
             return await self.gateway.get_action(verdict.action_id)
-        except MandateError as exc:
-            log.error("%s was not withdrawn (%s): it may be approved with nobody to run it",
-                      verdict.action_id, exc)  # fmt: skip
         return None
+
+    async def _withdraw_quietly(self, verdict: Verdict, reason: str) -> None:
+        """``_withdraw`` while the call is being cancelled: shielded, bounded, and logged when
+        it fails."""
+        with anyio.CancelScope(shield=True), anyio.move_on_after(_GRACE):
+            try:
+                await self._withdraw(verdict, reason)
+            except MandateError as exc:
+                log.error(
+                    "%s was not withdrawn (%s): if it is approved now, nobody makes the call",
+                    verdict.action_id,
+                    exc,
+                )
 
     async def _carry_out(
         self,
