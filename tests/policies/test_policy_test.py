@@ -57,6 +57,8 @@ def test_the_cases_cover_the_readme_verdict_table() -> None:
         ("claims-agent", "claim.approve", "800", 0.97): ("execute", []),
         ("claims-agent", "claim.approve", "12000", 0.97): ("hold", ["high_value"]),
         ("claims-agent", "claim.approve", "60000", 0.97): ("reject", ["over_hard_limit"]),
+        ("files-agent", "list_directory", None, None): ("execute", []),
+        ("files-agent", "write_file", None, None): ("hold", ["advisory_level"]),
     }
     for row, expected in table.items():
         assert decided.get(row) == expected, row
