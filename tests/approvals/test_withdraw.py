@@ -5,6 +5,7 @@ cannot be withdrawn, and nobody else may withdraw it."""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import httpx
@@ -57,6 +58,12 @@ def test_a_held_proposal_withdrawn_by_its_proposer_leaves_the_inbox_and_takes_no
     # Once is enough: a second withdrawal is refused, and says why.
     again = assert_problem(withdraw(agent, action_id), 409)
     assert "withdrawn" in again["detail"]
+
+    # The inbox shows it closed, with who withdrew it and why, and no vote to cast.
+    page = _signed_in(live.client(), live.token("approver")).get(f"/ui/approvals/{approval_id}")
+    assert page.status_code == 200, page.text
+    assert "withdrawn: the MCP client gave up waiting" in page.text
+    assert 'value="approve"' not in page.text
 
     ledger = verified_ledger(live.url, live.settings, tmp_path)
     assert ledger.about(action_id) == ["proposal", "decision", "withdrawal"]
@@ -113,3 +120,11 @@ def test_a_decided_action_cannot_be_withdrawn(database: Database, launch: Launch
     assert_problem(withdraw(agent, "act_nosuchaction"), 404)
     missing = assert_problem(agent.post(f"/v1/actions/{approved['action_id']}/withdraw"), 422)
     assert missing["detail"]
+
+
+def _signed_in(client: httpx.Client, token: str) -> httpx.Client:
+    """``client`` with a session of the pages, signed in with ``token``."""
+    csrf = re.search(r'name="csrf" value="([^"]+)"', client.get("/ui/login").text)
+    assert csrf is not None
+    client.post("/ui/login", data={"token": token, "csrf": csrf.group(1)})
+    return client
