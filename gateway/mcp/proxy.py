@@ -34,6 +34,7 @@ of the gateway's server side.
 from __future__ import annotations
 
 import logging
+import signal
 import uuid
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from contextlib import AsyncExitStack
@@ -430,9 +431,9 @@ async def serve_proxy(
     upstream_url: str | None = None,
     environ: Mapping[str, str],
 ) -> None:
-    """Run the proxy on this process's stdin and stdout until the agent's client goes away;
-    then withdraw what still waits for a person. ProxyError when the upstream does not start
-    or answer."""
+    """Run the proxy on this process's stdin and stdout until the agent's client goes away
+    (closes stdin, or sends SIGTERM or SIGINT); then withdraw what still waits for a person.
+    ProxyError when the upstream does not start or answer."""
     async with AsyncExitStack() as stack:
         gateway = await stack.enter_async_context(AsyncMandateClient(gateway_url, token))
         try:
@@ -447,9 +448,21 @@ async def serve_proxy(
         tasks = await stack.enter_async_context(anyio.create_task_group())
         proxy = Proxy(gateway, upstream, options, tasks)
         server = proxy.server()
-        async with stdio_server() as (read, write):
-            await server.run(read, write, server.create_initialization_options())
+        async with anyio.create_task_group() as serving:
+            serving.start_soon(_stop_on_signal, serving.cancel_scope)
+            async with stdio_server() as (read, write):
+                await server.run(read, write, server.create_initialization_options())
+            serving.cancel_scope.cancel()
         tasks.cancel_scope.cancel()
+
+
+async def _stop_on_signal(scope: anyio.CancelScope) -> None:
+    """Stop serving on SIGTERM or SIGINT as when stdin closes: the calls in flight are
+    cancelled, and what waits for a person is withdrawn (many clients stop a server so)."""
+    with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+        async for _ in signals:
+            scope.cancel()
+            return
 
 
 class ProxyError(Exception):

@@ -4,6 +4,8 @@ that time out, return at once, or lose their client, and what the upstream may s
 
 from __future__ import annotations
 
+import os
+import signal
 import subprocess
 import time
 from pathlib import Path
@@ -290,3 +292,44 @@ def test_the_command_refuses_what_it_cannot_run_in_one_line(
     assert done.returncode == 2, done.stderr
     assert says in done.stderr
     assert "Traceback" not in done.stderr
+
+
+def _proxy_pid(marker: str) -> int:
+    """The process of ``mandate mcp proxy`` whose command line holds ``marker`` (Linux)."""
+    for proc in Path("/proc").iterdir():
+        try:
+            cmdline = (proc / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if b"proxy" in cmdline and marker.encode() in cmdline:
+            return int(proc.name)
+    raise AssertionError(f"no proxy with {marker} in its command line")
+
+
+def test_a_hold_whose_proxy_is_stopped_with_sigterm_is_withdrawn(
+    live: Live, tmp_path: Path
+) -> None:
+    token, name = lab(live)
+    marker = "287.5"  # a --hold-timeout no other test uses: finds this proxy's process
+
+    async def agent() -> None:
+        async with (
+            proxied(
+                live.url, token, *STAND_IN, str(tmp_path), workflow="lab", hold_timeout=287.5
+            ) as session,
+            anyio.create_task_group() as tasks,
+        ):
+            tasks.start_soon(session.call_tool, "approve_me", {"note": "stopped"})
+            with anyio.fail_after(30):
+                while not live.actions_of(name):
+                    await anyio.sleep(0.05)
+            os.kill(_proxy_pid(marker), signal.SIGTERM)
+            with anyio.fail_after(30):
+                while live.actions_of(name)[0].status == "held":
+                    await anyio.sleep(0.05)
+            tasks.cancel_scope.cancel()
+
+    anyio.run(agent)
+    (action,) = live.actions_of(name)
+    assert action.status == "withdrawn"
+    assert not (tmp_path / "approved.txt").exists()
