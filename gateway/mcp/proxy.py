@@ -201,20 +201,26 @@ class Proxy:
             raise MCPError(INVALID_PARAMS, f"invalid arguments for tool {name}: {exc}") from None
         if self._gone is not None:
             return _refusal(f"not forwarded: the upstream MCP server is gone ({self._gone})")
+        proposal: dict[str, Any] | None = None
         try:
             view = await self._workflow()
             argument = next(
                 (a.resource_argument for a in view.action_types if a.action_type == action_type),
                 None,
             )
-            verdict = await self.gateway.propose(
-                workflow=self.options.workflow,
-                action_type=action_type,
-                resource=resource_from_arguments(arguments, argument, name),
-                params=recorded,
-                context={"mcp": {"tool": name, "server": self._server}},
-                idempotency_key=f"mcp-{uuid.uuid4().hex}",
-            )
+            proposal = {
+                "workflow": self.options.workflow,
+                "action_type": action_type,
+                "resource": resource_from_arguments(arguments, argument, name),
+                "params": recorded,
+                "context": {"mcp": {"tool": name, "server": self._server}},
+                "idempotency_key": f"mcp-{uuid.uuid4().hex}",
+            }
+            verdict = await self.gateway.propose(**proposal)
+        except anyio.get_cancelled_exc_class():
+            if proposal is not None:
+                await self._settle_cancelled(proposal)
+            raise
         except MandateError as exc:
             return _refusal(f"not decided: {_why(exc)}")
         if verdict.verdict == "reject":
@@ -321,6 +327,21 @@ class Proxy:
             wake = pause if report is None else min(pause, next_report - anyio.current_time())
             await anyio.sleep(max(0.0, wake))
             pause = min(_POLL_MAX, pause * 1.5)
+
+    async def _settle_cancelled(self, proposal: dict[str, Any]) -> None:
+        """The client cancelled the call while it was being proposed: the gateway may have
+        decided it. Ask again with the same idempotency key (answered the recorded verdict,
+        writing nothing) and settle it: withdraw a hold, record an execution never made."""
+        with anyio.CancelScope(shield=True), anyio.move_on_after(_GRACE):
+            try:
+                verdict = await self.gateway.propose(**proposal)
+                if verdict.verdict == "hold":
+                    await self._withdraw(verdict, "the MCP client cancelled the call")
+                elif verdict.verdict == "execute":
+                    never = "not made: the MCP client cancelled the call before it was forwarded"
+                    await self._report(verdict.action_id, "failed", {"error": never})
+            except MandateError as exc:
+                log.error("a cancelled call's proposal was not settled: %s", exc)
 
     async def _withdraw(self, verdict: Verdict, reason: str) -> ActionView | None:
         """Withdraw the held action: None once withdrawn; the action as it stands if it was
