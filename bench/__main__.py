@@ -40,6 +40,7 @@ BENCHES = (
     "bench.autonomy",
     "bench.history",
     "bench.replay",
+    "bench.mcp_proxy",
     "bench.soak",
 )
 DEFAULT_OUT = Path(__file__).resolve().parent / "out"

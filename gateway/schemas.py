@@ -51,6 +51,9 @@ __all__ = [
     "VoteRequest",
     "VoteView",
     "WindowView",
+    "WithdrawalRequest",
+    "WorkflowActionType",
+    "WorkflowView",
 ]
 
 Name = Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9_-]{0,63}$")]
@@ -248,7 +251,7 @@ class ApprovalView(BaseModel):
     action_id: str
     workflow: str
     case_type: str
-    status: Literal["pending", "approved", "rejected", "expired", "superseded"]
+    status: Literal["pending", "approved", "rejected", "expired", "superseded", "withdrawn"]
     quorum: int
     approvals: int
     expires_at: str
@@ -271,6 +274,42 @@ class OutcomeReport(BaseModel):
 
     status: Literal["succeeded", "failed"]
     details: dict[str, JsonValue] = Field(default_factory=dict)
+
+
+class WithdrawalRequest(BaseModel):
+    """The proposer takes back a held action nobody will carry out (its caller stopped
+    waiting): why, for the ledger and the approvers."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    reason: Annotated[str, StringConstraints(min_length=1, max_length=2000)] = Field(
+        description="Why (recorded in the `withdrawal` ledger entry, shown on the approval)."
+    )
+
+
+class WorkflowActionType(BaseModel):
+    """One action type a workflow lists, and whether the caller may propose it."""
+
+    action_type: str
+    case_types: list[str] = Field(description="The case types it may be (the bundle decides).")
+    may_propose: bool = Field(
+        description="Whether the caller's role may propose it here (Casbin `propose`)."
+    )
+    resource_argument: str | None = Field(
+        description="For an MCP tool (`mandate mcp proxy`): the argument whose value is the "
+        'proposal\'s resource (data.json `"mcp": {"resource": ...}`); null: the tool\'s name.'
+    )
+
+
+class WorkflowView(BaseModel):
+    """What a workflow of the active bundle takes, as the caller sees it: the action types,
+    the case types each may be, and which of them the caller's role may propose."""
+
+    workflow: str
+    description: str | None
+    role: str = Field(description="The caller's role, which `may_propose` answers for.")
+    bundle_digest: str
+    action_types: list[WorkflowActionType]
 
 
 class EntryView(BaseModel):

@@ -3,7 +3,8 @@
 Tiny sizes in a scratch directory; the figures themselves mean nothing here and are not checked,
 only that each bench produced its lines (so a change in ``ledger``, ``gateway`` or ``adapters``
 cannot silently break them). The gateway and dispatch benches start real gateways (``mandate
-serve``) and load generators in subprocesses, so the quick run takes about a minute.
+serve``) and load generators in subprocesses, and the MCP bench the npm filesystem server and
+``mandate mcp proxy``, so the quick run takes a few minutes.
 """
 
 from __future__ import annotations
@@ -96,6 +97,12 @@ EXPECTED = [
     "gateway_scale.sqlite_n1_rate",
     "gateway_scale.sqlite_n2_rate",
     "gateway_scale.sqlite_n2_p99",
+    "mcp_proxy.direct_p50",
+    "mcp_proxy.direct_p99",
+    "mcp_proxy.proxied_p50",
+    "mcp_proxy.proxied_p99",
+    "mcp_proxy.held_to_call",
+    "mcp_proxy.held_to_answer",
 ]
 # The PostgreSQL halves run where the suite has a database; the soak then runs there too.
 if os.environ.get("MANDATE_TEST_DATABASE_URL"):
@@ -133,7 +140,7 @@ def _has_figure(lines: list[str], name: str) -> bool:
     return any(pattern.match(line) for line in lines)
 
 
-@pytest.mark.timeout(330)
+@pytest.mark.timeout(390)
 def test_quick_bench_prints_every_figure(tmp_path: Path) -> None:
     done = _run("--quick", tmp_path=tmp_path)
     assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-4000:]

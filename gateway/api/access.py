@@ -80,6 +80,7 @@ RULES: tuple[Rule, ...] = (
     Rule("POST", "/v1/actions", (EXECUTOR,), "propose actions"),
     Rule("GET", "/v1/actions/{action_id}", _SEE, "see actions"),
     Rule("POST", "/v1/actions/{action_id}/outcome", (EXECUTOR,), "report outcomes"),
+    Rule("POST", "/v1/actions/{action_id}/withdraw", (EXECUTOR,), "withdraw held actions"),
     Rule(
         "POST",
         "/v1/actions/{action_id}/corrections",
@@ -117,6 +118,7 @@ RULES: tuple[Rule, ...] = (
     Rule("GET", "/v1/policies/shadow", _READERS, "read policy bundles"),
     Rule("DELETE", "/v1/policies/shadow", (POLICY_ADMIN,), "change policy bundles"),
     Rule("POST", "/v1/policies/replay", (POLICY_ADMIN,), "replay policy bundles"),
+    Rule("GET", "/v1/workflows/{workflow}", (ANY_ROLE,), "see what a workflow takes"),
     Rule("GET", "/readyz", (ANY_ROLE,), "check readiness"),
     Rule("GET", "/metrics", (ANY_ROLE,), "read metrics"),
     Rule("GET", "/ui/", (ANY_ROLE,), "use the inbox"),

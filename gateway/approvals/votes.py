@@ -29,7 +29,7 @@ from gateway.db.tables import ACTIONS, APPROVALS, EVENTS, INTENTS, VOTES
 from gateway.decision.records import Judgement, approval_row
 from gateway.errors import Conflict, Forbidden, InvalidInput, NotFound
 from gateway.execution.routing import Routing, intent_row
-from gateway.identity import Identity
+from gateway.identity import Identity, may_act_for
 from gateway.policy.active import ActivePolicy
 from gateway.schemas import ApprovalView, Proposal, Reason, VoteRequest, VoteView
 from ledger.entry import format_time
@@ -430,6 +430,68 @@ class Approvals:
             return False
         self._autonomy.forget()  # the figures counted an expiry
         return True
+
+    # -- withdrawal ------------------------------------------------------------------------
+
+    async def withdraw(self, identity: Identity, action_id: str, reason: str) -> None:
+        """The proposer takes back a held action (its caller stopped waiting, so nobody would
+        carry it out): a ``withdrawal`` entry, the approval closed as ``withdrawn`` (out of the
+        inbox; later votes get 409) and the action with it.
+
+        Only the proposing token, or another of its standing, withdraws (Forbidden); an action
+        that is not held, or whose approval closed meanwhile, is a Conflict."""
+        with self._engine.connect() as conn:
+            action = conn.execute(sa.select(ACTIONS).where(ACTIONS.c.id == action_id)).first()
+            if action is None:
+                raise NotFound(f"no action {action_id}")
+            confine(identity, action.workflow, f"action {action_id}")
+            row = conn.execute(
+                sa.select(APPROVALS.c.id).where(
+                    APPROVALS.c.action_id == action_id, APPROVALS.c.status == "pending"
+                )
+            ).first()
+        if not may_act_for(self._ledger, identity, action.executor, action.proposal_seq):
+            raise Forbidden(
+                "only the token that proposed an action, or another of the same owner, role and "
+                "workflow binding, withdraws it"
+            )
+        if row is None:
+            raise Conflict(
+                f"action {action_id} is {action.status}: only a held action is withdrawn"
+            )
+        body = {
+            "action_id": action_id,
+            "approval_id": row.id,
+            "reason": reason,
+            "executor": identity.to_json(),
+        }
+
+        def close(conn: Connection, appended: list[Appended]) -> None:
+            entry = appended[0]
+            moved = conn.execute(
+                sa.update(APPROVALS)
+                .where(APPROVALS.c.id == row.id, APPROVALS.c.status == "pending")
+                .values(status="withdrawn", closed_at=entry.time, closed_reason=reason)
+            )
+            if moved.rowcount != 1:
+                raise _Closed(
+                    conn.execute(
+                        sa.select(APPROVALS.c.status).where(APPROVALS.c.id == row.id)
+                    ).scalar_one()
+                )
+            conn.execute(
+                sa.update(ACTIONS).where(ACTIONS.c.id == action_id).values(status="withdrawn")
+            )
+            conn.execute(sa.insert(EVENTS).values(_event(entry, action_id, "withdrawal")))
+
+        try:
+            await self._ledger.append_many_async(
+                [Record("withdrawal", identity.name, action_id, body)], in_transaction=close
+            )
+        except _Closed as exc:
+            raise Conflict(
+                f"approval {row.id} of action {action_id} is {exc.status}; it was not withdrawn"
+            ) from None
 
     async def sweep(self) -> int:
         """Expire every pending approval past its time; return how many."""

@@ -99,6 +99,8 @@ def _summary(entry: dict[str, Any], limit: int = 160) -> str:
         text = f"{who} rejected: {body.get('reason', '')}"
     elif kind == "expiry":
         text = f"approval {body.get('approval_id')} expired without quorum"
+    elif kind == "withdrawal":
+        text = f"{who} withdrew it: {body.get('reason', '')}"
     elif kind == "execution" and body.get("result") == "retry":
         text = (
             f"attempt {body.get('attempt')} failed: {body.get('error')}; next attempt at "

@@ -35,7 +35,8 @@ def approvals_list(
     status: Annotated[
         str,
         typer.Option(
-            help="Only approvals in this state: pending, approved, rejected, expired or superseded."
+            help="Only approvals in this state: pending, approved, rejected, expired, superseded "
+            "or withdrawn."
         ),
     ] = "pending",
     url: GatewayUrl = DEFAULT_URL,
@@ -48,7 +49,7 @@ def approvals_list(
     """
     from typing import cast
 
-    check_status(status, ("pending", "approved", "rejected", "expired", "superseded"))
+    check_status(status, ("pending", "approved", "rejected", "expired", "superseded", "withdrawn"))
     approvals = ask(url, token, lambda client: client.approvals(cast(Any, status)))
     headers = ["APPROVAL", "WORKFLOW", "CASE TYPE", "EXECUTOR", "AMOUNT", "CONF", "VOTES"]
     rows = [

@@ -18,6 +18,7 @@ from gateway.cli.audits import audits_app
 from gateway.cli.autonomy import autonomy_app
 from gateway.cli.db import db_app
 from gateway.cli.ledger import ledger_app
+from gateway.cli.mcp import mcp_app
 from gateway.cli.policy import policy_app
 from gateway.cli.serve import demo, serve
 from gateway.cli.tokens import token_app
@@ -43,3 +44,4 @@ app.add_typer(autonomy_app, name="autonomy")
 app.add_typer(audits_app, name="audits")
 app.add_typer(policy_app, name="policy")
 app.add_typer(db_app, name="db")
+app.add_typer(mcp_app, name="mcp")

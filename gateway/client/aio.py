@@ -21,7 +21,7 @@ from gateway.client.transport import (
     Link,
     Pause,
 )
-from gateway.schemas import ActionView, ApprovalView, Verdict
+from gateway.schemas import ActionView, ApprovalView, Verdict, WorkflowView
 
 __all__ = ["AsyncMandateClient"]
 
@@ -132,6 +132,14 @@ class AsyncMandateClient:
     ) -> ActionView:
         """See ``MandateClient.report_outcome``."""
         return await self._run(self._calls.report_outcome(action_id, outcome, details))
+
+    async def withdraw(self, action_id: str, reason: str) -> ActionView:
+        """See ``MandateClient.withdraw``."""
+        return await self._run(self._calls.withdraw(action_id, reason))
+
+    async def workflow(self, workflow: str) -> WorkflowView:
+        """See ``MandateClient.workflow``."""
+        return await self._run(self._calls.workflow(workflow))
 
     async def approvals(self, status: ApprovalStatus = "pending") -> list[ApprovalView]:
         """See ``MandateClient.approvals``."""

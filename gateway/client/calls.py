@@ -28,12 +28,13 @@ from gateway.schemas import (
     AutonomyView,
     PromotionView,
     Verdict,
+    WorkflowView,
 )
 
 __all__ = ["ApprovalStatus", "Calls", "OutcomeStatus"]
 
 OutcomeStatus = Literal["succeeded", "failed"]
-ApprovalStatus = Literal["pending", "approved", "rejected", "expired", "superseded"]
+ApprovalStatus = Literal["pending", "approved", "rejected", "expired", "superseded", "withdrawn"]
 
 _POLL_FIRST = 0.1  # wait(): the first pause between polls, growing by half each time...
 _POLL_MAX = 2.0  # ...up to this
@@ -148,6 +149,18 @@ class Calls:
                 if _recorded(view, call):
                     return view
             raise
+
+    def withdraw(self, action_id: str, reason: str) -> Flow[ActionView]:
+        """``POST /v1/actions/{id}/withdraw``."""
+        path = f"/v1/actions/{_segment(action_id)}/withdraw"
+        return self.link.exchange(
+            Call("POST", path, ActionView.model_validate_json, {"reason": reason})
+        )
+
+    def workflow(self, workflow: str) -> Flow[WorkflowView]:
+        """``GET /v1/workflows/{workflow}``."""
+        path = f"/v1/workflows/{_segment(workflow)}"
+        return self.link.exchange(Call("GET", path, WorkflowView.model_validate_json))
 
     def approvals(self, status: ApprovalStatus) -> Flow[list[ApprovalView]]:
         """``GET /v1/approvals``."""

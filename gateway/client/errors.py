@@ -160,6 +160,8 @@ def _rejection_message(verdict: Verdict, action: ActionView | None) -> str:
         return f"action {verdict.action_id} was rejected" + (f" ({reasons})" if reasons else "")
     if action.status == "expired":
         return f"action {verdict.action_id} was held ({reasons}) and its approval expired"
+    if action.status == "withdrawn":
+        return f"action {verdict.action_id} was held ({reasons}) and withdrawn by its proposer"
     last = next(
         (e for e in reversed(action.timeline) if e.get("kind") in ("rejection", "decision")), None
     )

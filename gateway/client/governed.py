@@ -20,7 +20,13 @@ from dataclasses import dataclass
 from typing import Any, ParamSpec, TypeVar, cast
 
 from gateway.client.aio import AsyncMandateClient
-from gateway.client.errors import ActionRejected, Conflict, MandateError, OutcomeNotRecorded
+from gateway.client.errors import (
+    ActionRejected,
+    Conflict,
+    MandateError,
+    OutcomeNotRecorded,
+    WaitTimeout,
+)
 from gateway.client.sync import MandateClient
 from gateway.client.transport import json_default
 from gateway.schemas import ActionView, Verdict
@@ -29,7 +35,7 @@ __all__ = ["governed"]
 
 log = logging.getLogger("mandate.client")
 
-_FINAL = frozenset({"rejected", "expired"})
+_FINAL = frozenset({"rejected", "expired", "withdrawn"})
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -134,6 +140,10 @@ class _Governance:
                 f"this process (a webhook adapter?), so {self.name} is not run here"
             )
 
+    def gave_up(self) -> str:
+        """Why a held call that timed out is withdrawn (the ledger and the approvers see it)."""
+        return f"@governed {self.name}: no decision within {self.wait_timeout:g} s"
+
     def success(self, result: Any) -> dict[str, Any]:
         return dict(self.details(result)) if self.details is not None else {}
 
@@ -193,8 +203,10 @@ def governed(
        a JSON form; ``Decimal`` as strings, so money stays exact). ``case_type`` is the
        bundle's to decide (leave it out); the key, by default, is new for every call.
     2. ``reject``: ``ActionRejected`` is raised and the function is not called.
-       ``hold``: the call waits (up to ``wait_timeout`` seconds, else ``WaitTimeout``) for the
-       approval; rejected or expired raises ``ActionRejected`` without calling the function.
+       ``hold``: the call waits (up to ``wait_timeout`` seconds) for the approval; rejected or
+       expired raises ``ActionRejected`` without calling the function. When the time runs out,
+       the held action is withdrawn (nobody would run it if it were approved later) and
+       ``WaitTimeout`` is raised; an approval that came just before the withdrawal stands.
     3. ``execute``, or approved: the function runs, once.
     4. Its outcome is reported (the callback adapter): ``succeeded`` with ``details(result)``
        if given, or ``failed`` with the exception's type and message, and the exception is
@@ -234,13 +246,43 @@ def governed(
     return decorate
 
 
+def _waited(client: MandateClient, action_id: str, spec: _Governance) -> ActionView:
+    """The held action once decided; withdrawn when ``wait_timeout`` runs out first."""
+    try:
+        return client.wait(action_id, spec.wait_timeout)
+    except WaitTimeout as timeout:
+        try:
+            timeout.action = client.withdraw(action_id, spec.gave_up())
+        except Conflict:  # decided just now: that decision stands
+            return client.get_action(action_id)
+        except MandateError as lost:
+            timeout.add_note(f"mandate: the held action was not withdrawn: {lost}")
+        raise
+
+
+async def _waited_async(
+    client: AsyncMandateClient, action_id: str, spec: _Governance
+) -> ActionView:
+    """``_waited`` for the async client."""
+    try:
+        return await client.wait(action_id, spec.wait_timeout)
+    except WaitTimeout as timeout:
+        try:
+            timeout.action = await client.withdraw(action_id, spec.gave_up())
+        except Conflict:
+            return await client.get_action(action_id)
+        except MandateError as lost:
+            timeout.add_note(f"mandate: the held action was not withdrawn: {lost}")
+        raise
+
+
 def _governed_sync(client: MandateClient, spec: _Governance, fn: Callable[P, R]) -> Callable[P, R]:
     @functools.wraps(fn)
     def run(*args: P.args, **kwargs: P.kwargs) -> R:
         verdict = client.propose(**spec.proposal(args, kwargs))
         action = None
         if verdict.verdict == "hold":
-            action = client.wait(verdict.action_id, spec.wait_timeout)
+            action = _waited(client, verdict.action_id, spec)
         spec.go_ahead(verdict, action)
         try:
             result = fn(*args, **kwargs)
@@ -267,7 +309,7 @@ def _governed_async(
         verdict = await client.propose(**spec.proposal(args, kwargs))
         action = None
         if verdict.verdict == "hold":
-            action = await client.wait(verdict.action_id, spec.wait_timeout)
+            action = await _waited_async(client, verdict.action_id, spec)
         spec.go_ahead(verdict, action)
         try:
             result = await fn(*args, **kwargs)

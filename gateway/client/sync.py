@@ -46,6 +46,7 @@ from gateway.schemas import (
     AutonomyView,
     PromotionView,
     Verdict,
+    WorkflowView,
 )
 
 __all__ = ["MandateClient"]
@@ -183,6 +184,17 @@ class MandateClient:
         the callback adapter; otherwise ``Forbidden`` or ``Conflict``.
         """
         return self._run(self._calls.report_outcome(action_id, outcome, details))
+
+    def withdraw(self, action_id: str, reason: str) -> ActionView:
+        """Take back a held action of yours that nobody will carry out (you stopped waiting for
+        it): its approval closes as ``withdrawn`` and it never executes. ``Conflict`` once it is
+        decided (look with ``get_action``: an approval that came just now stands)."""
+        return self._run(self._calls.withdraw(action_id, reason))
+
+    def workflow(self, workflow: str) -> WorkflowView:
+        """What ``workflow`` takes: its action types, the case types each may be, and which of
+        them this token's role may propose."""
+        return self._run(self._calls.workflow(workflow))
 
     def approvals(self, status: ApprovalStatus = "pending") -> list[ApprovalView]:
         """Approvals this token may decide or oversee, newest first."""

@@ -62,14 +62,18 @@ class WorkflowConfig:
 
     ``action_types`` maps each action type an executor may propose in the workflow to the case
     types it may be (the unit of autonomy: its level, quorum and audit rate). The bundle decides
-    the case type, never the proposer: see ``gateway.decision.decider.classify``.
+    the case type, never the proposer: see ``gateway.decision.steps.classify``.
     ``amount_scale`` is the most decimals an amount (``params.amount``) may carry;
     ``signed_amounts`` lets amounts be negative (they are positive otherwise).
+    ``resource_arguments`` names, per action type that is an MCP tool, the tool argument whose
+    value the MCP proxy proposes as the resource (``"mcp": {"resource": "path"}``), so that
+    approvers see what the call acts on.
     """
 
     name: str
     case_types: dict[str, dict[str, Any]]
     action_types: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    resource_arguments: dict[str, str] = field(default_factory=dict)
     approval_ttl_hours: float = 24.0
     amount_scale: int = DEFAULT_AMOUNT_SCALE
     signed_amounts: bool = False
@@ -255,6 +259,7 @@ def _workflow(name: str, config: Any, where: Path, data_path: str) -> WorkflowCo
             'may be: {"refund.issue": {"case_types": ["refund.issue"]}} (policies/README.md)',
         )
     action_types: dict[str, tuple[str, ...]] = {}
+    resource_arguments: dict[str, str] = {}
     for action_type, entry in listed.items():
         names = entry.get("case_types") if isinstance(entry, dict) else None
         if not isinstance(names, list) or not names or not all(isinstance(n, str) for n in names):
@@ -266,6 +271,15 @@ def _workflow(name: str, config: Any, where: Path, data_path: str) -> WorkflowCo
                 f"names {', '.join(unknown)}, not in workflows.{name}.case_types",
             )
         action_types[action_type] = tuple(dict.fromkeys(names))
+        mcp = entry.get("mcp", {})
+        argument = mcp.get("resource") if isinstance(mcp, dict) else None
+        if not isinstance(mcp, dict) or not isinstance(argument, str | None) or argument == "":
+            raise wrong(
+                f"action_types.{action_type}.mcp",
+                'must be an object naming the argument that is the resource: {"resource": "path"}',
+            )
+        if argument is not None:
+            resource_arguments[action_type] = argument
     scale = config.get("amount_scale", DEFAULT_AMOUNT_SCALE)
     if not isinstance(scale, int) or isinstance(scale, bool) or not 0 <= scale <= MAX_AMOUNT_SCALE:
         raise wrong("amount_scale", f"must be a whole number from 0 to {MAX_AMOUNT_SCALE}")
@@ -279,6 +293,7 @@ def _workflow(name: str, config: Any, where: Path, data_path: str) -> WorkflowCo
         name=name,
         case_types=case_types,
         action_types=action_types,
+        resource_arguments=resource_arguments,
         approval_ttl_hours=float(ttl),
         amount_scale=scale,
         signed_amounts=signed,

@@ -12,7 +12,7 @@ from fastapi import Depends, FastAPI
 from gateway.api.deps import reject_unknown_query
 from gateway.api.limits import Limits
 from gateway.api.problems import BodyLimit, install_problem_handlers
-from gateway.api.routes import actions, approvals, audits, autonomy, health, ledger
+from gateway.api.routes import actions, approvals, audits, autonomy, health, ledger, workflows
 from gateway.api.routes import policies as policy_routes
 from gateway.server.runtime import Runtime
 from gateway.settings import Settings
@@ -86,6 +86,7 @@ def create_app(
     app.include_router(audits.router)
     app.include_router(ledger.router)
     app.include_router(policy_routes.router)
+    app.include_router(workflows.router)
     app.include_router(health.router)
     app.include_router(ui.router)
     app.mount("/ui/static", ui.static_files(), name="ui-static")

@@ -62,7 +62,7 @@ def test_validate_names_an_unknown_workflow(policy: ActivePolicy) -> None:
         validate(as_proposal(body), policy)
     assert caught.value.errors[0][0] == "workflow"
     assert "laundry" in caught.value.detail
-    assert "claims, parking" in caught.value.detail  # it says which workflows exist
+    assert "claims, files, parking" in caught.value.detail  # it says which workflows exist
 
 
 @pytest.mark.parametrize("amount", [20.5, 20, "20 EUR", "1e3", "twenty", "", " 20", "0x14"])

@@ -70,7 +70,7 @@ def test_the_first_start_activates_the_directory_and_says_so(
             "mandate",
             entry["seq"],
         )
-        assert view["workflows"] == ["claims", "parking"]
+        assert view["workflows"] == ["claims", "files", "parking"]
         assert all(f["content"] is None for f in view["files"])
     full = live.as_role("auditor").get("/v1/policies/active", params={"content": "true"}).json()
     data = next(f for f in full["files"] if f["path"] == "data.json")
@@ -99,7 +99,7 @@ def test_a_policy_admin_activates_a_bundle_and_decisions_follow_it(
     body = answer.json()
     assert body["changed"] is True
     assert body["policy"]["digest"] == digest
-    assert body["validation"]["rego_tests"] == {"passed": 15, "failed": 0}
+    assert body["validation"]["rego_tests"] == {"passed": 20, "failed": 0}
     assert body["validation"]["cases"]["failed"] == 0
 
     # In force at once on this process: the same claim now runs alone, naming the new bundle.

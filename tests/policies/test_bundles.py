@@ -76,3 +76,14 @@ def test_a_file_that_is_wrong_is_named() -> None:
     without = {p: c for p, c in files.items() if p != "casbin/model.conf"}
     with pytest.raises(BundleError, match=r"missing casbin/model\.conf"):
         bundle_from_files(without)
+
+
+def test_an_action_types_mcp_resource_argument_is_read_and_checked() -> None:
+    files = read_bundle_files(POLICIES)
+    files_workflow = bundle_from_files(files).workflows["files"]
+    assert files_workflow.resource_arguments["move_file"] == "source"
+    assert "list_allowed_directories" not in files_workflow.resource_arguments
+    for wrong in ('"mcp": "path"', '"mcp": {"resource": 7}', '"mcp": {"resource": ""}'):
+        data = files["data.json"].replace(b'"mcp": {"resource": "source"}', wrong.encode(), 1)
+        with pytest.raises(BundleError, match=r"workflows\.files\.action_types\.move_file\.mcp"):
+            bundle_from_files({**files, "data.json": data})

@@ -25,7 +25,7 @@ def test_the_default_bundle_passes_with_every_rule_fired(tmp_path: Path) -> None
     done = mandate("policy", "test", cwd=REPO)  # the default DIR is ./policies
     assert done.returncode == 0, done.stdout + done.stderr
     out = done.stdout
-    assert "Rego unit tests: 15 passed, 0 failed" in out
+    assert "Rego unit tests: 20 passed, 0 failed" in out
     assert lines_with(out, "Decision cases:", "passed, 0 failed")
     assert lines_with(out, "PASS", "tests/verdicts.yaml #3", "→ reject [not_permitted]")
     assert lines_with(out, "PASS", "rego/claims_test.rego", "test_litigation_is_held")
@@ -57,6 +57,8 @@ def test_the_cases_cover_the_readme_verdict_table() -> None:
         ("claims-agent", "claim.approve", "800", 0.97): ("execute", []),
         ("claims-agent", "claim.approve", "12000", 0.97): ("hold", ["high_value"]),
         ("claims-agent", "claim.approve", "60000", 0.97): ("reject", ["over_hard_limit"]),
+        ("files-agent", "list_directory", None, None): ("execute", []),
+        ("files-agent", "write_file", None, None): ("hold", ["advisory_level"]),
     }
     for row, expected in table.items():
         assert decided.get(row) == expected, row
@@ -98,7 +100,7 @@ def test_json_output_has_every_test_case_and_rule(tmp_path: Path) -> None:
     report = json.loads(done.stdout)
     assert report["passed"] is True
     assert report["digest"] == load_bundle(POLICIES).digest
-    assert report["summary"]["rego_tests"] == {"passed": 15, "failed": 0}
+    assert report["summary"]["rego_tests"] == {"passed": 20, "failed": 0}
     assert report["summary"]["cases"]["failed"] == 0
     assert {c["got"]["verdict"] for c in report["cases"]} == {
         "execute",

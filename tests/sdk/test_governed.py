@@ -12,6 +12,7 @@ import pytest
 from gateway.client import (
     ActionRejected,
     AsyncMandateClient,
+    Conflict,
     MandateClient,
     MandateError,
     WaitTimeout,
@@ -218,7 +219,38 @@ def test_a_hold_nobody_decides_in_time_raises_wait_timeout(live: Live) -> None:
         with pytest.raises(WaitTimeout) as error:
             book()
     assert not called
-    assert error.value.action.status == "held"
+    # Nobody would run it now: it is withdrawn, not left for an approver to approve.
+    action = error.value.action
+    assert action.status == "withdrawn"
+    (withdrawal,) = [e for e in action.timeline if e["kind"] == "withdrawal"]
+    assert "no decision within 0.3 s" in withdrawal["body"]["reason"]
+    approval_id = action.decision.approval.id if action.decision.approval else ""
+    with live.client("approver") as approver:
+        assert approval_id not in {a.id for a in approver.approvals()}
+        with pytest.raises(Conflict, match="withdrawn"):
+            approver.decide(approval_id, "approve")
+
+
+def test_an_async_hold_nobody_decides_in_time_is_withdrawn(live: Live) -> None:
+    async def test() -> ActionView:
+        async with AsyncMandateClient(live.url, live.token("booking-agent")) as bot:
+
+            @governed(
+                bot,
+                workflow="parking",
+                action_type="booking.create",
+                resource="lot-9/space-5",
+                confidence=0.5,
+                wait_timeout=0.3,
+            )
+            async def book() -> None:
+                raise AssertionError("a held call that timed out must not run")
+
+            with pytest.raises(WaitTimeout) as error:
+                await book()
+            return error.value.action
+
+    assert asyncio.run(test()).status == "withdrawn"
 
 
 def test_the_client_must_match_the_function(live: Live) -> None:

@@ -91,10 +91,10 @@ def test_a_governor_sees_every_case_type_and_approves_a_promotion(
     sign_in(page, gateway, gateway.token("gina", "governor"))
     expect(page.get_by_role("heading", name="Autonomy")).to_be_visible()
     expect(page.get_by_role("link", name="Autonomy")).to_have_attribute("aria-current", "page")
-    for workflow in ("parking", "claims"):
+    for workflow in ("parking", "claims", "files"):
         expect(page.get_by_role("heading", name=workflow, exact=True)).to_be_visible()
     cases = page.locator("section.case")
-    expect(cases).to_have_count(7)  # every case type of the default bundle
+    expect(cases).to_have_count(9)  # every case type of the default bundle
 
     refund = page.locator('[data-case="parking/refund.issue"]')
     expect(refund.locator(".level")).to_have_text("Level 1 · advisory")

@@ -1,4 +1,5 @@
-"""Proposals: ``POST /v1/actions`` runs the decision path; ``GET`` shows where an action stands."""
+"""Proposals: ``POST /v1/actions`` runs the decision path; ``GET`` shows where an action stands;
+its executor reports its outcome, or withdraws it while it is held."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ from gateway.errors import Conflict, DecisionUnavailable, Forbidden, NotFound
 from gateway.execution.outcomes import record_outcome
 from gateway.execution.views import show_action
 from gateway.identity import may_act_for
-from gateway.schemas import ActionView, OutcomeReport, Proposal, Verdict
+from gateway.schemas import ActionView, OutcomeReport, Proposal, Verdict, WithdrawalRequest
 
 router = APIRouter(
     prefix="/v1/actions", tags=["actions"], responses=AUTH_PROBLEMS, route_class=StrictJSONRoute
@@ -116,4 +117,28 @@ async def report_outcome(
             "executor"
         ) from None
     await runtime.decider.autonomy.after(row.workflow, row.case_type)  # the figures moved
+    return show_action(runtime.engine, runtime.ledger, identity, action_id)
+
+
+@router.post(
+    "/{action_id}/withdraw",
+    response_model=ActionView,
+    summary="Withdraw a held action that nobody will carry out",
+    responses={
+        403: problem_doc(
+            "Only the token that proposed the action, or another of the same owner, role and "
+            "workflow binding, withdraws it."
+        ),
+        404: problem_doc("No such action."),
+        409: problem_doc("The action is not held: decided, expired or withdrawn already."),
+        422: problem_doc("The reason is missing; `errors` names it."),
+    },
+)
+async def withdraw(
+    action_id: str, request: WithdrawalRequest, runtime: Rt, identity: Caller
+) -> ActionView:
+    """For an executor whose caller stopped waiting (a timed-out `@governed` call, an MCP client
+    that gave up): the held action becomes `withdrawn`, a `withdrawal` entry says who and why,
+    its approval leaves the inbox and takes no more votes, and it never executes."""
+    await runtime.approvals.withdraw(identity, action_id, request.reason)
     return show_action(runtime.engine, runtime.ledger, identity, action_id)

@@ -21,7 +21,8 @@ _VOTE_PROBLEMS: dict[int | str, dict[str, Any]] = {
     403: problem_doc("Not an approver of this workflow, or the proposer (separation of duties)."),
     404: problem_doc("No such approval."),
     409: problem_doc(
-        "The approval is no longer pending (approved, rejected, expired, superseded), the "
+        "The approval is no longer pending (approved, rejected, expired, superseded, "
+        "withdrawn), the "
         "caller voted the other way before, or the policy changed and the action was "
         "re-evaluated."
     ),
@@ -34,7 +35,7 @@ def list_approvals(
     runtime: Rt,
     identity: Caller,
     status: Annotated[
-        Literal["pending", "approved", "rejected", "expired", "superseded"] | None,
+        Literal["pending", "approved", "rejected", "expired", "superseded", "withdrawn"] | None,
         Query(description="Only approvals in this state [default: pending]."),
     ] = "pending",
 ) -> list[ApprovalView]:

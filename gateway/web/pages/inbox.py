@@ -34,7 +34,7 @@ from gateway.web.session import Visit, open_visit, redirect
 
 __all__ = ["router"]
 
-STATUSES = ("pending", "approved", "rejected", "expired", "superseded")
+STATUSES = ("pending", "approved", "rejected", "expired", "superseded", "withdrawn")
 FILTERS = (*STATUSES, "all")
 
 router = APIRouter(prefix="/ui")
@@ -109,6 +109,8 @@ def _timeline(action: ActionView) -> list[dict[str, Any]]:
             text = f"{verb}: {body['reason']}" if body.get("reason") else verb
         elif kind == "expiry":
             text = f"approval {body.get('approval_id')} expired: no quorum in time"
+        elif kind == "withdrawal":
+            text = f"withdrawn: {body.get('reason')}"
         elif kind == "execution":
             attempt, adapter = body.get("attempt"), body.get("adapter")
             if body.get("result") == "retry":
