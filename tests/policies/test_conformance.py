@@ -108,7 +108,7 @@ def test_policy_test_on_opa_passes_the_shipped_bundle(tmp_path: Path) -> None:
     done = mandate("policy", "test", "--engine", "opa", cwd=REPO)
     assert done.returncode == 0, done.stdout + done.stderr
     out = done.stdout
-    assert lines_with(out, "Rego unit tests: 15 passed, 0 failed", "(OPA v1.20.2")
+    assert lines_with(out, "Rego unit tests: 20 passed, 0 failed", "(OPA v1.20.2")
     assert lines_with(out, "Decision cases:", "passed, 0 failed", "(OPA v1.20.2")
     assert lines_with(out, "Engines: regorus", "against OPA v1.20.2", "generated inputs")
     assert "The engines agree on every one." in out
