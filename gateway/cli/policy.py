@@ -198,23 +198,27 @@ def policy_activate(
     mode: Literal["active", "shadow"] = "shadow" if shadow else "active"
     check = _checked(directory, report=False)
     bundle = check.bundle
+    signer = None
     if url:
         from gateway.client import MandateError, Unreachable
 
         with _gateway(url, token) as client:
             files = _bundle_texts(directory)
+            signatures = _signatures_text(directory)
             try:
-                answer = client.activate_policy(files, reason, mode)
+                answer = client.activate_policy(files, reason, mode, signatures=signatures)
             except Unreachable as exc:
                 raise fail(f"cannot reach the gateway at {url}: {exc.__cause__ or exc}") from None
             except MandateError as exc:
                 raise _answered(exc) from None
         changed, seq, who = answer.changed, answer.policy.ledger_seq, "the gateway"
+        signer = answer.policy.signature
     else:
         from gateway.db.connect import open_ledger
         from gateway.lifecycle.slots import write_slot
 
         settings = settings_from(data_dir, database_url)
+        signer = _vouched(directory, bundle, settings.bundle_key)
         engine = open_database(settings)
         try:
             with open_ledger(settings, engine) as ledger:
@@ -226,6 +230,7 @@ def policy_activate(
                     by=_operator(),
                     reason=reason,
                     validation=check.summary(),
+                    signer=signer,
                 )
         except LedgerError as exc:
             raise fail(exc.diagnostics()) from None
@@ -239,10 +244,121 @@ def policy_activate(
         err.print(
             f"bundle {bundle.digest[:12]} ({len(bundle.files)} files, workflows "
             f"{', '.join(sorted(bundle.workflows))}; {summary['rego_tests']['passed']} Rego "
-            f"tests and {summary['cases']['passed']} decision cases passed) is now the {mode} "
-            f"bundle in {who}: policy entry #{seq}",
+            f"tests and {summary['cases']['passed']} decision cases passed"
+            + ("" if signer is None else f"; signed with key {signer.key_id or '(no id)'}")
+            + f") is now the {mode} bundle in {who}: policy entry #{seq}",
             highlight=False,
         )
+    print(bundle.digest)
+
+
+def _signatures_text(directory: Path) -> str | None:
+    """A bundle directory's ``.signatures.json``, as the upload carries it (None: unsigned)."""
+    from gateway.policy.signing import SignatureError, read_signatures
+
+    try:
+        signatures = read_signatures(directory)
+    except SignatureError as exc:
+        raise fail(str(exc)) from None
+    return None if signatures is None else signatures.decode("utf-8", errors="replace")
+
+
+def _vouched(directory: Path, bundle: Any, key_path: Path | None) -> Any:
+    """Who signed the bundle in ``directory``, checked with the bundle key as a gateway checks
+    it (None without a key); exit 1 when the signature does not vouch for it, 2 when the key
+    cannot be used."""
+    from gateway.policy.signing import (
+        SignatureError,
+        read_public_key,
+        read_signatures,
+        verify_files,
+    )
+
+    if key_path is None:
+        return None
+    try:
+        key = read_public_key(key_path)
+    except SignatureError as exc:
+        raise fail(str(exc)) from None
+    try:
+        return verify_files(bundle.files, read_signatures(directory), key)
+    except SignatureError as exc:
+        raise fail(f"{directory}: {exc}", code=1) from None
+
+
+@policy_app.command("sign")
+def policy_sign(
+    directory: BundleDir,
+    key: Annotated[
+        Path,
+        typer.Option(
+            "--key",
+            help="The signing key: an RSA or ECDSA (P-256) private key in PEM, unencrypted, as "
+            "`opa sign --signing-key` takes.",
+            show_default=False,
+        ),
+    ],
+    key_id: Annotated[
+        str | None,
+        typer.Option(
+            "--key-id",
+            help="The key's name, written as the JWT's `kid`; the gateway records it in the "
+            "`policy` ledger entry.",
+            show_default=False,
+        ),
+    ] = None,
+    alg: Annotated[
+        str | None,
+        typer.Option(
+            "--alg",
+            help="RS256 (an RSA key) or ES256 (a P-256 key) [default: the key's].",
+            show_default=False,
+        ),
+    ] = None,
+) -> None:
+    """Sign a bundle: write DIR/.signatures.json in OPA's format, as `opa sign` does.
+
+    The file holds one JWT whose `files` claim lists every file of the bundle with its SHA-256
+    (data.json hashed as OPA hashes it, so OPA and its tooling verify it too). It is a hidden
+    file, not part of the bundle or its digest: activation sends it beside the files, and a
+    gateway with a bundle key (MANDATE_BUNDLE_KEY, the public key) activates only bundles
+    whose every file is the one signed. Sign again after any change. Prints the bundle's
+    digest. Exit 2 if the bundle or the key cannot be used.
+    """
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    from gateway.policy.bundle import BundleError, load_bundle
+    from gateway.policy.signing import (
+        SIGNATURES_FILE,
+        SignatureError,
+        load_private_key,
+        sign_files,
+    )
+
+    try:
+        bundle = load_bundle(directory)
+        pem = key.read_bytes()
+    except BundleError as exc:
+        raise fail(str(exc)) from None
+    except OSError as exc:
+        raise fail(f"--key {key}: cannot read: {exc.strerror or exc}") from None
+    try:
+        private = load_private_key(pem, f"--key {key}")
+        algorithm = alg or ("RS256" if isinstance(private, rsa.RSAPrivateKey) else "ES256")
+        signatures = sign_files(bundle.files, private, algorithm=algorithm, key_id=key_id)
+    except SignatureError as exc:
+        raise fail(str(exc)) from None
+    target = directory / SIGNATURES_FILE
+    try:
+        target.write_bytes(signatures)
+    except OSError as exc:
+        raise fail(f"{target}: cannot write: {exc.strerror or exc}") from None
+    err.print(
+        f"signed the {len(bundle.files)} files of bundle {bundle.digest[:12]} with {algorithm}"
+        + (f" key {key_id}" if key_id else "")
+        + f": {target}",
+        highlight=False,
+    )
     print(bundle.digest)
 
 

@@ -40,6 +40,7 @@ from gateway.schemas import (
     ReplayRequest,
     ShadowView,
     SideView,
+    SignatureView,
 )
 from gateway.server.runtime import Runtime
 
@@ -58,8 +59,9 @@ _CHANGE_PROBLEMS: dict[int | str, dict[str, Any]] = {
     ),
     413: problem_doc("The bundle is over `max_bundle_bytes`."),
     422: problem_doc(
-        "The bundle does not load, or its Rego tests or decision cases fail: `errors` names "
-        "each failure by file (`files.<path>`)."
+        "The bundle does not load, or its Rego tests or decision cases fail, or (with a bundle "
+        "key) it is unsigned or not the files signed: `errors` names each failure by file "
+        "(`files.<path>`), or `signatures`."
     ),
     503: problem_doc("The ledger did not record the activation: nothing changed."),
 }
@@ -89,6 +91,7 @@ def _bundle(files: dict[str, str]) -> Bundle:
 def _view(lifecycle: PolicyLifecycle, slot: Slot, *, content: bool = False) -> PolicyView:
     assert slot.digest is not None
     bundle = lifecycle.store.bundle(slot.digest)
+    signed = lifecycle.ledger.entry(slot.seq).body.get("signature")
     files = [
         BundleFileView(
             **item, content=bundle.files[item["path"]].decode("utf-8") if content else None
@@ -102,6 +105,7 @@ def _view(lifecycle: PolicyLifecycle, slot: Slot, *, content: bool = False) -> P
         activated_by=slot.changed_by,
         reason=slot.reason,
         ledger_seq=slot.seq,
+        signature=None if signed is None else SignatureView.model_validate(signed),
         workflows=sorted(bundle.workflows),
         files=files,
     )
@@ -137,14 +141,19 @@ def active(
     responses=_CHANGE_PROBLEMS,
 )
 def activate(upload: BundleUpload, runtime: Rt, identity: Caller) -> ActivationView:
-    """Checks the bundle (it loads, its Rego tests and decision cases pass), then writes a
-    `policy` ledger entry (digest, files with their SHA-256, who, why, what the check found)
-    and puts it in force: every gateway process follows within its poll interval; held
-    approvals are re-evaluated on their next vote. The same bundle again changes nothing."""
+    """Checks the bundle (with a bundle key, its signature covers every file; it loads; its
+    Rego tests and decision cases pass), then writes a `policy` ledger entry (digest, files
+    with their SHA-256, who, why, what the check found, who signed) and puts it in force:
+    every gateway process follows within its poll interval; held approvals are re-evaluated
+    on their next vote. The same bundle again changes nothing."""
     _unbound(identity)
     lifecycle = _lifecycle(runtime)
     bundle = _bundle(upload.files)
-    activation = lifecycle.activate(bundle, slot=upload.mode, by=identity, reason=upload.reason)
+    # A lone surrogate (valid JSON, not UTF-8) cannot be part of a JWT: it fails as any typo.
+    signatures = None if upload.signatures is None else upload.signatures.encode(errors="replace")
+    activation = lifecycle.activate(
+        bundle, slot=upload.mode, by=identity, reason=upload.reason, signatures=signatures
+    )
     return ActivationView(
         changed=activation.changed,
         policy=_view(lifecycle, activation.slot),
