@@ -362,8 +362,9 @@ async def _stream(replayer: Replayer, lifecycle: PolicyLifecycle) -> AsyncIterat
     loop = asyncio.get_running_loop()
     worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="replay")
     events: Generator[Progress | ReplayReport, None, None] = replayer.events()
+    report: ReplayReport | None = None
     try:
-        while True:
+        while report is None:
             try:
                 event = await loop.run_in_executor(worker, next, events, None)
             except Exception as exc:  # the status is sent already: say it in the stream
@@ -371,9 +372,15 @@ async def _stream(replayer: Replayer, lifecycle: PolicyLifecycle) -> AsyncIterat
                 return
             if event is None:
                 return
-            yield orjson.dumps(event.to_json()) + b"\n"
+            if isinstance(event, ReplayReport):
+                report = event
+            else:
+                yield orjson.dumps(event.to_json()) + b"\n"
     finally:
         with contextlib.suppress(Exception):
             await loop.run_in_executor(worker, events.close)
         worker.shutdown(wait=False)
         lifecycle.replaying.release()
+    # Sent once the replay is over and its lock free: a client that starts another replay as
+    # soon as it reads this report is not refused.
+    yield orjson.dumps(report.to_json()) + b"\n"
