@@ -611,6 +611,10 @@ class DisagreementView(BaseModel):
     executor: str
     level: int
     verdict_changed: bool = Field(description="False: the same verdict for other reasons.")
+    codes_added: list[str] = Field(description="Reason codes the shadow gives and not the active.")
+    codes_removed: list[str] = Field(
+        description="Reason codes the active bundle gives and not the shadow."
+    )
     active: SideView
     shadow: SideView
     proposal: dict[str, Any]
@@ -627,6 +631,9 @@ class ShadowView(BaseModel):
     )
     disagreements: int
     verdict_changes: int
+    reasons_changed: int = Field(
+        0, description="Disagreements with the same verdict for other reasons (other codes)."
+    )
     errors: int = Field(description="Disagreements where the shadow failed or refused.")
     this_process: dict[str, int] = Field(
         description="This process's comparisons: compared, disagreements, skipped (queue "

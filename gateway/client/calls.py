@@ -245,7 +245,7 @@ class Calls:
         )
 
     def shadow_policy(
-        self, limit: int, before: int | None, verdict_changes_only: bool
+        self, limit: int, before: int | None, verdict_changes_only: bool, reasons_only: bool
     ) -> Flow[ShadowView]:
         """``GET /v1/policies/shadow``."""
         params: dict[str, Any] = {"limit": limit}
@@ -253,6 +253,8 @@ class Calls:
             params["before"] = before
         if verdict_changes_only:
             params["verdict_changes_only"] = "true"
+        if reasons_only:
+            params["reasons_only"] = "true"
         return self.link.exchange(
             Call("GET", "/v1/policies/shadow", ShadowView.model_validate_json, params=params)
         )

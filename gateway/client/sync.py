@@ -267,11 +267,21 @@ class MandateClient:
         return self._run(self._calls.active_policy(content))
 
     def shadow_policy(
-        self, *, limit: int = 100, before: int | None = None, verdict_changes_only: bool = False
+        self,
+        *,
+        limit: int = 100,
+        before: int | None = None,
+        verdict_changes_only: bool = False,
+        reasons_only: bool = False,
     ) -> ShadowView:
         """The shadow bundle (None when none runs) and its disagreements with the active one,
-        newest first; pass ``next_before`` as ``before`` for the next page."""
-        return self._run(self._calls.shadow_policy(limit, before, verdict_changes_only))
+        newest first, each with the reason codes the shadow adds and drops; only those with
+        another verdict (``verdict_changes_only``) or only those with the same verdict for
+        other reasons (``reasons_only``). Pass ``next_before`` as ``before`` for the next
+        page."""
+        return self._run(
+            self._calls.shadow_policy(limit, before, verdict_changes_only, reasons_only)
+        )
 
     def stop_shadow(self, reason: str = "") -> ShadowView:
         """Stop the shadow bundle (a ``policy`` ledger entry); ``Conflict`` when none runs.

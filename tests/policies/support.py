@@ -81,6 +81,26 @@ def raised_review(root: Path) -> None:
     )(root)
 
 
+# A candidate with the same verdicts for other reasons: a claim over the hard limit is refused
+# for a code of its own, over_claim_limit, instead of over_hard_limit (the unit test and the
+# decision case that name the code follow).
+def renamed_limit(root: Path) -> None:
+    """Refuse claims over the hard limit as over_claim_limit (tests and cases follow)."""
+    replace_in("rego/claims.rego", '"code": "over_hard_limit"', '"code": "over_claim_limit"')(root)
+    replace_in(
+        "rego/claims_test.rego",
+        'codes(claims.deny) == {"over_hard_limit"}',
+        'codes(claims.deny) == {"over_claim_limit"}',
+    )(root)
+    replace_in(
+        CASES,
+        'params: {amount: "60000"}, confidence: 0.97}\n'
+        "    expect: {verdict: reject, reasons: [over_hard_limit]}",
+        'params: {amount: "60000"}, confidence: 0.97}\n'
+        "    expect: {verdict: reject, reasons: [over_claim_limit]}",
+    )(root)
+
+
 def texts(root: Path) -> dict[str, str]:
     """A bundle directory as ``POST /v1/policies`` takes it."""
     return {path: data.decode("utf-8") for path, data in read_bundle_files(root).items()}

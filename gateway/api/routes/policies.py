@@ -22,6 +22,7 @@ from gateway.api.deps import AUTH_PROBLEMS, MAX_INTEGER, Caller, Rt, problem_doc
 from gateway.api.strict_json import StrictJSONRoute
 from gateway.binding import confine
 from gateway.db.tables import ACTIONS, SHADOW_DISAGREEMENTS
+from gateway.decision.redecide import code_changes
 from gateway.errors import Conflict, InvalidInput
 from gateway.identity import Identity
 from gateway.lifecycle.activation import PolicyLifecycle, refusal
@@ -183,10 +184,19 @@ def shadow(
     verdict_changes_only: Annotated[
         bool, Query(description="Leave out those with the same verdict for other reasons.")
     ] = False,
+    reasons_only: Annotated[
+        bool,
+        Query(description="Only those with the same verdict for other reasons (other codes)."),
+    ] = False,
 ) -> ShadowView:
-    """Each disagreement has the two verdicts with their reasons, the level, and the proposal.
-    Without a running shadow, the last shadow's disagreements are listed (if any)."""
+    """Each disagreement has the two verdicts with their reasons, the reason codes the shadow
+    adds and drops, the level, and the proposal. Without a running shadow, the last shadow's
+    disagreements are listed (if any)."""
     _unbound(identity)
+    if verdict_changes_only and reasons_only:
+        raise InvalidInput(
+            [("reasons_only", "lists what verdict_changes_only leaves out: one or the other")]
+        )
     lifecycle = _lifecycle(runtime)
     slots = lifecycle.store.slots()
     active_slot = slots["active"]
@@ -195,12 +205,12 @@ def shadow(
     digest = shadow_slot.digest if running and shadow_slot else _last_shadow(runtime)
     table = SHADOW_DISAGREEMENTS
     items: list[DisagreementView] = []
-    counts = (0, 0, 0)
+    counts = (0, 0, 0, 0)
     decided = 0
     if digest is not None:
         query = sa.select(table).where(table.c.shadow_digest == digest)
-        if verdict_changes_only:
-            query = query.where(table.c.verdict_changed.is_(True))
+        if verdict_changes_only or reasons_only:
+            query = query.where(table.c.verdict_changed.is_(verdict_changes_only))
         if before is not None:
             query = query.where(table.c.id < before)
         with runtime.engine.connect() as conn:
@@ -210,6 +220,7 @@ def shadow(
                     sa.func.count(),
                     sa.func.count().filter(table.c.verdict_changed.is_(True)),
                     sa.func.count().filter(table.c.shadow_verdict.in_(("error", "refused"))),
+                    sa.func.count().filter(table.c.verdict_changed.is_(False)),
                 ).where(table.c.shadow_digest == digest)
             ).one()
             if running and shadow_slot is not None:
@@ -227,6 +238,7 @@ def shadow(
         disagreements=int(counts[0]),
         verdict_changes=int(counts[1]),
         errors=int(counts[2]),
+        reasons_changed=int(counts[3]),
         this_process={
             "compared": runner.compared,
             "disagreements": runner.disagreements,
@@ -249,6 +261,9 @@ def _last_shadow(runtime: Runtime) -> str | None:
 def _disagreement(row: Any) -> DisagreementView:
     detail = orjson.loads(row.detail)
     active, shadow = detail["active"], detail["shadow"]
+    added, removed = code_changes(
+        (r["code"] for r in active["reasons"]), (r["code"] for r in shadow["reasons"])
+    )
     return DisagreementView(
         id=row.id,
         action_id=row.action_id,
@@ -260,6 +275,8 @@ def _disagreement(row: Any) -> DisagreementView:
         executor=row.executor,
         level=detail["level"],
         verdict_changed=row.verdict_changed,
+        codes_added=added,
+        codes_removed=removed,
         active=SideView(
             verdict=active["verdict"],
             reasons=[Reason.model_validate(r) for r in active["reasons"]],
@@ -300,8 +317,11 @@ _REPLAY_DOC: dict[str, Any] = {
     "description": 'A stream of JSON lines: `{"event": "progress", "scanned", "total", '
     '"decisions", "changed"}` now and then, and last `{"event": "report", ...}`: decisions '
     "replayed, unchanged, changed, `transitions` (from → to with counts), `groups` by "
-    "workflow and case type, `rules` (reason codes added or removed by the candidate), "
-    "`examples` per transition with the proposal, and `input_mismatches` (decisions whose "
+    "workflow and case type, `rules` (reason codes the candidate adds or removes where the "
+    "verdict changes), `reason_changes` (decisions whose verdict stays and whose reason codes "
+    "change, grouped by workflow, case type, verdict and the codes added and removed, each "
+    "with a count and the first decisions), `examples` per transition with the proposal, and "
+    "`input_mismatches` (decisions whose "
     "Rego input could not be rebuilt from the ledger: none, when every input is recorded). A "
     'failure after the stream began ends it with `{"event": "error", "detail": ...}`.',
     "content": {_NDJSON: {"schema": {"type": "object"}}},
