@@ -317,6 +317,11 @@ def test_a_start_with_a_bundle_key_refuses_a_directory_it_did_not_sign(
     assert done.returncode == 2
     assert "bundle key" in done.stderr
     assert "cannot read" in done.stderr
+    private = clean_env(MANDATE_DATABASE_URL=sqlite_database.url, MANDATE_BUNDLE_KEY=str(secret))
+    done = mandate(*args, cwd=tmp_path, env=private)
+    assert done.returncode == 2
+    assert f"error: bundle key {secret}: not a PEM public key" in done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1, done.stderr
 
     # The process itself refuses too, and writes nothing.
     settings: Settings = settings_for(
