@@ -18,13 +18,14 @@ from tests.policies.support import (
     bundle_copy,
     clean_env,
     edit_data,
+    keypair,
     lines_with,
     mandate,
     raised_review,
     renamed_limit,
     replace_in,
+    sign,
 )
-from tests.policies.test_signing import keypair, sign
 
 
 def reviewed(data: dict[str, Any]) -> None:

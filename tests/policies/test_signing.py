@@ -15,7 +15,6 @@ import jwt
 import orjson
 import pytest
 from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from gateway.policy.bundle import load_bundle, read_bundle_files
 from gateway.policy.signing import (
@@ -36,43 +35,14 @@ from tests.policies.support import (
     activate,
     bundle_copy,
     clean_env,
+    keypair,
     mandate,
     policy_entries,
     raised_review,
+    sign,
 )
 
 VECTORS = Path(__file__).parent / "testdata" / "opa-hashes"
-
-
-def keypair(directory: Path, kind: str) -> tuple[Path, Path]:
-    """A fresh private key (PEM) and its public key, as files in ``directory``."""
-    private: rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey = (
-        rsa.generate_private_key(public_exponent=65537, key_size=2048)
-        if kind == "rsa"
-        else ec.generate_private_key(ec.SECP256R1())
-    )
-    directory.mkdir(parents=True, exist_ok=True)
-    secret, public = directory / f"{kind}.pem", directory / f"{kind}.pub"
-    secret.write_bytes(
-        private.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
-    public.write_bytes(
-        private.public_key().public_bytes(
-            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
-        )
-    )
-    return secret, public
-
-
-def sign(directory: Path, key: Path, *extra: str) -> None:
-    """``mandate policy sign`` as a person runs it; it must succeed."""
-    done = mandate("policy", "sign", directory, "--key", key, *extra, cwd=directory.parent)
-    assert done.returncode == 0, done.stderr
-    assert done.stdout.strip() == load_bundle(directory).digest
 
 
 def claims(token: str) -> dict[str, Any]:
@@ -82,7 +52,7 @@ def claims(token: str) -> dict[str, Any]:
     return payload
 
 
-def signed_upload(root: Path) -> dict[str, object]:
+def signed_upload(root: Path) -> dict[str, Any]:
     """A bundle directory as ``POST /v1/policies`` takes it, with its signature."""
     return {
         "files": {p: c.decode() for p, c in read_bundle_files(root).items()},
@@ -208,7 +178,7 @@ def test_a_gateway_with_a_bundle_key_activates_only_signed_bundles(
     database: Database, launch: Launch, tmp_path: Path
 ) -> None:
     secret, public = keypair(tmp_path / "keys", "rsa")
-    _, other_public = keypair(tmp_path / "other", "rsa")
+    other_secret, _ = keypair(tmp_path / "other", "rsa")
     first = bundle_copy(tmp_path / "first")
     sign(first, secret, "--key-id", "start-key")
     live = launch(database, policies=first, bundle_key=public)
@@ -224,7 +194,7 @@ def test_a_gateway_with_a_bundle_key_activates_only_signed_bundles(
 
     sign(candidate, secret, "--key-id", "policy-team-2026")
     upload = signed_upload(candidate)
-    files = dict(upload["files"])  # type: ignore[call-overload]
+    files = dict(upload["files"])
     altered = {**files, "data.json": files["data.json"].replace("20000", "90000")}
     problem = assert_problem(admin.post("/v1/policies", json={**upload, "files": altered}), 422)
     assert problem["errors"][0]["field"] == "files.data.json"
@@ -253,8 +223,6 @@ def test_a_gateway_with_a_bundle_key_activates_only_signed_bundles(
 
     # Signed with a key the gateway does not hold: refused.
     stranger = bundle_copy(tmp_path / "stranger")
-    _ = other_public
-    other_secret = tmp_path / "other" / "rsa.pem"
     sign(stranger, other_secret)
     problem = assert_problem(admin.post("/v1/policies", json=signed_upload(stranger)), 422)
     assert "does not verify with the bundle key" in problem["errors"][0]["message"]
