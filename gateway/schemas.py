@@ -45,6 +45,7 @@ __all__ = [
     "SeriesPoint",
     "ShadowView",
     "SideView",
+    "SignatureView",
     "Trace",
     "Verdict",
     "VerdictName",
@@ -583,6 +584,13 @@ class BundleUpload(BaseModel):
         description="`active`: decide with it from now on. `shadow`: decide every new proposal "
         "with it too, enforce only the active verdict, and record the disagreements.",
     )
+    signatures: Annotated[str, StringConstraints(max_length=1024 * 1024)] | None = Field(
+        None,
+        description="The bundle's `.signatures.json` (OPA's format, as `mandate policy sign` "
+        "and `opa sign` write it): one JWT listing every file with its hash. Required when the "
+        "gateway has a bundle key (`MANDATE_BUNDLE_KEY`): an unsigned bundle, or one whose "
+        "files are not those signed, is a 422 naming the file (or `signatures`).",
+    )
 
 
 class BundleFileView(BaseModel):
@@ -594,6 +602,14 @@ class BundleFileView(BaseModel):
     content: str | None = Field(None, description="The text, when asked for (`content=true`).")
 
 
+class SignatureView(BaseModel):
+    """Who signed a bundle, as checked against the gateway's bundle key when it was activated."""
+
+    key_id: str | None = Field(description="The key id the signature names (`kid`), if any.")
+    algorithm: str = Field(description="RS256, ES256, ...")
+    key_sha256: str = Field(description="SHA-256 of the verifying key (SubjectPublicKeyInfo).")
+
+
 class PolicyView(BaseModel):
     """The bundle in a slot (active or shadow): what it is, and who put it there, when, why."""
 
@@ -603,6 +619,11 @@ class PolicyView(BaseModel):
     activated_by: str
     reason: str
     ledger_seq: int = Field(description="The `policy` entry that put it there.")
+    signature: SignatureView | None = Field(
+        None,
+        description="Who signed it, checked at activation; null when the gateway had no "
+        "bundle key then.",
+    )
     workflows: list[str]
     files: list[BundleFileView]
 
@@ -638,6 +659,10 @@ class DisagreementView(BaseModel):
     executor: str
     level: int
     verdict_changed: bool = Field(description="False: the same verdict for other reasons.")
+    codes_added: list[str] = Field(description="Reason codes the shadow gives and not the active.")
+    codes_removed: list[str] = Field(
+        description="Reason codes the active bundle gives and not the shadow."
+    )
     active: SideView
     shadow: SideView
     proposal: dict[str, Any]
@@ -654,6 +679,9 @@ class ShadowView(BaseModel):
     )
     disagreements: int
     verdict_changes: int
+    reasons_changed: int = Field(
+        0, description="Disagreements with the same verdict for other reasons (other codes)."
+    )
     errors: int = Field(description="Disagreements where the shadow failed or refused.")
     this_process: dict[str, int] = Field(
         description="This process's comparisons: compared, disagreements, skipped (queue "

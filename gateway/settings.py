@@ -129,6 +129,12 @@ class Settings(BaseSettings):
     signing_key: Path | None = Field(
         None, description="Ed25519 key file (mode 0600); default: <data dir>/ledger-signing-key.pem"
     )
+    bundle_key: Path | None = Field(
+        None,
+        description="PEM public key (RSA or ECDSA) of whoever signs policy bundles (`mandate "
+        "policy sign`, `opa sign`); set, a bundle is activated only with a signature of it that "
+        "covers every file (.signatures.json)",
+    )
 
     @model_validator(mode="after")
     def _lease_outlasts_an_attempt(self) -> Settings:

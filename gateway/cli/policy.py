@@ -1,10 +1,10 @@
-"""``mandate policy``: test a bundle, activate it (or run it in shadow), replay the recorded
-history with a candidate.
+"""``mandate policy``: test a bundle, sign it, compare two, activate one (or run it in shadow),
+replay the recorded history with a candidate, show the active bundle.
 
-`policy test` works on a directory alone. `activate` and `replay` talk to a running gateway
-when --url (or MANDATE_URL) is given, with a policy-admin token, through the SDK; without it
-they work on the local database (--data-dir, --database-url) directly, as the operator who
-holds it.
+`policy test`, `sign` and `diff` work on directories alone. `activate` and `replay` talk to a
+running gateway when --url (or MANDATE_URL) is given, with a policy-admin token, through the
+SDK; without it they work on the local database (--data-dir, --database-url) directly, as the
+operator who holds it. `show` and `shadow` talk to a running gateway.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from rich.markup import escape
 
 from gateway.cli.console import err, fail, show_progress, tabulate
 from gateway.cli.local import DatabaseUrl, DataDir, open_database, settings_from
+from gateway.cli.remote import DEFAULT_URL, AsJson, GatewayToken, GatewayUrl, ask
 from ledger.errors import LedgerError
 
 if TYPE_CHECKING:
@@ -28,10 +29,11 @@ __all__ = ["policy_app"]
 
 policy_app = typer.Typer(
     help=(
-        "Policy bundles: test one (Rego unit tests, decision cases, coverage), activate one "
-        "(or run it in shadow), replay the recorded history with a candidate. activate and "
-        "replay talk to a running gateway when --url (or MANDATE_URL) is set, with a "
-        "policy-admin token; otherwise they work on the local database directly."
+        "Policy bundles: test one (Rego unit tests, decision cases, coverage), sign one, "
+        "compare two, activate one (or run it in shadow), replay the recorded history with a "
+        "candidate, show the active one. activate and replay talk to a running gateway when "
+        "--url (or MANDATE_URL) is set, with a policy-admin token; otherwise they work on the "
+        "local database directly."
     ),
     no_args_is_help=True,
 )
@@ -267,23 +269,27 @@ def policy_activate(
     mode: Literal["active", "shadow"] = "shadow" if shadow else "active"
     check = _checked(directory, report=False)
     bundle = check.bundle
+    signer = None
     if url:
         from gateway.client import MandateError, Unreachable
 
         with _gateway(url, token) as client:
             files = _bundle_texts(directory)
+            signatures = _signatures_text(directory)
             try:
-                answer = client.activate_policy(files, reason, mode)
+                answer = client.activate_policy(files, reason, mode, signatures=signatures)
             except Unreachable as exc:
                 raise fail(f"cannot reach the gateway at {url}: {exc.__cause__ or exc}") from None
             except MandateError as exc:
                 raise _answered(exc) from None
         changed, seq, who = answer.changed, answer.policy.ledger_seq, "the gateway"
+        signer = answer.policy.signature
     else:
         from gateway.db.connect import open_ledger
         from gateway.lifecycle.slots import write_slot
 
         settings = settings_from(data_dir, database_url)
+        signer = _vouched(directory, bundle, settings.bundle_key)
         engine = open_database(settings)
         try:
             with open_ledger(settings, engine) as ledger:
@@ -295,6 +301,7 @@ def policy_activate(
                     by=_operator(),
                     reason=reason,
                     validation=check.summary(),
+                    signer=signer,
                 )
         except LedgerError as exc:
             raise fail(exc.diagnostics()) from None
@@ -308,10 +315,121 @@ def policy_activate(
         err.print(
             f"bundle {bundle.digest[:12]} ({len(bundle.files)} files, workflows "
             f"{', '.join(sorted(bundle.workflows))}; {summary['rego_tests']['passed']} Rego "
-            f"tests and {summary['cases']['passed']} decision cases passed) is now the {mode} "
-            f"bundle in {who}: policy entry #{seq}",
+            f"tests and {summary['cases']['passed']} decision cases passed"
+            + ("" if signer is None else f"; signed with key {signer.key_id or '(no id)'}")
+            + f") is now the {mode} bundle in {who}: policy entry #{seq}",
             highlight=False,
         )
+    print(bundle.digest)
+
+
+def _signatures_text(directory: Path) -> str | None:
+    """A bundle directory's ``.signatures.json``, as the upload carries it (None: unsigned)."""
+    from gateway.policy.signing import SignatureError, read_signatures
+
+    try:
+        signatures = read_signatures(directory)
+    except SignatureError as exc:
+        raise fail(str(exc)) from None
+    return None if signatures is None else signatures.decode("utf-8", errors="replace")
+
+
+def _vouched(directory: Path, bundle: Any, key_path: Path | None) -> Any:
+    """Who signed the bundle in ``directory``, checked with the bundle key as a gateway checks
+    it (None without a key); exit 1 when the signature does not vouch for it, 2 when the key
+    cannot be used."""
+    from gateway.policy.signing import (
+        SignatureError,
+        read_public_key,
+        read_signatures,
+        verify_files,
+    )
+
+    if key_path is None:
+        return None
+    try:
+        key = read_public_key(key_path)
+    except SignatureError as exc:
+        raise fail(str(exc)) from None
+    try:
+        return verify_files(bundle.files, read_signatures(directory), key)
+    except SignatureError as exc:
+        raise fail(f"{directory}: {exc}", code=1) from None
+
+
+@policy_app.command("sign")
+def policy_sign(
+    directory: BundleDir,
+    key: Annotated[
+        Path,
+        typer.Option(
+            "--key",
+            help="The signing key: an RSA or ECDSA (P-256) private key in PEM, unencrypted, as "
+            "`opa sign --signing-key` takes.",
+            show_default=False,
+        ),
+    ],
+    key_id: Annotated[
+        str | None,
+        typer.Option(
+            "--key-id",
+            help="The key's name, written as the JWT's `kid`; the gateway records it in the "
+            "`policy` ledger entry.",
+            show_default=False,
+        ),
+    ] = None,
+    alg: Annotated[
+        str | None,
+        typer.Option(
+            "--alg",
+            help="RS256 (an RSA key) or ES256 (a P-256 key) [default: the key's].",
+            show_default=False,
+        ),
+    ] = None,
+) -> None:
+    """Sign a bundle: write DIR/.signatures.json in OPA's format, as `opa sign` does.
+
+    The file holds one JWT whose `files` claim lists every file of the bundle with its SHA-256
+    (data.json hashed as OPA hashes it, so OPA and its tooling verify it too). It is a hidden
+    file, not part of the bundle or its digest: activation sends it beside the files, and a
+    gateway with a bundle key (MANDATE_BUNDLE_KEY, the public key) activates only bundles
+    whose every file is the one signed. Sign again after any change. Prints the bundle's
+    digest. Exit 2 if the bundle or the key cannot be used.
+    """
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    from gateway.policy.bundle import BundleError, load_bundle
+    from gateway.policy.signing import (
+        SIGNATURES_FILE,
+        SignatureError,
+        load_private_key,
+        sign_files,
+    )
+
+    try:
+        bundle = load_bundle(directory)
+        pem = key.read_bytes()
+    except BundleError as exc:
+        raise fail(str(exc)) from None
+    except OSError as exc:
+        raise fail(f"--key {key}: cannot read: {exc.strerror or exc}") from None
+    try:
+        private = load_private_key(pem, f"--key {key}")
+        algorithm = alg or ("RS256" if isinstance(private, rsa.RSAPrivateKey) else "ES256")
+        signatures = sign_files(bundle.files, private, algorithm=algorithm, key_id=key_id)
+    except SignatureError as exc:
+        raise fail(str(exc)) from None
+    target = directory / SIGNATURES_FILE
+    try:
+        target.write_bytes(signatures)
+    except OSError as exc:
+        raise fail(f"{target}: cannot write: {exc.strerror or exc}") from None
+    err.print(
+        f"signed the {len(bundle.files)} files of bundle {bundle.digest[:12]} with {algorithm}"
+        + (f" key {key_id}" if key_id else "")
+        + f": {target}",
+        highlight=False,
+    )
     print(bundle.digest)
 
 
@@ -512,6 +630,16 @@ def _replay_lines(report: dict[str, Any]) -> list[str]:
                 f"{ex['decided_at']}): was [{codes_before}], now [{codes_after}]"
             )
             lines.append(f"      proposal {json.dumps(ex['proposal'], sort_keys=True)}")
+    if report.get("reason_changes"):
+        lines += ["", "Same verdict, other reasons (codes the candidate adds +, drops -):"]
+        for c in report["reason_changes"]:
+            named = ", ".join(d["action_id"] for d in c["decisions"])
+            more = c["count"] - len(c["decisions"])
+            lines.append(
+                f"  {c['workflow']}/{c['case_type']} {c['verdict']}: "
+                f"{_codes_text(c['added'], c['removed'])}: {c['count']:,}"
+            )
+            lines.append(f"      {named}" + (f" and {more:,} more" if more else ""))
     lines.append("")
     if report["input_mismatches"]:
         lines.append(
@@ -533,3 +661,285 @@ def _rule_text(rule: dict[str, Any]) -> str:
     if rule["removed"]:
         parts.append(f"-{rule['code']} {rule['removed']}")
     return ", ".join(parts)
+
+
+def _codes_text(added: list[str], removed: list[str]) -> str:
+    """Reason codes added and removed: ``+over_claim_limit -over_hard_limit``."""
+    return " ".join([*(f"+{c}" for c in added), *(f"-{c}" for c in removed)]) or "-"
+
+
+@policy_app.command("diff")
+def policy_diff(
+    a: Annotated[Path, typer.Argument(metavar="A", help="The bundle directory before.")],
+    b: Annotated[Path, typer.Argument(metavar="B", help="The bundle directory after.")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print the differences as JSON.")] = False,
+) -> None:
+    """Show what differs from bundle A to bundle B, for a review before activating B.
+
+    Rules: each Rego rule (unit tests left out) named by package, name and reason code, added
+    (+), removed (-) or changed (~) in what it says (layout and comments do not count).
+    Data: each JSON path of data.json whose value differs, old → new. Case types: added,
+    removed, or their initial level, quorum or other settings changed. Files: every path
+    added, removed or changed. Exit 0 when the bundles are the same files, 1 when they
+    differ, 2 if one cannot be used.
+    """
+    from gateway.lifecycle.diff import diff_bundles
+    from gateway.policy.bundle import BundleError, load_bundle
+    from gateway.policy.rego import EngineError
+
+    try:
+        diff = diff_bundles(load_bundle(a), load_bundle(b))
+    except (BundleError, EngineError) as exc:
+        raise fail(str(exc)) from None
+    if as_json:
+        print(json.dumps(diff.to_json(), indent=2))
+    else:
+        print("\n".join(_diff_lines(diff, a, b)))
+    raise typer.Exit(0 if diff.same else 1)
+
+
+_MARK = {"added": "+", "removed": "-", "changed": "~"}
+
+
+def _value(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, ensure_ascii=False)
+
+
+def _diff_lines(diff: Any, a: Path, b: Path) -> list[str]:
+    """The differences for people."""
+    first, second = diff.digests
+    lines = [f"A {first[:12]} ({a}) → B {second[:12]} ({b})"]
+    if diff.same:
+        return [*lines, "The same files: nothing differs."]
+    rules = [[_MARK[r.change], r.package, r.name, r.code or "", r.where] for r in diff.rules]
+    lines += ["", "Rules (Rego; + added, - removed, ~ changed):"]
+    lines += ["  " + line for line in tabulate(rules).splitlines()] if rules else ["  (none)"]
+    lines += ["", "Data (data.json):"]
+    for d in diff.data:
+        if d.change == "added":
+            lines.append(f"  + {d.path}: {_value(d.new)}")
+        elif d.change == "removed":
+            lines.append(f"  - {d.path}: {_value(d.old)}")
+        else:
+            lines.append(f"  ~ {d.path}: {_value(d.old)} → {_value(d.new)}")
+    if not diff.data:
+        lines.append("  (none)")
+    lines += ["", "Case types:"]
+    for c in diff.case_types:
+        settings = ", ".join(
+            f"{name} {_value(old)} → {_value(new)}" for name, (old, new) in c.settings.items()
+        )
+        lines.append(
+            f"  {_MARK[c.change]} {c.workflow}/{c.case_type}"
+            + (f": {settings}" if settings else "")
+        )
+    if not diff.case_types:
+        lines.append("  (none)")
+    lines += ["", "Files:"] + [f"  {_MARK[change]} {path}" for change, path in diff.files]
+    return lines
+
+
+@policy_app.command("show")
+def policy_show(
+    token: GatewayToken,
+    url: GatewayUrl = DEFAULT_URL,
+    as_json: AsJson = False,
+) -> None:
+    """Show the active bundle: its digest, who activated it and why, who signed it, its
+    workflows and case types with the level in force, and its files.
+
+    Through a running gateway (GET /v1/policies/active and /v1/autonomy), with the token of a
+    policy admin, an auditor or a governor. The level is the one in force (a case type the
+    gateway has not decided yet shows its initial level); the initial level and the quorum
+    are the bundle's.
+    """
+    from gateway.policy.bundle import BundleError, bundle_from_files
+
+    def read(client: MandateClient) -> tuple[Any, Any]:
+        return client.active_policy(content=True), client.autonomy()
+
+    view, levels = ask(url, token, read)
+    files = {f.path: (f.content or "").encode("utf-8") for f in view.files}
+    try:
+        bundle = bundle_from_files(files, Path(f"bundle {view.digest[:12]}"))
+    except BundleError as exc:
+        raise fail(str(exc)) from None
+    in_force = {(v.workflow, v.case_type): v for v in levels}
+    case_types: list[dict[str, Any]] = []
+    for name, workflow in sorted(bundle.workflows.items()):
+        for case_type in sorted(workflow.case_types):
+            level = in_force.get((name, case_type))
+            case_types.append(
+                {
+                    "workflow": name,
+                    "case_type": case_type,
+                    "level": level.level if level else workflow.initial_level(case_type),
+                    "level_name": level.name if level else None,
+                    "initial_level": workflow.initial_level(case_type),
+                    "quorum": workflow.quorum(case_type),
+                }
+            )
+    if as_json:
+        shown = view.model_dump(mode="json")
+        shown["files"] = [{k: v for k, v in f.items() if k != "content"} for f in shown["files"]]
+        print(json.dumps({"policy": shown, "case_types": case_types}, indent=2))
+        return
+    signed = view.signature
+    lines = [
+        f"Active bundle {view.digest}",
+        f"  activated {view.activated_at} by {view.activated_by} (policy entry "
+        f"#{view.ledger_seq}): {view.reason}",
+        "  not signed (the gateway had no bundle key when it was activated)"
+        if signed is None
+        else f"  signed with key {signed.key_id or '(no key id)'} ({signed.algorithm}; key "
+        f"SHA-256 {signed.key_sha256[:16]}…)",
+        "",
+        tabulate(
+            [
+                ["WORKFLOW", "CASE TYPE", "LEVEL", "INITIAL", "QUORUM"],
+                *(
+                    [
+                        c["workflow"],
+                        c["case_type"],
+                        f"{c['level']} {c['level_name'] or ''}".strip(),
+                        str(c["initial_level"]),
+                        str(c["quorum"]),
+                    ]
+                    for c in case_types
+                ),
+            ]
+        ),
+        "",
+        tabulate(
+            [
+                ["FILE", "BYTES", "SHA-256"],
+                *([f.path, str(f.bytes), f.sha256] for f in view.files),
+            ]
+        ),
+    ]
+    print("\n".join(lines))
+
+
+shadow_app = typer.Typer(
+    help=(
+        "Shadow mode: run a candidate bundle beside the active one (every new proposal decided "
+        "by both, only the active verdict enforced), see where they disagree, stop it. Talks "
+        "to a running gateway (--url) with a token (--token or MANDATE_TOKEN): a policy "
+        "admin's to start or stop, an auditor's or governor's will do to look."
+    ),
+    no_args_is_help=True,
+)
+policy_app.add_typer(shadow_app, name="shadow")
+
+
+@shadow_app.command("start")
+def shadow_start(
+    directory: BundleDir,
+    reason: Annotated[str, typer.Option(help="Why (recorded in the ledger).", show_default=False)],
+    token: GatewayToken,
+    url: GatewayUrl = DEFAULT_URL,
+) -> None:
+    """Check a bundle and run it in shadow beside the active one (as `policy activate
+    --shadow --url`): it must pass its checks, and be signed when the gateway has a bundle
+    key. Exit 1 if the gateway refuses it, 2 if it cannot be used."""
+    policy_activate(
+        directory, reason, shadow=True, url=url, token=token, data_dir=None, database_url=None
+    )
+
+
+@shadow_app.command("status")
+def shadow_status(
+    token: GatewayToken,
+    limit: Annotated[
+        int, typer.Option(help="How many of the latest disagreements to read.", min=1, max=500)
+    ] = 100,
+    url: GatewayUrl = DEFAULT_URL,
+    as_json: AsJson = False,
+) -> None:
+    """Show the shadow bundle and where it disagrees with the active one.
+
+    The counts cover every proposal since the shadow started; the lists, the latest --limit
+    disagreements: verdict changes (from → to, with both sides' reason codes), the same
+    verdict for other reasons (grouped by the codes the shadow adds + and drops -, with the
+    actions named), and the shadow's failures. Without a running shadow, the last one's
+    disagreements.
+    """
+    view = ask(url, token, lambda client: client.shadow_policy(limit=limit))
+    if as_json:
+        print(json.dumps(view.model_dump(mode="json"), indent=2))
+        return
+    print("\n".join(_shadow_lines(view, limit)))
+
+
+def _shadow_lines(view: Any, limit: int) -> list[str]:
+    """The shadow's comparison for people."""
+    shadow = view.shadow
+    if shadow is None:
+        lines = ["No shadow bundle runs."]
+        if not view.items:
+            return lines
+        lines.append("The last shadow's disagreements:")
+    else:
+        lines = [
+            f"Shadow bundle {shadow.digest[:12]} beside active {view.active_digest[:12]}: "
+            f"started {shadow.activated_at} by {shadow.activated_by} (policy entry "
+            f"#{shadow.ledger_seq}): {shadow.reason}",
+            f"Proposals decided since: {view.decided_while_running:,}",
+        ]
+    lines.append(
+        f"Disagreements: {view.disagreements:,}; verdict changes: {view.verdict_changes:,}; "
+        f"same verdict for other reasons: {view.reasons_changed:,}; the shadow failed or "
+        f"refused: {view.errors:,}"
+    )
+    changed = [i for i in view.items if i.verdict_changed and not i.shadow.error]
+    if changed:
+        lines += ["", "Verdict changes (active → shadow):"]
+        for i in changed:
+            was = ", ".join(r.code for r in i.active.reasons) or "-"
+            now = ", ".join(r.code for r in i.shadow.reasons) or "-"
+            lines.append(
+                f"  {i.active.verdict} → {i.shadow.verdict}  {i.action_id} ({i.workflow}/"
+                f"{i.case_type}, level {i.level}, {i.decided_at}): was [{was}], now [{now}]"
+            )
+    same = [i for i in view.items if not i.verdict_changed]
+    if same:
+        lines += ["", "Same verdict, other reasons (codes the shadow adds +, drops -):"]
+        groups: dict[tuple[str, str, str, str], list[str]] = {}
+        for i in same:
+            key = (
+                i.workflow,
+                i.case_type,
+                i.active.verdict,
+                _codes_text(i.codes_added, i.codes_removed),
+            )
+            groups.setdefault(key, []).append(i.action_id)
+        for (workflow, case_type, verdict, codes), actions in groups.items():
+            lines.append(f"  {workflow}/{case_type} {verdict}: {codes}: {len(actions)}")
+            lines.append(f"      {', '.join(actions)}")
+    failed = [i for i in view.items if i.shadow.error]
+    if failed:
+        lines += ["", "The shadow failed or refused:"]
+        lines += [
+            f"  {i.active.verdict} → {i.shadow.verdict}  {i.action_id} ({i.workflow}/"
+            f"{i.case_type}): {i.shadow.error}"
+            for i in failed
+        ]
+    if view.next_before is not None:
+        lines += ["", f"(the latest {limit} disagreements; --limit for more, --json in full)"]
+    return lines
+
+
+@shadow_app.command("stop")
+def shadow_stop(
+    token: GatewayToken,
+    reason: Annotated[str, typer.Option(help="Why (recorded in the ledger).")] = "",
+    url: GatewayUrl = DEFAULT_URL,
+) -> None:
+    """Stop the shadow bundle (a `policy` ledger entry, mode shadow-stopped); its
+    disagreements stay listed by `policy shadow status`. Exit 1 when no shadow runs."""
+    view = ask(url, token, lambda client: client.stop_shadow(reason))
+    err.print(
+        f"the shadow bundle stopped; its {view.disagreements:,} disagreements stay listed "
+        "(mandate policy shadow status)",
+        highlight=False,
+    )

@@ -43,6 +43,7 @@ def serve(
     import uvicorn
 
     from gateway.db.connect import signing_key
+    from gateway.lifecycle.activation import check_start
     from gateway.policy.bundle import BundleError, load_bundle
     from gateway.server.app import create_app
     from gateway.server.serving import WORKER_FACTORY, export_settings
@@ -60,7 +61,13 @@ def serve(
         raise fail(str(exc)) from None
     except OSError as exc:
         raise fail(f"signing key {settings.key_path}: {exc.strerror or exc}") from None
-    open_database(settings).dispose()
+    engine = open_database(settings)
+    try:
+        check_start(settings, engine)  # with a bundle key: the key, and what the start signs in
+    except BundleError as exc:
+        raise fail(str(exc)) from None
+    finally:
+        engine.dispose()
     url = f"http://{settings.host}:{settings.port}"
     where = settings.database_url or f"SQLite in {settings.data_dir}/"
     err.print(

@@ -26,7 +26,9 @@ from gateway.schemas import (
     AuditView,
     AutonomyDetail,
     AutonomyView,
+    PolicyView,
     PromotionView,
+    ShadowView,
     Verdict,
     WorkflowView,
 )
@@ -234,10 +236,45 @@ class Calls:
     # -- the policy lifecycle (a policy-admin token) -----------------------------------------
 
     def activate_policy(
-        self, files: Mapping[str, str], reason: str, mode: Literal["active", "shadow"]
+        self,
+        files: Mapping[str, str],
+        reason: str,
+        mode: Literal["active", "shadow"],
+        signatures: str | None,
     ) -> Flow[ActivationView]:
         """``POST /v1/policies``."""
-        body = {"files": dict(files), "reason": reason, "mode": mode}
+        body: dict[str, Any] = {"files": dict(files), "reason": reason, "mode": mode}
+        if signatures is not None:
+            body["signatures"] = signatures
         return self.link.exchange(
             Call("POST", "/v1/policies", ActivationView.model_validate_json, body)
+        )
+
+    def active_policy(self, content: bool) -> Flow[PolicyView]:
+        """``GET /v1/policies/active``."""
+        params = {"content": "true"} if content else None
+        return self.link.exchange(
+            Call("GET", "/v1/policies/active", PolicyView.model_validate_json, params=params)
+        )
+
+    def shadow_policy(
+        self, limit: int, before: int | None, verdict_changes_only: bool, reasons_only: bool
+    ) -> Flow[ShadowView]:
+        """``GET /v1/policies/shadow``."""
+        params: dict[str, Any] = {"limit": limit}
+        if before is not None:
+            params["before"] = before
+        if verdict_changes_only:
+            params["verdict_changes_only"] = "true"
+        if reasons_only:
+            params["reasons_only"] = "true"
+        return self.link.exchange(
+            Call("GET", "/v1/policies/shadow", ShadowView.model_validate_json, params=params)
+        )
+
+    def stop_shadow(self, reason: str) -> Flow[ShadowView]:
+        """``DELETE /v1/policies/shadow``."""
+        params = {"reason": reason} if reason else None
+        return self.link.exchange(
+            Call("DELETE", "/v1/policies/shadow", ShadowView.model_validate_json, params=params)
         )

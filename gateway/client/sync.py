@@ -44,7 +44,9 @@ from gateway.schemas import (
     AuditView,
     AutonomyDetail,
     AutonomyView,
+    PolicyView,
     PromotionView,
+    ShadowView,
     Verdict,
     WorkflowView,
 )
@@ -254,15 +256,49 @@ class MandateClient:
     # -- the policy lifecycle (a policy-admin token) -----------------------------------------
 
     def activate_policy(
-        self, files: Mapping[str, str], reason: str, mode: Literal["active", "shadow"] = "active"
+        self,
+        files: Mapping[str, str],
+        reason: str,
+        mode: Literal["active", "shadow"] = "active",
+        *,
+        signatures: str | None = None,
     ) -> ActivationView:
         """Make a bundle the active one, or run it in shadow, with a reason for the ledger.
 
-        ``files`` maps each path in the bundle to its text. The gateway checks the bundle first
-        (its Rego tests and decision cases): ``InvalidInput`` when it fails them. ``changed``
-        is False when the slot held this bundle already.
+        ``files`` maps each path in the bundle to its text; ``signatures`` is its
+        ``.signatures.json`` (``mandate policy sign``), which a gateway with a bundle key
+        requires. The gateway checks the bundle first (its signature, its Rego tests and
+        decision cases): ``InvalidInput`` naming the file when it fails them. ``changed`` is
+        False when the slot held this bundle already.
         """
-        return self._run(self._calls.activate_policy(files, reason, mode))
+        return self._run(self._calls.activate_policy(files, reason, mode, signatures))
+
+    def active_policy(self, *, content: bool = False) -> PolicyView:
+        """The active bundle: digest, who activated it, when, why, who signed it, its files
+        (with their text when ``content``)."""
+        return self._run(self._calls.active_policy(content))
+
+    def shadow_policy(
+        self,
+        *,
+        limit: int = 100,
+        before: int | None = None,
+        verdict_changes_only: bool = False,
+        reasons_only: bool = False,
+    ) -> ShadowView:
+        """The shadow bundle (None when none runs) and its disagreements with the active one,
+        newest first, each with the reason codes the shadow adds and drops; only those with
+        another verdict (``verdict_changes_only``) or only those with the same verdict for
+        other reasons (``reasons_only``). Pass ``next_before`` as ``before`` for the next
+        page."""
+        return self._run(
+            self._calls.shadow_policy(limit, before, verdict_changes_only, reasons_only)
+        )
+
+    def stop_shadow(self, reason: str = "") -> ShadowView:
+        """Stop the shadow bundle (a ``policy`` ledger entry); ``Conflict`` when none runs.
+        Its disagreements stay listed."""
+        return self._run(self._calls.stop_shadow(reason))
 
     def replay_policy(
         self,

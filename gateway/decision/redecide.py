@@ -13,7 +13,8 @@ no verdict (``tests/policies/test_replay.py`` checks it over a realistic history
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections import Counter
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -26,7 +27,7 @@ from gateway.identity import Identity
 from gateway.policy.active import ActivePolicy
 from gateway.schemas import Proposal, Reason
 
-__all__ = ["IDENTITY_FIELDS", "Inputs", "Outcome", "Redecision", "redecide"]
+__all__ = ["IDENTITY_FIELDS", "Inputs", "Outcome", "Redecision", "code_changes", "redecide"]
 
 # "refused": the gateway would answer 403 or 422 and record nothing; "error": it would fail
 # closed (503), a policy engine failing on this input.
@@ -118,6 +119,13 @@ class Redecision:
             "recommendation": self.recommendation,
             "error": self.error,
         }
+
+
+def code_changes(before: Iterable[str], after: Iterable[str]) -> tuple[list[str], list[str]]:
+    """The reason codes ``after`` adds to ``before``, and those it drops, each sorted (a code
+    given twice counts twice)."""
+    was, now = Counter(before), Counter(after)
+    return sorted((now - was).elements()), sorted((was - now).elements())
 
 
 def _proposal(recorded: Mapping[str, Any]) -> Proposal:

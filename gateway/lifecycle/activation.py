@@ -8,6 +8,12 @@ that keeps every gateway process on the active bundle.
 - **Activation** (``PolicyLifecycle.activate``; ``POST /v1/policies``, ``mandate policy
   activate``) checks the bundle first (``gateway.lifecycle.checks``: it loads, its Rego tests and
   decision cases pass) and refuses it otherwise, naming what failed.
+- **Signatures.** With a bundle key (``bundle_key``, ``MANDATE_BUNDLE_KEY``: a PEM public key),
+  a bundle enters the database only with a signature of that key covering every file as it is
+  (OPA's ``.signatures.json``, ``gateway.policy.signing``): activation, shadow and the start's
+  activation of ``--policies`` refuse an unsigned or altered one, naming the file. The
+  ``policy`` entry records who signed (key id, algorithm, the key's SHA-256). Processes that
+  follow the database trust what entered it.
 - **Following.** Every process polls the slots (``policy_poll_interval``, default 0.5 s): when
   the active seq moves, it loads that bundle from the database, builds its engines and replaces
   the policy in force (``gateway.policy.active.InForce``) in one assignment (a decision in
@@ -18,7 +24,8 @@ that keeps every gateway process on the active bundle.
   (``--policies``, ``MANDATE_POLICIES``, ``mandate.toml``) that differs from the active bundle
   is activated at start: the operator who starts a process with a bundle means that bundle.
   (Processes of one deployment should then be started without it, and bundles changed with
-  ``mandate policy activate``.) At start the bundle is loaded and parsed, not tested.
+  ``mandate policy activate``.) At start the bundle is loaded and parsed, not tested (and its
+  signature checked, with a bundle key).
 - **Shadow.** A shadow bundle decides every new proposal again beside the active one
   (``gateway.lifecycle.shadow``).
 """
@@ -29,6 +36,7 @@ import asyncio
 import contextlib
 import logging
 import threading
+from pathlib import Path
 
 from sqlalchemy.engine import Engine
 
@@ -45,11 +53,19 @@ from gateway.policy.bundle import (
     read_bundle_files,
 )
 from gateway.policy.rego import EngineError, OpaServerEngine
+from gateway.policy.signing import (
+    PublicKey,
+    SignatureError,
+    Signer,
+    read_public_key,
+    read_signatures,
+    verify_files,
+)
 from gateway.settings import Settings
 from ledger.errors import LedgerError
 from ledger.store import Ledger
 
-__all__ = ["SYSTEM", "PolicyLifecycle", "refusal"]
+__all__ = ["SYSTEM", "PolicyLifecycle", "check_start", "refusal"]
 
 log = logging.getLogger("mandate.policy")
 
@@ -64,8 +80,38 @@ SYSTEM = Identity(
 
 
 def refusal(exc: BundleError) -> InvalidInput:
-    """A bundle that does not load, as the 422 names it."""
-    return InvalidInput([(f"files.{exc.path}" if exc.path else "files", str(exc))])
+    """A bundle that does not load, or whose signature does not vouch for it, as the 422 names
+    it: the file that is wrong, else ``signatures`` (or ``files``)."""
+    if exc.path:
+        return InvalidInput([(f"files.{exc.path}", str(exc))])
+    return InvalidInput([("signatures" if isinstance(exc, SignatureError) else "files", str(exc))])
+
+
+def _activates_at_start(active: Slot | None, directory: Bundle, explicit: bool) -> bool:
+    """Whether a starting process activates its --policies directory (module docstring)."""
+    return active is None or (explicit and active.digest != directory.digest)
+
+
+def _vouched(key: PublicKey | None, directory: Path, bundle: Bundle) -> Signer | None:
+    if key is None:
+        return None
+    try:
+        return verify_files(bundle.files, read_signatures(directory), key)
+    except SignatureError as exc:
+        raise SignatureError(f"{directory}: {exc}", exc.path) from None
+
+
+def check_start(settings: Settings, engine: Engine) -> None:
+    """What would stop a process from starting, found before it starts (``mandate serve``
+    says it in one line): a bundle key that cannot be read, or a --policies directory that
+    the start would activate and that the key did not sign. BundleError saying which."""
+    if settings.bundle_key is None:
+        return
+    key = read_public_key(settings.bundle_key)
+    directory = bundle_from_files(read_bundle_files(settings.policies), settings.policies)
+    active = BundleStore(engine).slots().get("active")
+    if _activates_at_start(active, directory, "policies" in settings.model_fields_set):
+        _vouched(key, settings.policies, directory)
 
 
 # -- the process's view ----------------------------------------------------------------------
@@ -85,18 +131,22 @@ class PolicyLifecycle:
         self._seen: dict[str, int] = {"active": -1, "shadow": -1}
         self._lock = threading.Lock()
         self.replaying = threading.Lock()
+        self._key: PublicKey | None = None  # the bundle key, read at start
 
     # -- start ---------------------------------------------------------------------------
 
     def bootstrap(self) -> ActivePolicy:
         """The policy this process starts with (see the module docstring, "Start")."""
         settings = self.settings
+        if settings.bundle_key is not None:
+            self._key = read_public_key(settings.bundle_key)
         directory = bundle_from_files(read_bundle_files(settings.policies), settings.policies)
         explicit = "policies" in settings.model_fields_set
         for _ in range(5):
             active = self.store.slots().get("active")
-            if active is not None and (active.digest == directory.digest or not explicit):
+            if not _activates_at_start(active, directory, explicit):
                 break
+            signer = _vouched(self._key, settings.policies, directory)
             policy = build_policy(directory, settings.opa_url)  # it must load before it is used
             why = (
                 f"first start: the bundle in {settings.policies}"
@@ -111,6 +161,7 @@ class PolicyLifecycle:
                 by=SYSTEM,
                 reason=why,
                 validation={"checked": False, "why": "loaded and parsed at start; not tested"},
+                signer=signer,
                 only_if_empty=active is None,
             )
             if written.changed:
@@ -221,13 +272,29 @@ class PolicyLifecycle:
 
     # -- changing ------------------------------------------------------------------------
 
-    def activate(self, bundle: Bundle, *, slot: SlotName, by: Identity, reason: str) -> Activation:
+    def activate(
+        self,
+        bundle: Bundle,
+        *,
+        slot: SlotName,
+        by: Identity,
+        reason: str,
+        signatures: bytes | None = None,
+    ) -> Activation:
         """Check ``bundle`` and put it in ``slot``; InvalidInput naming what failed if the
-        check does not pass. This process follows at once; the others at their next poll."""
+        check does not pass. With a bundle key, ``signatures`` (its ``.signatures.json``) must
+        vouch for every file first. This process follows at once; the others at their next
+        poll."""
         if slot == "shadow":
             active = self.store.slots().get("active")
             if active is not None and active.digest == bundle.digest:
                 raise Conflict("this bundle is the active one; a shadow runs another beside it")
+        signer = None
+        if self._key is not None:
+            try:
+                signer = verify_files(bundle.files, signatures, self._key)
+            except SignatureError as exc:
+                raise refusal(exc) from None
         check = check_bundle(bundle)
         if not check.passed:
             raise InvalidInput(
@@ -243,6 +310,7 @@ class PolicyLifecycle:
                 by=by,
                 reason=reason,
                 validation=check.summary(),
+                signer=signer,
             )
         except LedgerError as exc:
             raise DecisionUnavailable(f"the ledger did not record the activation: {exc}") from exc

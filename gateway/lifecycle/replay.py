@@ -5,9 +5,10 @@ recorded for it: the proposal and the executor (its ``proposal`` entry), the aut
 figures and the clock (the decision's own entry); a re-evaluation is replayed as one (``admitted``).
 The report counts the verdicts that would change, from what to what, by workflow and case
 type, with examples and the reason codes that appear or disappear (and the warnings, which a rule
-moved from ``warn`` to ``hold`` or ``deny`` takes away), and the decisions whose Rego
-input could not be rebuilt byte for byte (an input the ledger did not record: there should be
-none).
+moved from ``warn`` to ``hold`` or ``deny`` takes away); the decisions whose verdict stays but
+whose reasons change, grouped by the codes added and removed, with the decisions named; and the
+decisions whose Rego input could not be rebuilt byte for byte (an input the ledger did not
+record: there should be none).
 
 Without a candidate, each decision is replayed with the bundle that made it (the digest its
 trace names, loaded from the database): a check that the whole history is reproducible, which
@@ -33,7 +34,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from gateway.db.tables import ACTIONS
-from gateway.decision.redecide import Inputs, Redecision, redecide
+from gateway.decision.redecide import Inputs, Redecision, code_changes, redecide
 from gateway.policy.active import ActivePolicy
 from ledger.store import Ledger
 
@@ -43,6 +44,7 @@ AS_RECORDED = "as-recorded"  # the report's candidate when each decision's own b
 
 _DATE = re.compile(r"\d{4}-\d{2}-\d{2}")
 _PENDING = 256  # proposal entries kept while their decision has not come by
+_LISTED = 20  # decisions named per change of reasons (all are counted)
 
 
 def parse_since(text: str) -> str:
@@ -81,11 +83,25 @@ class Progress:
 class _Group:
     decisions: int = 0
     changed: int = 0
+    reasons_changed: int = 0
     transitions: Counter[tuple[str, str]] = field(default_factory=Counter)
     added: Counter[str] = field(default_factory=Counter)
     removed: Counter[str] = field(default_factory=Counter)
     warnings_added: Counter[str] = field(default_factory=Counter)
     warnings_removed: Counter[str] = field(default_factory=Counter)
+
+
+@dataclass
+class _ReasonChange:
+    """Decisions of one workflow and case type whose verdict stays and whose reasons change
+    the same way: how many, and the first ones."""
+
+    count: int = 0
+    decisions: list[dict[str, Any]] = field(default_factory=list)
+
+
+# workflow, case type, verdict, codes added, codes removed
+_ReasonKey = tuple[str, str, str, tuple[str, ...], tuple[str, ...]]
 
 
 @dataclass
@@ -108,6 +124,7 @@ class ReplayReport:
     transitions: Counter[tuple[str, str]] = field(default_factory=Counter)
     groups: dict[tuple[str, str], _Group] = field(default_factory=dict)
     examples: dict[tuple[str, str], list[dict[str, Any]]] = field(default_factory=dict)
+    reason_changes: dict[_ReasonKey, _ReasonChange] = field(default_factory=dict)
     seconds: float = 0.0
 
     @property
@@ -144,12 +161,27 @@ class ReplayReport:
             "proposals_missing": self.missing,
             "transitions": _transitions(self.transitions),
             "rules": _rules(added, removed),
+            "reason_changes": [
+                {
+                    "workflow": workflow,
+                    "case_type": case_type,
+                    "verdict": verdict,
+                    "added": list(gained),
+                    "removed": list(lost),
+                    "count": change.count,
+                    "decisions": change.decisions,
+                }
+                for (workflow, case_type, verdict, gained, lost), change in sorted(
+                    self.reason_changes.items(), key=lambda kv: (-kv[1].count, kv[0])
+                )
+            ],
             "groups": [
                 {
                     "workflow": workflow,
                     "case_type": case_type,
                     "decisions": group.decisions,
                     "changed": group.changed,
+                    "reasons_changed": group.reasons_changed,
                     "transitions": _transitions(group.transitions),
                     "rules": _rules(group.added, group.removed),
                     "warning_rules": _rules(group.warnings_added, group.warnings_removed),
@@ -319,6 +351,19 @@ class Replayer:
         if again.verdict == before:
             if again.codes != before_codes:
                 report.reasons_changed += 1
+                group.reasons_changed += 1
+                gained, lost = code_changes(before_codes, again.codes)
+                key = (workflow, case_type, before, tuple(gained), tuple(lost))
+                change = report.reason_changes.setdefault(key, _ReasonChange())
+                change.count += 1
+                if len(change.decisions) < _LISTED:
+                    change.decisions.append(
+                        {
+                            "action_id": entry["subject"],
+                            "decision_seq": entry["seq"],
+                            "decided_at": decided["trace"]["decided_at"],
+                        }
+                    )
             elif sorted((r.code, r.message) for r in again.reasons) != sorted(
                 (r["code"], r["message"]) for r in decided["reasons"]
             ):

@@ -2,8 +2,9 @@
 
 A bundle's files live in ``gateway_bundles`` by digest; ``gateway_policy_slots`` says which one
 is ``active`` and which one runs in ``shadow`` beside it. Every change of a slot is a ``policy``
-ledger entry (mode, digest, the files with their hashes, who, why, what the validation found)
-written in the same transaction as the slot, so the two never disagree.
+ledger entry (mode, digest, the files with their hashes, who, why, what the validation found,
+and who signed it when the gateway checks signatures) written in the same transaction as the
+slot, so the two never disagree.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from gateway.policy.bundle import (
     bundle_from_files,
     file_manifest,
 )
+from gateway.policy.signing import Signer
 from ledger.store import Appended, Ledger, Record
 
 __all__ = ["Activation", "BundleStore", "Slot", "SlotName", "write_slot"]
@@ -104,10 +106,13 @@ def write_slot(
     by: Identity,
     reason: str,
     validation: dict[str, Any] | None,
+    signer: Signer | None = None,
     only_if_empty: bool = False,
 ) -> Activation:
     """Put ``bundle`` in ``slot`` (None: empty the shadow slot) with its ``policy`` entry, in
     one transaction. Activating the bundle that shadows stops the shadow in the same entry.
+    ``signer``: who signed the bundle, as checked against the bundle key (recorded as the
+    entry's ``signature``: key id, algorithm, the key's SHA-256).
     ``only_if_empty``: only if the slot was never set (the first start). A slot that already
     holds the bundle is left alone (``changed`` False, no entry)."""
     store = BundleStore(engine)
@@ -138,6 +143,8 @@ def write_slot(
             body["files"] = file_manifest(bundle.files)
             body["workflows"] = sorted(bundle.workflows)
             body["validation"] = validation
+            if signer is not None:
+                body["signature"] = signer.to_json()
         if stops_shadow:
             body["shadow_stopped"] = True
 

@@ -70,6 +70,9 @@ class RegoRule:
     end_line: int
     code: str | None = None
     package: str = ""
+    # What it says: its syntax tree without positions (layout and comments do not count), to
+    # tell whether two bundles' rules differ. Not part of its identity.
+    meaning: str = field(default="", compare=False, repr=False)
 
     @property
     def label(self) -> str:
@@ -309,9 +312,27 @@ class RegorusEngine:
                         end_line=int(span["line"]) + source.count("\n"),
                         code=code.group(1) if code else None,
                         package=package,
+                        meaning=orjson.dumps(
+                            _positionless(rule), option=orjson.OPT_SORT_KEYS
+                        ).decode(),
                     )
                 )
         return sorted(found, key=lambda r: (r.module, r.line))
+
+
+_POSITIONS = frozenset({"span", "eidx", "qidx", "sidx"})  # where a part is, not what it says
+_SPAN = frozenset({"line", "col", "start", "end"})
+
+
+def _positionless(node: Any) -> Any:
+    """A regorus syntax tree without the positions of its parts."""
+    if isinstance(node, dict):
+        if set(node) == _SPAN:
+            return None
+        return {k: _positionless(v) for k, v in node.items() if k not in _POSITIONS}
+    if isinstance(node, list):
+        return [_positionless(item) for item in node]
+    return node
 
 
 _RULE_NAME = re.compile(r"(?:default\s+)?([A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z_][A-Za-z0-9_]*)*)")

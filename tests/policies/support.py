@@ -1,5 +1,5 @@
 """What the policy lifecycle tests share: bundles to change, the CLI in a subprocess, a policy
-admin's calls, and the ledger's ``policy`` entries.
+admin's calls, the ledger's ``policy`` entries, and keys to sign bundles with.
 
 Nothing of ours is mocked: gateways are ``create_app`` under uvicorn on loopback (the approvals
 harness), on real SQLite files and PostgreSQL schemas; the CLI runs as a person runs it.
@@ -18,8 +18,10 @@ from typing import Any
 import httpx
 import orjson
 import sqlalchemy as sa
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
-from gateway.policy.bundle import read_bundle_files
+from gateway.policy.bundle import load_bundle, read_bundle_files
 from ledger.entry import parse_entry
 from ledger.models import ENTRIES
 from tests.approvals.harness import Live
@@ -81,6 +83,26 @@ def raised_review(root: Path) -> None:
     )(root)
 
 
+# A candidate with the same verdicts for other reasons: a claim over the hard limit is refused
+# for a code of its own, over_claim_limit, instead of over_hard_limit (the unit test and the
+# decision case that name the code follow).
+def renamed_limit(root: Path) -> None:
+    """Refuse claims over the hard limit as over_claim_limit (tests and cases follow)."""
+    replace_in("rego/claims.rego", '"code": "over_hard_limit"', '"code": "over_claim_limit"')(root)
+    replace_in(
+        "rego/claims_test.rego",
+        'codes(claims.deny) == {"over_hard_limit"}',
+        'codes(claims.deny) == {"over_claim_limit"}',
+    )(root)
+    replace_in(
+        CASES,
+        'params: {amount: "60000"}, confidence: 0.97}\n'
+        "    expect: {verdict: reject, reasons: [over_hard_limit]}",
+        'params: {amount: "60000"}, confidence: 0.97}\n'
+        "    expect: {verdict: reject, reasons: [over_claim_limit]}",
+    )(root)
+
+
 def texts(root: Path) -> dict[str, str]:
     """A bundle directory as ``POST /v1/policies`` takes it."""
     return {path: data.decode("utf-8") for path, data in read_bundle_files(root).items()}
@@ -133,6 +155,37 @@ def mandate(
         timeout=timeout,
         check=False,
     )
+
+
+def keypair(directory: Path, kind: str) -> tuple[Path, Path]:
+    """A fresh private key (PEM) and its public key, as files in ``directory``."""
+    private: rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey = (
+        rsa.generate_private_key(public_exponent=65537, key_size=2048)
+        if kind == "rsa"
+        else ec.generate_private_key(ec.SECP256R1())
+    )
+    directory.mkdir(parents=True, exist_ok=True)
+    secret, public = directory / f"{kind}.pem", directory / f"{kind}.pub"
+    secret.write_bytes(
+        private.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    public.write_bytes(
+        private.public_key().public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+    )
+    return secret, public
+
+
+def sign(directory: Path, key: Path, *extra: str) -> None:
+    """``mandate policy sign`` as a person runs it; it must succeed."""
+    done = mandate("policy", "sign", directory, "--key", key, *extra, cwd=directory.parent)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == load_bundle(directory).digest
 
 
 def lines_with(text: str, *words: str) -> Sequence[str]:

@@ -40,6 +40,7 @@ from tests.policies.support import (
     decision_count,
     mandate,
     raised_review,
+    renamed_limit,
     texts,
 )
 
@@ -354,3 +355,38 @@ def test_pages_and_the_pending_proposals_do_not_change_the_result(
     wanted = {k: v for k, v in reports[-1].to_json().items() if k not in timing}
     for report in reports:
         assert {k: v for k, v in report.to_json().items() if k not in timing} == wanted
+
+
+def test_a_replay_names_the_decisions_whose_reasons_change(
+    sqlite_database: Database, launch: Launch, tmp_path: Path
+) -> None:
+    live = launch(sqlite_database)
+    bands = _claims_history(live)  # the two claims of 60000 are refused for over_hard_limit
+    candidate = bundle_copy(tmp_path / "renamed", renamed_limit)
+
+    _, report = replay(live.as_role("policy-admin"), files=texts(candidate))
+    assert (report["changed"], report["reasons_changed"]) == (0, 2)
+    (change,) = report["reason_changes"]
+    assert {k: v for k, v in change.items() if k != "decisions"} == {
+        "workflow": "claims",
+        "case_type": "claim.approve",
+        "verdict": "reject",
+        "added": ["over_claim_limit"],
+        "removed": ["over_hard_limit"],
+        "count": 2,
+    }
+    assert [d["action_id"] for d in change["decisions"]] == bands["over"]
+    assert all(d["decision_seq"] and d["decided_at"] for d in change["decisions"])
+    (group,) = report["groups"]
+    assert (group["changed"], group["reasons_changed"]) == (0, 2)
+
+    env = clean_env(MANDATE_TOKEN=live.token("policy-admin"))
+    done = mandate(
+        "policy", "replay", "--candidate", candidate, "--url", live.url, cwd=tmp_path, env=env
+    )
+    assert done.returncode == 0, done.stderr
+    out = done.stdout
+    assert "same verdict for other reasons: 2" in out
+    assert "Same verdict, other reasons (codes the candidate adds +, drops -):" in out
+    assert "claims/claim.approve reject: +over_claim_limit -over_hard_limit: 2" in out
+    assert f"      {', '.join(bands['over'])}" in out.splitlines()

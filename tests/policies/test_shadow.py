@@ -18,6 +18,7 @@ from tests.policies.support import (
     bundle_copy,
     policy_entries,
     raised_review,
+    renamed_limit,
 )
 
 
@@ -155,3 +156,31 @@ def test_stopping_and_promoting_the_shadow(
         ("active", True),
     ]
     wait_for(lambda: live.runtime.policies.shadow.current is None, what="no shadow")
+
+
+def test_a_shadow_with_the_same_verdict_for_other_reasons_names_the_codes(
+    sqlite_database: Database, launch: Launch, tmp_path: Path
+) -> None:
+    live = launch(sqlite_database)
+    admin = live.as_role("policy-admin")
+    agent = live.as_role("claims-agent")
+    candidate = bundle_copy(tmp_path / "renamed", renamed_limit)
+    assert activate(admin, candidate, mode="shadow").status_code == 200
+
+    refused = propose(agent, claim("60000"), "reject")
+    propose(agent, claim("800"), "execute")
+    view = settled(live, admin)
+    assert (view["disagreements"], view["verdict_changes"], view["reasons_changed"]) == (1, 0, 1)
+    (item,) = view["items"]
+    assert item["action_id"] == refused["action_id"]
+    assert item["verdict_changed"] is False
+    assert (item["codes_added"], item["codes_removed"]) == (
+        ["over_claim_limit"],
+        ["over_hard_limit"],
+    )
+    assert shadow_view(admin, reasons_only="true")["items"] == [item]
+    assert shadow_view(admin, verdict_changes_only="true")["items"] == []
+    both = admin.get(
+        "/v1/policies/shadow", params={"reasons_only": "true", "verdict_changes_only": "true"}
+    )
+    assert assert_problem(both, 422)["errors"][0]["field"] == "reasons_only"

@@ -22,6 +22,7 @@ from gateway.api.deps import AUTH_PROBLEMS, MAX_INTEGER, Caller, Rt, problem_doc
 from gateway.api.strict_json import StrictJSONRoute
 from gateway.binding import confine
 from gateway.db.tables import ACTIONS, SHADOW_DISAGREEMENTS
+from gateway.decision.redecide import code_changes
 from gateway.errors import Conflict, InvalidInput
 from gateway.identity import Identity
 from gateway.lifecycle.activation import PolicyLifecycle, refusal
@@ -40,6 +41,7 @@ from gateway.schemas import (
     ReplayRequest,
     ShadowView,
     SideView,
+    SignatureView,
 )
 from gateway.server.runtime import Runtime
 
@@ -58,8 +60,9 @@ _CHANGE_PROBLEMS: dict[int | str, dict[str, Any]] = {
     ),
     413: problem_doc("The bundle is over `max_bundle_bytes`."),
     422: problem_doc(
-        "The bundle does not load, or its Rego tests or decision cases fail: `errors` names "
-        "each failure by file (`files.<path>`)."
+        "The bundle does not load, or its Rego tests or decision cases fail, or (with a bundle "
+        "key) it is unsigned or not the files signed: `errors` names each failure by file "
+        "(`files.<path>`), or `signatures`."
     ),
     503: problem_doc("The ledger did not record the activation: nothing changed."),
 }
@@ -89,6 +92,7 @@ def _bundle(files: dict[str, str]) -> Bundle:
 def _view(lifecycle: PolicyLifecycle, slot: Slot, *, content: bool = False) -> PolicyView:
     assert slot.digest is not None
     bundle = lifecycle.store.bundle(slot.digest)
+    signed = lifecycle.ledger.entry(slot.seq).body.get("signature")
     files = [
         BundleFileView(
             **item, content=bundle.files[item["path"]].decode("utf-8") if content else None
@@ -102,6 +106,7 @@ def _view(lifecycle: PolicyLifecycle, slot: Slot, *, content: bool = False) -> P
         activated_by=slot.changed_by,
         reason=slot.reason,
         ledger_seq=slot.seq,
+        signature=None if signed is None else SignatureView.model_validate(signed),
         workflows=sorted(bundle.workflows),
         files=files,
     )
@@ -137,14 +142,19 @@ def active(
     responses=_CHANGE_PROBLEMS,
 )
 def activate(upload: BundleUpload, runtime: Rt, identity: Caller) -> ActivationView:
-    """Checks the bundle (it loads, its Rego tests and decision cases pass), then writes a
-    `policy` ledger entry (digest, files with their SHA-256, who, why, what the check found)
-    and puts it in force: every gateway process follows within its poll interval; held
-    approvals are re-evaluated on their next vote. The same bundle again changes nothing."""
+    """Checks the bundle (with a bundle key, its signature covers every file; it loads; its
+    Rego tests and decision cases pass), then writes a `policy` ledger entry (digest, files
+    with their SHA-256, who, why, what the check found, who signed) and puts it in force:
+    every gateway process follows within its poll interval; held approvals are re-evaluated
+    on their next vote. The same bundle again changes nothing."""
     _unbound(identity)
     lifecycle = _lifecycle(runtime)
     bundle = _bundle(upload.files)
-    activation = lifecycle.activate(bundle, slot=upload.mode, by=identity, reason=upload.reason)
+    # A lone surrogate (valid JSON, not UTF-8) cannot be part of a JWT: it fails as any typo.
+    signatures = None if upload.signatures is None else upload.signatures.encode(errors="replace")
+    activation = lifecycle.activate(
+        bundle, slot=upload.mode, by=identity, reason=upload.reason, signatures=signatures
+    )
     return ActivationView(
         changed=activation.changed,
         policy=_view(lifecycle, activation.slot),
@@ -174,10 +184,19 @@ def shadow(
     verdict_changes_only: Annotated[
         bool, Query(description="Leave out those with the same verdict for other reasons.")
     ] = False,
+    reasons_only: Annotated[
+        bool,
+        Query(description="Only those with the same verdict for other reasons (other codes)."),
+    ] = False,
 ) -> ShadowView:
-    """Each disagreement has the two verdicts with their reasons, the level, and the proposal.
-    Without a running shadow, the last shadow's disagreements are listed (if any)."""
+    """Each disagreement has the two verdicts with their reasons, the reason codes the shadow
+    adds and drops, the level, and the proposal. Without a running shadow, the last shadow's
+    disagreements are listed (if any)."""
     _unbound(identity)
+    if verdict_changes_only and reasons_only:
+        raise InvalidInput(
+            [("reasons_only", "lists what verdict_changes_only leaves out: one or the other")]
+        )
     lifecycle = _lifecycle(runtime)
     slots = lifecycle.store.slots()
     active_slot = slots["active"]
@@ -186,12 +205,12 @@ def shadow(
     digest = shadow_slot.digest if running and shadow_slot else _last_shadow(runtime)
     table = SHADOW_DISAGREEMENTS
     items: list[DisagreementView] = []
-    counts = (0, 0, 0)
+    counts = (0, 0, 0, 0)
     decided = 0
     if digest is not None:
         query = sa.select(table).where(table.c.shadow_digest == digest)
-        if verdict_changes_only:
-            query = query.where(table.c.verdict_changed.is_(True))
+        if verdict_changes_only or reasons_only:
+            query = query.where(table.c.verdict_changed.is_(verdict_changes_only))
         if before is not None:
             query = query.where(table.c.id < before)
         with runtime.engine.connect() as conn:
@@ -201,6 +220,7 @@ def shadow(
                     sa.func.count(),
                     sa.func.count().filter(table.c.verdict_changed.is_(True)),
                     sa.func.count().filter(table.c.shadow_verdict.in_(("error", "refused"))),
+                    sa.func.count().filter(table.c.verdict_changed.is_(False)),
                 ).where(table.c.shadow_digest == digest)
             ).one()
             if running and shadow_slot is not None:
@@ -218,6 +238,7 @@ def shadow(
         disagreements=int(counts[0]),
         verdict_changes=int(counts[1]),
         errors=int(counts[2]),
+        reasons_changed=int(counts[3]),
         this_process={
             "compared": runner.compared,
             "disagreements": runner.disagreements,
@@ -240,6 +261,9 @@ def _last_shadow(runtime: Runtime) -> str | None:
 def _disagreement(row: Any) -> DisagreementView:
     detail = orjson.loads(row.detail)
     active, shadow = detail["active"], detail["shadow"]
+    added, removed = code_changes(
+        (r["code"] for r in active["reasons"]), (r["code"] for r in shadow["reasons"])
+    )
     return DisagreementView(
         id=row.id,
         action_id=row.action_id,
@@ -251,6 +275,8 @@ def _disagreement(row: Any) -> DisagreementView:
         executor=row.executor,
         level=detail["level"],
         verdict_changed=row.verdict_changed,
+        codes_added=added,
+        codes_removed=removed,
         active=SideView(
             verdict=active["verdict"],
             reasons=[Reason.model_validate(r) for r in active["reasons"]],
@@ -291,8 +317,11 @@ _REPLAY_DOC: dict[str, Any] = {
     "description": 'A stream of JSON lines: `{"event": "progress", "scanned", "total", '
     '"decisions", "changed"}` now and then, and last `{"event": "report", ...}`: decisions '
     "replayed, unchanged, changed, `transitions` (from → to with counts), `groups` by "
-    "workflow and case type, `rules` (reason codes added or removed by the candidate), "
-    "`examples` per transition with the proposal, and `input_mismatches` (decisions whose "
+    "workflow and case type, `rules` (reason codes the candidate adds or removes where the "
+    "verdict changes), `reason_changes` (decisions whose verdict stays and whose reason codes "
+    "change, grouped by workflow, case type, verdict and the codes added and removed, each "
+    "with a count and the first decisions), `examples` per transition with the proposal, and "
+    "`input_mismatches` (decisions whose "
     "Rego input could not be rebuilt from the ledger: none, when every input is recorded). A "
     'failure after the stream began ends it with `{"event": "error", "detail": ...}`.',
     "content": {_NDJSON: {"schema": {"type": "object"}}},
@@ -353,20 +382,9 @@ async def _stream(replayer: Replayer, lifecycle: PolicyLifecycle) -> AsyncIterat
     loop = asyncio.get_running_loop()
     worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="replay")
     events: Generator[Progress | ReplayReport, None, None] = replayer.events()
-    done = False
-
-    async def finish() -> None:
-        nonlocal done
-        if done:
-            return
-        done = True
-        with contextlib.suppress(Exception):
-            await loop.run_in_executor(worker, events.close)
-        worker.shutdown(wait=False)
-        lifecycle.replaying.release()
-
+    report: ReplayReport | None = None
     try:
-        while True:
+        while report is None:
             try:
                 event = await loop.run_in_executor(worker, next, events, None)
             except Exception as exc:  # the status is sent already: say it in the stream
@@ -375,11 +393,14 @@ async def _stream(replayer: Replayer, lifecycle: PolicyLifecycle) -> AsyncIterat
             if event is None:
                 return
             if isinstance(event, ReplayReport):
-                # The replay is over once its report exists: free this process for the next
-                # one before the client reads it, which may ask for another at once.
-                await finish()
+                report = event
+            else:
                 yield orjson.dumps(event.to_json()) + b"\n"
-                return
-            yield orjson.dumps(event.to_json()) + b"\n"
     finally:
-        await finish()
+        with contextlib.suppress(Exception):
+            await loop.run_in_executor(worker, events.close)
+        worker.shutdown(wait=False)
+        lifecycle.replaying.release()
+    # Sent once the replay is over and its lock free: a client that starts another replay as
+    # soon as it reads this report is not refused.
+    yield orjson.dumps(report.to_json()) + b"\n"
