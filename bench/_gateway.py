@@ -34,6 +34,7 @@ import sqlalchemy as sa
 from adapters.examples.receiver import Receiver, _handler
 from gateway.server.serving import free_port
 from ledger.database import create_engine
+from ledger.keys import load_or_create_signing_key, load_or_create_subject_key
 
 __all__ = [
     "DATABASE_URL_ENVS",
@@ -320,8 +321,8 @@ class Store:
 @contextlib.contextmanager
 def store(workdir: Path, url: str | None = None, *, prefix: str = "bench") -> Iterator[Store]:
     """A fresh store under ``workdir``: SQLite in its data dir, or on PostgreSQL at ``url`` a
-    schema of its own (``<prefix>_<pid>_<random>``), dropped when the block ends. Its signing
-    key is made here, before any gateway starts, so that all of them share it."""
+    schema of its own (``<prefix>_<pid>_<random>``), dropped when the block ends. Its keys are
+    made here, before any gateway starts, so that all of them share them."""
     data_dir = workdir / "data"
     shutil.rmtree(data_dir, ignore_errors=True)
     data_dir.mkdir(parents=True)
@@ -334,7 +335,10 @@ def store(workdir: Path, url: str | None = None, *, prefix: str = "bench") -> It
             conn.execute(sa.text(f'CREATE SCHEMA "{schema}"'))
     made = Store(data_dir, url, schema)
     try:
-        _mandate(made, "ledger", "public-key")  # makes the shared signing key (mode 0600)
+        # The keys every process shares (mode 0600), made before any starts, where `mandate
+        # serve` would make them: the signing key and the subject key.
+        load_or_create_signing_key(data_dir / "ledger-signing-key.pem", "mandate.local/ledger")
+        load_or_create_subject_key(data_dir / "ledger-subject-key")
         yield made
     finally:
         made.close()

@@ -16,6 +16,12 @@ returns once they are durable. The dispatcher is not started: the intents stay q
   same concurrency: the floor that the durable append alone sets.
 - ``judge``: ``Decider.judge`` alone (permit, evaluate, decide and the trace; no idempotency
   look-up, no ledger), one call at a time: the CPU the decision itself costs.
+- ``sealed_c1`` and ``sealed_c16``: the same booking with a customer's personal data (id,
+  email, name: the fields the bundle seals), one of ``CUSTOMERS`` customers each, against
+  ``decide_c*``, whose bookings carry none. ``seal_c1``: what sealing adds to a decision at
+  concurrency 1 (microseconds, from the two rates of each run).
+- ``erase``: ``Ledger.erase`` of one customer after the runs (all their sealed values, WAL
+  emptied included), in milliseconds; ``erase_per_decision``: that over their decisions.
 
 One Runtime serves all runs (the ledger grows as it would in a running gateway); runs of the
 variants are interleaved.
@@ -47,11 +53,12 @@ GROUP = "gateway"
 DESCRIPTION = "in-process Decider.propose, durable append included: p50/p99, decisions/s, 1 and 16"
 
 CONCURRENCIES = (1, 16)
+CUSTOMERS = 40
 _PROPOSAL: dict[str, Any] = {
     "workflow": "parking",
     "action_type": "booking.create",
     "resource": "lot-7/space-42",
-    "params": {"customer": "C-1001", "start": "2026-12-01T08:00:00Z", "spaces": "1"},
+    "params": {"start": "2026-12-01T08:00:00Z", "spaces": "1"},
     "case_type": "booking.create",
     "confidence": 0.95,
     "context": {"channel": "bench", "agent_run": "r-0001"},
@@ -106,13 +113,23 @@ async def _main(ctx: Context, work: Path, loop_name: str) -> list[Figure]:
         tag = secrets.token_hex(3)
         counter = iter(range(10**9))
 
-        def proposals(count: int) -> list[Proposal]:
-            return [
-                Proposal.model_validate(
-                    _PROPOSAL | {"idempotency_key": f"bench-{tag}-{next(counter)}"}
-                )
-                for _ in range(count)
-            ]
+        decided: dict[str, int] = {}  # customer → sealed decisions
+
+        def proposals(count: int, *, sealed: bool = False) -> list[Proposal]:
+            made = []
+            for _ in range(count):
+                n = next(counter)
+                body = _PROPOSAL | {"idempotency_key": f"bench-{tag}-{n}"}
+                if sealed:
+                    customer = f"C-{n % CUSTOMERS:04d}"
+                    decided[customer] = decided.get(customer, 0) + 1
+                    body["params"] = body["params"] | {
+                        "customer": customer,
+                        "customer_email": f"customer.{n % CUSTOMERS}@example.org",
+                        "customer_name": f"Customer Number {n % CUSTOMERS}",
+                    }
+                made.append(Proposal.model_validate(body))
+            return made
 
         first = await runtime.decider.propose(identity, proposals(1)[0])
         if first.verdict != "execute":
@@ -127,8 +144,10 @@ async def _main(ctx: Context, work: Path, loop_name: str) -> list[Figure]:
         variants = [
             _Variant("ledger_c1", 1, n1),
             _Variant("decide_c1", 1, n1),
+            _Variant("sealed_c1", 1, n1),
             _Variant("ledger_c16", 16, n16),
             _Variant("decide_c16", 16, n16),
+            _Variant("sealed_c16", 16, n16),
         ]
         judge_us: list[float] = []
         ctx.log(
@@ -137,8 +156,8 @@ async def _main(ctx: Context, work: Path, loop_name: str) -> list[Figure]:
         )
         for rep in range(ctx.repeat):
             for v in variants:
-                if v.name.startswith("decide"):
-                    batch = proposals(v.count)
+                if not v.name.startswith("ledger"):
+                    batch = proposals(v.count, sealed=v.name.startswith("sealed"))
                     seconds, latencies = await _concurrent(runtime, identity, batch, v.concurrency)
                 else:
                     records = [
@@ -165,9 +184,24 @@ async def _main(ctx: Context, work: Path, loop_name: str) -> list[Figure]:
                 + f", judge {judge_us[-1]:.0f} us"
             )
         ctx.log(f"ledger size at the end: {runtime.ledger.size():,} entries")
+        erasures = await _erase(runtime, decided, 3 if ctx.quick else 10)
     finally:
         runtime.close()
-    return _figures(ctx, variants, judge_us)
+    return _figures(ctx, variants, judge_us) + _seal_figures(ctx, variants, erasures)
+
+
+async def _erase(runtime: Runtime, decided: dict[str, int], count: int) -> list[tuple[float, int]]:
+    """(seconds, decisions) of erasing ``count`` customers, one after the other."""
+    done = []
+    for customer in sorted(decided)[:count]:
+        began = time.perf_counter()
+        erased = await asyncio.to_thread(
+            runtime.ledger.erase, customer, actor="bench", reason="bench erasure"
+        )
+        done.append((time.perf_counter() - began, decided[customer]))
+        if erased is None:
+            raise RuntimeError(f"nothing was sealed for {customer}")
+    return done
 
 
 async def _concurrent(
@@ -257,6 +291,57 @@ def _figures(ctx: Context, variants: list[_Variant], judge_us: list[float]) -> l
             "us/call",
             note="Decider.judge alone: permit (cached), Rego evaluate, decide, trace; "
             "no idempotency look-up, no ledger",
+        )
+    )
+    return [ctx.figure(f) for f in figures]
+
+
+def _seal_figures(
+    ctx: Context, variants: list[_Variant], erasures: list[tuple[float, int]]
+) -> list[Figure]:
+    by = {v.name: v for v in variants}
+    figures: list[Figure] = []
+    for c in CONCURRENCIES:
+        plain, sealed = by[f"decide_c{c}"], by[f"sealed_c{c}"]
+        figures.append(
+            Figure(
+                f"{NAME}.sealed_c{c}_rate",
+                tuple(sealed.rates),
+                "decisions/s",
+                baseline=f"{NAME}.decide_c{c}_rate",
+                ratio=statistics.median(sealed.rates) / statistics.median(plain.rates),
+                note=f"bookings with a customer's id, email and name sealed, {c} at a time; "
+                f"p50 {statistics.median(sealed.p50):.2f} ms (without: "
+                f"{statistics.median(plain.p50):.2f} ms)",
+            )
+        )
+    plain, sealed = by["decide_c1"], by["sealed_c1"]
+    added = tuple((1 / s - 1 / p) * 1e6 for s, p in zip(sealed.rates, plain.rates, strict=True))
+    figures.append(
+        Figure(
+            f"{NAME}.seal_c1",
+            added,
+            "us/decision",
+            note="what sealing 3 fields adds to a decision at concurrency 1 (each run's rates)",
+        )
+    )
+    figures.append(
+        Figure(
+            f"{NAME}.erase",
+            tuple(seconds * 1000 for seconds, _ in erasures),
+            "ms",
+            note=f"Ledger.erase of one customer, WAL emptied; "
+            f"{statistics.median(n for _, n in erasures):.0f} decisions each",
+            digits=1,
+        )
+    )
+    figures.append(
+        Figure(
+            f"{NAME}.erase_per_decision",
+            tuple(seconds * 1000 / n for seconds, n in erasures),
+            "ms/decision",
+            note="an erasure's time over the customer's decisions (3 values each)",
+            digits=2,
         )
     )
     return [ctx.figure(f) for f in figures]

@@ -26,6 +26,9 @@ __all__ = [
     "DemotionView",
     "DisagreementView",
     "EntryView",
+    "ErasedField",
+    "ErasureRequest",
+    "ErasureView",
     "ExecutionRef",
     "ExecutionView",
     "Figures",
@@ -77,7 +80,7 @@ class Proposal(BaseModel):
                     "case_type": "booking.create",
                     "confidence": 0.95,
                     "context": {"channel": "email"},
-                    "idempotency_key": "booking-C-1001-20261201",
+                    "idempotency_key": "booking-20261201-0042",
                 }
             ]
         },
@@ -319,6 +322,45 @@ class EntryView(BaseModel):
     seq: int
     leaf_hash: str
     entry: dict[str, Any]
+
+
+class ErasureRequest(BaseModel):
+    """A data subject whose personal data is to be erased (GDPR art. 17)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    data_subject: Annotated[str, StringConstraints(min_length=1, max_length=256)] = Field(
+        description="The data subject's id, as proposals gave it in the field the bundle names "
+        "(`personal_data.data_subject` in data.json, e.g. params.customer).",
+        examples=["C-1001"],
+    )
+    reason: Annotated[str, StringConstraints(min_length=1, max_length=2000)] = Field(
+        description="Why: the request's reference. Recorded in the erasure entry, so it must "
+        "not name the data subject.",
+        examples=["GDPR art. 17 request 88"],
+    )
+
+
+class ErasedField(BaseModel):
+    """A sealed value that was erased: the entry that sealed it and its path in the body."""
+
+    seq: int
+    path: str
+
+
+class ErasureView(BaseModel):
+    """What an erasure erased. The ledger names the subject only by ``subject_digest``."""
+
+    erasure_seq: int | None = Field(
+        description="The erasure entry; none when nothing of the subject was left to erase "
+        "(never recorded, or erased before)."
+    )
+    subject_digest: str = Field(
+        description="HMAC-SHA256 of the id under the ledger's subject key: the erasure "
+        "entry's subject."
+    )
+    erased: list[ErasedField]
+    actions: list[str] = Field(description="The actions whose proposals held erased values.")
 
 
 class CheckpointView(BaseModel):

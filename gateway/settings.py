@@ -135,6 +135,11 @@ class Settings(BaseSettings):
         "policy sign`, `opa sign`); set, a bundle is activated only with a signature of it that "
         "covers every file (.signatures.json)",
     )
+    subject_key: Path | None = Field(
+        None,
+        description="the secret that names data subjects in the ledger (mode 0600; back it up "
+        "with the signing key); default: <data dir>/ledger-subject-key",
+    )
 
     @model_validator(mode="after")
     def _lease_outlasts_an_attempt(self) -> Settings:
@@ -179,6 +184,11 @@ class Settings(BaseSettings):
     def key_path(self) -> Path:
         """The signing key file in effect."""
         return self.signing_key or self.data_dir / "ledger-signing-key.pem"
+
+    @property
+    def subject_key_path(self) -> Path:
+        """The subject key file in effect (``ledger.sealing``: who sealed values belong to)."""
+        return self.subject_key or self.data_dir / "ledger-subject-key"
 
     @property
     def webhook_secret_path(self) -> Path:

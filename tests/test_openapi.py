@@ -43,14 +43,15 @@ def tokens(gateway: LiveGateway) -> dict[str, str]:
         "executor": gateway.token("fuzz-executor", "booking-agent"),
         "auditor": gateway.token("fuzz-auditor", "auditor"),
         "policy-admin": gateway.token("fuzz-policy-admin", "policy-admin"),
+        "governor": gateway.token("fuzz-governor", "governor"),
     }
 
 
 @schema.auth(refresh_interval=None)
 class RoleToken:
-    """Executors propose; policy admins change bundles; auditors read the ledger: each
-    operation is driven by the role that may call it, so the generated requests reach the
-    code behind the auth check.
+    """Executors propose; policy admins change bundles; governors erase; auditors read the
+    ledger: each operation is driven by the role that may call it, so the generated requests
+    reach the code behind the auth check.
 
     Cases are generated before the gateway mints tokens, so this sets ``Bearer role:<role>``
     and the test swaps in the real token. It is given to schemathesis rather than added to
@@ -61,6 +62,8 @@ class RoleToken:
     def get(self, case: schemathesis.Case[Any], context: schemathesis.AuthContext) -> str:
         if case.path.startswith("/v1/policies"):
             return "policy-admin"
+        if case.path == "/v1/erasures":
+            return "governor"
         return "executor" if case.path.startswith("/v1/actions") else "auditor"
 
     def set(
@@ -226,7 +229,7 @@ def test_linked_calls_answer_within_their_schema(
 
     Linked.run(
         settings=settings(
-            max_examples=25,
+            max_examples=30,
             stateful_step_count=6,
             deadline=None,
             derandomize=True,

@@ -113,6 +113,7 @@ RULES: tuple[Rule, ...] = (
     Rule("GET", "/v1/ledger/proofs/inclusion", (ANY_ROLE,), "get ledger proofs"),
     Rule("GET", "/v1/ledger/proofs/consistency", (ANY_ROLE,), "get ledger proofs"),
     Rule("GET", "/v1/ledger/export", _READERS, "export the ledger"),
+    Rule("POST", "/v1/erasures", (GOVERNOR,), "erase personal data"),
     Rule("GET", "/v1/policies/active", _READERS, "read policy bundles"),
     Rule("POST", "/v1/policies", (POLICY_ADMIN,), "change policy bundles"),
     Rule("GET", "/v1/policies/shadow", _READERS, "read policy bundles"),

@@ -306,9 +306,10 @@ class Approvals:
         hold under the new bundle opens a new approval. Returns what the voter is told.
         """
         policy = self._policy()
-        entry = self._ledger.entry(action.proposal_seq)
-        recorded = entry.body["proposal"]
-        identity = Identity(**{k: entry.body["executor"][k] for k in _IDENTITY_FIELDS})
+        # Its sealed values put back (an erased one is marked so: the proposal is then rejected).
+        proposed = self._ledger.reveal(action.proposal_seq)
+        recorded = proposed["proposal"]
+        identity = Identity(**{k: proposed["executor"][k] for k in _IDENTITY_FIELDS})
         proposal = Proposal.model_validate(
             recorded
             | {

@@ -9,7 +9,7 @@ from typing import Any
 import typer
 
 from gateway.cli.console import err, fail
-from gateway.cli.local import DatabaseUrl, DataDir, settings_from
+from gateway.cli.local import DatabaseUrl, DataDir, open_database, settings_from
 
 __all__ = ["db_app"]
 
@@ -28,10 +28,9 @@ def _schema_state(data_dir: Path | None, database_url: str | None) -> Any:
     """Where the database stands against this code's revisions (exit 2 if it is unreachable)."""
     import sqlalchemy.exc
 
-    from gateway.db.connect import open_engine
     from gateway.db.migrations import schema_state
 
-    engine = open_engine(settings_from(data_dir, database_url))
+    engine = open_database(settings_from(data_dir, database_url), create=False, migrate=False)
     try:
         return schema_state(engine)
     except sqlalchemy.exc.OperationalError as exc:
@@ -55,10 +54,9 @@ def db_upgrade(data_dir: DataDir = None, database_url: DatabaseUrl = None) -> No
     """
     import sqlalchemy.exc
 
-    from gateway.db.connect import open_engine
     from gateway.db.migrations import BASELINE, SchemaError, upgrade
 
-    engine = open_engine(settings_from(data_dir, database_url))
+    engine = open_database(settings_from(data_dir, database_url), migrate=False)
     try:
         done = upgrade(engine)
     except SchemaError as exc:

@@ -13,6 +13,7 @@ import secrets
 import statistics
 import tempfile
 import time
+import unicodedata
 from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -24,8 +25,8 @@ import httpx
 from rich.console import Console
 from rich.table import Table
 
-from gateway.db.connect import open_engine, signing_key
-from gateway.db.migrations import ensure_schema
+from gateway.cli.local import open_database
+from gateway.db.connect import signing_key
 from gateway.identity import TokenBook
 from gateway.server.serving import serve_in_background
 from gateway.settings import Settings
@@ -58,13 +59,16 @@ def proposals(count: int, seed: int = 7) -> Iterator[tuple[str, dict[str, Any]]]
         pick = rng.random()
         key = f"demo-{run}-{n}"
         if pick < 0.40:
+            resource = f"lot-{rng.randint(1, 9)}/space-{rng.randint(1, 300)}"
+            customer = rng.randint(1000, 9999)
             yield (
                 "booking-agent",
                 _proposal(
                     "parking",
                     "booking.create",
-                    f"lot-{rng.randint(1, 9)}/space-{rng.randint(1, 300)}",
-                    {"customer": f"C-{rng.randint(1000, 9999)}", "start": "2026-12-01T08:00:00Z"},
+                    resource,
+                    _person("customer", f"C-{customer}", customer)
+                    | {"start": "2026-12-01T08:00:00Z"},
                     round(rng.uniform(0.65, 0.99), 2),
                     key,
                 ),
@@ -93,11 +97,24 @@ def proposals(count: int, seed: int = 7) -> Iterator[tuple[str, dict[str, Any]]]
                     "claims",
                     "claim.approve",
                     f"claim/CL-{n}",
-                    {"amount": amount, "policy": f"P-{rng.randint(100, 999)}"},
+                    {"amount": amount, "policy": f"P-{rng.randint(100, 999)}"}
+                    | _person("claimant", f"H-{1000 + n}", n),
                     round(rng.uniform(0.85, 0.99), 2),
                     key,
                 ),
             )
+
+
+# Personal data the bundle seals (data.json personal_data): the demo's people are made up.
+_NAMES = ("Ada Byron", "Ben Okafor", "Chloé Martin", "Dev Patel", "Eva Nováková", "Femi Adeyemi")
+
+
+def _person(role: str, identifier: str, number: int) -> dict[str, str]:
+    """A made-up data subject: their id, email and name, as ``role``_… fields."""
+    name = _NAMES[number % len(_NAMES)]
+    first = unicodedata.normalize("NFKD", name.split()[0]).encode("ascii", "ignore").decode()
+    email = f"{first.lower()}.{number}@example.org"
+    return {role: identifier, f"{role}_email": email, f"{role}_name": name}
 
 
 def _proposal(
@@ -173,8 +190,7 @@ def run_demo(
     settings: Settings, *, url: str | None, actions: int, console: Console, concurrency: int = 8
 ) -> DemoResult:
     """Make executor tokens, send ``actions`` proposals, export and verify the ledger."""
-    engine = open_engine(settings)
-    ensure_schema(engine, auto_migrate=settings.auto_migrate)
+    engine = open_database(settings)
     book = TokenBook(engine)
     suffix = secrets.token_hex(3)
     tokens = {

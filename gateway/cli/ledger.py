@@ -1,5 +1,6 @@
 """``mandate ledger``: export the ledger, verify an export offline, prove inclusion and
-consistency, sign a checkpoint, print the public key auditors verify with."""
+consistency, sign a checkpoint, print the public key auditors verify with, erase a data
+subject's personal data. None of them makes a ledger or a key (``gateway.cli.local``)."""
 
 from __future__ import annotations
 
@@ -10,8 +11,14 @@ from typing import Annotated, Any
 
 import typer
 
-from gateway.cli.console import fail, show_progress
-from gateway.cli.local import DatabaseUrl, DataDir, settings_from
+from gateway.cli.console import err, fail, show_progress
+from gateway.cli.local import (
+    DatabaseUrl,
+    DataDir,
+    check_data_dir,
+    open_existing_ledger,
+    settings_from,
+)
 from ledger.errors import LedgerError
 
 __all__ = ["ledger_app"]
@@ -19,7 +26,7 @@ __all__ = ["ledger_app"]
 ledger_app = typer.Typer(
     help=(
         "The ledger: export it, verify an export offline, prove inclusion and consistency, "
-        "print the public key auditors verify with."
+        "print the public key auditors verify with, erase a data subject's personal data."
     ),
     no_args_is_help=True,
 )
@@ -29,13 +36,16 @@ ledger_app = typer.Typer(
 def public_key(data_dir: DataDir = None, database_url: DatabaseUrl = None) -> None:
     """Print the verifier key line (name+keyid+key) that auditors pass to `ledger verify`.
 
-    The signing key is made (mode 0600) if this data dir has none yet.
+    Reads the gateway's signing key; where there is none, says so and exits 2 (`mandate serve`
+    makes it on its first start).
     """
     from gateway.db.connect import signing_key
 
     settings = settings_from(data_dir, database_url)
+    if settings.signing_key is None:
+        check_data_dir(settings)
     try:
-        print(signing_key(settings).vkey)
+        print(signing_key(settings, create=False).vkey)
     except LedgerError as exc:
         raise fail(exc.diagnostics()) from None
 
@@ -51,13 +61,12 @@ def export(
     Give the file to an auditor with the output of `mandate ledger public-key`; they run
     `mandate ledger verify FILE --public-key KEYFILE` (or `python -m ledger verify`).
     """
-    from gateway.db.connect import open_ledger
     from ledger.export import write_export
 
     settings = settings_from(data_dir, database_url)
     try:
         with (
-            open_ledger(settings) as ledger,
+            open_existing_ledger(settings) as ledger,
             out.open("wb") as file,
             show_progress("exporting") as bar,
         ):
@@ -114,13 +123,11 @@ def proof(
     database_url: DatabaseUrl = None,
 ) -> None:
     """Print an RFC 9162 inclusion (--seq) or consistency (--from/--to) proof as JSON."""
-    from gateway.db.connect import open_ledger
-
     if (seq is None) == (old is None):
         raise fail("give --seq N for an inclusion proof or --from A [--to B] for consistency")
     settings = settings_from(data_dir, database_url)
     try:
-        with open_ledger(settings) as ledger:
+        with open_existing_ledger(settings, sign=False) as ledger:
             if seq is not None:
                 tree = size if size is not None else ledger.size()
                 hashes = ledger.inclusion_proof(seq, tree)
@@ -152,11 +159,69 @@ def proof(
 @ledger_app.command("checkpoint")
 def checkpoint(data_dir: DataDir = None, database_url: DatabaseUrl = None) -> None:
     """Sign a checkpoint of the whole ledger now and print it (keep it: it anchors verifies)."""
-    from gateway.db.connect import open_ledger
-
     settings = settings_from(data_dir, database_url)
     try:
-        with open_ledger(settings) as ledger:
+        with open_existing_ledger(settings) as ledger:
             sys.stdout.write(ledger.checkpoint().note)
     except LedgerError as exc:
         raise fail(exc.diagnostics()) from None
+
+
+@ledger_app.command("erase")
+def erase(
+    data_subject: Annotated[
+        str,
+        typer.Option(
+            "--data-subject",
+            help="The data subject's id, as proposals gave it in the field the bundle names "
+            "(e.g. the customer number in params.customer).",
+        ),
+    ],
+    reason: Annotated[
+        str,
+        typer.Option(
+            "--reason",
+            help="Why: the request's reference (recorded; it must not name the subject).",
+        ),
+    ],
+    data_dir: DataDir = None,
+    database_url: DatabaseUrl = None,
+) -> None:
+    """Erase every sealed value of a data subject (GDPR art. 17); the ledger still verifies.
+
+    Appends an `erasure` entry that lists the fields erased and names the subject only by its
+    keyed digest. Needs the gateway's signing key and subject key. Prints the entry's seq on
+    stdout (nothing when nothing of the subject was left to erase).
+    """
+    import getpass
+    import socket
+
+    from gateway.decision.erasure import erase_subject
+    from gateway.errors import GatewayError
+
+    settings = settings_from(data_dir, database_url)
+    with open_existing_ledger(settings, erase=True) as ledger:
+        try:
+            done = erase_subject(
+                ledger,
+                data_subject,
+                actor=f"{getpass.getuser()}@{socket.gethostname()}"[:120],
+                reason=reason,
+            )
+        except GatewayError as exc:
+            raise fail(exc.detail) from None
+    if done.erasure_seq is None:
+        err.print(
+            "nothing sealed for that data subject is left to erase (never recorded, or erased "
+            f"before); the ledger names it {done.subject_digest}",
+            highlight=False,
+        )
+        return
+    err.print(
+        f"erased {len(done.erased)} values of {len(done.actions)} actions "
+        f"({', '.join(done.actions)}) in erasure entry {done.erasure_seq}; the ledger names "
+        f"the subject {done.subject_digest}",
+        highlight=False,
+        soft_wrap=True,
+    )
+    print(done.erasure_seq)

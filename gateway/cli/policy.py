@@ -509,7 +509,6 @@ def _replay_local(
     from sqlalchemy.engine import make_url
     from sqlalchemy.exc import SQLAlchemyError
 
-    from gateway.db.connect import open_engine
     from gateway.lifecycle.replay import Replayer
     from gateway.lifecycle.slots import BundleStore
     from gateway.policy.bundle import BundleError, load_bundle
@@ -524,7 +523,7 @@ def _replay_local(
         except Exception as exc:  # the Rego does not load
             raise fail(f"{candidate}: {exc}") from None
     settings = settings_from(data_dir, database_url)
-    engine = open_engine(settings)
+    engine = open_database(settings, create=False, migrate=False)
     store = BundleStore(engine)
     try:
         ledger = Ledger(engine, origin=settings.ledger_origin)  # read only: no writer
@@ -651,6 +650,11 @@ def _replay_lines(report: dict[str, Any]) -> list[str]:
         lines.append("Every replayed decision's Rego input was rebuilt from the ledger exactly.")
     if report.get("proposals_missing"):
         lines.append(f"{report['proposals_missing']} decisions had no proposal entry to replay.")
+    if report.get("erased"):
+        lines.append(
+            f"{report['erased']} decisions were not replayed: their personal data was erased "
+            f"(decision seqs {report['erased_seqs']})."
+        )
     return lines
 
 

@@ -36,13 +36,14 @@ def serve(
 ) -> None:
     """Start the gateway: SQLite under ./.mandate and policies from ./policies by default.
 
-    The checkpoint signing key is made on first start (mode 0600).
+    The checkpoint signing key and the subject key (which names data subjects in the ledger)
+    are made on first start (mode 0600).
     """
     import os
 
     import uvicorn
 
-    from gateway.db.connect import signing_key
+    from gateway.db.connect import signing_key, subject_key
     from gateway.lifecycle.activation import check_start
     from gateway.policy.bundle import BundleError, load_bundle
     from gateway.server.app import create_app
@@ -55,12 +56,14 @@ def serve(
         raise fail(f"{exc}") from None
     # What would stop the gateway from becoming ready is said here, plainly, before the banner
     # (the app checks again when it starts: another process may change things meanwhile).
+    open_database(settings).dispose()
     try:
         signing_key(settings)
+        subject_key(settings)
     except LedgerError as exc:
         raise fail(str(exc)) from None
     except OSError as exc:
-        raise fail(f"signing key {settings.key_path}: {exc.strerror or exc}") from None
+        raise fail(f"ledger key in {settings.key_path.parent}: {exc.strerror or exc}") from None
     engine = open_database(settings)
     try:
         check_start(settings, engine)  # with a bundle key: the key, and what the start signs in

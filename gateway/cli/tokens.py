@@ -85,7 +85,7 @@ def token_revoke(
     from gateway.identity import TokenBook
 
     settings = settings_from(data_dir, database_url)
-    engine = open_database(settings)
+    engine = open_database(settings, create=False)
     try:
         revoked = TokenBook(engine).revoke(name)
     finally:

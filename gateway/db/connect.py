@@ -1,4 +1,9 @@
-"""Opening the database and the ledger that a gateway process or CLI command works on."""
+"""Opening the database and the ledger that a gateway process or CLI command works on.
+
+A gateway makes what it lacks on its first start: the data dir, the SQLite file, the signing
+key and the subject key. A command that only reads (``gateway.cli.local``) passes
+``create=False`` and is refused instead, so that it never hands anyone a new, empty ledger.
+"""
 
 from __future__ import annotations
 
@@ -6,33 +11,47 @@ from sqlalchemy.engine import Engine
 
 from gateway.settings import Settings
 from ledger.database import create_engine
-from ledger.keys import load_or_create_signing_key
+from ledger.keys import (
+    load_or_create_signing_key,
+    load_or_create_subject_key,
+    load_signing_key,
+    load_subject_key,
+)
 from ledger.note import NoteSigner
 from ledger.store import Ledger
 
-__all__ = ["open_engine", "open_ledger", "signing_key"]
+__all__ = ["open_engine", "open_ledger", "signing_key", "subject_key"]
 
 
-def open_engine(settings: Settings) -> Engine:
-    """The engine for the configured database; creates the data dir for SQLite."""
-    if settings.database_url is None:
+def open_engine(settings: Settings, *, create: bool = True) -> Engine:
+    """The engine for the configured database; with ``create``, makes the data dir for SQLite."""
+    if create and settings.database_url is None:
         settings.data_dir.mkdir(parents=True, exist_ok=True)
     return create_engine(
         settings.database, schema=settings.database_schema, timeouts=settings.database_timeouts
     )
 
 
-def signing_key(settings: Settings) -> NoteSigner:
-    """The checkpoint signing key, made (mode 0600) on first use."""
-    return load_or_create_signing_key(settings.key_path, settings.ledger_origin)
+def signing_key(settings: Settings, *, create: bool = True) -> NoteSigner:
+    """The checkpoint signing key; with ``create``, made (mode 0600) on first use."""
+    load = load_or_create_signing_key if create else load_signing_key
+    return load(settings.key_path, settings.ledger_origin)
+
+
+def subject_key(settings: Settings, *, create: bool = True) -> bytes:
+    """The subject key, kept beside the signing key; with ``create``, made on first use."""
+    load = load_or_create_subject_key if create else load_subject_key
+    return load(settings.subject_key_path)
 
 
 def open_ledger(settings: Settings, engine: Engine | None = None) -> Ledger:
-    """An open ledger that appends and signs with this process's key."""
+    """An open ledger as a gateway opens it: it appends and signs with this process's key, and
+    seals and erases personal data with its subject key; keys it lacks are made."""
     return Ledger(
         engine or open_engine(settings),
         origin=settings.ledger_origin,
         signer=signing_key(settings),
         checkpoint_every=settings.checkpoint_every,
         checkpoint_interval=settings.checkpoint_interval,
+        subject_key=subject_key(settings),
     ).open()

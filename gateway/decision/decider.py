@@ -26,6 +26,7 @@ from sqlalchemy.engine import Engine
 from gateway.autonomy.levels import LEVEL_NAMES, AutonomyBook
 from gateway.db.tables import ACTIONS
 from gateway.decision.history import HistoryBook
+from gateway.decision.personal import find_personal
 from gateway.decision.records import Judgement, decision_rows
 from gateway.decision.steps import (
     input_digest,
@@ -35,7 +36,7 @@ from gateway.decision.steps import (
     request_digest,
     validate,
 )
-from gateway.errors import Conflict, DecisionUnavailable
+from gateway.errors import Conflict, DecisionUnavailable, InvalidInput
 from gateway.execution.routing import Routing, handover
 from gateway.identity import Identity, may_act_for
 from gateway.policy.active import ActivePolicy, InForce
@@ -52,7 +53,7 @@ from gateway.schemas import (
     Verdict,
 )
 from ledger.entry import format_time
-from ledger.errors import LedgerError
+from ledger.errors import EntryError, LedgerError
 from ledger.store import Appended, Ledger, Record
 
 __all__ = ["Decider"]
@@ -99,7 +100,7 @@ class Decider:
         policy = self.in_force.policy
         validate(proposal, policy)
         key = (identity.owner, proposal.idempotency_key)
-        digest = request_digest(proposal)
+        digest = self._request_digest(proposal, policy)
         earlier = self._inflight.get(key)
         if earlier is not None:
             # The same key is being decided right now: answer what that decision answers, to
@@ -137,6 +138,18 @@ class Decider:
             return verdict
         finally:
             del self._inflight[key]
+
+    def _request_digest(self, proposal: Proposal, policy: ActivePolicy) -> str:
+        """The proposal's request digest, its personal data counted by keyed digest."""
+        personal = find_personal(
+            policy.bundle.workflows[proposal.workflow], recorded_proposal(proposal)
+        )
+        if personal is None:
+            return request_digest(proposal)
+        try:
+            return request_digest(proposal, personal, self.ledger.subject_digest)
+        except LedgerError as exc:  # a ledger with no subject key: nothing can be sealed
+            raise DecisionUnavailable(f"the ledger cannot seal personal data: {exc}") from exc
 
     def _offer_shadow(self, verdict: Verdict) -> None:
         """Hand a fresh decision to the shadow bundle, if one runs: never the live verdict's
@@ -196,6 +209,7 @@ class Decider:
             policy, identity, proposal, recorded, now, standing, signals, admitted=admitted
         )
         decision, classification = judged.decision, judged.classification
+        sealed = () if judged.personal is None else judged.personal.paths
         rules = ("case_type", "deny", "hold") if classification.source == "classified" else ()
         trace = Trace(
             casbin=CasbinTrace.model_validate(judged.permitted.trace()),
@@ -203,7 +217,7 @@ class Decider:
                 engine=policy.engine.name,
                 version=policy.engine.version,
                 query=[f"{package_of(workflow)}.{rule}" for rule in rules or ("deny", "hold")],
-                input_digest=input_digest(judged.input),
+                input_digest=input_digest(judged.input, sealed),
                 output=None if judged.rego is None else rego_output(judged.rego),
             ),
             autonomy=AutonomyTrace(
@@ -233,6 +247,7 @@ class Decider:
             recorded,
             classification.case_type,
             judged.history,
+            judged.personal,
         )
 
     def _history(
@@ -265,6 +280,14 @@ class Decider:
             "executor": identity.to_json(),
             "request_digest": digest,
         }
+        personal = judgement.personal
+        sealed: tuple[str, ...] = ()
+        data_subject = None
+        if personal is not None:
+            # Which fields the entry seals (the ledger puts commitments in their place), so a
+            # replay rebuilds the input digest without the bundle that decided.
+            proposal_body["sealed"] = list(personal.paths)
+            sealed, data_subject = personal.entry_paths, personal.data_subject
         execution = None
         if decision.verdict != "reject":
             execution = ExecutionRef(
@@ -294,14 +317,17 @@ class Decider:
             decision_body["history"] = judgement.history
         if audit is not None:
             decision_body["audit"] = audit
+        # Every entry names the data subject: the ledger refuses one that holds its id in clear.
         records = [
-            Record("proposal", identity.name, action_id, proposal_body),
-            Record("decision", "mandate", action_id, decision_body),
+            Record("proposal", identity.name, action_id, proposal_body, sealed, data_subject),
+            Record("decision", "mandate", action_id, decision_body, (), data_subject),
         ]
         if decision.verdict == "execute" and execution and execution.adapter == "callback":
             # Handed to the executor in the decision's own transaction: nothing for the
             # dispatcher to claim, no second write competing for the ledger's lock.
-            records.append(Record("execution", "mandate", action_id, handover(action_id)))
+            records.append(
+                Record("execution", "mandate", action_id, handover(action_id), (), data_subject)
+            )
         # What a retry with the same idempotency key is answered; the ledger block is rebuilt.
         stored = orjson.dumps(answer)
 
@@ -322,6 +348,13 @@ class Decider:
 
         try:
             appended = await self.ledger.append_many_async(records, rows=rows)
+        except EntryError as exc:
+            if personal is None or exc.path != "data_subject":
+                raise DecisionUnavailable(f"the ledger did not record the decision: {exc}") from exc
+            # Its id is a value the decision holds elsewhere (a reason code, a name): sealed in
+            # one place, it would stay in clear in another.
+            problem = "is a value the decision holds elsewhere in clear; it cannot be sealed"
+            raise InvalidInput([(personal.subject_path, problem)]) from exc
         except LedgerError as exc:
             try:
                 raced = self._recorded((identity.owner, proposal.idempotency_key), digest, identity)

@@ -15,6 +15,7 @@ from gateway.autonomy.figures import figures_row
 from gateway.autonomy.sampling import audit_row
 from gateway.db.tables import ACTIONS, APPROVALS, AUDITS, EVENTS, FIGURES, INTENTS
 from gateway.decision.history import amount_of, resource_digest
+from gateway.decision.personal import Personal
 from gateway.decision.steps import Decision
 from gateway.execution.routing import Routing, intent_row
 from gateway.identity import Identity
@@ -33,20 +34,24 @@ class Judgement:
     trace: Trace
     stats: dict[str, int]
     approval: ApprovalRef | None
-    recorded: dict[str, Any]  # the proposal as the ledger keeps it
+    recorded: dict[str, Any]  # the proposal as the ledger keeps it, its sealed values in place
     case_type: str  # as the bundle classified it
     history: dict[str, Any] | None = None  # input.history, recorded beside the figures
+    personal: Personal | None = None  # its personal data, sealed in the ledger
 
 
 def approval_summary(
     identity: Identity, proposal: Proposal, judgement: Judgement
 ) -> dict[str, Any]:
-    """What the inbox shows of a held action without opening the ledger."""
+    """What the inbox shows of a held action without opening the ledger: nothing sealed (a
+    workflow may seal even the amount)."""
+    personal = judgement.personal
+    sealed = personal is not None and "params.amount" in personal.paths
     return {
         "executor": identity.name,
         "action_type": proposal.action_type,
         "resource": proposal.resource,
-        "amount": proposal.params.get("amount"),
+        "amount": None if sealed else proposal.params.get("amount"),
         "confidence": judgement.recorded.get("confidence"),
         "reasons": [r.model_dump() for r in judgement.decision.reasons],
         "recommendation": judgement.decision.recommendation,

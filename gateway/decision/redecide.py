@@ -21,6 +21,7 @@ from typing import Any, Literal
 from pydantic import ValidationError
 
 from gateway.autonomy.levels import LEVEL_NAMES
+from gateway.decision.personal import quoted_in, withhold_reasons
 from gateway.decision.steps import input_digest, judge, recorded_proposal, validate
 from gateway.errors import DecisionUnavailable, Forbidden, InvalidInput
 from gateway.identity import Identity
@@ -51,10 +52,12 @@ class Inputs:
     admitted: bool = False
     case_type: str | None = None  # as recorded: the case type the decision was made as
     history: dict[str, Any] | None = None  # input.history; None where none was recorded
+    sealed: tuple[str, ...] = ()  # as recorded: the proposal's fields the ledger sealed
 
     @classmethod
     def recorded(cls, proposal_body: Mapping[str, Any], decision_body: Mapping[str, Any]) -> Inputs:
-        """The inputs of a recorded decision: its proposal entry's body and its own body."""
+        """The inputs of a recorded decision: its proposal entry's body, its sealed values put
+        back (``Ledger.reveal``), and its own body."""
         executor = proposal_body["executor"]
         trace = decision_body["trace"]
         proposal = dict(proposal_body["proposal"])
@@ -67,6 +70,7 @@ class Inputs:
             admitted=bool(decision_body.get("reevaluated")),
             case_type=str(trace["autonomy"].get("case_type") or proposal["case_type"]),
             history=decision_body.get("history"),
+            sealed=tuple(proposal_body.get("sealed", ())),
         )
 
     @classmethod
@@ -171,11 +175,13 @@ def redecide(policy: ActivePolicy, inputs: Inputs) -> Redecision:
     except DecisionUnavailable as exc:
         return Redecision("error", [], error=exc.detail)
     decision = judged.decision
+    # What the recording sealed stays withheld under a bundle that names other fields.
+    reasons = withhold_reasons(decision.reasons, quoted_in(inputs.proposal, inputs.sealed))
     return Redecision(
         decision.verdict,
-        decision.reasons,
+        reasons,
         decision.recommendation,
-        input_digest=input_digest(judged.input),
+        input_digest=input_digest(judged.input, inputs.sealed),
         case_type=judged.case_type,
         level=judged.level,
         warnings=decision.warnings,

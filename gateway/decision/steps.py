@@ -21,6 +21,16 @@ from typing import Any, Literal
 import orjson
 
 from gateway.autonomy.levels import LEVEL_NAMES
+from gateway.decision.personal import (
+    INPUT_MARK,
+    Personal,
+    PersonalDataErased,
+    find_marks,
+    find_personal,
+    masked,
+    withhold_reasons,
+    withhold_rego,
+)
 from gateway.errors import DecisionUnavailable, Forbidden, InvalidInput
 from gateway.identity import Identity
 from gateway.policy.active import ActivePolicy
@@ -62,7 +72,8 @@ _DECIMAL = re.compile(r"(-?)(0|[1-9][0-9]{0,17})(\.[0-9]{1,18})?")
 def validate(proposal: Proposal, policy: ActivePolicy) -> None:
     """Step 2: beyond the schema, is this a proposal the ledger and the policy can take? The
     workflow and its action type are the bundle's (``data.json``), a claimed case type is one
-    that action type may be, and an amount is a decimal string within the workflow's scale."""
+    that action type may be, an amount is a decimal string within the workflow's scale, and no
+    value poses as a sealed one. (Its personal data is checked by ``judge``.)"""
     errors: list[tuple[str, str]] = []
     workflows = policy.bundle.workflows
     config = workflows.get(proposal.workflow)
@@ -90,11 +101,16 @@ def validate(proposal: Proposal, policy: ActivePolicy) -> None:
         if problem is not None:
             errors.append(("params.amount", problem))
     for name in ("resource", "params", "context"):
+        value = getattr(proposal, name)
         try:
-            canonical_json(getattr(proposal, name), name)
+            encoded = canonical_json(value, name)
         except EntryError as exc:
             if exc.path != "params.amount":
                 errors.append((exc.path, exc.problem))
+            continue
+        mark = find_marks(encoded, value, name)
+        if mark is not None:
+            errors.append((mark, "is the ledger's mark of a sealed value, not a proposal's"))
     if errors:
         raise InvalidInput(errors)
 
@@ -276,8 +292,9 @@ def decide(
 ) -> Decision:
     """Step 6: reject if Casbin denies or the policy denies; hold if the policy holds or the
     level is 1 (the gateway's own rule, whatever the policy says); otherwise execute. A held
-    proposal that a new bundle no longer takes (``refused``) is rejected. The policy's
-    ``warn`` reasons go beside the verdict, whatever it is, and never change it."""
+    proposal that a new bundle no longer takes, or whose personal data was erased
+    (``refused``), is rejected. The policy's ``warn`` reasons go beside the verdict, whatever
+    it is, and never change it."""
     if not permitted.allowed:
         role, workflow, action_type, act = permitted.request
         return Decision(
@@ -291,6 +308,15 @@ def decide(
             ],
             "reject",
         )
+    if isinstance(refused, PersonalDataErased):
+        by = sorted({message for _, message in refused.errors})
+        reason = Reason(
+            code="personal_data_erased",
+            message=f"its personal data ({', '.join(field for field, _ in refused.errors)}) was "
+            f"{' and '.join(by)}: it cannot be decided again",
+            source="gateway",
+        )
+        return Decision("reject", [reason], "reject")
     if refused is not None:
         reason = Reason(
             code="not_taken",
@@ -350,6 +376,7 @@ class Judged:
     input: dict[str, Any]
     rego: RegoResult | None
     decision: Decision
+    personal: Personal | None = None
 
     @property
     def case_type(self) -> str:
@@ -370,7 +397,8 @@ def judge(
 ) -> Judged:
     """Steps 3 to 6 for a validated proposal (``recorded`` is it as the ledger keeps it):
     permit, classify, evaluate at the case type's level (``standing`` says which) with its
-    history signals (``signals``), decide.
+    history signals (``signals``), decide. Its personal data (``gateway.decision.personal``) is
+    found first, and no reason or warning quotes it.
 
     A held proposal re-evaluated under a new bundle is ``admitted`` (the case type it was
     decided as): Casbin then answers even for a role that proposes nothing any more, and what
@@ -378,7 +406,11 @@ def judge(
     """
     permitted = permit(policy.permitter, identity, proposal, admitted=admitted is not None)
     refused: InvalidInput | None = None
+    personal: Personal | None = None
     try:
+        config = policy.bundle.workflows.get(proposal.workflow)
+        if config is not None:
+            personal = find_personal(config, recorded)
         if admitted is not None:
             validate(proposal, policy)
         classification = classify(
@@ -396,11 +428,25 @@ def judge(
     history = None if signals is None else signals(classification.case_type)
     input_ = rego_input(recorded, identity, classification.case_type, level, stats, now, history)
     rego = None
+    quoted = () if personal is None else personal.quoted
     if permitted.allowed and refused is None:
-        rego = evaluate(policy.engine, proposal.workflow, input_)
+        rego = withhold_rego(evaluate(policy.engine, proposal.workflow, input_), quoted)
     decision = decide(permitted, rego, level, refused)
+    if quoted:
+        reasons = withhold_reasons(decision.reasons, quoted)
+        warnings = withhold_reasons(decision.warnings, quoted)
+        decision = Decision(decision.verdict, reasons, decision.recommendation, warnings)
     return Judged(
-        permitted, classification, level, level_source, stats, history, input_, rego, decision
+        permitted,
+        classification,
+        level,
+        level_source,
+        stats,
+        history,
+        input_,
+        rego,
+        decision,
+        personal,
     )
 
 
@@ -416,21 +462,31 @@ def recorded_proposal(proposal: Proposal) -> dict[str, Any]:
     return data
 
 
-def request_digest(proposal: Proposal) -> str:
-    """SHA-256 of the proposal as recorded: what an idempotency key's retry must match."""
-    return hashlib.sha256(canonical_json(recorded_proposal(proposal), "proposal")).hexdigest()
+def request_digest(
+    proposal: Proposal,
+    personal: Personal | None = None,
+    keyed: Callable[[str], str] | None = None,
+) -> str:
+    """SHA-256 of the proposal as recorded: what an idempotency key's retry must match. Its
+    sealed values count by their keyed digest (``keyed``, the ledger's subject key): a plain
+    hash over them would outlive their erasure as a way to test a guess."""
+    recorded = recorded_proposal(proposal)
+    if personal is not None and keyed is not None:
+        recorded = masked(recorded, personal.paths, lambda v: keyed(canonical_json(v).decode()))
+    return hashlib.sha256(canonical_json(recorded, "proposal")).hexdigest()
 
 
-def input_digest(input_: dict[str, Any]) -> str:
+def input_digest(input_: dict[str, Any], sealed: tuple[str, ...] = ()) -> str:
     """SHA-256 of the Rego input as recorded: canonical JSON with confidence as the decimal
-    string the ledger keeps (entries hold no floats), so replay recomputes the same digest."""
+    string the ledger keeps (entries hold no floats), so replay recomputes the same digest.
+    The proposal's ``sealed`` fields hold ``INPUT_MARK``: the entry's commitments stand for
+    their values, which the digest must not let anyone test a guess against."""
     proposal = input_["proposal"]
     confidence = proposal["confidence"]
-    recorded = {
-        **input_,
-        "proposal": {**proposal, "confidence": None if confidence is None else repr(confidence)},
-    }
-    return hashlib.sha256(canonical_json(recorded, "input")).hexdigest()
+    kept = {**proposal, "confidence": None if confidence is None else repr(confidence)}
+    if sealed:
+        kept = masked(kept, sealed, lambda _: INPUT_MARK)
+    return hashlib.sha256(canonical_json({**input_, "proposal": kept}, "input")).hexdigest()
 
 
 def rego_output(rego: RegoResult) -> dict[str, Any]:

@@ -7,6 +7,12 @@ happened: an ``outcome`` entry, or an ``execution`` entry scheduling a retry wit
 backoff and jitter. A process that dies mid-attempt leaves a lease that expires; whoever claims
 the intent next repeats the attempt with the same ``Idempotency-Key`` (the action id), so the
 receiver carries the action out once.
+
+An action whose personal data was erased before it was carried out (its data subject asked,
+``gateway.decision.erasure``) is not sent at all: the receiver would get an action about someone
+without the data to act on, and the erasure is meant to end the processing of their data. The
+dispatcher records a ``failed`` outcome that names the erasure instead, which does not count
+against the case type's figures (nothing was carried out).
 """
 
 from __future__ import annotations
@@ -24,14 +30,20 @@ from sqlalchemy.engine import Connection, Engine
 
 from adapters.base import Adapter, Dispatch, DispatchResult
 from gateway.db.tables import ACTIONS, EVENTS, INTENTS
+from gateway.decision.personal import erased_fields
 from gateway.execution.outcomes import event_row, record_outcome
 from ledger.database import WRITE
 from ledger.entry import format_time
+from ledger.models import SEALED
 from ledger.store import Appended, Ledger, Record
 
-__all__ = ["Dispatcher", "payload_for"]
+__all__ = ["Dispatcher", "ErasedBeforeDispatch", "payload_for"]
 
 log = logging.getLogger("mandate.dispatch")
+
+
+class ErasedBeforeDispatch(Exception):
+    """The action's personal data was erased before it was carried out: nothing is sent."""
 
 
 def _parse_time(stamp: str) -> dt.datetime:
@@ -153,7 +165,10 @@ class Dispatcher:
             ).scalar()
         self._next_due = _parse_time(upcoming) if upcoming else None
         for intent in claimed:
-            intent["payload"] = self._payload(intent["action_id"])
+            try:
+                intent["payload"] = self._payload(intent["action_id"])
+            except ErasedBeforeDispatch as exc:
+                intent["payload"], intent["erased"] = None, str(exc)
         return claimed
 
     async def _attempt(self, intent: dict[str, Any]) -> None:
@@ -166,6 +181,9 @@ class Dispatcher:
 
     async def _attempt_once(self, intent: dict[str, Any]) -> None:
         action_id, attempt = intent["action_id"], intent["attempts"]
+        if intent.get("erased"):
+            await self._refuse(action_id, intent["erased"])
+            return
         adapter = self._adapters.get(intent["adapter"])
         body = {
             "action_id": action_id,
@@ -175,6 +193,7 @@ class Dispatcher:
             "result": "dispatching",
         }
         lease = intent["lease_until"]
+        proposal_seq = intent["payload"]["proposal_seq"]
 
         def still_ours(conn: Connection, appended: list[Appended]) -> None:
             # The claim may have run out and been taken over, or the executor may have
@@ -188,6 +207,11 @@ class Dispatcher:
             ).first()
             if held is None:
                 raise LookupError(f"the claim on {action_id} is no longer ours")
+            # Erased since the payload was read: under the ledger's lock, as erasures are, so
+            # the ledger shows this attempt either before the erasure or not at all.
+            erased_by = conn.execute(_ERASED_BY, {"seq": proposal_seq}).scalar()
+            if erased_by is not None:
+                raise ErasedBeforeDispatch(_not_sent(f"erasure entry {erased_by}"))
             entry = appended[0]
             conn.execute(
                 sa.insert(EVENTS).values(event_row(entry.seq, action_id, "execution", entry.time))
@@ -198,6 +222,9 @@ class Dispatcher:
                 [Record("execution", "mandate", action_id, body)], in_transaction=still_ours
             )
         except LookupError:
+            return
+        except ErasedBeforeDispatch as exc:
+            await self._refuse(action_id, str(exc))
             return
         if adapter is None:
             result = DispatchResult("failed", f"no adapter named {intent['adapter']!r}")
@@ -234,6 +261,22 @@ class Dispatcher:
             return
         if self._on_outcome is not None:
             await self._on_outcome(action_id)
+
+    async def _refuse(self, action_id: str, why: str) -> None:
+        """Settle an action that is not carried out because its personal data was erased."""
+        try:
+            await record_outcome(
+                self._ledger,
+                action_id,
+                actor="mandate",
+                status="failed",
+                detail={"detail": why, "http_status": None, "erased": True},
+                attempt=None,
+                expect=("dispatching",),
+                carried_out=False,
+            )
+        except LookupError:  # another process settled it first
+            return
 
     async def _schedule_retry(self, action_id: str, attempt: int, result: DispatchResult) -> None:
         delay = min(60.0, self._backoff * 2 ** (attempt - 1)) * (0.5 + self._random.random())
@@ -284,12 +327,19 @@ class Dispatcher:
 
 
 def payload_for(engine: Engine, ledger: Ledger, action_id: str) -> dict[str, Any]:
-    """What a webhook receives: the proposal, the case type the bundle decided it as, and the
-    ids of its proposal and decision."""
+    """What a webhook receives: the proposal (its sealed values put back), the case type the
+    bundle decided it as, and the ids of its proposal and decision. ErasedBeforeDispatch if its
+    personal data was erased."""
     with engine.connect() as conn:
         row = conn.execute(sa.select(ACTIONS).where(ACTIONS.c.id == action_id)).one()
     entry = ledger.entry(row.proposal_seq).body
+    if "sealed" in entry:
+        entry = ledger.reveal(row.proposal_seq)
     proposal = entry["proposal"]
+    erased = erased_fields(proposal)
+    if erased:
+        by = f"erasure entry {max(erased.values())} ({', '.join(sorted(erased))})"
+        raise ErasedBeforeDispatch(_not_sent(by))
     return {
         "action_id": action_id,
         "proposal_seq": row.proposal_seq,
@@ -301,3 +351,15 @@ def payload_for(engine: Engine, ledger: Ledger, action_id: str) -> dict[str, Any
         "resource": proposal["resource"],
         "params": proposal["params"],
     }
+
+
+def _not_sent(by: str) -> str:
+    return f"not carried out: its personal data was erased by {by} first; nothing was sent"
+
+
+# The erasure entry that erased a value sealed in a proposal entry, if one did.
+_ERASED_BY = (
+    sa.select(SEALED.c.erased_by)
+    .where(SEALED.c.seq == sa.bindparam("seq"), SEALED.c.erased_by.is_not(None))
+    .limit(1)
+)

@@ -29,13 +29,15 @@ async def record_outcome(
     attempt: int | None,
     expect: tuple[str, ...],
     adapter: str | None = None,
+    carried_out: bool = True,
 ) -> Appended:
     """Write an ``outcome`` entry and settle the intent and the action (and the action's
     measured figures), atomically.
 
     ``expect`` lists the intent statuses (and ``adapter`` the adapter) from which this outcome
     may be recorded; otherwise (already settled, say) nothing is written and ``LookupError`` is
-    raised.
+    raised. An action that was not ``carried_out`` (its personal data erased first) does not
+    count in its case type's figures.
     """
     body = {"action_id": action_id, "status": status, "attempt": attempt, "detail": detail}
 
@@ -54,7 +56,8 @@ async def record_outcome(
         conn.execute(sa.update(ACTIONS).where(ACTIONS.c.id == action_id).values(status=status))
         row = event_row(entry.seq, action_id, "outcome", entry.time)
         conn.execute(sa.insert(EVENTS).values(row))
-        mark_outcome(conn, action_id, status)
+        if carried_out:
+            mark_outcome(conn, action_id, status)
 
     return (
         await ledger.append_many_async(

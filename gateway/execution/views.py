@@ -19,9 +19,10 @@ __all__ = ["show_action"]
 
 
 def show_action(engine: Engine, ledger: Ledger, identity: Identity, action_id: str) -> ActionView:
-    """The action with its timeline (each ledger entry about it, body included), if
-    ``identity`` may see it: the proposer's owner, and approvers, governors and auditors of its
-    workflow. NotFound if there is no such action, Forbidden if they may not look."""
+    """The action with its timeline (each ledger entry about it, body included, sealed values
+    revealed until they are erased), if ``identity`` may see it: the proposer's owner, and
+    approvers, governors and auditors of its workflow. NotFound if there is no such action,
+    Forbidden if they may not look."""
     with engine.connect() as conn:
         row = conn.execute(sa.select(ACTIONS).where(ACTIONS.c.id == action_id)).first()
         if row is None:
@@ -40,6 +41,10 @@ def show_action(engine: Engine, ledger: Ledger, identity: Identity, action_id: s
     timeline = []
     for seq, kind, when in events:
         body = ledger.entry(seq).body
+        if "sealed" in body:
+            # Its personal data put back while it is there; an erased value shows as
+            # {"$sealed": commitment, "$erased": seq of the erasure entry}.
+            body = ledger.reveal(seq)
         timeline.append({"seq": seq, "kind": kind, "time": when, "body": body})
     answer = orjson.loads(row.response)
     answer["ledger"] = {

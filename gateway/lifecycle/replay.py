@@ -8,7 +8,10 @@ type, with examples and the reason codes that appear or disappear (and the warni
 moved from ``warn`` to ``hold`` or ``deny`` takes away); the decisions whose verdict stays but
 whose reasons change, grouped by the codes added and removed, with the decisions named; and the
 decisions whose Rego input could not be rebuilt byte for byte (an input the ledger did not
-record: there should be none).
+record: there should be none). A proposal's sealed personal data is read back from the ledger
+while it is there; the decisions whose personal data was erased cannot be decided again, and are
+counted apart (``erased``). Examples show proposals as the ledger keeps them, sealed values
+sealed.
 
 Without a candidate, each decision is replayed with the bundle that made it (the digest its
 trace names, loaded from the database): a check that the whole history is reproducible, which
@@ -34,6 +37,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from gateway.db.tables import ACTIONS
+from gateway.decision.personal import erased_fields
 from gateway.decision.redecide import Inputs, Redecision, code_changes, redecide
 from gateway.policy.active import ActivePolicy
 from ledger.store import Ledger
@@ -121,6 +125,8 @@ class ReplayReport:
     input_mismatches: int = 0
     mismatched: list[int] = field(default_factory=list)
     missing: int = 0  # decisions whose proposal entry could not be found
+    erased: int = 0  # decisions not replayed: their proposal's personal data was erased
+    erased_seqs: list[int] = field(default_factory=list)
     transitions: Counter[tuple[str, str]] = field(default_factory=Counter)
     groups: dict[tuple[str, str], _Group] = field(default_factory=dict)
     examples: dict[tuple[str, str], list[dict[str, Any]]] = field(default_factory=dict)
@@ -159,6 +165,8 @@ class ReplayReport:
             "input_mismatches": self.input_mismatches,
             "input_mismatch_seqs": self.mismatched,
             "proposals_missing": self.missing,
+            "erased": self.erased,
+            "erased_seqs": self.erased_seqs,
             "transitions": _transitions(self.transitions),
             "rules": _rules(added, removed),
             "reason_changes": [
@@ -255,7 +263,7 @@ class Replayer:
         total = self._ledger.size()
         name = AS_RECORDED if self._candidate is None else self._candidate.bundle.digest
         report = ReplayReport(name, self._since, total=total)
-        pending: OrderedDict[str, dict[str, Any]] = OrderedDict()
+        pending: OrderedDict[str, tuple[int, dict[str, Any]]] = OrderedDict()
         yield Progress(0, total, 0, 0)
         for data in self._ledger.entries(0, total, page=self._page):
             report.scanned += 1
@@ -265,7 +273,7 @@ class Replayer:
             entry = orjson.loads(data)
             kind = entry["kind"]
             if kind == "proposal":
-                pending[entry["subject"]] = entry["body"]
+                pending[entry["subject"]] = (entry["seq"], entry["body"])
                 if len(pending) > _PENDING:
                     pending.popitem(last=False)
             elif kind == "decision":
@@ -295,8 +303,8 @@ class Replayer:
                 self._policies.popitem(last=False)
         return policy
 
-    def _proposal_of(self, action_id: str) -> dict[str, Any] | None:
-        """The proposal entry's body of an action decided again later (a re-evaluation)."""
+    def _proposal_of(self, action_id: str) -> tuple[int, dict[str, Any]] | None:
+        """The proposal entry (seq, body) of an action decided again later (a re-evaluation)."""
         try:
             with self._engine.connect() as conn:
                 seq = conn.execute(
@@ -307,17 +315,24 @@ class Replayer:
         if seq is None:
             return None
         body = self._ledger.entry(int(seq)).body
-        return body if "proposal" in body else None
+        return (int(seq), body) if "proposal" in body else None
 
     def _replay(
         self,
         report: ReplayReport,
         entry: dict[str, Any],
-        proposed: dict[str, Any],
+        proposal: tuple[int, dict[str, Any]],
         decided: dict[str, Any],
     ) -> None:
+        seq, proposed = proposal
+        revealed = self._ledger.reveal(seq) if "sealed" in proposed else proposed
+        if erased_fields(revealed.get("proposal", {})):
+            report.erased += 1
+            if len(report.erased_seqs) < 20:
+                report.erased_seqs.append(int(entry["seq"]))
+            return
         try:
-            inputs = Inputs.recorded(proposed, decided)
+            inputs = Inputs.recorded(revealed, decided)
         except (KeyError, TypeError, ValueError):  # not a decision this gateway wrote
             report.missing += 1
             return

@@ -113,10 +113,11 @@ class ShadowRunner:
         """Decide one recorded proposal with the shadow; record a disagreement. True if they
         disagreed."""
         ref = verdict.ledger
-        proposed = self._ledger.entry(ref.proposal_seq).body
+        proposed = self._ledger.entry(ref.proposal_seq).body  # as kept: sealed values sealed
         decided = self._ledger.entry(ref.decision_seq).body
         try:
-            shadow = redecide(shadowing.policy, Inputs.recorded(proposed, decided))
+            revealed = self._ledger.reveal(ref.proposal_seq)
+            shadow = redecide(shadowing.policy, Inputs.recorded(revealed, decided))
         except Exception as exc:  # the shadow's own failure is recorded, never raised
             shadow = Redecision("error", [], error=f"{type(exc).__name__}: {exc}")
         self.compared += 1

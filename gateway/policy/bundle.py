@@ -9,7 +9,8 @@ an upload (``bundle_from_files``).
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Mapping
+import re
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -22,6 +23,7 @@ __all__ = [
     "MAX_FILES",
     "Bundle",
     "BundleError",
+    "PersonalData",
     "WorkflowConfig",
     "bundle_digest",
     "bundle_from_files",
@@ -54,6 +56,27 @@ class BundleError(ValueError):
 
 DEFAULT_AMOUNT_SCALE = 2
 MAX_AMOUNT_SCALE = 18
+# A field a workflow seals: params.x or context.x, down nested objects (params.customer.email).
+_FIELD_PATH = re.compile(r"(params|context)(\.[A-Za-z0-9_-]{1,64}){1,8}")
+
+
+@dataclass(frozen=True)
+class PersonalData:
+    """The fields of a workflow's proposals that hold personal data, and whose it is.
+
+    ``data_subject`` is the path of the field that holds the data subject's id (a customer
+    number, say); ``sealed`` the paths of the other fields that hold their data. Every one of
+    them, the id included, is sealed in the ledger and erased with the subject
+    (``gateway.decision.personal``).
+    """
+
+    data_subject: str
+    sealed: tuple[str, ...] = ()
+
+    @property
+    def paths(self) -> tuple[str, ...]:
+        """Every sealed path, the data subject's first."""
+        return (self.data_subject, *self.sealed)
 
 
 @dataclass(frozen=True)
@@ -68,6 +91,7 @@ class WorkflowConfig:
     ``resource_arguments`` names, per action type that is an MCP tool, the tool argument whose
     value the MCP proxy proposes as the resource (``"mcp": {"resource": "path"}``), so that
     approvers see what the call acts on.
+    ``personal_data`` names the fields that hold personal data, sealed in the ledger.
     """
 
     name: str
@@ -77,6 +101,7 @@ class WorkflowConfig:
     approval_ttl_hours: float = 24.0
     amount_scale: int = DEFAULT_AMOUNT_SCALE
     signed_amounts: bool = False
+    personal_data: PersonalData | None = None
 
     def initial_level(self, case_type: str) -> int:
         """The autonomy level a case type starts at (1, advisory, when the data is silent)."""
@@ -297,4 +322,49 @@ def _workflow(name: str, config: Any, where: Path, data_path: str) -> WorkflowCo
         approval_ttl_hours=float(ttl),
         amount_scale=scale,
         signed_amounts=signed,
+        personal_data=_personal_data(config.get("personal_data"), wrong),
     )
+
+
+def _personal_data(given: Any, wrong: Callable[[str, str], BundleError]) -> PersonalData | None:
+    """A workflow's ``personal_data``, checked: a data subject field and the other sealed
+    fields, each a path into params or context, none inside another."""
+    if given is None:
+        return None
+    shape = '{"data_subject": "params.customer", "sealed": ["params.customer_email"]}'
+    if not isinstance(given, dict):
+        raise wrong("personal_data", f"must be an object such as {shape}")
+    unknown = sorted(set(given) - {"data_subject", "sealed"})
+    if unknown:
+        raise wrong(f"personal_data.{unknown[0]}", f"is not a key of personal_data ({shape})")
+    subject = given.get("data_subject")
+    if not isinstance(subject, str):
+        raise wrong(
+            "personal_data.data_subject",
+            "must name the field that holds the data subject's id, such as params.customer",
+        )
+    sealed = given.get("sealed", [])
+    if not isinstance(sealed, list) or not all(isinstance(p, str) for p in sealed):
+        raise wrong("personal_data.sealed", "must be a list of field paths")
+    keys = [
+        "personal_data.data_subject",
+        *(f"personal_data.sealed[{i}]" for i in range(len(sealed))),
+    ]
+    paths = [subject, *sealed]
+    for key, path in zip(keys, paths, strict=True):
+        if not _FIELD_PATH.fullmatch(path):
+            raise wrong(
+                key,
+                f"is {path!r}: a path into params or context, such as params.customer_email "
+                "(names of letters, digits, _ and -, joined by dots)",
+            )
+    for key, path in zip(keys, paths, strict=True):
+        for other in paths:
+            if other != path and other.startswith(f"{path}."):
+                raise wrong(key, f"{path} holds {other}, which is listed too: list one of them")
+    seen: set[str] = set()
+    for key, path in zip(keys, paths, strict=True):
+        if path in seen:
+            raise wrong(key, f"lists {path} twice (the data subject's field is sealed too)")
+        seen.add(path)
+    return PersonalData(subject, tuple(sealed))

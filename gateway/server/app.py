@@ -12,7 +12,16 @@ from fastapi import Depends, FastAPI
 from gateway.api.deps import reject_unknown_query
 from gateway.api.limits import Limits
 from gateway.api.problems import BodyLimit, install_problem_handlers
-from gateway.api.routes import actions, approvals, audits, autonomy, health, ledger, workflows
+from gateway.api.routes import (
+    actions,
+    approvals,
+    audits,
+    autonomy,
+    erasures,
+    health,
+    ledger,
+    workflows,
+)
 from gateway.api.routes import policies as policy_routes
 from gateway.server.runtime import Runtime
 from gateway.settings import Settings
@@ -85,6 +94,7 @@ def create_app(
     app.include_router(autonomy.router)
     app.include_router(audits.router)
     app.include_router(ledger.router)
+    app.include_router(erasures.router)
     app.include_router(policy_routes.router)
     app.include_router(workflows.router)
     app.include_router(health.router)

@@ -238,7 +238,8 @@ def test_mandate_ledger_commands_end_to_end(
         if name.startswith("MANDATE_"):
             monkeypatch.delenv(name)
 
-    # public-key makes the signing key (mode 0600) and prints only the key line.
+    # The gateway's storage makes the signing key (mode 0600); public-key prints only its line.
+    _append_through_the_gateway_storage(data, 9)
     done = mandate("ledger", "public-key", "--data-dir", data, cwd=work)
     assert done.returncode == 0, done.stderr
     vkey = done.stdout.removesuffix("\n")
@@ -250,8 +251,6 @@ def test_mandate_ledger_commands_end_to_end(
     assert stat.S_IMODE(keys[0].stat().st_mode) == 0o600
     public = work / "mandate.pub"
     public.write_text(done.stdout)
-
-    _append_through_the_gateway_storage(data, 9)
 
     out = work / "ledger.jsonl"
     done = mandate("ledger", "export", "--out", out, "--data-dir", data, cwd=work)

@@ -4,6 +4,7 @@ that name the file."""
 from __future__ import annotations
 
 import hashlib
+import json
 from pathlib import Path
 
 import pytest
@@ -87,3 +88,38 @@ def test_an_action_types_mcp_resource_argument_is_read_and_checked() -> None:
         data = files["data.json"].replace(b'"mcp": {"resource": "source"}', wrong.encode(), 1)
         with pytest.raises(BundleError, match=r"workflows\.files\.action_types\.move_file\.mcp"):
             bundle_from_files({**files, "data.json": data})
+
+
+def test_the_shipped_workflows_name_their_personal_data() -> None:
+    workflows = load_bundle(POLICIES).workflows
+    parking, claims = workflows["parking"].personal_data, workflows["claims"].personal_data
+    assert parking is not None
+    assert claims is not None
+    assert parking.paths == ("params.customer", "params.customer_email", "params.customer_name")
+    assert claims.paths == ("params.claimant", "params.claimant_email", "params.claimant_name")
+
+
+@pytest.mark.parametrize(
+    ("personal_data", "key"),
+    [
+        (["params.customer"], "personal_data"),
+        ({"sealed": ["params.customer_email"]}, "personal_data.data_subject"),
+        ({"data_subject": "customer"}, "personal_data.data_subject"),
+        ({"data_subject": "params.customer", "sealed": "params.email"}, "personal_data.sealed"),
+        ({"data_subject": "params.customer", "sealed": ["resource"]}, "personal_data.sealed[0]"),
+        ({"data_subject": "params.customer", "sealed": ["params..x"]}, "personal_data.sealed[0]"),
+        ({"data_subject": "params.customer", "sealed": ["params.customer"]},
+         "personal_data.sealed[0]"),
+        ({"data_subject": "params.customer", "sealed": ["params.customer.email"]},
+         "personal_data.data_subject"),
+        ({"data_subject": "params.customer", "seal": []}, "personal_data.seal"),
+    ],
+)  # fmt: skip
+def test_personal_data_that_cannot_be_sealed_is_named(personal_data: object, key: str) -> None:
+    files = read_bundle_files(POLICIES)
+    data = json.loads(files["data.json"])
+    data["workflows"]["parking"]["personal_data"] = personal_data
+    with pytest.raises(BundleError) as raised:
+        bundle_from_files({**files, "data.json": json.dumps(data).encode()})
+    assert raised.value.path == "data.json"
+    assert f"workflows.parking.{key} " in str(raised.value)

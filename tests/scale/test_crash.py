@@ -60,7 +60,7 @@ def plan(client: int, count: int) -> list[tuple[str, dict[str, Any]]]:
     for i in range(count):
         key = f"c{client}-p{i}"
         if i % 3 == 0:
-            body = _body("parking", "booking.create", key, {"customer": key}, 0.95)
+            body = _body("parking", "booking.create", key, {"customer": f"C-{key}"}, 0.95)
             made.append((f"booking-{client}", body))
         elif i % 3 == 1:
             body = _body("parking", "refund.issue", key, {"amount": "20"}, 0.99)

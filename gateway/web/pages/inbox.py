@@ -18,6 +18,7 @@ from fastapi import APIRouter, Form, Query, Request
 from fastapi.responses import HTMLResponse, Response
 
 from gateway.api.deps import Rt
+from gateway.decision.personal import show_erased
 from gateway.errors import GatewayError, InvalidInput, status_of
 from gateway.execution.views import show_action
 from gateway.schemas import ActionView, ApprovalView, VoteRequest
@@ -167,7 +168,9 @@ def _detail(
         "action": action,
         "trace": action.decision.trace,
         "ledger": action.decision.ledger,
-        "proposal": None if proposal_entry is None else proposal_entry["body"].get("proposal"),
+        "proposal": None
+        if proposal_entry is None
+        else show_erased(proposal_entry["body"].get("proposal")),
         "proposer": None if proposal_entry is None else proposal_entry["body"].get("executor"),
         "timeline": _timeline(action),
         "voted": voted,
