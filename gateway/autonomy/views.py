@@ -16,7 +16,7 @@ from gateway.autonomy.figures import ZERO_FIGURES, WindowSpec
 from gateway.autonomy.levels import LEVEL_NAMES, AutonomyBook
 from gateway.binding import confine, confine_query
 from gateway.db.tables import AUTONOMY_CHANGES, FIGURES, PROMOTION_VOTES, PROMOTIONS
-from gateway.errors import NotFound
+from gateway.errors import InvalidInput, NotFound
 from gateway.identity import Identity
 from gateway.policy.active import ActivePolicy
 from gateway.policy.bundle import Bundle
@@ -93,6 +93,12 @@ class AutonomyViews:
             confine(identity, workflow, f"workflow {workflow!r}")
         workflow = workflow or identity.workflow
         bundle = self._policy().bundle
+        if workflow is not None and workflow not in bundle.workflows:
+            known = sorted({name for name, _ in self._case_types(bundle, None)})
+            if workflow not in known:
+                raise InvalidInput(
+                    [("workflow", f"no workflow {workflow!r}; workflows: {', '.join(known)}")]
+                )
         self._book.standings(fresh=True)
         pending = {(p.workflow, p.case_type): p for p in self.promotions(identity, "pending")}
         return [

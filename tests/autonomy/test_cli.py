@@ -11,7 +11,7 @@ from typer.testing import CliRunner, Result
 
 from gateway.cli.main import app
 from tests.approvals.conftest import Launch
-from tests.approvals.harness import Live, proposal, propose, vote
+from tests.approvals.harness import Live, assert_problem, proposal, propose, vote
 from tests.autonomy.support import bundle, case_terms, refund
 from tests.conftest import Database
 
@@ -121,3 +121,20 @@ def test_promotions_and_audits(sqlite_database: Database, launch: Launch, tmp_pa
     assert recorded.stdout.startswith(f"{audit_id} correct; action {executed['action_id']}")
     twice = mandate(live, auditor, "audits", "record", audit_id, "incorrect", "--note", "hm")
     assert twice.exit_code == 1
+
+
+def test_an_unknown_workflow_is_refused_naming_the_known_ones(
+    sqlite_database: Database, launch: Launch
+) -> None:
+    live = launch(sqlite_database)
+    governor = live.token("governor")
+
+    problem = assert_problem(live.client(governor).get("/v1/autonomy?workflow=nope"), 422)
+    assert problem["errors"][0]["field"] == "workflow"
+    assert "claims, files, parking" in problem["detail"]
+
+    shown = mandate(live, governor, "autonomy", "show", "--workflow", "nope")
+    assert shown.exit_code == 2
+    assert shown.stdout == ""
+    assert "no workflow 'nope'" in shown.stderr
+    assert "claims, files, parking" in shown.stderr

@@ -53,7 +53,8 @@ def overview(
 ) -> list[AutonomyView]:
     """Each case type of the active bundle (and any decided before): its level and where it
     comes from, the measured figures of its window, the next level's entry criteria, the
-    demotion threshold and any pending promotion. A token bound to a workflow sees that one."""
+    demotion threshold and any pending promotion. A token bound to a workflow sees that one; a
+    workflow the gateway does not know is a 422 naming those it knows."""
     return runtime.autonomy_views.overview(identity, workflow)
 
 
