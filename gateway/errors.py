@@ -69,9 +69,14 @@ class Conflict(GatewayError):
 
 
 class DecisionUnavailable(GatewayError):
-    """A part the decision depends on failed: nothing was executed (fail closed)."""
+    """A part the decision depends on failed: nothing was executed (fail closed). ``cause``
+    names the part for operators (metrics): casbin, rego, policy, ledger or database."""
 
     title = "decision unavailable"
+
+    def __init__(self, detail: str, *, cause: str = "policy") -> None:
+        super().__init__(detail)
+        self.cause = cause
 
 
 STATUS: Mapping[type[GatewayError], int] = {

@@ -97,6 +97,7 @@ def install_problem_handlers(app: FastAPI) -> None:
             errors = [{"field": field, "message": message} for field, message in exc.errors]
         if status == 503:
             log.warning("failing closed on %s: %s", request.url.path, exc.detail)
+            _count_fail_closed(request, getattr(exc, "cause", "policy"))
         return problem(status, exc.title, exc.detail, errors=errors, instance=request.url.path)
 
     async def auth_error(request: Request, exc: Exception) -> Response:
@@ -143,6 +144,7 @@ def install_problem_handlers(app: FastAPI) -> None:
         ):
             return await unexpected(request, exc)  # a statement of ours that is wrong
         log.warning("failing closed on %s: the database failed: %s", request.url.path, cause)
+        _count_fail_closed(request, "database")
         detail = (
             "the gateway's database is unavailable: nothing was decided or executed; "
             "try again later"
@@ -194,6 +196,13 @@ def _unauthenticated(request: Request) -> Unauthenticated | None:
     except Unauthenticated as exc:
         return exc
     return None
+
+
+def _count_fail_closed(request: Request, cause: str) -> None:
+    """Every 503 is a fail-closed event operators count (``mandate_fail_closed_total``)."""
+    runtime = getattr(request.app.state, "runtime", None)
+    if runtime is not None:
+        runtime.metrics.failed_closed(cause)
 
 
 def _schema_fault(request: Request) -> str | None:

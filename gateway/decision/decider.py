@@ -149,7 +149,9 @@ class Decider:
         try:
             return request_digest(proposal, personal, self.ledger.subject_digest)
         except LedgerError as exc:  # a ledger with no subject key: nothing can be sealed
-            raise DecisionUnavailable(f"the ledger cannot seal personal data: {exc}") from exc
+            raise DecisionUnavailable(
+                f"the ledger cannot seal personal data: {exc}", cause="ledger"
+            ) from exc
 
     def _offer_shadow(self, verdict: Verdict) -> None:
         """Hand a fresh decision to the shadow bundle, if one runs: never the live verdict's
@@ -266,7 +268,9 @@ class Decider:
         try:
             return self.history.signals(identity.name, recorded, case_type, window, moment)
         except sa.exc.SQLAlchemyError as exc:
-            raise DecisionUnavailable(f"the history signals cannot be read: {exc}") from exc
+            raise DecisionUnavailable(
+                f"the history signals cannot be read: {exc}", cause="database"
+            ) from exc
 
     async def _decide_and_record(
         self, identity: Identity, proposal: Proposal, digest: str, policy: ActivePolicy
@@ -350,7 +354,9 @@ class Decider:
             appended = await self.ledger.append_many_async(records, rows=rows)
         except EntryError as exc:
             if personal is None or exc.path != "data_subject":
-                raise DecisionUnavailable(f"the ledger did not record the decision: {exc}") from exc
+                raise DecisionUnavailable(
+                    f"the ledger did not record the decision: {exc}", cause="ledger"
+                ) from exc
             # Its id is a value the decision holds elsewhere (a reason code, a name): sealed in
             # one place, it would stay in clear in another.
             problem = "is a value the decision holds elsewhere in clear; it cannot be sealed"
@@ -362,7 +368,9 @@ class Decider:
                 raced = None  # the database is down too: the ledger's failure is the reason
             if raced is not None:
                 return raced
-            raise DecisionUnavailable(f"the ledger did not record the decision: {exc}") from exc
+            raise DecisionUnavailable(
+                f"the ledger did not record the decision: {exc}", cause="ledger"
+            ) from exc
         autonomy.decided(
             proposal.workflow,
             judgement.case_type,

@@ -43,7 +43,9 @@ def erase_subject(ledger: Ledger, data_subject: str, *, actor: str, reason: str)
     except EntryError as exc:
         raise InvalidInput([(exc.path.removeprefix("body."), exc.problem)]) from exc
     except LedgerError as exc:
-        raise DecisionUnavailable(f"the ledger did not erase: {exc.diagnostics()}") from exc
+        raise DecisionUnavailable(
+            f"the ledger did not erase: {exc.diagnostics()}", cause="ledger"
+        ) from exc
     if appended is None:
         return ErasureView(erasure_seq=None, subject_digest=digest, erased=[], actions=[])
     erased = [ErasedField(**item) for item in parse_entry(appended.data).body["erased"]]

@@ -164,7 +164,7 @@ def permit(
     try:
         return permitter.permit(identity.role, proposal.workflow, proposal.action_type, "propose")
     except Exception as exc:
-        raise DecisionUnavailable(f"Casbin failed: {exc}") from exc
+        raise DecisionUnavailable(f"Casbin failed: {exc}", cause="casbin") from exc
 
 
 CaseTypeSource = Literal["classified", "only", "claimed"]
@@ -197,9 +197,9 @@ def classify(
     try:
         classified = engine.classify(proposal.workflow, input_)
     except EngineError as exc:
-        raise DecisionUnavailable(str(exc)) from exc
+        raise DecisionUnavailable(str(exc), cause="rego") from exc
     except Exception as exc:
-        raise DecisionUnavailable(f"the Rego engine failed: {exc}") from exc
+        raise DecisionUnavailable(f"the Rego engine failed: {exc}", cause="rego") from exc
     claimed = proposal.case_type if admitted is None else admitted
     if classified is not None:
         if classified not in listed:
@@ -268,9 +268,9 @@ def evaluate(engine: RegoEngine, workflow: str, input_: dict[str, Any]) -> RegoR
     try:
         return engine.evaluate(workflow, input_)
     except EngineError as exc:
-        raise DecisionUnavailable(str(exc)) from exc
+        raise DecisionUnavailable(str(exc), cause="rego") from exc
     except Exception as exc:
-        raise DecisionUnavailable(f"the Rego engine failed: {exc}") from exc
+        raise DecisionUnavailable(f"the Rego engine failed: {exc}", cause="rego") from exc
 
 
 @dataclass(frozen=True)

@@ -313,7 +313,9 @@ class PolicyLifecycle:
                 signer=signer,
             )
         except LedgerError as exc:
-            raise DecisionUnavailable(f"the ledger did not record the activation: {exc}") from exc
+            raise DecisionUnavailable(
+                f"the ledger did not record the activation: {exc}", cause="ledger"
+            ) from exc
         if self.in_force is not None:
             self.refresh()
         return activation

@@ -24,7 +24,7 @@ from gateway.execution.dispatcher import Dispatcher, payload_for
 from gateway.execution.routing import Routing, load_webhook_secret
 from gateway.identity import TokenBook
 from gateway.lifecycle.activation import PolicyLifecycle
-from gateway.metrics import Metrics
+from gateway.metrics import DatabaseState, Metrics
 from gateway.policy.active import InForce
 from gateway.server.notices import Notices
 from gateway.settings import Settings
@@ -150,7 +150,15 @@ class Runtime:
         autonomy.reviewer = governance.review
         audits = Audits(engine, ledger, policy=in_force.get, autonomy=autonomy)
         metrics = Metrics()
-        metrics.follow_ledger(ledger.size)
+        metrics.follow(
+            DatabaseState(
+                engine,
+                ledger,
+                bundle=lambda: in_force.policy.bundle,
+                levels=lambda: {key: s.level for key, s in autonomy.standings().items()},
+                clock=clock,
+            )
+        )
         return cls(
             settings=settings,
             engine=engine,

@@ -54,11 +54,11 @@ _names = itertools.count()
 # -- what every case checks ---------------------------------------------------------------------
 
 
-def fail_closed_count(gateway: Gateway) -> float:
+def fail_closed_count(gateway: Gateway, cause: str) -> float:
+    """How many 503s ``/metrics`` says were answered because ``cause`` failed."""
     text = gateway.as_role("auditor").get("/metrics").text
-    match = re.search(r"^mandate_fail_closed_total (\S+)$", text, re.MULTILINE)
-    assert match, text
-    return float(match.group(1))
+    match = re.search(rf'^mandate_fail_closed_total{{cause="{cause}"}} (\S+)$', text, re.MULTILINE)
+    return float(match.group(1)) if match else 0.0
 
 
 def not_ready(response: httpx.Response) -> str:
@@ -138,7 +138,7 @@ def test_a_rego_rule_that_errors_on_some_inputs_gives_them_503_and_records_nothi
     assert "regorus" in problem["detail"]
     assert "divide by zero" in problem["detail"]
     assert gateway.proposals_recorded() == size  # no proposal, no decision, above all no execute
-    assert fail_closed_count(gateway) == 1
+    assert fail_closed_count(gateway, "rego") == 1
     assert gateway.healthy()
     # Still ready: the engine decides every other input. (Were one crafted proposal enough to
     # fail readiness, any executor could take every instance out of service.)
@@ -221,6 +221,7 @@ def test_a_casbin_matcher_that_cannot_be_evaluated_gives_503(
     assert "keyMatchTypo" in problem["detail"]
     assert gateway.proposals_recorded() == size
     assert gateway.healthy()
+    assert fail_closed_count(gateway, "casbin") == 1
 
     # Fixed and restarted on the same data and key: the same request is decided.
     gateway.stop()
@@ -263,7 +264,7 @@ def test_an_unwritable_ledger_gives_503_never_an_execute_and_recovers(
     assert gateway.ledger_size() == size
     with gateway.engine.connect() as conn:
         assert conn.execute(sa.text("SELECT count(*) FROM gateway_actions")).scalar_one() == 1
-    assert fail_closed_count(gateway) == 1
+    assert fail_closed_count(gateway, "ledger") == 1
 
     # Back: ready again (the check proves it with a real append, a checkpoint of what came
     # before), and the same proposal is decided at the tail, on the same chain.

@@ -7,8 +7,10 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from tests.gateway.support import Gateway, assert_problem, http_client, proposal, wait_for
 
+Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 
-def scrape(gateway: Gateway) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+
+def scrape(gateway: Gateway) -> Samples:
     response = gateway.as_role("auditor").get("/metrics")
     assert response.status_code == 200
     assert response.headers["content-type"].startswith("text/plain")
@@ -19,8 +21,14 @@ def scrape(gateway: Gateway) -> dict[tuple[str, tuple[tuple[str, str], ...]], fl
     }
 
 
-def decisions(samples: dict[tuple[str, tuple[tuple[str, str], ...]], float], verdict: str) -> float:
-    return samples.get(("mandate_decisions_total", (("verdict", verdict),)), 0.0)
+def total(samples: Samples, name: str, **labels: str) -> float:
+    """The sum of ``name``'s samples that carry ``labels`` (whatever their other labels)."""
+    wanted = set(labels.items())
+    return sum(value for (n, have), value in samples.items() if n == name and wanted <= set(have))
+
+
+def decisions(samples: Samples, verdict: str) -> float:
+    return total(samples, "mandate_decisions_total", verdict=verdict)
 
 
 def test_healthz_answers_without_a_token(sqlite_gateway: Gateway) -> None:
@@ -74,8 +82,10 @@ def test_metrics_count_decisions_by_verdict_and_follow_the_ledger(gateway: Gatew
     assert decisions(after, "hold") - decisions(before, "hold") == 1
     assert decisions(after, "reject") - decisions(before, "reject") == 2
     assert after[("mandate_ledger_entries", ())] >= before[("mandate_ledger_entries", ())] + 10
-    latency = after[("mandate_decision_seconds_count", ())]
-    assert latency - before.get(("mandate_decision_seconds_count", ()), 0.0) == 5
+    latency = total(after, "mandate_decision_seconds_count")
+    assert latency - total(before, "mandate_decision_seconds_count") == 5
+    decided = total(after, "mandate_decisions_total", workflow="claims", case_type="claim.approve")
+    assert decided - total(before, "mandate_decisions_total", workflow="claims") == 1
 
     # A retry answered from the idempotency record adds no entry: the gauge must not move back.
     assert booking.post("/v1/actions", json=execute).status_code == 200
@@ -84,3 +94,43 @@ def test_metrics_count_decisions_by_verdict_and_follow_the_ledger(gateway: Gatew
     assert wait_for(
         lambda: scrape(gateway)[("mandate_ledger_entries", ())] == gateway.ledger_size()
     )
+
+
+def test_metrics_say_what_waits_for_people_and_what_ended_by_case_type(gateway: Gateway) -> None:
+    booking = gateway.as_role("booking-agent")
+    governor = gateway.as_role("governor")
+    before = scrape(gateway)
+    assert before[("mandate_database_up", ())] == 1
+
+    held = booking.post("/v1/actions", json=proposal("parking", "booking.create", confidence=0.5))
+    assert held.json()["verdict"] == "hold"
+    done = booking.post("/v1/actions", json=proposal("parking", "booking.create", confidence=0.95))
+    assert done.json()["verdict"] == "execute"
+    reported = booking.post(
+        f"/v1/actions/{done.json()['action_id']}/outcome", json={"status": "succeeded"}
+    )
+    assert reported.status_code == 200, reported.text
+    changed = governor.post(
+        "/v1/autonomy/parking/refund.issue", json={"level": 2, "reason": "proven in the pilot"}
+    )
+    assert changed.status_code == 200, changed.text
+    assert gateway.as_role("auditor").get("/v1/ledger/checkpoint").status_code == 200
+
+    after = scrape(gateway)
+    booking_create = {"workflow": "parking", "case_type": "booking.create"}
+    assert total(after, "mandate_approvals_pending", **booking_create) == 1
+    assert total(after, "mandate_approvals_pending_oldest_seconds", **booking_create) >= 0
+    for code in {reason["code"] for reason in held.json()["reasons"]}:
+        name, labels = "mandate_decision_reasons_total", {"verdict": "hold", "reason": code}
+        assert total(after, name, **labels, **booking_create) == 1
+        assert total(before, name, **labels) == 0
+    outcomes = "mandate_outcomes_total"
+    assert total(after, outcomes, status="succeeded", **booking_create) == 1
+    refund = {"workflow": "parking", "case_type": "refund.issue"}
+    assert total(after, "mandate_autonomy_level", **refund) == 2
+    assert total(after, "mandate_autonomy_level", workflow="claims") >= 1  # every case type
+    assert total(after, "mandate_autonomy_changes_total", event="set", **refund) == 1
+    assert total(after, "mandate_autonomy_changes_total", event="promotion") == 0
+    assert after[("mandate_ledger_checkpoint_age_seconds", ())] >= 0
+    # One process here: it takes the signer lease on its writer's first tick.
+    assert wait_for(lambda: scrape(gateway)[("mandate_ledger_signer", ())] == 1)

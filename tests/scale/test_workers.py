@@ -38,7 +38,7 @@ from tests.scale.conftest import (
 # other in /metrics, which reports the counts of the worker that answers the scrape.
 PROPOSALS = 61
 HOLDS = 10
-_DECISIONS = re.compile(r'^mandate_decisions_total\{verdict="(\w+)"\} (\S+)$', re.MULTILINE)
+_DECISIONS = re.compile(r'^mandate_decisions_total\{.*verdict="(\w+)".*\} (\S+)$', re.MULTILINE)
 
 
 def decided_here(client: httpx.Client) -> int:

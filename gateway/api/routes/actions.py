@@ -13,7 +13,7 @@ from gateway.api.deps import AUTH_PROBLEMS, Caller, Rt, problem_doc
 from gateway.api.strict_json import StrictJSONRoute
 from gateway.binding import confine
 from gateway.db.tables import ACTIONS
-from gateway.errors import Conflict, DecisionUnavailable, Forbidden, NotFound
+from gateway.errors import Conflict, Forbidden, NotFound
 from gateway.execution.outcomes import record_outcome
 from gateway.execution.views import show_action
 from gateway.identity import may_act_for
@@ -50,13 +50,8 @@ async def propose(proposal: Proposal, runtime: Rt, identity: Caller) -> Verdict:
     """Runs validate → permit (Casbin) → evaluate (Rego at the autonomy level) → decide →
     record (ledger), and answers once the proposal and the decision are durable."""
     started = time.perf_counter()
-    try:
-        verdict = await runtime.decider.propose(identity, proposal)
-    except DecisionUnavailable:
-        runtime.metrics.failures.inc()
-        raise
-    runtime.metrics.decisions.labels(verdict.verdict).inc()
-    runtime.metrics.latency.observe(time.perf_counter() - started)
+    verdict = await runtime.decider.propose(identity, proposal)
+    runtime.metrics.decided(proposal.workflow, verdict, time.perf_counter() - started)
     return verdict
 
 

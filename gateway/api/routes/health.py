@@ -174,5 +174,7 @@ def _policy_fails(policy: ActivePolicy) -> str | None:
     "/metrics", summary="Prometheus metrics", response_class=Response, responses=AUTH_PROBLEMS
 )
 def metrics(runtime: Rt, _caller: Caller) -> Response:
-    """Decisions by verdict, decision latency, ledger size (text exposition format)."""
+    """Decisions, latency, fail-closed answers, approvals, dispatch, outcomes, audits, autonomy
+    levels and the ledger, by workflow and case type (text exposition format; the names are in
+    docs/OPERATING.md)."""
     return Response(runtime.metrics.render(), media_type="text/plain; version=0.0.4")

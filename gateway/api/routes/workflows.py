@@ -68,7 +68,7 @@ def show(workflow: Workflow, runtime: Rt, identity: Caller) -> WorkflowView:
             for action_type in config.action_types
         )
     except Exception as exc:
-        raise DecisionUnavailable(f"Casbin failed: {exc}") from exc
+        raise DecisionUnavailable(f"Casbin failed: {exc}", cause="casbin") from exc
     if not takes_part:
         raise Forbidden(f"role {identity.role!r} has no part in workflow {workflow!r}")
     described = policy.bundle.data["workflows"][workflow].get("description")
