@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -140,6 +141,28 @@ class Settings(BaseSettings):
         description="the secret that names data subjects in the ledger (mode 0600; back it up "
         "with the signing key); default: <data dir>/ledger-subject-key",
     )
+
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
+        "INFO",
+        description="the least severe log records written (INFO: one line per decision, "
+        "WARNING: only what went wrong, failing closed among it)",
+    )
+    log_format: Literal["text", "json"] = Field(
+        "text",
+        description="text for people; json: one JSON object per line (timestamp, level, "
+        "logger, message and the record's fields) for a log shipper",
+    )
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _level_in_any_case(cls, value: object) -> object:
+        # MANDATE_LOG_LEVEL=info is as clear as INFO.
+        return value.upper() if isinstance(value, str) else value
+
+    @field_validator("log_format", mode="before")
+    @classmethod
+    def _format_in_any_case(cls, value: object) -> object:
+        return value.lower() if isinstance(value, str) else value
 
     @model_validator(mode="after")
     def _lease_outlasts_an_attempt(self) -> Settings:

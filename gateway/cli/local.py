@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
+from pydantic import ValidationError
 
 from gateway.cli.console import fail
 from gateway.settings import Settings
@@ -80,7 +81,13 @@ def settings_from(data_dir: Path | None, database_url: str | None, **more: Any) 
         given["data_dir"] = data_dir
     if database_url is not None:
         given["database_url"] = database_url
-    return Settings(**given)
+    try:
+        return Settings(**given)
+    except ValidationError as exc:
+        problem = exc.errors()[0]
+        name = ".".join(str(part) for part in problem["loc"])
+        where = f"the setting {name} (MANDATE_{name.upper()}, mandate.toml or its option)"
+        raise fail(f"{where if name else 'the settings'}: {problem['msg']}") from None
 
 
 def shown_url(settings: Settings) -> str:

@@ -39,12 +39,14 @@ def serve(
     The checkpoint signing key and the subject key (which names data subjects in the ledger)
     are made on first start (mode 0600).
     """
+    import logging
     import os
 
     import uvicorn
 
     from gateway.db.connect import signing_key, subject_key
     from gateway.lifecycle.activation import check_start
+    from gateway.logs import configure_logging
     from gateway.policy.bundle import BundleError, load_bundle
     from gateway.server.app import create_app
     from gateway.server.serving import WORKER_FACTORY, export_settings
@@ -71,19 +73,29 @@ def serve(
         raise fail(str(exc)) from None
     finally:
         engine.dispose()
+    _check_port_free(settings.host, settings.port)
     url = f"http://{settings.host}:{settings.port}"
     where = settings.database_url or f"SQLite in {settings.data_dir}/"
-    err.print(
-        f"Mandate gateway on [bold]{url}[/bold]\n"
-        f"  ledger: {where}; signing key {settings.key_path}\n"
-        f"  policies: {settings.policies}/ (bundle {bundle.digest[:12]}, workflows "
-        f"{', '.join(sorted(bundle.workflows))})\n"
-        "Next, in another terminal:\n"
-        "  .venv/bin/mandate demo                      # a realistic stream of proposals\n"
-        "  .venv/bin/mandate token create --name bot --role booking-agent\n"
-        f"  open {url}/docs                  # the API, try it out",
-        highlight=False,
-    )
+    configure_logging(settings)
+    if settings.log_format == "json":
+        # A log shipper reads stderr: the banner is one record like every other line.
+        logging.getLogger("mandate").warning(
+            "Mandate gateway on %s",
+            url,
+            extra={"url": url, "ledger": where, "bundle": bundle.digest, "workers": workers},
+        )
+    else:
+        err.print(
+            f"Mandate gateway on [bold]{url}[/bold]\n"
+            f"  ledger: {where}; signing key {settings.key_path}\n"
+            f"  policies: {settings.policies}/ (bundle {bundle.digest[:12]}, workflows "
+            f"{', '.join(sorted(bundle.workflows))})\n"
+            "Next, in another terminal:\n"
+            "  .venv/bin/mandate demo                      # a realistic stream of proposals\n"
+            "  .venv/bin/mandate token create --name bot --role booking-agent\n"
+            f"  open {url}/docs                  # the API, try it out",
+            highlight=False,
+        )
     if workers > 1:
         # Each worker is a new interpreter: it imports the app factory (uvicorn takes an
         # import string to start more than one) and reads its settings from the environment
@@ -100,7 +112,29 @@ def serve(
         loop="uvloop",
         http="httptools",
         log_level="warning",
+        log_config=None,  # its loggers write through ours (configure_logging)
     )
+
+
+def _check_port_free(host: str, port: int) -> None:
+    """Refuse (exit 2) an address another process listens on, before the banner announces a
+    gateway there. Bound as uvicorn binds it (SO_REUSEADDR), then let go for uvicorn to take."""
+    import socket
+
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except OSError as exc:
+        raise fail(f"cannot listen on {host}:{port}: {exc.strerror or exc} (--host)") from None
+    family, kind, proto, _, address = infos[0]
+    with socket.socket(family, kind, proto) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind(address)
+        except OSError as exc:
+            raise fail(
+                f"cannot listen on {host}:{port}: {exc.strerror or exc}; is another gateway "
+                "running there? Stop it, or pick another port with --port (MANDATE_PORT)"
+            ) from None
 
 
 def demo(

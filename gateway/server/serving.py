@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import uvicorn
 from fastapi import FastAPI
 
+from gateway.logs import configure_logging
 from gateway.server.app import create_app
 from gateway.server.runtime import Runtime
 from gateway.settings import Settings
@@ -94,4 +95,6 @@ def export_settings(settings: Settings, environ: MutableMapping[str, str]) -> No
 
 def app_from_environment() -> FastAPI:
     """The app of one worker process, with the settings ``export_settings`` passed on."""
-    return create_app(Settings())
+    settings = Settings()
+    configure_logging(settings)
+    return create_app(settings)

@@ -17,6 +17,7 @@ from gateway.errors import Conflict, Forbidden, NotFound
 from gateway.execution.outcomes import record_outcome
 from gateway.execution.views import show_action
 from gateway.identity import may_act_for
+from gateway.logs import log_decision
 from gateway.schemas import ActionView, OutcomeReport, Proposal, Verdict, WithdrawalRequest
 
 router = APIRouter(
@@ -51,7 +52,9 @@ async def propose(proposal: Proposal, runtime: Rt, identity: Caller) -> Verdict:
     record (ledger), and answers once the proposal and the decision are durable."""
     started = time.perf_counter()
     verdict = await runtime.decider.propose(identity, proposal)
-    runtime.metrics.decided(proposal.workflow, verdict, time.perf_counter() - started)
+    elapsed = time.perf_counter() - started
+    runtime.metrics.decided(proposal.workflow, verdict, elapsed)
+    log_decision(proposal.workflow, verdict, elapsed)
     return verdict
 
 
