@@ -27,6 +27,7 @@ __all__ = [
     "PERSON_ROLES",
     "Identity",
     "TokenBook",
+    "TokenEntry",
     "authenticate",
     "may_act_for",
 ]
@@ -63,6 +64,19 @@ class Identity:
             "workflow": self.workflow,
             "owner": self.owner,
         }
+
+
+@dataclass(frozen=True, slots=True)
+class TokenEntry:
+    """A token as `mandate token list` shows it."""
+
+    token_id: str
+    name: str
+    role: str
+    workflow: str | None
+    owner: str
+    created_at: str
+    revoked_at: str | None
 
 
 def _hash(token: str) -> bytes:
@@ -121,6 +135,23 @@ class TokenBook:
             )
         self._cache.clear()
         return bool(result.rowcount)
+
+    def listing(self) -> list[TokenEntry]:
+        """Every token, live and revoked, oldest first: what it is, never its secret (only the
+        hash is kept, and not even that is listed)."""
+        with self._engine.connect() as conn:
+            rows = conn.execute(
+                sa.select(
+                    TOKENS.c.id,
+                    TOKENS.c.name,
+                    TOKENS.c.role,
+                    TOKENS.c.workflow,
+                    TOKENS.c.owner,
+                    TOKENS.c.created_at,
+                    TOKENS.c.revoked_at,
+                ).order_by(TOKENS.c.created_at, TOKENS.c.name)
+            ).all()
+        return [TokenEntry(*row) for row in rows]
 
     def lookup(self, token: str) -> Identity | None:
         """The live identity of a token, or None."""

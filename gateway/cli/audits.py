@@ -32,7 +32,7 @@ audits_app = typer.Typer(
 @audits_app.command("list")
 def audits_list(
     token: GatewayToken,
-    status: Annotated[str, typer.Option(help="pending, correct or incorrect.")] = "pending",
+    status: Annotated[str, typer.Option(help="Which: pending, correct or incorrect.")] = "pending",
     url: GatewayUrl = DEFAULT_URL,
     as_json: AsJson = False,
 ) -> None:
@@ -66,7 +66,7 @@ def audits_list(
 @audits_app.command("record")
 def audits_record(
     audit_id: Annotated[str, typer.Argument(metavar="ID", help="The audit's id (aud_…).")],
-    finding: Annotated[str, typer.Argument(metavar="FINDING", help="correct or incorrect.")],
+    finding: Annotated[str, typer.Argument(metavar="FINDING", help="Correct or incorrect.")],
     token: GatewayToken,
     note: Annotated[str, typer.Option(help="What you found (required if incorrect).")] = "",
     url: GatewayUrl = DEFAULT_URL,

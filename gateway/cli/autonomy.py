@@ -92,8 +92,12 @@ def autonomy_show(
 
 @autonomy_app.command("set")
 def autonomy_set(
-    workflow: Annotated[str, typer.Argument(metavar="WORKFLOW")],
-    case_type: Annotated[str, typer.Argument(metavar="CASE_TYPE")],
+    workflow: Annotated[
+        str, typer.Argument(metavar="WORKFLOW", help="The workflow, e.g. parking.")
+    ],
+    case_type: Annotated[
+        str, typer.Argument(metavar="CASE_TYPE", help="The case type, e.g. refund.issue.")
+    ],
     level: Annotated[
         int,
         typer.Argument(
@@ -131,7 +135,7 @@ def autonomy_set(
 def autonomy_promotions(
     token: GatewayToken,
     status: Annotated[
-        str, typer.Option(help="pending, approved, rejected or superseded.")
+        str, typer.Option(help="Which: pending, approved, rejected or superseded.")
     ] = "pending",
     url: GatewayUrl = DEFAULT_URL,
     as_json: AsJson = False,

@@ -113,12 +113,20 @@ def verify(
 def proof(
     seq: Annotated[int | None, typer.Option("--seq", help="Inclusion proof of this entry.")] = None,
     size: Annotated[
-        int | None, typer.Option("--size", help="...in the tree of this size [default: all].")
+        int | None,
+        typer.Option(
+            "--size", help="With --seq: in the tree of this size.", show_default="the whole ledger"
+        ),
     ] = None,
     old: Annotated[
-        int | None, typer.Option("--from", help="Consistency proof from this tree size...")
+        int | None, typer.Option("--from", help="Consistency proof from this tree size (see --to).")
     ] = None,
-    new: Annotated[int | None, typer.Option("--to", help="...to this one [default: all].")] = None,
+    new: Annotated[
+        int | None,
+        typer.Option(
+            "--to", help="With --from: to this tree size.", show_default="the whole ledger"
+        ),
+    ] = None,
     data_dir: DataDir = None,
     database_url: DatabaseUrl = None,
 ) -> None:

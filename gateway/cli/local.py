@@ -45,8 +45,8 @@ DataDir = Annotated[
     typer.Option(
         "--data-dir",
         envvar="MANDATE_DATA_DIR",
-        help="Where the SQLite database and the ledger's keys live [default: ./.mandate].",
-        show_default=False,
+        help="Where the SQLite database and the ledger's keys live.",
+        show_default="./.mandate",
     ),
 ]
 DatabaseUrl = Annotated[
@@ -54,9 +54,8 @@ DatabaseUrl = Annotated[
     typer.Option(
         "--database-url",
         envvar="MANDATE_DATABASE_URL",
-        help="SQLAlchemy URL, e.g. postgresql+psycopg://user@host/db [default: SQLite in the "
-        "data dir].",
-        show_default=False,
+        help="SQLAlchemy URL, e.g. postgresql+psycopg://user@host/db.",
+        show_default="SQLite in the data dir",
     ),
 ]
 Policies = Annotated[
@@ -64,8 +63,8 @@ Policies = Annotated[
     typer.Option(
         "--policies",
         envvar="MANDATE_POLICIES",
-        help="The policy bundle directory [default: ./policies].",
-        show_default=False,
+        help="The policy bundle directory.",
+        show_default="./policies",
     ),
 ]
 

@@ -66,8 +66,9 @@ EngineChoice = Annotated[
     EngineName,
     typer.Option(
         "--engine",
-        help="regorus: the in-process engine the gateway decides with. opa: OPA's own evaluator "
-        "(OPA v1.x, the extra mandate[opa]); policy test then also checks that both engines "
+        help="The Rego engine. regorus: the in-process engine the gateway decides with. opa: "
+        "OPA's own evaluator (OPA v1.x, the opa extra of mandate); policy test then also checks "
+        "that both engines "
         "decide alike (conformance).",
     ),
 ]
@@ -107,7 +108,7 @@ def _checked(directory: Path, *, report: bool) -> Any:
 def policy_test(
     directory: Annotated[
         Path,
-        typer.Argument(metavar="[DIR]", help="The bundle directory [default: ./policies]."),
+        typer.Argument(metavar="[DIR]", help="The bundle directory.", show_default="./policies"),
     ] = Path("policies"),
     engine: EngineChoice = EngineName.regorus,
     as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
@@ -382,8 +383,8 @@ def policy_sign(
         str | None,
         typer.Option(
             "--alg",
-            help="RS256 (an RSA key) or ES256 (a P-256 key) [default: the key's].",
-            show_default=False,
+            help="RS256 (an RSA key) or ES256 (a P-256 key).",
+            show_default="the key's kind",
         ),
     ] = None,
 ) -> None:

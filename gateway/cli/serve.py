@@ -19,9 +19,15 @@ __all__ = ["demo", "serve"]
 
 def serve(
     host: Annotated[
-        str | None, typer.Option(help="Address to listen on [default: 127.0.0.1].")
+        str | None,
+        typer.Option(
+            envvar="MANDATE_HOST", help="The address to listen on.", show_default="127.0.0.1"
+        ),
     ] = None,
-    port: Annotated[int | None, typer.Option(help="Port to listen on [default: 8080].")] = None,
+    port: Annotated[
+        int | None,
+        typer.Option(envvar="MANDATE_PORT", help="The port to listen on.", show_default="8080"),
+    ] = None,
     data_dir: DataDir = None,
     policies: Policies = None,
     database_url: DatabaseUrl = None,
@@ -141,7 +147,11 @@ def demo(
     actions: Annotated[int, typer.Option(help="How many proposals to send.", min=1)] = 200,
     url: Annotated[
         str | None,
-        typer.Option(help="A running gateway [default: the local one, or start one here]."),
+        typer.Option(
+            envvar="MANDATE_URL",
+            help="A running gateway to send the proposals to.",
+            show_default="the one on 127.0.0.1:8080 if it answers, else one started here",
+        ),
     ] = None,
     data_dir: DataDir = None,
     policies: Policies = None,

@@ -6,13 +6,14 @@ from typing import Annotated
 
 import typer
 
-from gateway.cli.console import err, fail
+from gateway.cli.console import err, fail, tabulate
 from gateway.cli.local import DatabaseUrl, DataDir, Policies, open_database, settings_from
 
 __all__ = ["token_app"]
 
 token_app = typer.Typer(
-    help="Bearer tokens: made here, stored hashed, shown once.", no_args_is_help=True
+    help="Bearer tokens: made here, stored hashed, shown once, listed without their secrets.",
+    no_args_is_help=True,
 )
 
 
@@ -30,8 +31,8 @@ def token_create(
     owner: Annotated[
         str | None,
         typer.Option(
-            help="Who owns it (tokens of one owner never approve each other's "
-            "proposals) [default: the name]."
+            help="Who owns it (tokens of one owner never approve each other's proposals).",
+            show_default="the name",
         ),
     ] = None,
     data_dir: DataDir = None,
@@ -93,3 +94,38 @@ def token_revoke(
     if not revoked:
         raise fail(f"no live token named {name!r}", code=1)
     err.print(f"revoked {name}", highlight=False)
+
+
+@token_app.command("list")
+def token_list(
+    data_dir: DataDir = None,
+    database_url: DatabaseUrl = None,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print a JSON array instead of text.")
+    ] = False,
+) -> None:
+    """List every token, live and revoked: name, role, workflow binding, owner, when it was
+    made and revoked. Never the tokens themselves: only their hashes are kept."""
+    import dataclasses
+    import json
+
+    from gateway.identity import TokenBook
+
+    settings = settings_from(data_dir, database_url)
+    engine = open_database(settings, create=False)
+    try:
+        tokens = TokenBook(engine).listing()
+    finally:
+        engine.dispose()
+    if as_json:
+        print(json.dumps([dataclasses.asdict(token) for token in tokens], indent=2))
+        return
+    if not tokens:
+        err.print("no tokens; make one with `mandate token create`", highlight=False)
+        return
+    headers = ["NAME", "ROLE", "WORKFLOW", "OWNER", "CREATED", "REVOKED"]
+    rows = [
+        [t.name, t.role, t.workflow or "-", t.owner, t.created_at, t.revoked_at or "-"]
+        for t in tokens
+    ]
+    print(tabulate([headers, *rows]))
