@@ -10,6 +10,7 @@ import typer
 
 from gateway.cli.console import err, fail
 from gateway.cli.local import DatabaseUrl, DataDir, open_database, settings_from
+from gateway.wording import counted
 
 __all__ = ["db_app"]
 
@@ -67,8 +68,8 @@ def db_upgrade(data_dir: DataDir = None, database_url: DatabaseUrl = None) -> No
         engine.dispose()
     if done.adopted:
         err.print(
-            f"adopted {len(done.adopted)} tables made before migrations: they match revision "
-            f"{BASELINE}, which is now stamped",
+            f"adopted {counted(len(done.adopted), 'table')} made before migrations: they match "
+            f"revision {BASELINE}, which is now stamped",
             highlight=False,
         )
     if done.applied:

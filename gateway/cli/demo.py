@@ -30,6 +30,7 @@ from gateway.db.connect import signing_key
 from gateway.identity import TokenBook
 from gateway.server.serving import serve_in_background
 from gateway.settings import Settings
+from gateway.wording import counted
 from ledger.errors import VerificationError
 from ledger.note import NoteVerifier
 from ledger.verify import verify_export
@@ -220,8 +221,9 @@ def run_demo(
                 ok, summary = (
                     True,
                     (
-                        f"VALID: {verified.size} entries, root {verified.root.hex()[:16]}…, "
-                        f"{verified.checkpoints} signed checkpoints"
+                        f"VALID: {counted(verified.size, 'entry', 'entries')}, root "
+                        f"{verified.root.hex()[:16]}…, "
+                        f"{counted(verified.checkpoints, 'signed checkpoint')}"
                     ),
                 )
                 size = verified.size

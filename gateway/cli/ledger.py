@@ -19,6 +19,7 @@ from gateway.cli.local import (
     open_existing_ledger,
     settings_from,
 )
+from gateway.wording import counted
 from ledger.errors import LedgerError
 
 __all__ = ["ledger_app"]
@@ -78,7 +79,9 @@ def export(
             )
     except (LedgerError, OSError) as exc:
         raise fail(exc.diagnostics() if isinstance(exc, LedgerError) else str(exc)) from None
-    sys.stderr.write(f"wrote {checkpoint.size} entries to {out}; closing checkpoint:\n")
+    sys.stderr.write(
+        f"wrote {counted(checkpoint.size, 'entry', 'entries')} to {out}; closing checkpoint:\n"
+    )
     sys.stderr.write(checkpoint.note)
 
 
@@ -226,7 +229,7 @@ def erase(
         )
         return
     err.print(
-        f"erased {len(done.erased)} values of {len(done.actions)} actions "
+        f"erased {counted(len(done.erased), 'value')} of {counted(len(done.actions), 'action')} "
         f"({', '.join(done.actions)}) in erasure entry {done.erasure_seq}; the ledger names "
         f"the subject {done.subject_digest}",
         highlight=False,

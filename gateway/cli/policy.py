@@ -20,6 +20,7 @@ from rich.markup import escape
 from gateway.cli.console import err, fail, show_progress, tabulate
 from gateway.cli.local import DatabaseUrl, DataDir, open_database, settings_from
 from gateway.cli.remote import DEFAULT_URL, AsJson, GatewayToken, GatewayUrl, ask
+from gateway.wording import counted
 from ledger.errors import LedgerError
 
 if TYPE_CHECKING:
@@ -100,7 +101,9 @@ def _checked(directory: Path, *, report: bool) -> Any:
     if not check.usable:
         raise fail("the bundle cannot be checked (see above)")
     if not check.passed:
-        raise fail(f"the bundle fails its checks: {len(check.failures())} failures", code=1)
+        raise fail(
+            f"the bundle fails its checks: {counted(len(check.failures()), 'failure')}", code=1
+        )
     return check
 
 
@@ -314,7 +317,7 @@ def policy_activate(
         err.print(f"bundle {bundle.digest[:12]} is already the {mode} one; nothing changed")
     else:
         err.print(
-            f"bundle {bundle.digest[:12]} ({len(bundle.files)} files, workflows "
+            f"bundle {bundle.digest[:12]} ({counted(len(bundle.files), 'file')}, workflows "
             f"{', '.join(sorted(bundle.workflows))}; {summary['rego_tests']['passed']} Rego "
             f"tests and {summary['cases']['passed']} decision cases passed"
             + ("" if signer is None else f"; signed with key {signer.key_id or '(no id)'}")
@@ -426,9 +429,8 @@ def policy_sign(
     except OSError as exc:
         raise fail(f"{target}: cannot write: {exc.strerror or exc}") from None
     err.print(
-        f"signed the {len(bundle.files)} files of bundle {bundle.digest[:12]} with {algorithm}"
-        + (f" key {key_id}" if key_id else "")
-        + f": {target}",
+        f"signed the {counted(len(bundle.files), 'file')} of bundle {bundle.digest[:12]} with "
+        f"{algorithm}" + (f" key {key_id}" if key_id else "") + f": {target}",
         highlight=False,
     )
     print(bundle.digest)

@@ -38,6 +38,7 @@ from gateway.policy.opa import OpaEngine
 from gateway.policy.permit import Permitter
 from gateway.policy.rego import EngineError, RegoRule, RegorusEngine, RegoTestResult
 from gateway.schemas import Proposal
+from gateway.wording import counted
 
 __all__ = ["BundleCheck", "CaseResult", "Problem", "RuleCoverage", "check_bundle", "describe"]
 
@@ -429,7 +430,7 @@ def describe(check: BundleCheck) -> list[str]:
     lines.append("")
     verdict = "PASS" if check.passed else "FAIL"
     lines.append(
-        f"{verdict}: {len(check.rego_tests)} Rego tests, {len(check.cases)} decision cases, "
-        f"{len(check.failures())} failures"
+        f"{verdict}: {counted(len(check.rego_tests), 'Rego test')}, "
+        f"{counted(len(check.cases), 'decision case')}, {counted(len(check.failures()), 'failure')}"
     )
     return lines

@@ -46,6 +46,7 @@ from gateway.policy.cases import DEFAULT_NOW, Case, load_cases
 from gateway.policy.opa import OpaEngine
 from gateway.policy.permit import Permitter
 from gateway.policy.rego import RegoRule, RegorusEngine, package_of
+from gateway.wording import counted
 
 __all__ = ["Conformance", "Disagreement", "check_conformance", "describe_conformance"]
 
@@ -433,14 +434,15 @@ def _confidences(thresholds: list[Decimal]) -> list[float | None]:
 def describe_conformance(report: Conformance) -> list[str]:
     """The conformance section of ``mandate policy test --engine opa``."""
     lines = [
-        f"Engines: {report.regorus} against {report.opa}: {report.tests} Rego tests, "
-        f"{report.cases} decision cases and {report.generated} generated inputs around the "
+        f"Engines: {report.regorus} against {report.opa}: {counted(report.tests, 'Rego test')}, "
+        f"{counted(report.cases, 'decision case')} and "
+        f"{counted(report.generated, 'generated input')} around the "
         f"data's thresholds, in {report.seconds:.1f} s",
     ]
     if report.passed:
         lines.append("  The engines agree on every one.")
         return lines
-    lines.append(f"  {len(report.disagreements)} inputs decided differently:")
+    lines.append(f"  {counted(len(report.disagreements), 'input')} decided differently:")
     for d in report.disagreements[:20]:
         lines.append(f"  DIFFER  {d.origin}")
         lines += [f"        {difference}" for difference in d.differences]

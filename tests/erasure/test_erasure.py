@@ -432,7 +432,7 @@ def test_mandate_ledger_erase_then_export_verifies(
     erased = mandate("ledger", "erase", "--data-subject", "C-1001", "--reason", "art. 17 #88")
     assert erased.returncode == 0, erased.stderr
     seq = int(erased.stdout)
-    assert "erased 3 values of 1 actions" in erased.stderr
+    assert "erased 3 values of 1 action " in erased.stderr
     assert found(erased.stderr.encode(), *values(ZOE)) == []
     again = mandate("ledger", "erase", "--data-subject", "C-1001", "--reason", "art. 17 #88")
     assert (again.returncode, again.stdout) == (0, "")

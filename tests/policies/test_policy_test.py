@@ -146,6 +146,8 @@ def test_a_failing_rego_unit_test_exits_1(tmp_path: Path) -> None:
     done = mandate("policy", "test", root, cwd=tmp_path)
     assert done.returncode == 1
     assert lines_with(done.stdout, "FAIL", "rego/parking_test.rego", "test_refund_at_hard_limit")
+    # One failure is counted as one, not as "1 failures".
+    assert done.stdout.rstrip().splitlines()[-1].endswith(", 1 failure")
 
 
 def test_action_types_casbin_and_case_types_that_disagree_fail_with_each_named(
