@@ -50,6 +50,8 @@ class DemoResult:
     ledger_size: int
     verified: bool
     verification: str
+    held: int  # this run's actions left waiting in the approvers' inbox
+    revoked: list[str]  # the tokens it made, revoked before it ended
 
 
 def proposals(count: int, seed: int = 7) -> Iterator[tuple[str, dict[str, Any]]]:
@@ -190,15 +192,33 @@ async def _send(
 def run_demo(
     settings: Settings, *, url: str | None, actions: int, console: Console, concurrency: int = 8
 ) -> DemoResult:
-    """Make executor tokens, send ``actions`` proposals, export and verify the ledger."""
+    """Make executor tokens, send ``actions`` proposals, export and verify the ledger, and
+    revoke the tokens again (whatever happened meanwhile: none outlives the demo)."""
+    suffix = secrets.token_hex(3)
+    names = {role: f"demo-{role}-{suffix}" for role in (*ROLES, "auditor")}
     engine = open_database(settings)
     book = TokenBook(engine)
-    suffix = secrets.token_hex(3)
-    tokens = {
-        role: book.create(name=f"demo-{role}-{suffix}", role=role)[0]
-        for role in (*ROLES, "auditor")
-    }
-    engine.dispose()
+    tokens: dict[str, str] = {}  # by role
+    try:
+        for role, name in names.items():
+            tokens[role] = book.create(name=name, role=role)[0]
+        result = _run(settings, url, actions, console, concurrency, tokens)
+    finally:
+        revoked = [names[role] for role in tokens if book.revoke(names[role])]
+        engine.dispose()
+    result.revoked = revoked
+    _report(result, console)
+    return result
+
+
+def _run(
+    settings: Settings,
+    url: str | None,
+    actions: int,
+    console: Console,
+    concurrency: int,
+    tokens: dict[str, str],
+) -> DemoResult:
     items = list(proposals(actions))
     with _gateway(settings, url, console) as base:
         console.print(
@@ -236,9 +256,8 @@ def run_demo(
         verdicts[(answer["_workflow"], answer["_case_type"], verdict)] += 1
         for reason in answer.get("reasons", []):
             reasons[reason["code"]] += 1
-    result = DemoResult(verdicts, reasons, latencies, size, ok, summary)
-    _report(result, console)
-    return result
+    held = sum(n for (_, _, verdict), n in verdicts.items() if verdict == "hold")
+    return DemoResult(verdicts, reasons, latencies, size, ok, summary, held, [])
 
 
 def _report(result: DemoResult, console: Console) -> None:
@@ -273,9 +292,21 @@ def _report(result: DemoResult, console: Console) -> None:
             f"{statistics.median(ordered) * 1000:.1f} ms, p99 {p99 * 1000:.1f} ms",
             highlight=False,
         )
-    console.print(f"ledger: {result.ledger_size} entries; export check: {result.verification}")
+    console.print(f"export check: {result.verification}", highlight=False)
     console.print(
-        "held actions wait for an approver; every proposal and decision above is an entry in "
-        "the signed ledger (`mandate ledger export`, then `mandate ledger verify`).",
+        f"revoked the demo's {counted(len(result.revoked), 'token')} "
+        f"({', '.join(result.revoked)}): none of them works any more.",
+        highlight=False,
+    )
+    console.print(
+        f"Left in the ledger: {counted(result.ledger_size, 'entry', 'entries')} in all, this "
+        "run's proposals and decisions among them. The ledger is append-only: they stay, and "
+        "verify (`mandate ledger export`, then `mandate ledger verify`).",
+        highlight=False,
+    )
+    console.print(
+        f"Left in the inbox: {counted(result.held, 'held action')} of this run, waiting for an "
+        "approver (`mandate approvals list`, or /ui/inbox); unanswered, they expire and never "
+        "execute.",
         highlight=False,
     )
