@@ -69,8 +69,8 @@ class Settings(BaseSettings):
         "has run (for deployments that migrate in a step of their own)",
     )
     policies: Path = Field(Path("policies"), description="the active policy bundle")
-    host: str = "127.0.0.1"
-    port: int = 8080
+    host: str = Field("127.0.0.1", description="the address `mandate serve` listens on")
+    port: int = Field(8080, ge=1, le=65535, description="the port `mandate serve` listens on")
     ledger_origin: str = Field(
         "mandate.local/ledger", description="names this log in every checkpoint"
     )
