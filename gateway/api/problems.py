@@ -96,8 +96,7 @@ def install_problem_handlers(app: FastAPI) -> None:
         if isinstance(exc, InvalidInput):
             errors = [{"field": field, "message": message} for field, message in exc.errors]
         if status == 503:
-            log.warning("failing closed on %s: %s", request.url.path, exc.detail)
-            _count_fail_closed(request, getattr(exc, "cause", "policy"))
+            _fail_closed(request, getattr(exc, "cause", "policy"), exc.detail)
         return problem(status, exc.title, exc.detail, errors=errors, instance=request.url.path)
 
     async def auth_error(request: Request, exc: Exception) -> Response:
@@ -143,8 +142,7 @@ def install_problem_handlers(app: FastAPI) -> None:
             exc.connection_invalidated or isinstance(exc, sa.exc.OperationalError)
         ):
             return await unexpected(request, exc)  # a statement of ours that is wrong
-        log.warning("failing closed on %s: the database failed: %s", request.url.path, cause)
-        _count_fail_closed(request, "database")
+        _fail_closed(request, "database", f"the database failed: {cause}")
         detail = (
             "the gateway's database is unavailable: nothing was decided or executed; "
             "try again later"
@@ -198,8 +196,11 @@ def _unauthenticated(request: Request) -> Unauthenticated | None:
     return None
 
 
-def _count_fail_closed(request: Request, cause: str) -> None:
-    """Every 503 is a fail-closed event operators count (``mandate_fail_closed_total``)."""
+def _fail_closed(request: Request, cause: str, why: str) -> None:
+    """Every 503 is a fail-closed event: logged with its cause (a field of JSON logs) and
+    counted (``mandate_fail_closed_total``) for operators."""
+    path = request.url.path
+    log.warning("failing closed on %s: %s", path, why, extra={"cause": cause, "path": path})
     runtime = getattr(request.app.state, "runtime", None)
     if runtime is not None:
         runtime.metrics.failed_closed(cause)

@@ -85,7 +85,7 @@ def serve(
     configure_logging(settings)
     if settings.log_format == "json":
         # A log shipper reads stderr: the banner is one record like every other line.
-        logging.getLogger("mandate").warning(
+        logging.getLogger("mandate").info(
             "Mandate gateway on %s",
             url,
             extra={"url": url, "ledger": where, "bundle": bundle.digest, "workers": workers},

@@ -21,7 +21,16 @@ import pytest
 from gateway.logs import configure_logging
 from gateway.server.serving import free_port
 from gateway.settings import Settings
-from tests.gateway.support import POLICIES, Gateway, good_booking, proposal, wait_for
+from tests.conftest import Database
+from tests.gateway.support import (
+    POLICIES,
+    Gateway,
+    Serve,
+    copy_bundle,
+    good_booking,
+    proposal,
+    wait_for,
+)
 
 MANDATE = Path(sys.executable).with_name("mandate")
 SECRET = "plate-KX-4711-secret"  # a value in params that no log line may carry
@@ -68,6 +77,26 @@ def test_each_decision_is_one_json_line_without_the_params(
     assert record["latency_ms"] > 0
     assert "timestamp" in record
     assert SECRET not in logs.getvalue()
+
+
+def test_a_fail_closed_answer_is_a_warning_naming_its_cause(
+    tmp_path: Path, sqlite_database: Database, serve_gateway: Serve, logs: io.StringIO
+) -> None:
+    bundle = copy_bundle(tmp_path)
+    model = bundle / "casbin" / "model.conf"
+    model.write_text(
+        model.read_text().replace("keyMatch(r.obj, p.obj)", "keyMatchTypo(r.obj, p.obj)")
+    )
+    gateway = serve_gateway(sqlite_database, policies=bundle)
+    configure_logging(Settings(log_format="json", log_level="WARNING"), logs)
+
+    refused = gateway.as_role("booking-agent").post("/v1/actions", json=good_booking())
+
+    assert refused.status_code == 503
+    (record,) = [json.loads(line) for line in logs.getvalue().splitlines()]
+    assert record["level"] == "WARNING"
+    assert (record["cause"], record["path"]) == ("casbin", "/v1/actions")
+    assert "keyMatchTypo" in record["message"]
 
 
 def test_text_format_and_a_level_above_info_are_honoured(
