@@ -240,17 +240,28 @@ class DatabaseState:
         return [level, changes]
 
     def _ledger(self) -> list[Metric]:
+        entries = self.ledger.size()
         size = GaugeMetricFamily("mandate_ledger_entries", "Entries in the ledger.")
-        size.add_metric([], self.ledger.size())
+        size.add_metric([], entries)
         age = GaugeMetricFamily(
             "mandate_ledger_checkpoint_age_seconds",
             "Seconds since the latest signed checkpoint was recorded (absent before the first).",
         )
+        # An idle ledger signs nothing new, so the age alone grows without anything being
+        # wrong: what is at stake is the entries no checkpoint covers yet.
+        unsigned = GaugeMetricFamily(
+            "mandate_ledger_unsigned_entries",
+            "Entries after the latest signed checkpoint, which no checkpoint covers yet.",
+        )
         latest = self.ledger.latest_checkpoint()
-        if latest is not None:
+        if latest is None:
+            unsigned.add_metric([], entries)
+        else:
             signed = dt.datetime.fromisoformat(self.ledger.entry(latest.seq).time)
             age.add_metric([], max((self.clock() - signed).total_seconds(), 0.0))
-        return [size, age]
+            # The checkpoint entry itself follows the entries it covers.
+            unsigned.add_metric([], max(entries - latest.size - 1, 0))
+        return [size, age, unsigned]
 
     def _signer(self) -> Metric:
         held = GaugeMetricFamily(

@@ -132,5 +132,7 @@ def test_metrics_say_what_waits_for_people_and_what_ended_by_case_type(gateway: 
     assert total(after, "mandate_autonomy_changes_total", event="set", **refund) == 1
     assert total(after, "mandate_autonomy_changes_total", event="promotion") == 0
     assert after[("mandate_ledger_checkpoint_age_seconds", ())] >= 0
+    assert after[("mandate_ledger_unsigned_entries", ())] == 0  # the checkpoint just signed
+    assert before[("mandate_ledger_unsigned_entries", ())] > 0
     # One process here: it takes the signer lease on its writer's first tick.
     assert wait_for(lambda: scrape(gateway)[("mandate_ledger_signer", ())] == 1)
