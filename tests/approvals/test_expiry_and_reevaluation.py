@@ -26,6 +26,7 @@ from tests.approvals.harness import (
     wait_for,
 )
 from tests.conftest import Database
+from tests.scrape import scrape, total
 
 
 def approval(client: Any, approval_id: str) -> dict[str, Any]:
@@ -63,6 +64,11 @@ def test_the_sweeper_expires_a_hold_and_it_never_executes(
     ledger = verified_ledger(live.url, live.settings, tmp_path)
     assert ledger.about(action_id) == ["proposal", "decision", "expiry"]
     assert ledger.of("expiry", action_id)[0]["body"]["approval_id"] == approval_id
+    # What an operator's alert sees: the expiry counted, nothing pending any more.
+    samples = scrape(approver)
+    refund = {"workflow": "parking", "case_type": "refund.issue"}
+    assert total(samples, "mandate_approvals_expired_total", **refund) == 1
+    assert total(samples, "mandate_approvals_pending", **refund) == 0
 
 
 def test_a_vote_that_finds_the_approval_past_its_time_expires_it_instead_of_counting(

@@ -33,6 +33,7 @@ from tests.approvals.harness import (
     wait_for,
 )
 from tests.conftest import Database
+from tests.scrape import scrape, total
 
 
 def booking() -> dict[str, Any]:
@@ -139,6 +140,11 @@ def test_503s_are_retried_with_backoff_and_each_attempt_is_recorded(
         assert settled(agent, action_id) == "succeeded"
     assert set(receiver.done) == {action_id}
     assert receiver.calls[action_id] == 1  # the three 503s came before the receiver proper
+    samples = scrape(agent)
+    create = {"workflow": "parking", "case_type": "booking.create"}
+    assert total(samples, "mandate_dispatch_retries_total", **create) == 3
+    assert total(samples, "mandate_dispatch_queue", **create) == 0
+    assert total(samples, "mandate_outcomes_total", status="succeeded", **create) == 1
 
     ledger = verified_ledger(live.url, live.settings, tmp_path)
     assert attempts(ledger, action_id) == [

@@ -3,28 +3,14 @@
 from __future__ import annotations
 
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
 from tests.gateway.support import Gateway, assert_problem, http_client, proposal, wait_for
-
-Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
+from tests.scrape import Samples, total
+from tests.scrape import scrape as scrape_client
 
 
 def scrape(gateway: Gateway) -> Samples:
-    response = gateway.as_role("auditor").get("/metrics")
-    assert response.status_code == 200
-    assert response.headers["content-type"].startswith("text/plain")
-    return {
-        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
-        for family in text_string_to_metric_families(response.text)
-        for sample in family.samples
-    }
-
-
-def total(samples: Samples, name: str, **labels: str) -> float:
-    """The sum of ``name``'s samples that carry ``labels`` (whatever their other labels)."""
-    wanted = set(labels.items())
-    return sum(value for (n, have), value in samples.items() if n == name and wanted <= set(have))
+    return scrape_client(gateway.as_role("auditor"))
 
 
 def decisions(samples: Samples, verdict: str) -> float:
