@@ -14,6 +14,7 @@ from tests.approvals.conftest import Launch
 from tests.approvals.harness import Live, assert_problem, proposal, propose, vote
 from tests.autonomy.support import bundle, case_terms, refund
 from tests.conftest import Database
+from tests.scrape import scrape, total
 
 
 def mandate(live: Live, token: str, *args: str) -> Result:
@@ -107,7 +108,15 @@ def test_promotions_and_audits(sqlite_database: Database, launch: Launch, tmp_pa
     other = live.token("governor")
     assert mandate(live, other, "autonomy", "reject", promotion_id, "--reason", "no").exit_code == 1
 
+    # The promotion as operators see it: counted, and the level in force.
+    refund_issue = {"workflow": "parking", "case_type": "refund.issue"}
+    samples = scrape(live.client(governor))
+    assert total(samples, "mandate_autonomy_changes_total", event="promotion", **refund_issue) == 1
+    assert total(samples, "mandate_autonomy_level", **refund_issue) == 2
+    assert total(samples, "mandate_audits_pending", **refund_issue) == 0
+
     executed = propose(agent, proposal("parking", "refund.issue", amount="20"), "execute")
+    assert total(scrape(live.client(governor)), "mandate_audits_pending", **refund_issue) == 1
     auditor = live.token("auditor")
     queue = mandate(live, auditor, "audits", "list")
     assert queue.exit_code == 0, queue.output
