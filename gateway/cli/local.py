@@ -13,6 +13,7 @@ password hidden, and why, exit 2, whatever the command.
 from __future__ import annotations
 
 import re
+import tomllib
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -20,6 +21,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from pydantic import ValidationError
+from pydantic_settings import SettingsError
 
 from gateway.cli.console import fail
 from gateway.settings import Settings
@@ -87,6 +89,10 @@ def settings_from(data_dir: Path | None, database_url: str | None, **more: Any) 
         name = ".".join(str(part) for part in problem["loc"])
         where = f"the setting {name} (MANDATE_{name.upper()}, mandate.toml or its option)"
         raise fail(f"{where if name else 'the settings'}: {problem['msg']}") from None
+    except SettingsError as exc:  # a value that is not the JSON a dict or list setting takes
+        raise fail(f"the settings: {exc} (it takes JSON)") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise fail(f"mandate.toml in {Path.cwd()}: {exc}") from None
 
 
 def shown_url(settings: Settings) -> str:

@@ -20,13 +20,12 @@ __all__ = ["demo", "serve"]
 def serve(
     host: Annotated[
         str | None,
-        typer.Option(
-            envvar="MANDATE_HOST", help="The address to listen on.", show_default="127.0.0.1"
-        ),
+        typer.Option(help="The address to listen on (MANDATE_HOST).", show_default="127.0.0.1"),
     ] = None,
+    # The settings read MANDATE_PORT (and MANDATE_HOST), so that a bad value is their one-line
+    # error, as every setting's is, not click's usage box.
     port: Annotated[
-        int | None,
-        typer.Option(envvar="MANDATE_PORT", help="The port to listen on.", show_default="8080"),
+        int | None, typer.Option(help="The port to listen on (MANDATE_PORT).", show_default="8080")
     ] = None,
     data_dir: DataDir = None,
     policies: Policies = None,
