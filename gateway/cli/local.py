@@ -7,7 +7,8 @@ what it reads. Where there is no data dir, database, ledger or key it says so an
 empty ledger made on the spot would verify, and could be handed to an auditor as the real one.
 Only `mandate serve` (and the commands that set a gateway up: `token create`, `db upgrade`,
 `policy activate`) make them. A database URL that cannot be used is one line that names it,
-password hidden, and why, exit 2, whatever the command.
+password hidden, and why, exit 2, whatever the command; so is any other setting that cannot be
+used (``settings_from``).
 """
 
 from __future__ import annotations
