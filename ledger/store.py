@@ -18,6 +18,12 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
 from ledger.batch import Appended, Prepared, Record, prepare
+from ledger.cosignature import (
+    Cosignature,
+    CosignatureVerifier,
+    add_cosignature,
+    open_cosignature,
+)
 from ledger.database import create_tables
 from ledger.entry import Entry, parse_entry
 from ledger.errors import EntryError, ProofError, SignatureError, StorageError
@@ -410,6 +416,36 @@ class Ledger:
         with self._engine.connect() as conn:
             row = conn.execute(sa.select(CHECKPOINTS).where(CHECKPOINTS.c.size == size)).first()
         return None if row is None else _stored(row)
+
+    def add_cosignature(
+        self, size: int, line: str, witnesses: Iterable[CosignatureVerifier]
+    ) -> tuple[Cosignature, StoredCheckpoint]:
+        """Keep a witness's cosignature ``line`` with the checkpoint this log signed at ``size``.
+
+        The line must verify, by one of ``witnesses``, over the text of that very checkpoint:
+        a witness that was shown another tree of that size (a fork) cannot have its
+        cosignature attached here. The stored note then carries it (one line per witness, the
+        latest), so the checkpoint, its proofs and an export that closes with it show it; the
+        ``checkpoint`` entry keeps the note as signed. Raises KeyError if the log signed no
+        checkpoint of ``size``, NoteError if the line is malformed, SignatureError if it is
+        by none of ``witnesses`` or does not verify.
+        """
+        known = list(witnesses)
+        while True:
+            stored = self.checkpoint_at(size)
+            if stored is None:
+                raise KeyError(size)
+            cosignature = open_cosignature(stored.note, line, known)
+            note = add_cosignature(stored.note, line)
+            with self._engine.begin() as conn:
+                # Compare and set: another witness's line added meanwhile is kept, not lost.
+                changed = conn.execute(
+                    CHECKPOINTS.update()
+                    .where(CHECKPOINTS.c.size == size, CHECKPOINTS.c.note == stored.note)
+                    .values(note=note)
+                ).rowcount
+            if changed:
+                return cosignature, StoredCheckpoint(size, stored.root_hash, note, stored.seq)
 
     def keys(self) -> list[tuple[int, str]]:
         """Every signing key the log has had, as (first tree size it signs, verifier key)."""

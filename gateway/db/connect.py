@@ -10,6 +10,7 @@ from __future__ import annotations
 from sqlalchemy.engine import Engine
 
 from gateway.settings import Settings
+from ledger.cosignature import CosignatureVerifier
 from ledger.database import create_engine
 from ledger.keys import (
     load_or_create_signing_key,
@@ -19,8 +20,9 @@ from ledger.keys import (
 )
 from ledger.note import NoteSigner
 from ledger.store import Ledger
+from ledger.verify import load_witness_keys
 
-__all__ = ["open_engine", "open_ledger", "signing_key", "subject_key"]
+__all__ = ["open_engine", "open_ledger", "signing_key", "subject_key", "witness_keys"]
 
 
 def open_engine(settings: Settings, *, create: bool = True) -> Engine:
@@ -42,6 +44,16 @@ def subject_key(settings: Settings, *, create: bool = True) -> bytes:
     """The subject key, kept beside the signing key; with ``create``, made on first use."""
     load = load_or_create_subject_key if create else load_subject_key
     return load(settings.subject_key_path)
+
+
+def witness_keys(settings: Settings) -> tuple[CosignatureVerifier, ...]:
+    """The witnesses whose cosignatures the gateway keeps (none when no file is set).
+
+    Raises NoteError naming the line that is not a witness's verifier key, OSError if the file
+    cannot be read: a gateway told to trust witnesses does not start without them."""
+    if settings.witness_keys is None:
+        return ()
+    return tuple(load_witness_keys(settings.witness_keys))
 
 
 def open_ledger(settings: Settings, engine: Engine | None = None) -> Ledger:

@@ -16,7 +16,7 @@ from gateway.autonomy.figures import FigureBook
 from gateway.autonomy.governance import Governance
 from gateway.autonomy.levels import AutonomyBook
 from gateway.autonomy.views import AutonomyViews
-from gateway.db.connect import open_engine, open_ledger
+from gateway.db.connect import open_engine, open_ledger, witness_keys
 from gateway.db.migrations import ensure_schema
 from gateway.decision.decider import Decider
 from gateway.decision.history import HistoryBook
@@ -28,6 +28,7 @@ from gateway.metrics import Metrics
 from gateway.policy.active import InForce
 from gateway.server.notices import Notices
 from gateway.settings import Settings
+from ledger.cosignature import CosignatureVerifier
 from ledger.store import Ledger
 
 __all__ = ["Runtime"]
@@ -57,6 +58,7 @@ class Runtime:
     policies: PolicyLifecycle
     notices: Notices
     metrics: Metrics
+    witnesses: tuple[CosignatureVerifier, ...] = ()
     _stop: asyncio.Event = field(default_factory=asyncio.Event)
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
@@ -67,6 +69,7 @@ class Runtime:
         """Bring the database's schema to head (or refuse, with auto_migrate off), then open
         the ledger (signing key made on first start) and the policy, and assemble the rest."""
         clock = clock or _utcnow
+        witnesses = witness_keys(settings)
         engine = open_engine(settings)
         try:
             ensure_schema(engine, auto_migrate=settings.auto_migrate)
@@ -167,6 +170,7 @@ class Runtime:
             policies=lifecycle,
             notices=notices,
             metrics=metrics,
+            witnesses=witnesses,
         )
 
     def start_background(self) -> None:
