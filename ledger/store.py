@@ -102,6 +102,7 @@ class Ledger:
         self._origin = origin
         self._subject_key = None if subject_key is None else SubjectKey(subject_key)
         self._opened = False
+        self._halted: str | None = None
         self._writer: Writer | None = None
         if signer is not None:
             self._writer = Writer(
@@ -160,7 +161,7 @@ class Ledger:
             return self
         self._opened = True
         create_tables(self._engine)
-        if self._writer is not None:
+        if self._writer is not None and self._halted is None:
             self._writer.start()
             try:
                 self._writer.wait(Request([]))
@@ -186,6 +187,20 @@ class Ledger:
         if self._subject_key is not None:
             with self._engine.connect() as conn:
                 check_subject_key(conn, self._subject_key)
+
+    @property
+    def halted(self) -> str | None:
+        """Why this ledger takes no appends (``halt``), or None."""
+        return self._halted
+
+    def halt(self, reason: str) -> None:
+        """Take no append from now on, each refused with ``reason`` (StorageError); the writer
+        stops once what is queued is committed. Before ``open``, the writer never starts, so
+        nothing is written, not even the key entry of an empty log. For an owner that finds
+        the database is not the log it kept (``reason`` says how it knows)."""
+        self._halted = reason
+        if self._writer is not None and self._opened:
+            self._writer.close()
 
     def close(self) -> None:
         """Stop the writer after it has committed everything queued."""
@@ -318,6 +333,8 @@ class Ledger:
         return [prepare(record, key) for record in records]
 
     def _writable(self) -> Writer:
+        if self._halted is not None:
+            raise StorageError(f"the ledger takes no appends: {self._halted}")
         if self._writer is None:
             raise StorageError("the ledger is not open for appends")
         return self._writer

@@ -56,14 +56,20 @@ def witness_keys(settings: Settings) -> tuple[CosignatureVerifier, ...]:
     return tuple(load_witness_keys(settings.witness_keys))
 
 
-def open_ledger(settings: Settings, engine: Engine | None = None) -> Ledger:
+def open_ledger(
+    settings: Settings, engine: Engine | None = None, *, halted: str | None = None
+) -> Ledger:
     """An open ledger as a gateway opens it: it appends and signs with this process's key, and
-    seals and erases personal data with its subject key; keys it lacks are made."""
-    return Ledger(
+    seals and erases personal data with its subject key; keys it lacks are made. ``halted``:
+    it appends nothing, for that reason (``Ledger.halt``)."""
+    ledger = Ledger(
         engine or open_engine(settings),
         origin=settings.ledger_origin,
         signer=signing_key(settings),
         checkpoint_every=settings.checkpoint_every,
         checkpoint_interval=settings.checkpoint_interval,
         subject_key=subject_key(settings),
-    ).open()
+    )
+    if halted is not None:
+        ledger.halt(halted)
+    return ledger.open()
