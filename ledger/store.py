@@ -44,7 +44,7 @@ from ledger.sealing import (
     reveal_sealed,
 )
 from ledger.tree import check_size, read_range_hashes, read_size, read_subtree_hashes
-from ledger.writer import InTransaction, Request, RowsFor, Writer
+from ledger.writer import InTransaction, Keyring, Request, RowsFor, Writer
 
 __all__ = ["Appended", "InTransaction", "Ledger", "Record", "RowsFor", "StoredCheckpoint"]
 
@@ -73,6 +73,10 @@ class Ledger:
     interval passes (``signs_periodically``); a checkpoint due by count is signed by whichever
     appends it, and one asked for (``checkpoint``, ``rotate_key``) by whoever asks.
 
+    ``keyring(vkey)`` gives the signer for a key the log rotated to in another process (see
+    ``rotate_key``), so that every process writing to one database signs with the current key
+    without a restart; without it, a process left with the old key fails its checkpoints.
+
     ``subject_key`` (32 bytes or more, kept outside the database: see
     ``ledger.keys.load_or_create_subject_key``) names data subjects by a keyed digest; without
     one the ledger seals and erases nothing. Personal data is sealed per record and erased per
@@ -95,6 +99,7 @@ class Ledger:
         clock: Callable[[], dt.datetime] = _utcnow,
         max_batch: int = 1000,
         subject_key: bytes | None = None,
+        keyring: Keyring | None = None,
     ) -> None:
         if checkpoint_every < 1:
             raise ValueError("checkpoint_every must be at least 1")
@@ -113,6 +118,7 @@ class Ledger:
                 interval=checkpoint_interval,
                 clock=clock,
                 max_batch=max_batch,
+                keyring=keyring,
             )
 
     # -- lifecycle ---------------------------------------------------------------------------
