@@ -177,16 +177,42 @@ def verify(
             help="A checkpoint you kept earlier: proves nothing before it was rewritten or cut.",
         ),
     ] = None,
+    witness_keys: Annotated[
+        list[Path] | None,
+        typer.Option(
+            "--witness-key",
+            metavar="W",
+            help="A file with a witness's verifier key line; repeat it for each witness.",
+        ),
+    ] = None,
+    min_witnesses: Annotated[
+        int | None,
+        typer.Option(
+            "--min-witnesses",
+            min=0,
+            metavar="N",
+            help="How many of those witnesses must have cosigned the closing checkpoint, or the "
+            "trusted one (default: 1 when --witness-key is given, else none).",
+        ),
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
 ) -> None:
-    """Verify an export offline: canonical form, seq, chain, Merkle roots, signatures, keys.
+    """Verify an export offline: canonical form, seq, chain, Merkle roots, signatures, keys,
+    and with --witness-key, the witnesses' cosignatures.
 
-    Exit 0 valid, 1 tampered (the first line names the first bad seq), 2 unusable input.
-    Needs no gateway or database: `python -m ledger verify` is the same check.
+    Exit 0 valid, 1 tampered or too few witnesses (the first line names the first bad seq), 2
+    unusable input. Needs no gateway or database: `python -m ledger verify` is the same check.
     """
     from ledger.cli import run_verify
 
-    code = run_verify(export_file, public_key_file, trusted_checkpoint, as_json=as_json)
+    code = run_verify(
+        export_file,
+        public_key_file,
+        trusted_checkpoint,
+        as_json=as_json,
+        witness_keys=witness_keys or (),
+        min_witnesses=min_witnesses,
+    )
     raise typer.Exit(code)
 
 

@@ -144,3 +144,24 @@ def test_rotating_twice_under_load(
             )
             assert verified.returncode == 0, verified.stdout + verified.stderr
             assert f"closing checkpoint signed by {rotated[-1]}" in verified.stdout
+
+
+def test_a_key_that_cannot_be_used_is_one_line_and_exit_2(
+    sqlite_database: Database, serve_gateway: Serve, tmp_path: Path
+) -> None:
+    data_dir = tmp_path / "data"
+    serve_gateway(sqlite_database, data_dir=data_dir).stop()
+    env = _env(sqlite_database, data_dir)
+    before = _run([str(MANDATE), "ledger", "public-key", "--all"], env).stdout
+    loose = tmp_path / "loose.pem"
+    generate_signing_key(loose, "mandate.local/ledger")
+    loose.chmod(0o644)
+    for new_key, says in ((tmp_path / "missing.pem", "no signing key file"), (loose, "chmod 600")):
+        refused = _run([str(MANDATE), "ledger", "rotate-key", "--new-key", str(new_key)], env)
+        assert refused.returncode == 2, refused.stderr
+        assert says in refused.stderr
+        assert "Traceback" not in refused.stderr
+        assert refused.stdout == ""
+    # Nothing was rotated: the ledger has the one key it had.
+    assert _run([str(MANDATE), "ledger", "public-key", "--all"], env).stdout == before
+    assert len(before.split()) == 1
