@@ -96,6 +96,9 @@ class Runtime:
         try:
             if fault is None:
                 in_force = InForce(lifecycle.bootstrap())
+                # Kept from the first start on: a database dropped a moment later is caught.
+                ledger.checkpoint()
+                custody.keep(ledger)
             else:
                 in_force = InForce(load_policy(settings.policies, settings.opa_url), fault)
         except BaseException:
@@ -249,8 +252,13 @@ class Runtime:
         await close_adapters([*self.dispatcher.adapters.values(), self.notices.notifier])
 
     def close(self) -> None:
-        """Let the ledger commit what is queued, keep its latest checkpoint, then release the
-        database."""
+        """Let the ledger commit what is queued, sign a checkpoint of it and keep that, then
+        release the database."""
+        if self.ledger.halted is None and self.ledger.writing:
+            try:
+                self.ledger.checkpoint()
+            except Exception as exc:  # the database gone: what was kept before stays
+                log.warning("no checkpoint at shutdown: %s", exc)
         self.ledger.close()
         self.follow_custody()
         self.engine.dispose()
