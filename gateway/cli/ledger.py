@@ -1,6 +1,7 @@
 """``mandate ledger``: export the ledger, verify an export offline, prove inclusion and
-consistency, sign a checkpoint, print the public key auditors verify with, erase a data
-subject's personal data. None of them makes a ledger or a key (``gateway.cli.local``)."""
+consistency, sign a checkpoint, print the public keys auditors verify with, rotate the signing
+key, erase a data subject's personal data. None of them makes a ledger (``gateway.cli.local``);
+only ``rotate-key`` makes a key, the ledger's next one."""
 
 from __future__ import annotations
 
@@ -27,7 +28,8 @@ __all__ = ["ledger_app"]
 ledger_app = typer.Typer(
     help=(
         "The ledger: export it, verify an export offline, prove inclusion and consistency, "
-        "print the public key auditors verify with, erase a data subject's personal data."
+        "print the public keys auditors verify with, rotate the signing key, erase a data "
+        "subject's personal data."
     ),
     no_args_is_help=True,
 )
@@ -197,8 +199,9 @@ def verify(
     ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
 ) -> None:
-    """Verify an export offline: canonical form, seq, chain, Merkle roots, signatures, keys,
-    and with --witness-key, the witnesses' cosignatures.
+    """Verify an export offline: form, seq, chain, roots, signatures, keys and witnesses.
+
+    With --witness-key, the witnesses' cosignatures are required too.
 
     Exit 0 valid, 1 tampered or too few witnesses (the first line names the first bad seq), 2
     unusable input. Needs no gateway or database: `python -m ledger verify` is the same check.

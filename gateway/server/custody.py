@@ -57,6 +57,7 @@ class Custody:
         kept = self._kept()
         if latest is None or (kept is not None and latest.size <= kept.size):
             return
+        self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         _write_atomically(self.path, latest.note)
 
     def _kept(self) -> Checkpoint | None:
