@@ -30,6 +30,7 @@ BENCHES = (
     "bench.ledger_seal",
     "bench.ledger_verify",
     "bench.ledger_proofs",
+    "bench.witness",
     "bench.gateway_http",
     "bench.gateway_scale",
     "bench.gateway_decide",

@@ -24,7 +24,9 @@ from ledger.entry import format_time
 from ledger.store import Ledger
 
 __all__ = [
+    "GATEWAY_ROLES",
     "PERSON_ROLES",
+    "WITNESS_ROLE",
     "Identity",
     "TokenBook",
     "TokenEntry",
@@ -34,6 +36,11 @@ __all__ = [
 
 # Roles held by people; executor roles come from the Casbin policy.
 PERSON_ROLES = ("approver", "governor", "auditor", "policy-admin")
+# A witness is another party's program: it reads checkpoints and consistency proofs and posts
+# its cosignatures (``python -m ledger witness``), nothing else.
+WITNESS_ROLE = "witness"
+# The roles the gateway names itself; every other role is an executor role of the bundle.
+GATEWAY_ROLES = (*PERSON_ROLES, WITNESS_ROLE)
 _PREFIX = "mdt_"
 _CACHE_SECONDS = 1.0  # a revoked token stops working everywhere within this long
 

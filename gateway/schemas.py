@@ -371,6 +371,29 @@ class CheckpointView(BaseModel):
     note: str
 
 
+class CosignatureRequest(BaseModel):
+    """A witness's cosignature of one of this ledger's checkpoints."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    checkpoint_size: int = Field(
+        ge=1, le=2**63 - 1, description="The size of the checkpoint it cosigns."
+    )
+    cosignature: str = Field(
+        min_length=1,
+        max_length=1000,
+        description="The signature line, C2SP tlog-cosignature: `— <witness name> <base64>`.",
+    )
+
+
+class CosignatureView(BaseModel):
+    """The cosignature kept, and the checkpoint that now carries it."""
+
+    witness: str = Field(description="The witness's verifier key.")
+    timestamp: int = Field(description="When the witness says it cosigned (Unix seconds).")
+    checkpoint: CheckpointView
+
+
 class InclusionProofView(BaseModel):
     """RFC 9162 inclusion proof of one entry in a tree."""
 

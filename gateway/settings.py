@@ -136,6 +136,12 @@ class Settings(BaseSettings):
         "policy sign`, `opa sign`); set, a bundle is activated only with a signature of it that "
         "covers every file (.signatures.json)",
     )
+    witness_keys: Path | None = Field(
+        None,
+        description="file of the witnesses' verifier key lines (`python -m ledger witness "
+        "keygen` prints one), one a line; the gateway keeps cosignatures by these witnesses "
+        "only; unset: it takes none",
+    )
     subject_key: Path | None = Field(
         None,
         description="the secret that names data subjects in the ledger (mode 0600; back it up "

@@ -29,6 +29,7 @@ from ledger.errors import KeyFileError, NoteError
 from ledger.note import NoteSigner
 
 __all__ = [
+    "copy_signing_key",
     "generate_signing_key",
     "generate_witness_key",
     "load_or_create_signing_key",
@@ -206,6 +207,26 @@ def generate_signing_key(path: Path, name: str) -> NoteSigner:
             f"{path} already exists; refusing to overwrite a signing key: choose a new path, "
             f"or move the old key away once nothing needs it"
         ) from exc
+
+
+def copy_signing_key(source: Path, path: Path, name: str) -> NoteSigner:
+    """Check the signing key at ``source`` (as ``load_signing_key`` does) and write it anew at
+    ``path``, mode 0600, for a rotation to a key made elsewhere.
+
+    Raises KeyFileError if ``source`` is not a usable key or ``path`` already exists.
+    """
+    try:
+        data = _read_key_file(source)
+    except FileNotFoundError as exc:
+        raise KeyFileError(f"no signing key file at {source.absolute()}") from exc
+    signer = _signer_from_pem(source, data, name)
+    try:
+        _create(path, data, "signing key")
+    except FileExistsError as exc:
+        raise KeyFileError(
+            f"{path} already exists; refusing to overwrite a signing key: move it away first"
+        ) from exc
+    return signer
 
 
 def load_subject_key(path: Path) -> bytes:

@@ -18,6 +18,12 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
 from ledger.batch import Appended, Prepared, Record, prepare
+from ledger.cosignature import (
+    Cosignature,
+    CosignatureVerifier,
+    add_cosignature,
+    open_cosignature,
+)
 from ledger.database import create_tables
 from ledger.entry import Entry, parse_entry
 from ledger.errors import EntryError, ProofError, SignatureError, StorageError
@@ -38,7 +44,7 @@ from ledger.sealing import (
     reveal_sealed,
 )
 from ledger.tree import check_size, read_range_hashes, read_size, read_subtree_hashes
-from ledger.writer import InTransaction, Request, RowsFor, Writer
+from ledger.writer import InTransaction, Keyring, Request, RowsFor, Writer
 
 __all__ = ["Appended", "InTransaction", "Ledger", "Record", "RowsFor", "StoredCheckpoint"]
 
@@ -67,6 +73,10 @@ class Ledger:
     interval passes (``signs_periodically``); a checkpoint due by count is signed by whichever
     appends it, and one asked for (``checkpoint``, ``rotate_key``) by whoever asks.
 
+    ``keyring(vkey)`` gives the signer for a key the log rotated to in another process (see
+    ``rotate_key``), so that every process writing to one database signs with the current key
+    without a restart; without it, a process left with the old key fails its checkpoints.
+
     ``subject_key`` (32 bytes or more, kept outside the database: see
     ``ledger.keys.load_or_create_subject_key``) names data subjects by a keyed digest; without
     one the ledger seals and erases nothing. Personal data is sealed per record and erased per
@@ -89,6 +99,7 @@ class Ledger:
         clock: Callable[[], dt.datetime] = _utcnow,
         max_batch: int = 1000,
         subject_key: bytes | None = None,
+        keyring: Keyring | None = None,
     ) -> None:
         if checkpoint_every < 1:
             raise ValueError("checkpoint_every must be at least 1")
@@ -96,6 +107,7 @@ class Ledger:
         self._origin = origin
         self._subject_key = None if subject_key is None else SubjectKey(subject_key)
         self._opened = False
+        self._halted: str | None = None
         self._writer: Writer | None = None
         if signer is not None:
             self._writer = Writer(
@@ -106,6 +118,7 @@ class Ledger:
                 interval=checkpoint_interval,
                 clock=clock,
                 max_batch=max_batch,
+                keyring=keyring,
             )
 
     # -- lifecycle ---------------------------------------------------------------------------
@@ -154,7 +167,7 @@ class Ledger:
             return self
         self._opened = True
         create_tables(self._engine)
-        if self._writer is not None:
+        if self._writer is not None and self._halted is None:
             self._writer.start()
             try:
                 self._writer.wait(Request([]))
@@ -180,6 +193,20 @@ class Ledger:
         if self._subject_key is not None:
             with self._engine.connect() as conn:
                 check_subject_key(conn, self._subject_key)
+
+    @property
+    def halted(self) -> str | None:
+        """Why this ledger takes no appends (``halt``), or None."""
+        return self._halted
+
+    def halt(self, reason: str) -> None:
+        """Take no append from now on, each refused with ``reason`` (StorageError); the writer
+        stops once what is queued is committed. Before ``open``, the writer never starts, so
+        nothing is written, not even the key entry of an empty log. For an owner that finds
+        the database is not the log it kept (``reason`` says how it knows)."""
+        self._halted = reason
+        if self._writer is not None and self._opened:
+            self._writer.close()
 
     def close(self) -> None:
         """Stop the writer after it has committed everything queued."""
@@ -312,6 +339,8 @@ class Ledger:
         return [prepare(record, key) for record in records]
 
     def _writable(self) -> Writer:
+        if self._halted is not None:
+            raise StorageError(f"the ledger takes no appends: {self._halted}")
         if self._writer is None:
             raise StorageError("the ledger is not open for appends")
         return self._writer
@@ -410,6 +439,36 @@ class Ledger:
         with self._engine.connect() as conn:
             row = conn.execute(sa.select(CHECKPOINTS).where(CHECKPOINTS.c.size == size)).first()
         return None if row is None else _stored(row)
+
+    def add_cosignature(
+        self, size: int, line: str, witnesses: Iterable[CosignatureVerifier]
+    ) -> tuple[Cosignature, StoredCheckpoint]:
+        """Keep a witness's cosignature ``line`` with the checkpoint this log signed at ``size``.
+
+        The line must verify, by one of ``witnesses``, over the text of that very checkpoint:
+        a witness that was shown another tree of that size (a fork) cannot have its
+        cosignature attached here. The stored note then carries it (one line per witness, the
+        latest), so the checkpoint, its proofs and an export that closes with it show it; the
+        ``checkpoint`` entry keeps the note as signed. Raises KeyError if the log signed no
+        checkpoint of ``size``, NoteError if the line is malformed, SignatureError if it is
+        by none of ``witnesses`` or does not verify.
+        """
+        known = list(witnesses)
+        while True:
+            stored = self.checkpoint_at(size)
+            if stored is None:
+                raise KeyError(size)
+            cosignature = open_cosignature(stored.note, line, known)
+            note = add_cosignature(stored.note, line)
+            with self._engine.begin() as conn:
+                # Compare and set: another witness's line added meanwhile is kept, not lost.
+                changed = conn.execute(
+                    CHECKPOINTS.update()
+                    .where(CHECKPOINTS.c.size == size, CHECKPOINTS.c.note == stored.note)
+                    .values(note=note)
+                ).rowcount
+            if changed:
+                return cosignature, StoredCheckpoint(size, stored.root_hash, note, stored.seq)
 
     def keys(self) -> list[tuple[int, str]]:
         """Every signing key the log has had, as (first tree size it signs, verifier key)."""

@@ -62,7 +62,7 @@ from ledger.transaction import (
 )
 from ledger.tree import read_checkpoint_size, read_current_key, read_subtree_hashes
 
-__all__ = ["InTransaction", "Late", "Request", "RowsFor", "Writer"]
+__all__ = ["InTransaction", "Keyring", "Late", "Request", "RowsFor", "Writer"]
 
 # The most entries other processes may have appended since this writer's last batch for it to
 # catch up on them leaf by leaf (see Writer._catch_up); past that it rebuilds the tail whole.
@@ -73,6 +73,7 @@ _CATCH_UP_MAX = 4096
 _PIPELINE_FROM = 16
 
 InTransaction = Callable[[Connection, list[Appended]], None]
+Keyring = Callable[[str], NoteSigner | None]
 RowsFor = Callable[[list[Appended]], Sequence[tuple[sa.Table, Mapping[str, Any]]]]
 Late = Callable[[Connection], list[Prepared]]
 _Outcome = list[Appended] | BaseException
@@ -129,6 +130,8 @@ class Writer:
 
     ``signer`` signs checkpoints: ``every`` entries, or ``interval`` seconds after the last one
     while this writer holds the signer lease. ``max_batch``: the most records in one batch.
+    ``keyring(vkey)`` gives the signer of a key that another process rotated to (None if it
+    has none): the writer takes it up when it finds that key current in the log.
     """
 
     def __init__(
@@ -141,10 +144,12 @@ class Writer:
         interval: float | None,
         clock: Callable[[], dt.datetime],
         max_batch: int,
+        keyring: Keyring | None = None,
     ) -> None:
         self._engine = engine
         self._origin = origin
         self._signer = signer
+        self._keyring = keyring
         self._every = every
         self._interval = interval
         self._clock = clock
@@ -507,9 +512,18 @@ class Writer:
             prev,
             frontier,
             read_checkpoint_size(conn),
-            read_current_key(conn),
-            self._signer,
+            vkey := read_current_key(conn),
+            self._signer_for(vkey),
         )
+
+    def _signer_for(self, vkey: str | None) -> NoteSigner:
+        """The signer of the log's current key: this writer's, or the one the keyring gives
+        for a key another process rotated to (else this writer's, refused when it signs)."""
+        if vkey is not None and vkey != self._signer.vkey and self._keyring is not None:
+            signer = self._keyring(vkey)
+            if signer is not None and signer.vkey == vkey:
+                self._signer = signer
+        return self._signer
 
     def _catch_up(self, txn: Transaction) -> Tail | None:
         """The database's tail, from the cached one and what was appended after it.
@@ -548,7 +562,7 @@ class Writer:
         if "key" in kinds:
             vkey = read_current_key(txn.core())
         seq, _, prev = rows[-1]
-        return Tail(seq + 1, prev, frontier, checkpoint_size, vkey, self._signer)
+        return Tail(seq + 1, prev, frontier, checkpoint_size, vkey, self._signer_for(vkey))
 
 
 def _deliver(settled: Iterable[tuple[Request, _Outcome]]) -> None:

@@ -40,6 +40,7 @@ EXPECTED = [
     "ledger_proofs.root",
     "ledger_proofs.leaf_hash_read",
     "ledger_proofs.verify_failures",
+    "witness.round",
     "gateway_http.bare_rate",
     "gateway_http.gateway_rate",
     "gateway_http.bare_p50",

@@ -6,10 +6,12 @@ govern there; these say which roles may call an endpoint at all. Both apply: an 
 this gate for ``POST /v1/approvals/{approval_id}/decisions`` and the bundle then decides whether
 they may approve in that approval's workflow.
 
-Executor roles are named by the bundle and change with it, so every role that is not one of
-the people's roles (``gateway.identity.PERSON_ROLES``) is an ``executor`` here. Rules name the
-route as FastAPI does (``/v1/actions/{action_id}``); Casbin matches it with ``keyMatch3``.
-``python -m gateway.api.access`` prints the table the README shows.
+Executor roles are named by the bundle and change with it, so every role that is not one the
+gateway names (the people's roles and ``witness``, ``gateway.identity.GATEWAY_ROLES``) is an
+``executor`` here. A witness is another party's program: ``any-role`` does not include it, so
+it reads checkpoints and consistency proofs and posts cosignatures, and calls nothing else.
+Rules name the route as FastAPI does (``/v1/actions/{action_id}``); Casbin matches it with
+``keyMatch3``. ``python -m gateway.api.access`` prints the table the README shows.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from fastapi import Request
 from fastapi.routing import APIRoute
 
 from gateway.errors import Forbidden
-from gateway.identity import PERSON_ROLES, Identity
+from gateway.identity import GATEWAY_ROLES, WITNESS_ROLE, Identity
 
 __all__ = [
     "ACCESS",
@@ -33,17 +35,21 @@ __all__ = [
     "PUBLIC",
     "ROLES",
     "RULES",
+    "WITNESS",
     "Access",
     "Rule",
     "markdown_table",
+    "may",
     "route_path",
 ]
 
 EXECUTOR = "executor"
 APPROVER, GOVERNOR, AUDITOR, POLICY_ADMIN = "approver", "governor", "auditor", "policy-admin"
-ROLES = (EXECUTOR, APPROVER, GOVERNOR, AUDITOR, POLICY_ADMIN)
-ANY_ROLE = "any-role"  # every role inherits it (a Casbin grouping)
-assert set(PERSON_ROLES) == set(ROLES) - {EXECUTOR}, "a person role without access rules"
+WITNESS = WITNESS_ROLE
+ROLES = (EXECUTOR, APPROVER, GOVERNOR, AUDITOR, POLICY_ADMIN, WITNESS)
+ANY_ROLE = "any-role"  # every role but the witness inherits it (a Casbin grouping)
+_IN_ANY_ROLE = tuple(role for role in ROLES if role != WITNESS)
+assert set(GATEWAY_ROLES) == set(ROLES) - {EXECUTOR}, "a gateway role without access rules"
 
 _MODEL = """
 [request_definition]
@@ -108,10 +114,11 @@ RULES: tuple[Rule, ...] = (
     ),
     Rule("GET", "/v1/autonomy/{workflow}/{case_type}", (ANY_ROLE,), "see autonomy levels"),
     Rule("POST", "/v1/autonomy/{workflow}/{case_type}", (GOVERNOR,), "govern autonomy levels"),
-    Rule("GET", "/v1/ledger/checkpoint", (ANY_ROLE,), "read checkpoints"),
+    Rule("GET", "/v1/ledger/checkpoint", (ANY_ROLE, WITNESS), "read checkpoints"),
     Rule("GET", "/v1/ledger/entries", _READERS, "read ledger entries"),
     Rule("GET", "/v1/ledger/proofs/inclusion", (ANY_ROLE,), "get ledger proofs"),
-    Rule("GET", "/v1/ledger/proofs/consistency", (ANY_ROLE,), "get ledger proofs"),
+    Rule("GET", "/v1/ledger/proofs/consistency", (ANY_ROLE, WITNESS), "get ledger proofs"),
+    Rule("POST", "/v1/ledger/cosignatures", (WITNESS,), "cosign checkpoints"),
     Rule("GET", "/v1/ledger/export", _READERS, "export the ledger"),
     Rule("POST", "/v1/erasures", (GOVERNOR,), "erase personal data"),
     Rule("GET", "/v1/policies/active", _READERS, "read policy bundles"),
@@ -162,12 +169,12 @@ def route_path(request: Request) -> str:
 
 
 def _subject(role: str) -> str:
-    return role if role in PERSON_ROLES else EXECUTOR
+    return role if role in GATEWAY_ROLES else EXECUTOR
 
 
 def _needs(roles: tuple[str, ...]) -> str:
     if ANY_ROLE in roles:
-        return "any role"
+        return "any role but witness" if WITNESS not in roles else "any role"
     names = ", ".join(
         "an executor role (one the policy bundle lets propose)" if r == EXECUTOR else r
         for r in roles
@@ -188,7 +195,7 @@ class Access:
         self._enforcer.add_policies(
             [[role, rule.path, rule.method] for rule in rules for role in rule.roles]
         )
-        self._enforcer.add_grouping_policies([[role, ANY_ROLE] for role in ROLES])
+        self._enforcer.add_grouping_policies([[role, ANY_ROLE] for role in _IN_ANY_ROLE])
         self._answers: dict[tuple[str, str, str], bool] = {}
 
     def rule(self, method: str, path: str) -> Rule | None:
@@ -225,6 +232,11 @@ class Access:
 ACCESS = Access()
 
 
+def may(role: str, rule: Rule) -> bool:
+    """Whether ``role`` (one of ``ROLES``) may call the endpoint of ``rule``, as written."""
+    return role in rule.roles or (ANY_ROLE in rule.roles and role in _IN_ANY_ROLE)
+
+
 def markdown_table(rules: tuple[Rule, ...] = RULES) -> str:
     """The README's table "Who may call what": one row per endpoint, a column per role."""
     lines = [
@@ -232,7 +244,7 @@ def markdown_table(rules: tuple[Rule, ...] = RULES) -> str:
         "|" + "---|" * (len(ROLES) + 2),
     ]
     for rule in rules:
-        marks = ["✓" if role in rule.roles or ANY_ROLE in rule.roles else "" for role in ROLES]
+        marks = ["✓" if may(role, rule) else "" for role in ROLES]
         lines.append(f"| `{rule.method} {rule.path}` | {rule.what} | " + " | ".join(marks) + " |")
     public = sorted(PUBLIC, key=lambda endpoint: (endpoint[1], endpoint[0]))
     listed = ", ".join(f"`{method} {path}`" for method, path in public)

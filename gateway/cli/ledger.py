@@ -1,6 +1,7 @@
 """``mandate ledger``: export the ledger, verify an export offline, prove inclusion and
-consistency, sign a checkpoint, print the public key auditors verify with, erase a data
-subject's personal data. None of them makes a ledger or a key (``gateway.cli.local``)."""
+consistency, sign a checkpoint, print the public keys auditors verify with, rotate the signing
+key, erase a data subject's personal data. None of them makes a ledger (``gateway.cli.local``);
+only ``rotate-key`` makes a key, the ledger's next one."""
 
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ from gateway.cli.local import (
     open_existing_ledger,
     settings_from,
 )
+from gateway.settings import Settings
 from gateway.wording import counted
 from ledger.errors import LedgerError
 
@@ -27,28 +29,109 @@ __all__ = ["ledger_app"]
 ledger_app = typer.Typer(
     help=(
         "The ledger: export it, verify an export offline, prove inclusion and consistency, "
-        "print the public key auditors verify with, erase a data subject's personal data."
+        "print the public keys auditors verify with, rotate the signing key, erase a data "
+        "subject's personal data."
     ),
     no_args_is_help=True,
 )
 
 
 @ledger_app.command("public-key")
-def public_key(data_dir: DataDir = None, database_url: DatabaseUrl = None) -> None:
+def public_key(
+    every_key: Annotated[
+        bool,
+        typer.Option(
+            "--all",
+            help="Print every key the ledger has had, oldest first, one verifier line each (the "
+            "range each signs goes to stderr); read from the database, not the key file.",
+        ),
+    ] = False,
+    data_dir: DataDir = None,
+    database_url: DatabaseUrl = None,
+) -> None:
     """Print the verifier key line (name+keyid+key) that auditors pass to `ledger verify`.
 
     Reads the gateway's signing key; where there is none, says so and exits 2 (`mandate serve`
-    makes it on its first start).
+    makes it on its first start). With `--all`, the keys of the ledger's `key` entries: the
+    first line is the key the log began with, which `ledger verify --public-key` trusts; it
+    learns the later ones from the hand-overs each predecessor signed.
     """
     from gateway.db.connect import signing_key
 
     settings = settings_from(data_dir, database_url)
+    if every_key:
+        _print_every_key(settings)
+        return
     if settings.signing_key is None:
         check_data_dir(settings)
     try:
         print(signing_key(settings, create=False).vkey)
     except LedgerError as exc:
         raise fail(exc.diagnostics()) from None
+
+
+def _print_every_key(settings: Settings) -> None:
+    try:
+        with open_existing_ledger(settings, sign=False) as ledger:
+            keys = ledger.keys()
+            size = ledger.size()
+    except LedgerError as exc:
+        raise fail(exc.diagnostics()) from None
+    for index, (from_size, vkey) in enumerate(keys):
+        if index + 1 < len(keys):
+            upto = f"to size {keys[index + 1][0] - 1}"
+        else:
+            upto = f"on (current; the log holds {size} entries)"
+        err.print(f"key {index + 1}: signs tree sizes from {from_size} {upto}", highlight=False)
+        print(vkey)
+
+
+@ledger_app.command("rotate-key")
+def rotate_key(
+    new_key: Annotated[
+        Path | None,
+        typer.Option(
+            "--new-key",
+            help="An Ed25519 private key (PEM, mode 0600) to rotate to, made elsewhere; it is "
+            "copied to the signing key's place. Default: a new key is made there.",
+        ),
+    ] = None,
+    data_dir: DataDir = None,
+    database_url: DatabaseUrl = None,
+) -> None:
+    """Hand the ledger over to a new signing key, and print its verifier line on stdout.
+
+    A `key` entry names the new key and the first tree size it signs, and the old key signs the
+    hand-over checkpoint, so a verifier that trusts the old key learns the new one. Running
+    gateways on this database take the new key up at their next checkpoint, without a restart.
+    The old key file is kept as `<key>.retired-<key id>`: move it offline once nothing needs it.
+    Give auditors `mandate ledger public-key --all`.
+    """
+    from gateway.db.connect import rotate_signing_key
+
+    settings = settings_from(data_dir, database_url)
+    try:
+        with open_existing_ledger(settings) as ledger:
+            new, handover = rotate_signing_key(settings, ledger, new_key)
+    except LedgerError as exc:
+        raise fail(exc.diagnostics()) from None
+    except OSError as exc:
+        raise fail(f"{exc.filename or settings.key_path}: {exc.strerror or exc}") from None
+    if handover is None:
+        err.print(
+            f"the ledger already signs with {new.vkey}; its key file is now in place at "
+            f"{settings.key_path}",
+            highlight=False,
+            soft_wrap=True,
+        )
+    else:
+        err.print(
+            f"rotated: the old key signed the hand-over checkpoint of size {handover.size}; "
+            f"the new key signs from size {handover.size + 1} on and is at {settings.key_path}",
+            highlight=False,
+            soft_wrap=True,
+        )
+    print(new.vkey)
 
 
 @ledger_app.command("export")
@@ -99,16 +182,43 @@ def verify(
             help="A checkpoint you kept earlier: proves nothing before it was rewritten or cut.",
         ),
     ] = None,
+    witness_keys: Annotated[
+        list[Path] | None,
+        typer.Option(
+            "--witness-key",
+            metavar="W",
+            help="A file with a witness's verifier key line; repeat it for each witness.",
+        ),
+    ] = None,
+    min_witnesses: Annotated[
+        int | None,
+        typer.Option(
+            "--min-witnesses",
+            min=0,
+            metavar="N",
+            help="How many of those witnesses must have cosigned the closing checkpoint, or the "
+            "trusted one (default: 1 when --witness-key is given, else none).",
+        ),
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
 ) -> None:
-    """Verify an export offline: canonical form, seq, chain, Merkle roots, signatures, keys.
+    """Verify an export offline: form, seq, chain, roots, signatures, keys and witnesses.
 
-    Exit 0 valid, 1 tampered (the first line names the first bad seq), 2 unusable input.
-    Needs no gateway or database: `python -m ledger verify` is the same check.
+    With --witness-key, the witnesses' cosignatures are required too.
+
+    Exit 0 valid, 1 tampered or too few witnesses (the first line names the first bad seq), 2
+    unusable input. Needs no gateway or database: `python -m ledger verify` is the same check.
     """
     from ledger.cli import run_verify
 
-    code = run_verify(export_file, public_key_file, trusted_checkpoint, as_json=as_json)
+    code = run_verify(
+        export_file,
+        public_key_file,
+        trusted_checkpoint,
+        as_json=as_json,
+        witness_keys=witness_keys or (),
+        min_witnesses=min_witnesses,
+    )
     raise typer.Exit(code)
 
 

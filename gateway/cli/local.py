@@ -193,7 +193,7 @@ def open_existing_ledger(
     """
     import sqlalchemy as sa
 
-    from gateway.db.connect import signing_key, subject_key
+    from gateway.db.connect import keyring, signing_key, subject_key
     from ledger.errors import LedgerError
     from ledger.models import ENTRIES
     from ledger.store import Ledger
@@ -218,6 +218,7 @@ def open_existing_ledger(
                     checkpoint_every=settings.checkpoint_every,
                     checkpoint_interval=settings.checkpoint_interval,
                     subject_key=subject_key(settings, create=False) if erase else None,
+                    keyring=keyring(settings),
                 ).open()
             except LedgerError as exc:
                 raise fail(exc.diagnostics()) from None

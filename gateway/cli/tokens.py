@@ -24,7 +24,7 @@ def token_create(
         str,
         typer.Option(
             help="An executor role from the Casbin policy (e.g. booking-agent) or one of "
-            "approver, governor, auditor, policy-admin."
+            "approver, governor, auditor, policy-admin, witness (cosigns checkpoints)."
         ),
     ],
     workflow: Annotated[str | None, typer.Option(help="Bind the token to one workflow.")] = None,
@@ -41,7 +41,7 @@ def token_create(
 ) -> None:
     """Make a token and print it (alone, on stdout). It is shown this once; only its hash is
     kept."""
-    from gateway.identity import PERSON_ROLES, TokenBook
+    from gateway.identity import GATEWAY_ROLES, TokenBook
     from gateway.policy.bundle import BundleError, load_bundle
     from gateway.policy.permit import Permitter
 
@@ -51,7 +51,7 @@ def token_create(
     except BundleError as exc:
         raise fail(str(exc)) from None
     executors = Permitter(bundle.casbin_model, bundle.casbin_policy).roles_with_act("propose")
-    roles = sorted(executors) + list(PERSON_ROLES)
+    roles = sorted(executors) + list(GATEWAY_ROLES)
     if role not in roles:
         raise fail(f"unknown role {role!r}; roles: {', '.join(roles)}")
     if workflow is not None and workflow not in bundle.workflows:

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -16,7 +18,7 @@ from gateway.autonomy.figures import FigureBook
 from gateway.autonomy.governance import Governance
 from gateway.autonomy.levels import AutonomyBook
 from gateway.autonomy.views import AutonomyViews
-from gateway.db.connect import open_engine, open_ledger
+from gateway.db.connect import open_engine, open_ledger, witness_keys
 from gateway.db.migrations import ensure_schema
 from gateway.decision.decider import Decider
 from gateway.decision.history import HistoryBook
@@ -25,12 +27,16 @@ from gateway.execution.routing import Routing, load_webhook_secret
 from gateway.identity import TokenBook
 from gateway.lifecycle.activation import PolicyLifecycle
 from gateway.metrics import DatabaseState, Metrics
-from gateway.policy.active import InForce
+from gateway.policy.active import InForce, load_policy
+from gateway.server.custody import Custody
 from gateway.server.notices import Notices
 from gateway.settings import Settings
+from ledger.cosignature import CosignatureVerifier
 from ledger.store import Ledger
 
 __all__ = ["Runtime"]
+
+log = logging.getLogger("mandate.custody")
 
 
 def _utcnow() -> dt.datetime:
@@ -57,6 +63,8 @@ class Runtime:
     policies: PolicyLifecycle
     notices: Notices
     metrics: Metrics
+    witnesses: tuple[CosignatureVerifier, ...] = ()
+    custody: Custody | None = None
     _stop: asyncio.Event = field(default_factory=asyncio.Event)
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
@@ -67,18 +75,32 @@ class Runtime:
         """Bring the database's schema to head (or refuse, with auto_migrate off), then open
         the ledger (signing key made on first start) and the policy, and assemble the rest."""
         clock = clock or _utcnow
+        witnesses = witness_keys(settings)
         engine = open_engine(settings)
         try:
             ensure_schema(engine, auto_migrate=settings.auto_migrate)
         except BaseException:
             engine.dispose()
             raise
-        ledger = open_ledger(settings, engine)
+        # Before the ledger writes anything: is this database the log this data dir kept?
+        custody = Custody(settings.data_dir)
+        try:
+            fault = custody.check(Ledger(engine, origin=settings.ledger_origin))
+        except BaseException:
+            engine.dispose()
+            raise
+        ledger = open_ledger(settings, engine, halted=fault)
         # The active bundle is the database's, shared by every process
-        # (gateway.lifecycle.activation).
+        # (gateway.lifecycle.activation); a database refused above gets none written into it.
         lifecycle = PolicyLifecycle(settings, engine, ledger)
         try:
-            in_force = InForce(lifecycle.bootstrap())
+            if fault is None:
+                in_force = InForce(lifecycle.bootstrap())
+                # Kept from the first start on: a database dropped a moment later is caught.
+                ledger.checkpoint()
+                custody.keep(ledger)
+            else:
+                in_force = InForce(load_policy(settings.policies, settings.opa_url), fault)
         except BaseException:
             ledger.close()
             engine.dispose()
@@ -175,11 +197,17 @@ class Runtime:
             policies=lifecycle,
             notices=notices,
             metrics=metrics,
+            witnesses=witnesses,
+            custody=custody,
         )
 
     def start_background(self) -> None:
-        """Start the dispatcher and the expiry sweeper on the running event loop."""
-        self._tasks = [
+        """Start the dispatcher and the expiry sweeper on the running event loop, and the
+        custody watch; a database refused at start (``Custody``) gets the watch alone."""
+        self._tasks = [asyncio.create_task(self._watch_custody(), name="custody")]
+        if self.ledger.halted is not None:
+            return
+        self._tasks += [
             asyncio.create_task(self.dispatcher.run(), name="dispatcher"),
             asyncio.create_task(
                 self.approvals.sweep_forever(self.settings.sweep_interval, self._stop),
@@ -194,6 +222,34 @@ class Runtime:
             )
         )
 
+    async def _watch_custody(self) -> None:
+        """At every checkpoint interval, keep the latest checkpoint, or halt on a database
+        that no longer extends the kept one (``Custody``)."""
+        while not self._stop.is_set():
+            if await asyncio.to_thread(self.follow_custody):
+                self.dispatcher.stop()  # on the loop: nothing more is carried out
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stop.wait(), self.settings.checkpoint_interval)
+
+    def follow_custody(self) -> bool:
+        """Check the database's ledger against the kept checkpoint; keep its latest, or halt
+        the ledger. Whether it halted it now."""
+        custody = self.custody
+        if custody is None:
+            return False
+        try:
+            fault = custody.check(self.ledger)
+            if fault is None:
+                custody.keep(self.ledger)
+        except Exception as exc:  # the database away: readiness says so; try again next time
+            log.warning("cannot check the ledger against the kept checkpoint: %s", exc)
+            return False
+        if fault is None or self.ledger.halted is not None:
+            return False
+        self.in_force.unavailable = fault
+        self.ledger.halt(fault)
+        return True
+
     async def stop_background(self) -> None:
         """Stop the background work, letting attempts in flight finish."""
         self._stop.set()
@@ -204,6 +260,13 @@ class Runtime:
         await close_adapters([*self.dispatcher.adapters.values(), self.notices.notifier])
 
     def close(self) -> None:
-        """Let the ledger commit what is queued, then release the database."""
+        """Let the ledger commit what is queued, sign a checkpoint of it and keep that, then
+        release the database."""
+        if self.ledger.halted is None and self.ledger.writing:
+            try:
+                self.ledger.checkpoint()
+            except Exception as exc:  # the database gone: what was kept before stays
+                log.warning("no checkpoint at shutdown: %s", exc)
         self.ledger.close()
+        self.follow_custody()
         self.engine.dispose()

@@ -296,7 +296,7 @@ def drop_every_table(database: Database) -> None:
         engine.dispose()
 
 
-def test_a_dropped_and_recreated_database_gives_503_saying_so_and_a_restart_recovers(
+def test_a_dropped_and_recreated_database_gives_503_saying_so_and_is_refused_at_restart(
     database: Database, serve_gateway: Serve, tmp_path: Path
 ) -> None:
     gateway = serve_gateway(database)
@@ -328,9 +328,19 @@ def test_a_dropped_and_recreated_database_gives_503_saying_so_and_a_restart_reco
     assert reason.startswith("database: the database has no Mandate tables"), reason
     assert gateway.healthy()
 
-    # Restarted on it, the gateway makes the tables again (auto_migrate) and starts a new
-    # ledger with the same key: ready, deciding, and its export verifies.
+    # Restarted on it, the gateway refuses it: its ledger does not extend the checkpoint the
+    # gateway kept (gateway.server.custody), and nothing is written into it.
     gateway.stop()
+    refused = serve_gateway(database, data_dir=gateway.settings.data_dir)
+    reason = not_ready(refused.as_role("auditor").get("/readyz"))
+    assert "last-checkpoint" in reason, reason
+    assert refused.ledger_size() == 0
+    refused.stop()
+    # Told that this database is the ledger from now on (the kept checkpoint moved away), it
+    # makes the tables again (auto_migrate) and starts a new ledger with the same key: ready,
+    # deciding, and its export verifies.
+    kept = gateway.settings.data_dir / "last-checkpoint"
+    kept.rename(tmp_path / "last-checkpoint.old")
     again = serve_gateway(database, data_dir=gateway.settings.data_dir)
     auditor_token = again.token("auditor")
     assert again.client(auditor_token).get("/readyz").status_code == 200

@@ -24,6 +24,7 @@ from sqlalchemy.engine import Connection, Engine
 
 from ledger import merkle
 from ledger.checkpoint import open_checkpoint
+from ledger.cosignature import CosignatureVerifier, Cosigner, verify_cosignatures
 from ledger.database import create_engine
 from ledger.entry import GENESIS_PREV, parse_entry
 from ledger.errors import (
@@ -36,7 +37,7 @@ from ledger.errors import (
 from ledger.export import write_export
 from ledger.keys import generate_signing_key, load_signing_key
 from ledger.models import ENTRIES
-from ledger.note import NoteSigner, NoteVerifier
+from ledger.note import NoteSigner, NoteVerifier, parse_note
 from ledger.store import Appended, Ledger, Record
 from ledger.verify import VerifyResult, verify_export
 from tests.conftest import Database
@@ -1041,3 +1042,85 @@ def test_appends_built_on_a_batch_that_then_fails(engine: Engine, signer: NoteSi
     for appended in rest:
         assert entries[appended[0].seq] == appended[0].data
     assert "doomed" not in [parse_entry(e).subject for e in entries]
+
+
+# -- keys another process rotated to, halting, cosignatures ---------------------------------
+
+
+def test_a_process_takes_up_the_key_another_rotated_to_through_its_keyring(
+    engine: Engine, signer: NoteSigner, tmp_path: Path
+) -> None:
+    new = new_signer()
+    keyring = {new.vkey: new}
+    with (
+        open_ledger(engine, signer, checkpoint_every=3, keyring=keyring.get) as taking,
+        open_ledger(engine, signer, checkpoint_every=3) as stuck,
+        open_ledger(engine, signer, checkpoint_every=3) as rotating,
+    ):
+        rotating.rotate_key(new)
+        for number in range(6):  # each signs checkpoints by count, after the rotation
+            taking.append("proposal", actor="a", subject=f"s{number}", body={})
+        assert taking.signer is new
+        # Without a keyring, a process left with the old key fails where it must sign.
+        with pytest.raises(SignatureError, match="current key"):
+            stuck.append_many([record(f"t{number}") for number in range(6)])
+        result = export_and_verify(taking, tmp_path / "export.jsonl", [verifier_of(signer)])
+    assert result.final_key == new.vkey
+
+
+def test_a_halted_ledger_writes_nothing_and_says_why(engine: Engine, signer: NoteSigner) -> None:
+    halted = Ledger(engine, origin=ORIGIN, signer=signer, checkpoint_interval=None)
+    halted.halt("the kept checkpoint says otherwise")
+    with halted.open():
+        assert halted.size() == 0  # not even the key entry of an empty log
+        assert not halted.writing
+        with pytest.raises(StorageError, match="the kept checkpoint says otherwise"):
+            halted.append("proposal", actor="a", subject="s", body={})
+    with open_ledger(engine, signer) as running:
+        running.append("proposal", actor="a", subject="s", body={})
+        running.halt("stop now")
+        with pytest.raises(StorageError, match="stop now"):
+            running.append("proposal", actor="a", subject="s", body={})
+        assert running.size() == 2
+
+
+def test_cosignatures_of_trusted_witnesses_are_kept_with_their_checkpoint(
+    engine: Engine, signer: NoteSigner
+) -> None:
+    witnesses = [Cosigner(f"w{n}.example", Ed25519PrivateKey.generate()) for n in range(4)]
+    verifiers = [CosignatureVerifier.from_vkey(w.vkey) for w in witnesses]
+    with open_ledger(engine, signer) as ledger:
+        ledger.append("proposal", actor="a", subject="s", body={})
+        checkpoint = ledger.checkpoint()
+        text = parse_note(checkpoint.note).text
+        # At once, from threads: each compare-and-set keeps the lines already there.
+        threads = [
+            threading.Thread(
+                target=ledger.add_cosignature,
+                args=(checkpoint.size, w.cosign(text, 7), verifiers),
+            )
+            for w in witnesses
+        ]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        stranger = Cosigner("stranger.example", Ed25519PrivateKey.generate())
+        with pytest.raises(SignatureError, match="not a known witness"):
+            ledger.add_cosignature(checkpoint.size, stranger.cosign(text, 7), verifiers)
+        with pytest.raises(KeyError):
+            ledger.add_cosignature(checkpoint.size + 1, witnesses[0].cosign(text, 7), verifiers)
+        # A later cosignature by one witness replaces its earlier one.
+        ledger.add_cosignature(checkpoint.size, witnesses[0].cosign(text, 9), verifiers)
+        stored = ledger.checkpoint_at(checkpoint.size)
+        assert stored is not None
+        found, _ = verify_cosignatures(stored.note, verifiers)
+        assert sorted((c.witness.name, c.timestamp) for c in found) == [
+            ("w0.example", 9),
+            ("w1.example", 7),
+            ("w2.example", 7),
+            ("w3.example", 7),
+        ]
+        # The checkpoint entry keeps the note as the log signed it.
+        assert parse_entry(ledger.entries_at([stored.seq])[0]).body["note"] == checkpoint.note
+        assert open_checkpoint(stored.note, [verifier_of(signer)])[0].size == checkpoint.size

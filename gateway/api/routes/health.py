@@ -56,6 +56,8 @@ def readyz(runtime: Rt, _caller: Caller) -> Response:
     except Exception as exc:
         checks["disk"] = f"unavailable: {_why(exc)}"
     checks["signing_key"] = "ok" if runtime.ledger.signer is not None else "no signing key"
+    # The gateway's own witness (gateway.server.custody): this database extends its ledger.
+    checks["history"] = runtime.ledger.halted or "ok"
     policy = runtime.in_force.policy
     # The database's active bundle may not load here: this process then decides nothing.
     unavailable = (

@@ -24,11 +24,13 @@ from gateway.errors import InvalidInput
 from gateway.schemas import (
     CheckpointView,
     ConsistencyProofView,
+    CosignatureRequest,
+    CosignatureView,
     EntryView,
     InclusionProofView,
 )
 from ledger.entry import parse_entry
-from ledger.errors import ProofError
+from ledger.errors import NoteError, ProofError, SignatureError
 from ledger.export import export_lines
 from ledger.store import StoredCheckpoint
 
@@ -63,6 +65,50 @@ def checkpoint(runtime: Rt, _caller: Caller) -> CheckpointView:
     """Keep it: `mandate ledger verify --trusted-checkpoint` proves an export extends it."""
     latest = runtime.ledger.latest_checkpoint()
     return _view(latest if latest is not None else runtime.ledger.checkpoint())
+
+
+@router.post(
+    "/cosignatures",
+    response_model=CosignatureView,
+    summary="Keep a witness's cosignature of a checkpoint (witnesses)",
+    responses={
+        422: problem_doc(
+            "No checkpoint of that size, a malformed line, a witness this gateway does not "
+            "trust (MANDATE_WITNESS_KEYS), or a cosignature of another tree; `errors` says which."
+        )
+    },
+)
+def cosign(request: CosignatureRequest, runtime: Rt, _caller: Caller) -> CosignatureView:
+    """`python -m ledger witness` posts here after checking the checkpoint against the last one
+    it cosigned. The line must verify, by a witness key of the gateway's `MANDATE_WITNESS_KEYS`
+    file, over the checkpoint this ledger signed at `checkpoint_size`; the checkpoint then
+    carries it (`GET /v1/ledger/checkpoint`, proofs, and an export that closes with it)."""
+    size = request.checkpoint_size
+    try:
+        cosignature, stored = runtime.ledger.add_cosignature(
+            size, request.cosignature, runtime.witnesses
+        )
+    except KeyError:
+        raise InvalidInput(
+            [("checkpoint_size", f"this ledger signed no checkpoint of size {size}")]
+        ) from None
+    except NoteError as exc:
+        raise InvalidInput([("cosignature", f"not a cosignature line: {exc}")]) from None
+    except SignatureError as exc:
+        # Unknown witness, or a line that does not verify over this tree of that size.
+        trusted = len(runtime.witnesses)
+        raise InvalidInput(
+            [
+                (
+                    "cosignature",
+                    f"{exc} (this gateway trusts {trusted} witness keys, those of its "
+                    "MANDATE_WITNESS_KEYS file)",
+                )
+            ]
+        ) from None
+    return CosignatureView(
+        witness=cosignature.witness.vkey, timestamp=cosignature.timestamp, checkpoint=_view(stored)
+    )
 
 
 @router.get(
