@@ -14,6 +14,7 @@ from sqlalchemy import (
     Index,
     Integer,
     LargeBinary,
+    String,
     Table,
     UniqueConstraint,
     text,
@@ -24,6 +25,7 @@ from sqlmodel import Field, SQLModel
 __all__ = [
     "ACTIONS",
     "APPROVALS",
+    "APPROVAL_REASONS",
     "AUDITS",
     "AUTONOMY",
     "AUTONOMY_CHANGES",
@@ -114,10 +116,24 @@ class EventRow(SQLModel, table=True):
     time: str
 
 
+def _text(length: int | None = None) -> Any:
+    """A text column that defaults to the empty string in the database (rows of before it)."""
+    return Field(
+        default="", sa_column=Column(String(length), nullable=False, server_default=text("''"))
+    )
+
+
 class ApprovalRow(SQLModel, table=True):
     """A held action waiting for people: how many must approve, and until when."""
 
     __tablename__ = "gateway_approvals"
+    # The inbox pages, filters and counts (``Approvals.page``): by status, newest first or by
+    # expiry, and the workflows and action types a person may approve in.
+    __table_args__ = (
+        Index("ix_gateway_approvals_status_created", "status", "created_at"),
+        Index("ix_gateway_approvals_status_expires", "status", "expires_at"),
+        Index("ix_gateway_approvals_status_type", "status", "workflow", "action_type"),
+    )
 
     id: str = Field(primary_key=True, max_length=40)
     action_id: str = Field(max_length=40, index=True)
@@ -135,6 +151,20 @@ class ApprovalRow(SQLModel, table=True):
     summary: bytes = Field(sa_column=Column(LargeBinary, nullable=False))
     closed_at: str | None = None
     closed_reason: str | None = None
+    # The summary's executor, action type and resource again, as columns to filter and search.
+    executor: str = _text(128)
+    action_type: str = _text(128)
+    resource: str = _text(256)
+
+
+class ApprovalReasonRow(SQLModel, table=True):
+    """A reason code an approval was held for: the inbox filters and counts by it."""
+
+    __tablename__ = "gateway_approval_reasons"
+    __table_args__ = (Index("ix_gateway_approval_reasons_code", "code", "approval_id"),)
+
+    approval_id: str = Field(primary_key=True, max_length=40)
+    code: str = Field(primary_key=True, max_length=128)
 
 
 class VoteRow(SQLModel, table=True):
@@ -357,6 +387,7 @@ UI_SESSIONS = _table(UiSessionRow)
 ACTIONS = _table(ActionRow)
 EVENTS = _table(EventRow)
 APPROVALS = _table(ApprovalRow)
+APPROVAL_REASONS = _table(ApprovalReasonRow)
 AUTONOMY = _table(AutonomyRow)
 FIGURES = _table(FigureRow)
 AUDITS = _table(AuditRow)
@@ -372,6 +403,7 @@ GATEWAY_TABLES = (
     ACTIONS,
     EVENTS,
     APPROVALS,
+    APPROVAL_REASONS,
     VOTES,
     INTENTS,
     AUTONOMY,

@@ -13,7 +13,15 @@ import sqlalchemy as sa
 
 from gateway.autonomy.figures import figures_row
 from gateway.autonomy.sampling import audit_row
-from gateway.db.tables import ACTIONS, APPROVALS, AUDITS, EVENTS, FIGURES, INTENTS
+from gateway.db.tables import (
+    ACTIONS,
+    APPROVAL_REASONS,
+    APPROVALS,
+    AUDITS,
+    EVENTS,
+    FIGURES,
+    INTENTS,
+)
 from gateway.decision.history import amount_of, resource_digest
 from gateway.decision.personal import Personal
 from gateway.decision.steps import Decision
@@ -23,7 +31,7 @@ from gateway.policy.active import ActivePolicy
 from gateway.schemas import ApprovalRef, Proposal, Trace
 from ledger.store import Appended
 
-__all__ = ["Judgement", "approval_row", "approval_summary", "decision_rows"]
+__all__ = ["Judgement", "approval_rows", "approval_summary", "decision_rows"]
 
 
 @dataclass(frozen=True)
@@ -52,6 +60,7 @@ def approval_summary(
         "action_type": proposal.action_type,
         "resource": proposal.resource,
         "amount": None if sealed else proposal.params.get("amount"),
+        "currency": None if sealed else proposal.params.get("currency"),
         "confidence": judgement.recorded.get("confidence"),
         "reasons": [r.model_dump() for r in judgement.decision.reasons],
         "recommendation": judgement.decision.recommendation,
@@ -107,12 +116,9 @@ def decision_rows(
             (EVENTS, {"seq": entry.seq, "action_id": action_id, "kind": kind, "time": entry.time})
         )
     if approval is not None:
-        rows.append(
-            (
-                APPROVALS,
-                approval_row(
-                    approval, action_id, identity, proposal, judgement, policy, created, digest
-                ),
+        rows.extend(
+            approval_rows(
+                approval, action_id, identity, proposal, judgement, policy, created, digest
             )
         )
     if verdict == "execute":
@@ -151,7 +157,7 @@ def decision_rows(
     return rows
 
 
-def approval_row(
+def approval_rows(
     approval: ApprovalRef,
     action_id: str,
     identity: Identity,
@@ -160,9 +166,10 @@ def approval_row(
     policy: ActivePolicy,
     created: str,
     digest: str,
-) -> dict[str, Any]:
-    """The row a held action's approval starts as."""
-    return {
+) -> list[tuple[sa.Table, dict[str, Any]]]:
+    """The rows a held action's approval starts as: the approval and its reason codes."""
+    summary = approval_summary(identity, proposal, judgement)
+    approval_ = {
         "id": approval.id,
         "action_id": action_id,
         "workflow": proposal.workflow,
@@ -174,10 +181,17 @@ def approval_row(
         "bundle_digest": policy.bundle.digest,
         "proposal_digest": digest,
         "proposer_owner": identity.owner,
-        "summary": orjson.dumps(approval_summary(identity, proposal, judgement)),
+        "summary": orjson.dumps(summary),
         "closed_at": None,
         "closed_reason": None,
+        "executor": summary["executor"],
+        "action_type": summary["action_type"],
+        "resource": summary["resource"],
     }
+    codes = sorted({reason["code"] for reason in summary["reasons"]})
+    return [(APPROVALS, approval_)] + [
+        (APPROVAL_REASONS, {"approval_id": approval.id, "code": code}) for code in codes
+    ]
 
 
 _STATUS: dict[str, str] = {"execute": "approved", "hold": "held", "reject": "rejected"}

@@ -14,10 +14,11 @@ import json
 from typing import Annotated, Any
 
 import pydantic
-from fastapi import APIRouter, Form, Query, Request
+from fastapi import APIRouter, Form, Request
 from fastapi.responses import HTMLResponse, Response
 
 from gateway.api.deps import Rt
+from gateway.approvals.inbox import STATUSES, InboxQuery
 from gateway.decision.personal import show_erased
 from gateway.errors import GatewayError, InvalidInput, status_of
 from gateway.execution.views import show_action
@@ -35,8 +36,7 @@ from gateway.web.session import Visit, open_visit, redirect
 
 __all__ = ["router"]
 
-STATUSES = ("pending", "approved", "rejected", "expired", "superseded", "withdrawn")
-FILTERS = (*STATUSES, "all")
+AGE_NAMES = {"hour": "under 1 h", "day": "1 h to 1 d", "week": "1 to 7 d", "older": "over 7 d"}
 
 router = APIRouter(prefix="/ui")
 
@@ -64,23 +64,27 @@ def _row(view: ApprovalView, now: dt.datetime) -> dict[str, Any]:
 
 
 @router.get("/", response_class=HTMLResponse)
-def inbox(request: Request, runtime: Rt, status: Annotated[str, Query()] = "pending") -> Response:
-    """Approvals this person may decide, newest first, filtered by status."""
+def inbox(request: Request, runtime: Rt) -> Response:
+    """A page of the approvals this person may see, filtered, searched and sorted by the query
+    string (``InboxQuery``), so that a view is a link."""
     visit = open_visit(request, runtime)
     identity = gate(visit)
     if isinstance(identity, Response):
         return identity
-    if status not in FILTERS:
-        return render_problem(
-            visit, 422, "invalid input", f"status: one of {', '.join(FILTERS)}, not {status!r}"
-        )
-    views = runtime.approvals.list(identity, None if status == "all" else status)
+    try:
+        query = InboxQuery.model_validate(dict(request.query_params))
+    except pydantic.ValidationError as exc:
+        _, message = describe_first_error(exc, "query")
+        return render_problem(visit, 422, "invalid input", message)
+    found, views = runtime.approvals.page(identity, query)
     now = runtime.clock()
     context = {
         "section": "inbox",
         "rows": [_row(view, now) for view in views],
-        "status": status,
-        "filters": FILTERS,
+        "found": found,
+        "query": query,
+        "statuses": STATUSES,
+        "ages": AGE_NAMES,
         "now": now.strftime("%Y-%m-%d %H:%M"),
     }
     return render_page(visit, "inbox.html", context)
