@@ -39,6 +39,7 @@ BENCHES = (
     "bench.dispatch_outbox",
     "bench.autonomy",
     "bench.history",
+    "bench.inbox_page",
     "bench.replay",
     "bench.mcp_proxy",
     "bench.soak",

@@ -9,6 +9,7 @@ caller (``Approvals.page``) and arrives here as one more condition.
 from __future__ import annotations
 
 import datetime as dt
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Annotated, Any, Literal
 from urllib.parse import urlencode
@@ -18,7 +19,7 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StringConstr
 from sqlalchemy.engine import Connection
 from sqlalchemy.sql.elements import ColumnElement
 
-from gateway.db.tables import APPROVAL_REASONS, APPROVALS
+from gateway.db.tables import APPROVALS
 from ledger.entry import format_time
 
 __all__ = [
@@ -28,8 +29,7 @@ __all__ = [
     "STATUSES",
     "InboxPage",
     "InboxQuery",
-    "count_facets",
-    "select_page",
+    "read_page",
 ]
 
 PAGE_SIZE = 50
@@ -42,6 +42,8 @@ AGES: dict[str, tuple[dt.timedelta | None, dt.timedelta | None]] = {
     "older": (dt.timedelta(days=7), None),
 }
 FACETS = ("workflow", "case_type", "reason", "executor", "age")
+# The facets counted from one grouped query (``_count``); age is counted apart.
+_COMBINED = ("workflow", "case_type", "reason", "executor")
 # Values a facet lists, most approvals first; the one selected is listed even if not among them.
 _FACET_VALUES = 30
 
@@ -122,9 +124,7 @@ def _conditions(query: InboxQuery, now: dt.datetime) -> dict[str, ColumnElement[
     if query.executor is not None:
         conditions["executor"] = a.executor == query.executor
     if query.reason is not None:
-        conditions["reason"] = a.id.in_(
-            sa.select(APPROVAL_REASONS.c.approval_id).where(APPROVAL_REASONS.c.code == query.reason)
-        )
+        conditions["reason"] = a.reason_codes.contains(f" {query.reason} ", autoescape=True)
     if query.age is not None:
         conditions["age"] = _age(query.age, now)
     if query.q is not None and query.q.strip():
@@ -148,71 +148,82 @@ def _age(bucket: str, now: dt.datetime) -> ColumnElement[bool]:
     return sa.and_(*parts)
 
 
-def select_page(
+def read_page(
     conn: Connection, query: InboxQuery, seen: ColumnElement[bool], now: dt.datetime
 ) -> InboxPage:
-    """The page ``query`` asks for among the approvals ``seen`` lets the caller see; a page past
-    the last is the last."""
-    where = [seen, *_conditions(query, now).values()]
-    total = conn.execute(sa.select(sa.func.count()).select_from(APPROVALS).where(*where)).scalar()
-    total = int(total or 0)
+    """The page ``query`` asks for among the approvals ``seen`` lets the caller see, with the
+    counts per filter value; a page past the last is the last.
+
+    Two queries: one counts the approvals by workflow, case type, executor, reason codes and
+    age together (one pass over an index that holds those columns; the combinations are few),
+    from which the total and every facet's counts are summed here; one reads the page.
+    """
+    conditions = _conditions(query, now)
+    total, facets = _count(conn, query, seen, conditions, now)
     pages = max(1, -(-total // PAGE_SIZE))
     page = min(query.page, pages)
     a = APPROVALS.c
     order = (a.expires_at.asc(), a.id) if query.sort == "expiry" else (a.created_at.desc(), a.id)
     rows = conn.execute(
         sa.select(APPROVALS)
-        .where(*where)
+        .where(seen, *conditions.values())
         .order_by(*order)
         .limit(PAGE_SIZE)
         .offset((page - 1) * PAGE_SIZE)
     ).all()
-    return InboxPage(query=query, rows=list(rows), total=total, page=page, pages=pages)
+    return InboxPage(
+        query=query, rows=list(rows), total=total, page=page, pages=pages, facets=facets
+    )
 
 
-def count_facets(
-    conn: Connection, query: InboxQuery, seen: ColumnElement[bool], now: dt.datetime
-) -> dict[str, list[tuple[str, int]]]:
-    """For each facet, its values with how many approvals each would show, the facet's own
-    filter left out and the others kept; most first, the selected value always listed."""
-    conditions = _conditions(query, now)
+def _count(
+    conn: Connection,
+    query: InboxQuery,
+    seen: ColumnElement[bool],
+    conditions: dict[str, ColumnElement[bool]],
+    now: dt.datetime,
+) -> tuple[int, dict[str, list[tuple[str, int]]]]:
+    """How many approvals match, and each facet's values with how many approvals each would
+    show with the facet's own filter left out and the others kept.
 
-    def others(facet: str) -> list[ColumnElement[bool]]:
-        return [seen, *(c for name, c in conditions.items() if name != facet)]
-
-    counts: dict[str, list[tuple[str, int]]] = {}
+    The approvals are counted by workflow, action type, case type, executor and reason codes
+    together, in the order of the index that holds them (so no sort), and each facet summed
+    from those combinations here; the ages are counted apart, by SQL.
+    """
     a = APPROVALS.c
-    for facet, column in (
-        ("workflow", a.workflow),
-        ("case_type", a.case_type),
-        ("executor", a.executor),
-    ):
-        number = sa.func.count().label("n")
-        found = conn.execute(
-            sa.select(column, number)
-            .where(*others(facet))
-            .group_by(column)
-            .order_by(number.desc(), column)
-            .limit(_FACET_VALUES)
-        ).all()
-        counts[facet] = _with_selected([(str(v), int(n)) for v, n in found], getattr(query, facet))
-    number = sa.func.count().label("n")
-    code = APPROVAL_REASONS.c.code
-    found = conn.execute(
-        sa.select(code, number)
-        .select_from(
-            APPROVAL_REASONS.join(APPROVALS, APPROVALS.c.id == APPROVAL_REASONS.c.approval_id)
-        )
-        .where(*others("reason"))
-        .group_by(code)
-        .order_by(number.desc(), code)
-        .limit(_FACET_VALUES)
+    columns = [a.workflow, a.action_type, a.case_type, a.executor, a.reason_codes]
+    kept = [seen, *(c for name, c in conditions.items() if name not in _COMBINED)]
+    combinations = conn.execute(
+        sa.select(*columns, sa.func.count()).where(*kept).group_by(*columns)
     ).all()
-    counts["reason"] = _with_selected([(str(v), int(n)) for v, n in found], query.reason)
+    selected = {facet: getattr(query, facet) for facet in _COMBINED}
+    tallies: dict[str, Counter[str]] = {facet: Counter() for facet in _COMBINED}
+    total = 0
+    for found in combinations:
+        number = int(found[-1])
+        values = {
+            "workflow": (found.workflow,),
+            "case_type": (found.case_type,),
+            "executor": (found.executor,),
+            "reason": str(found.reason_codes).split(),
+        }
+        passes = {f: selected[f] is None or selected[f] in values[f] for f in _COMBINED}
+        failed = [f for f, ok in passes.items() if not ok]
+        if not failed:
+            total += number
+        # a facet counts the combinations every other filter lets through
+        for facet in _COMBINED if not failed else failed[:1] if len(failed) == 1 else ():
+            for value in values[facet]:
+                tallies[facet][value] += number
+    facets = {
+        facet: _with_selected(tallies[facet].most_common(_FACET_VALUES), selected[facet])
+        for facet in _COMBINED
+    }
+    others = [seen, *(c for name, c in conditions.items() if name != "age")]
     sums = [sa.func.sum(sa.case((_age(name, now), 1), else_=0)) for name in AGES]
-    ages = conn.execute(sa.select(*sums).select_from(APPROVALS).where(*others("age"))).one()
-    counts["age"] = [(name, int(n or 0)) for name, n in zip(AGES, ages, strict=True)]
-    return counts
+    ages = conn.execute(sa.select(*sums).select_from(APPROVALS).where(*others)).one()
+    facets["age"] = [(name, int(n or 0)) for name, n in zip(AGES, ages, strict=True)]
+    return total, facets
 
 
 def _with_selected(found: list[tuple[str, int]], selected: str | None) -> list[tuple[str, int]]:

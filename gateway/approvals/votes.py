@@ -22,12 +22,12 @@ import orjson
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
-from gateway.approvals.inbox import InboxPage, InboxQuery, count_facets, select_page
+from gateway.approvals.inbox import InboxPage, InboxQuery, read_page
 from gateway.autonomy.figures import mark_expired, mark_vote
 from gateway.autonomy.levels import AutonomyBook
 from gateway.binding import confine, confine_query, reaches
 from gateway.db.tables import ACTIONS, APPROVALS, EVENTS, INTENTS, VOTES
-from gateway.decision.records import Judgement, approval_rows
+from gateway.decision.records import Judgement, approval_row
 from gateway.errors import Conflict, Forbidden, InvalidInput, NotFound
 from gateway.execution.routing import Routing, intent_row
 from gateway.identity import Identity, may_act_for
@@ -129,8 +129,7 @@ class Approvals:
         now = self._clock()
         with self._engine.connect() as conn:
             seen = self._seen(conn, identity, query)
-            found = select_page(conn, query, seen, now)
-            found.facets = count_facets(conn, query, seen, now)
+            found = read_page(conn, query, seen, now)
             return found, self._views(conn, found.rows)
 
     def _seen(self, conn: Connection, identity: Identity, query: InboxQuery) -> Any:
@@ -381,17 +380,20 @@ class Approvals:
             )
             conn.execute(sa.insert(EVENTS).values(_event(entry_, row.action_id, "decision")))
             if judgement.approval is not None:
-                for table, values in approval_rows(
-                    judgement.approval,
-                    row.action_id,
-                    identity,
-                    proposal,
-                    judgement,
-                    policy,
-                    entry_.time,
-                    row.proposal_digest,
-                ):
-                    conn.execute(sa.insert(table).values(values))
+                conn.execute(
+                    sa.insert(APPROVALS).values(
+                        approval_row(
+                            judgement.approval,
+                            row.action_id,
+                            identity,
+                            proposal,
+                            judgement,
+                            policy,
+                            entry_.time,
+                            row.proposal_digest,
+                        )
+                    )
+                )
             elif decision.verdict == "execute":
                 conn.execute(
                     sa.insert(INTENTS).values(

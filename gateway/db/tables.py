@@ -25,7 +25,6 @@ from sqlmodel import Field, SQLModel
 __all__ = [
     "ACTIONS",
     "APPROVALS",
-    "APPROVAL_REASONS",
     "AUDITS",
     "AUTONOMY",
     "AUTONOMY_CHANGES",
@@ -127,12 +126,23 @@ class ApprovalRow(SQLModel, table=True):
     """A held action waiting for people: how many must approve, and until when."""
 
     __tablename__ = "gateway_approvals"
-    # The inbox pages, filters and counts (``Approvals.page``): by status, newest first or by
-    # expiry, and the workflows and action types a person may approve in.
+    # The inbox (``gateway.approvals.inbox``): a page by status, newest first or by expiry; the
+    # counts per filter value read the last index alone, which holds every column they need.
     __table_args__ = (
         Index("ix_gateway_approvals_status_created", "status", "created_at"),
         Index("ix_gateway_approvals_status_expires", "status", "expires_at"),
-        Index("ix_gateway_approvals_status_type", "status", "workflow", "action_type"),
+        Index(
+            "ix_gateway_approvals_inbox",
+            "status",
+            "workflow",
+            "action_type",
+            "case_type",
+            "executor",
+            "reason_codes",
+            "created_at",
+            "proposer_owner",
+            "resource",
+        ),
     )
 
     id: str = Field(primary_key=True, max_length=40)
@@ -151,20 +161,12 @@ class ApprovalRow(SQLModel, table=True):
     summary: bytes = Field(sa_column=Column(LargeBinary, nullable=False))
     closed_at: str | None = None
     closed_reason: str | None = None
-    # The summary's executor, action type and resource again, as columns to filter and search.
+    # The summary's executor, action type, resource and reason codes again, as columns to
+    # filter, search and count by; the codes sorted, each between spaces (`` a b ``).
     executor: str = _text(128)
     action_type: str = _text(128)
     resource: str = _text(256)
-
-
-class ApprovalReasonRow(SQLModel, table=True):
-    """A reason code an approval was held for: the inbox filters and counts by it."""
-
-    __tablename__ = "gateway_approval_reasons"
-    __table_args__ = (Index("ix_gateway_approval_reasons_code", "code", "approval_id"),)
-
-    approval_id: str = Field(primary_key=True, max_length=40)
-    code: str = Field(primary_key=True, max_length=128)
+    reason_codes: str = _text()
 
 
 class VoteRow(SQLModel, table=True):
@@ -387,7 +389,6 @@ UI_SESSIONS = _table(UiSessionRow)
 ACTIONS = _table(ActionRow)
 EVENTS = _table(EventRow)
 APPROVALS = _table(ApprovalRow)
-APPROVAL_REASONS = _table(ApprovalReasonRow)
 AUTONOMY = _table(AutonomyRow)
 FIGURES = _table(FigureRow)
 AUDITS = _table(AuditRow)
@@ -403,7 +404,6 @@ GATEWAY_TABLES = (
     ACTIONS,
     EVENTS,
     APPROVALS,
-    APPROVAL_REASONS,
     VOTES,
     INTENTS,
     AUTONOMY,

@@ -15,7 +15,6 @@ from gateway.autonomy.figures import figures_row
 from gateway.autonomy.sampling import audit_row
 from gateway.db.tables import (
     ACTIONS,
-    APPROVAL_REASONS,
     APPROVALS,
     AUDITS,
     EVENTS,
@@ -31,7 +30,13 @@ from gateway.policy.active import ActivePolicy
 from gateway.schemas import ApprovalRef, Proposal, Trace
 from ledger.store import Appended
 
-__all__ = ["Judgement", "approval_rows", "approval_summary", "decision_rows"]
+__all__ = [
+    "Judgement",
+    "approval_row",
+    "approval_summary",
+    "decision_rows",
+    "reason_codes",
+]
 
 
 @dataclass(frozen=True)
@@ -116,9 +121,12 @@ def decision_rows(
             (EVENTS, {"seq": entry.seq, "action_id": action_id, "kind": kind, "time": entry.time})
         )
     if approval is not None:
-        rows.extend(
-            approval_rows(
-                approval, action_id, identity, proposal, judgement, policy, created, digest
+        rows.append(
+            (
+                APPROVALS,
+                approval_row(
+                    approval, action_id, identity, proposal, judgement, policy, created, digest
+                ),
             )
         )
     if verdict == "execute":
@@ -157,7 +165,13 @@ def decision_rows(
     return rows
 
 
-def approval_rows(
+def reason_codes(reasons: list[dict[str, Any]]) -> str:
+    """An approval's reason codes as its ``reason_codes`` column: sorted, each between spaces,
+    so that ``LIKE '% code %'`` finds one."""
+    return " " + " ".join(sorted({reason["code"] for reason in reasons})) + " "
+
+
+def approval_row(
     approval: ApprovalRef,
     action_id: str,
     identity: Identity,
@@ -166,10 +180,10 @@ def approval_rows(
     policy: ActivePolicy,
     created: str,
     digest: str,
-) -> list[tuple[sa.Table, dict[str, Any]]]:
-    """The rows a held action's approval starts as: the approval and its reason codes."""
+) -> dict[str, Any]:
+    """The row a held action's approval starts as."""
     summary = approval_summary(identity, proposal, judgement)
-    approval_ = {
+    return {
         "id": approval.id,
         "action_id": action_id,
         "workflow": proposal.workflow,
@@ -187,11 +201,8 @@ def approval_rows(
         "executor": summary["executor"],
         "action_type": summary["action_type"],
         "resource": summary["resource"],
+        "reason_codes": reason_codes(summary["reasons"]),
     }
-    codes = sorted({reason["code"] for reason in summary["reasons"]})
-    return [(APPROVALS, approval_)] + [
-        (APPROVAL_REASONS, {"approval_id": approval.id, "code": code}) for code in codes
-    ]
 
 
 _STATUS: dict[str, str] = {"execute": "approved", "hold": "held", "reject": "rejected"}

@@ -14,7 +14,7 @@ import json
 from typing import Annotated, Any
 
 import pydantic
-from fastapi import APIRouter, Form, Request
+from fastapi import APIRouter, Form, Query, Request
 from fastapi.responses import HTMLResponse, Response
 
 from gateway.api.deps import Rt
@@ -37,6 +37,8 @@ from gateway.web.session import Visit, open_visit, redirect
 __all__ = ["router"]
 
 AGE_NAMES = {"hour": "under 1 h", "day": "1 h to 1 d", "week": "1 to 7 d", "older": "over 7 d"}
+
+_Param = Annotated[str | None, Query()]
 
 router = APIRouter(prefix="/ui")
 
@@ -64,15 +66,39 @@ def _row(view: ApprovalView, now: dt.datetime) -> dict[str, Any]:
 
 
 @router.get("/", response_class=HTMLResponse)
-def inbox(request: Request, runtime: Rt) -> Response:
+def inbox(
+    request: Request,
+    runtime: Rt,
+    status: _Param = None,
+    workflow: _Param = None,
+    case_type: _Param = None,
+    reason: _Param = None,
+    executor: _Param = None,
+    age: _Param = None,
+    q: _Param = None,
+    sort: _Param = None,
+    page: _Param = None,
+) -> Response:
     """A page of the approvals this person may see, filtered, searched and sorted by the query
-    string (``InboxQuery``), so that a view is a link."""
+    string (``InboxQuery``), so that a view is a link. The parameters arrive as text and are
+    checked by ``InboxQuery``, so that a wrong one is an HTML page naming it."""
     visit = open_visit(request, runtime)
     identity = gate(visit)
     if isinstance(identity, Response):
         return identity
+    given = {
+        "status": status,
+        "workflow": workflow,
+        "case_type": case_type,
+        "reason": reason,
+        "executor": executor,
+        "age": age,
+        "q": q,
+        "sort": sort,
+        "page": page,
+    }
     try:
-        query = InboxQuery.model_validate(dict(request.query_params))
+        query = InboxQuery.model_validate({k: v for k, v in given.items() if v is not None})
     except pydantic.ValidationError as exc:
         _, message = describe_first_error(exc, "query")
         return render_problem(visit, 422, "invalid input", message)

@@ -3,10 +3,10 @@
 Revision ID: 0005
 Revises: 0004
 
-``gateway_approvals`` gains ``executor``, ``action_type`` and ``resource`` (copies of its JSON
-summary's, to filter and search in SQL) and indexes by status with time, expiry and workflow
-with action type. ``gateway_approval_reasons`` holds each approval's reason codes. Rows of
-before this revision are filled from their summaries.
+``gateway_approvals`` gains ``executor``, ``action_type``, ``resource`` and ``reason_codes``
+(copies of its JSON summary's, to filter, search and count by in SQL) and three indexes: by
+status with time, with expiry, and one that holds every column the counts per filter read.
+Rows of before this revision are filled from their summaries.
 """
 
 from __future__ import annotations
@@ -22,28 +22,17 @@ depends_on = None
 
 
 def upgrade() -> None:
-    """Add the columns, the reasons table and the indexes; fill them from the summaries."""
-    for name, length in (("executor", 128), ("action_type", 128), ("resource", 256)):
+    """Add the columns and the indexes; fill the columns from the summaries."""
+    for name, length in (
+        ("executor", 128),
+        ("action_type", 128),
+        ("resource", 256),
+        ("reason_codes", None),
+    ):
         op.add_column(
             "gateway_approvals",
             sa.Column(name, sa.String(length), nullable=False, server_default=sa.text("''")),
         )
-    op.create_table(
-        "gateway_approval_reasons",
-        sa.Column("approval_id", sa.String(40), nullable=False),
-        sa.Column("code", sa.String(128), nullable=False),
-        sa.PrimaryKeyConstraint("approval_id", "code"),
-    )
-    op.create_index(
-        "ix_gateway_approval_reasons_code", "gateway_approval_reasons", ["code", "approval_id"]
-    )
-    for name, columns in (
-        ("ix_gateway_approvals_status_created", ["status", "created_at"]),
-        ("ix_gateway_approvals_status_expires", ["status", "expires_at"]),
-        ("ix_gateway_approvals_status_type", ["status", "workflow", "action_type"]),
-    ):
-        op.create_index(name, "gateway_approvals", columns)
-    bind = op.get_bind()
     approvals = sa.table(
         "gateway_approvals",
         sa.column("id", sa.String),
@@ -51,14 +40,12 @@ def upgrade() -> None:
         sa.column("executor", sa.String),
         sa.column("action_type", sa.String),
         sa.column("resource", sa.String),
+        sa.column("reason_codes", sa.String),
     )
-    reasons = sa.table(
-        "gateway_approval_reasons",
-        sa.column("approval_id", sa.String),
-        sa.column("code", sa.String),
-    )
+    bind = op.get_bind()
     for row in bind.execute(sa.select(approvals.c.id, approvals.c.summary)).all():
         summary = orjson.loads(row.summary)
+        codes = sorted({reason["code"] for reason in summary["reasons"]})
         bind.execute(
             approvals.update()
             .where(approvals.c.id == row.id)
@@ -66,8 +53,27 @@ def upgrade() -> None:
                 executor=summary["executor"],
                 action_type=summary["action_type"],
                 resource=summary["resource"],
+                reason_codes=" " + " ".join(codes) + " ",
             )
         )
-        codes = sorted({reason["code"] for reason in summary["reasons"]})
-        if codes:
-            bind.execute(reasons.insert(), [{"approval_id": row.id, "code": c} for c in codes])
+    op.create_index(
+        "ix_gateway_approvals_status_created", "gateway_approvals", ["status", "created_at"]
+    )
+    op.create_index(
+        "ix_gateway_approvals_status_expires", "gateway_approvals", ["status", "expires_at"]
+    )
+    op.create_index(
+        "ix_gateway_approvals_inbox",
+        "gateway_approvals",
+        [
+            "status",
+            "workflow",
+            "action_type",
+            "case_type",
+            "executor",
+            "reason_codes",
+            "created_at",
+            "proposer_owner",
+            "resource",
+        ],
+    )
