@@ -6,17 +6,11 @@ ledger as the API would have written it."""
 from __future__ import annotations
 
 import itertools
-import shutil
-from collections.abc import Iterator
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import orjson
 import pytest
 
-from gateway.server.serving import serve_in_background
-from gateway.settings import Settings
-from tests.ui.conftest import POLICIES, Clock, Gateway
+from tests.ui.conftest import Gateway
 
 if TYPE_CHECKING:
     from playwright.sync_api import Locator, Page
@@ -29,17 +23,9 @@ _readers = itertools.count()
 
 
 @pytest.fixture
-def gateway(tmp_path: Path) -> Iterator[Gateway]:
-    """The default bundle, but every action executed at level 2 is drawn for audit."""
-    policies = tmp_path / "bundle"
-    shutil.copytree(POLICIES, policies)
-    data = orjson.loads((policies / "data.json").read_bytes())
-    data["autonomy"]["audit_rate_bp"] = {"2": 10_000, "3": 0, "4": 0}
-    (policies / "data.json").write_bytes(orjson.dumps(data))
-    clock = Clock()
-    settings = Settings(data_dir=tmp_path / "data", policies=policies)
-    with serve_in_background(settings, clock=clock) as served:
-        yield Gateway(served.url, served.runtime, clock)
+def gateway(audited_gateway: Gateway) -> Gateway:
+    """Every action executed at level 2 is drawn for audit (``audited_gateway``)."""
+    return audited_gateway
 
 
 def sign_in(page: Page, gateway: Gateway, token: str, path: str = "/ui/audits") -> None:
