@@ -164,13 +164,17 @@ def read_page(
     page = min(query.page, pages)
     a = APPROVALS.c
     order = (a.expires_at.asc(), a.id) if query.sort == "expiry" else (a.created_at.desc(), a.id)
-    rows = conn.execute(
-        sa.select(APPROVALS)
+    # The page's ids first, from the indexes alone (a deep page skips index entries, not rows),
+    # then their rows.
+    ids = (
+        sa.select(a.id)
         .where(seen, *conditions.values())
         .order_by(*order)
         .limit(PAGE_SIZE)
         .offset((page - 1) * PAGE_SIZE)
-    ).all()
+        .scalar_subquery()
+    )
+    rows = conn.execute(sa.select(APPROVALS).where(a.id.in_(ids)).order_by(*order)).all()
     return InboxPage(
         query=query, rows=list(rows), total=total, page=page, pages=pages, facets=facets
     )

@@ -129,8 +129,8 @@ class ApprovalRow(SQLModel, table=True):
     # The inbox (``gateway.approvals.inbox``): a page by status, newest first or by expiry; the
     # counts per filter value read the last index alone, which holds every column they need.
     __table_args__ = (
-        Index("ix_gateway_approvals_status_created", "status", "created_at"),
-        Index("ix_gateway_approvals_status_expires", "status", "expires_at"),
+        Index("ix_gateway_approvals_status_created", "status", "created_at", "id"),
+        Index("ix_gateway_approvals_status_expires", "status", "expires_at", "id"),
         Index(
             "ix_gateway_approvals_inbox",
             "status",

@@ -57,10 +57,10 @@ def upgrade() -> None:
             )
         )
     op.create_index(
-        "ix_gateway_approvals_status_created", "gateway_approvals", ["status", "created_at"]
+        "ix_gateway_approvals_status_created", "gateway_approvals", ["status", "created_at", "id"]
     )
     op.create_index(
-        "ix_gateway_approvals_status_expires", "gateway_approvals", ["status", "expires_at"]
+        "ix_gateway_approvals_status_expires", "gateway_approvals", ["status", "expires_at", "id"]
     )
     op.create_index(
         "ix_gateway_approvals_inbox",
