@@ -54,9 +54,8 @@ def _blank_is_none(value: Any) -> Any:
 
 
 _Name = Annotated[
-    str | None,
+    Annotated[str, StringConstraints(min_length=1, max_length=128)] | None,
     BeforeValidator(_blank_is_none),
-    StringConstraints(min_length=1, max_length=128),
 ]
 
 
@@ -75,9 +74,9 @@ class InboxQuery(BaseModel):
     age: Annotated[
         Literal["hour", "day", "week", "older"] | None, BeforeValidator(_blank_is_none)
     ] = None
-    q: Annotated[str | None, BeforeValidator(_blank_is_none), StringConstraints(max_length=200)] = (
-        None
-    )
+    q: Annotated[
+        Annotated[str, StringConstraints(max_length=200)] | None, BeforeValidator(_blank_is_none)
+    ] = None
     sort: Literal["newest", "expiry"] = "newest"
     page: int = Field(default=1, ge=1, le=1_000_000)
 
