@@ -573,6 +573,9 @@ class AuditView(BaseModel):
     resource: str
     executor: str
     amount: str | None
+    currency: str | None = Field(
+        default=None, description="The proposal's params.currency, if it gave one."
+    )
     level: int
     rate_bp: int
     status: Literal["pending", "correct", "incorrect"]

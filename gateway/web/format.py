@@ -24,6 +24,7 @@ __all__ = [
     "show_age",
     "show_basis_points",
     "show_confidence",
+    "show_fields",
     "show_json",
     "show_time",
     "show_time_left",
@@ -47,6 +48,17 @@ def show_time(stamp: str | None) -> str:
 def show_json(value: Any) -> str:
     """Indented, keys sorted, non-ASCII kept."""
     return json.dumps(value, indent=2, sort_keys=True, ensure_ascii=False)
+
+
+def show_fields(value: Any, prefix: str = "") -> list[tuple[str, str]]:
+    """A proposal's fields as rows of a dotted name and its value (``params.amount``, ``84.50``):
+    objects are opened, lists and other values written as JSON unless they are text."""
+    if isinstance(value, dict) and value:
+        rows: list[tuple[str, str]] = []
+        for key in sorted(value):
+            rows += show_fields(value[key], f"{prefix}.{key}" if prefix else str(key))
+        return rows
+    return [(prefix, value if isinstance(value, str) else show_json(value))]
 
 
 def link_ids(text: str, base: str) -> Markup:

@@ -95,6 +95,40 @@ def test_pages_filters_counts_search_and_links(gateway: Gateway, page: Page) -> 
     expect(rows).to_have_count(50)
 
 
+def test_the_proposal_reads_as_rows_and_amounts_carry_their_currency(
+    gateway: Gateway, page: Page
+) -> None:
+    claims = gateway.token("claims-agent", "claims-agent")
+    params = {"amount": "12000", "currency": "EUR", "claimant": "K. Example", "booking": "B-9"}
+    held = gateway.propose(
+        claims, "claims", "claim.approve", amount="12000", confidence=0.85,
+        resource="claim/C-1", params=params,
+    )  # fmt: skip
+    assert held["verdict"] == "hold", held
+    sign_in(page, gateway, gateway.token("alice", "approver"))
+    expect(page.locator('td[data-label="Amount"]')).to_have_text("12000 EUR")
+    page.get_by_role("link", name="claim.approve on claim/C-1").click()
+    expect(page.locator(".kv dd").nth(4)).to_have_text("12000 EUR")
+    fields = page.locator("table.fields tbody tr")
+    rows = dict(
+        zip(
+            fields.locator("th").all_inner_texts(),
+            fields.locator("td").all_inner_texts(),
+            strict=True,
+        )
+    )
+    assert rows["params.claimant"] == "K. Example"
+    assert rows["params.booking"] == "B-9"
+    assert rows["params.currency"] == "EUR"
+    assert rows["resource"] == "claim/C-1"
+    # the raw JSON stays one click away
+    raw = page.get_by_text("The proposal as recorded (JSON)")
+    raw.click()
+    expect(page.get_by_role("region", name="The proposal as recorded")).to_contain_text(
+        '"claimant"'
+    )
+
+
 @pytest.mark.parametrize(
     ("query", "named"),
     [("page=0", "page"), ("age=month", "age"), ("sort=amount", "sort"), ("colour=red", "colour")],

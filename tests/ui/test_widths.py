@@ -178,6 +178,8 @@ def _inbox(page: Page, size: str) -> list[str]:
             problems.append(f"inbox: row {n} is not a card: {box}")
     amount = page.locator("tr", has_text="booking/B-1041").locator('[data-label="Amount"]')
     expect(amount).to_have_text("84.50")
+    amount = page.locator("tr", has_text="claim/C-77").locator('[data-label="Amount"]')
+    expect(amount).to_have_text("12000 EUR")
     return problems
 
 

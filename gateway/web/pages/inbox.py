@@ -27,6 +27,7 @@ from gateway.web.format import (
     describe_first_error,
     show_age,
     show_confidence,
+    show_fields,
     show_time,
     show_time_left,
 )
@@ -189,6 +190,7 @@ def _detail(
     now = runtime.clock()
     row = _row(view, now)
     proposal_entry = next((t for t in action.timeline if t["kind"] == "proposal"), None)
+    proposal = None if proposal_entry is None else show_erased(proposal_entry["body"]["proposal"])
     voted = next((v for v in view.votes if v.voter == visit.identity.name), None)
     may_vote = runtime.approvals.may_vote(visit.identity, view.workflow, view.action_type)
     context = {
@@ -198,9 +200,8 @@ def _detail(
         "action": action,
         "trace": action.decision.trace,
         "ledger": action.decision.ledger,
-        "proposal": None
-        if proposal_entry is None
-        else show_erased(proposal_entry["body"].get("proposal")),
+        "proposal": proposal,
+        "fields": [] if proposal is None else show_fields(proposal),
         "proposer": None if proposal_entry is None else proposal_entry["body"].get("executor"),
         "timeline": _timeline(action),
         "voted": voted,
