@@ -68,6 +68,7 @@ def _states(gateway: Gateway) -> list[tuple[str, str, str]]:
     assert executed["verdict"] == "execute", executed
     approver = gateway.token("alice", "approver")
     auditor = gateway.token("audrey", "auditor")
+    admin = gateway.token("paula", "policy-admin")
     claim = held["approval"]["id"]
     return [
         ("sign-in", "", "/ui/login"),
@@ -79,6 +80,7 @@ def _states(gateway: Gateway) -> list[tuple[str, str, str]]:
         ("autonomy", approver, "/ui/autonomy"),
         ("ledger", auditor, "/ui/ledger"),
         ("audits", auditor, "/ui/audits"),
+        ("policies", admin, "/ui/policies"),
         ("not-found", approver, "/ui/approvals/apr_0000000000000000"),
     ]
 

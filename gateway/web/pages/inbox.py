@@ -17,6 +17,7 @@ import pydantic
 from fastapi import APIRouter, Form, Query, Request
 from fastapi.responses import HTMLResponse, Response
 
+from gateway.api.access import POLICY_ADMIN
 from gateway.api.deps import Rt
 from gateway.approvals.inbox import STATUSES, InboxQuery
 from gateway.decision.personal import show_erased
@@ -98,6 +99,9 @@ def inbox(
         "sort": sort,
         "page": page,
     }
+    if identity.role == POLICY_ADMIN:
+        # Nobody holds actions for a policy admin to decide: their page is the bundles'.
+        return redirect(visit, f"{visit.base}/policies")
     try:
         query = InboxQuery.model_validate({k: v for k, v in given.items() if v is not None})
     except pydantic.ValidationError as exc:
