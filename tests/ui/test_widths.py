@@ -70,6 +70,8 @@ def _states(gateway: Gateway) -> list[tuple[str, str, str]]:
     auditor = gateway.token("audrey", "auditor")
     admin = gateway.token("paula", "policy-admin")
     claim = held["approval"]["id"]
+    with gateway.api(auditor) as client:
+        (audit,) = client.get("/v1/audits").json()
     return [
         ("sign-in", "", "/ui/login"),
         ("inbox", approver, "/ui/"),
@@ -80,6 +82,7 @@ def _states(gateway: Gateway) -> list[tuple[str, str, str]]:
         ("autonomy", approver, "/ui/autonomy"),
         ("ledger", auditor, "/ui/ledger"),
         ("audits", auditor, "/ui/audits"),
+        ("audit", auditor, f"/ui/audits/{audit['id']}"),
         ("policies", admin, "/ui/policies"),
         ("not-found", approver, "/ui/approvals/apr_0000000000000000"),
     ]
@@ -136,7 +139,7 @@ def test_every_page_fits_reads_and_passes_axe(
             problems += _inbox(page, size)
             if SCREENSHOTS and scheme == "light":
                 page.screenshot(path=str(REPO / "docs" / f"inbox-{width}.png"), full_page=True)
-        if what.startswith("detail"):
+        if what.startswith("detail") or what == "audit":
             problems += [f"{what}: {p}" for p in _timeline(page)]
     assert not problems, "\n".join(problems)
 

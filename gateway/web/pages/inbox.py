@@ -10,7 +10,6 @@ answers, with the HTTP status the API would give (``gateway.errors.status_of``).
 from __future__ import annotations
 
 import datetime as dt
-import json
 from typing import Annotated, Any
 
 import pydantic
@@ -20,16 +19,14 @@ from fastapi.responses import HTMLResponse, Response
 from gateway.api.access import POLICY_ADMIN
 from gateway.api.deps import Rt
 from gateway.approvals.inbox import STATUSES, InboxQuery
-from gateway.decision.personal import show_erased
 from gateway.errors import GatewayError, InvalidInput, status_of
 from gateway.execution.views import show_action
-from gateway.schemas import ActionView, ApprovalView, VoteRequest
+from gateway.schemas import ApprovalView, VoteRequest
 from gateway.web.format import (
     describe_first_error,
     show_age,
     show_confidence,
-    show_fields,
-    show_time,
+    show_evidence,
     show_time_left,
 )
 from gateway.web.gate import gate
@@ -121,58 +118,6 @@ def inbox(
     return render_page(visit, "inbox.html", context)
 
 
-def _timeline(action: ActionView) -> list[dict[str, Any]]:
-    """The action's ledger entries, each with who did it and a line saying what happened."""
-    lines = []
-    for item in action.timeline:
-        kind, body = item["kind"], item.get("body") or {}
-        who, text = "mandate", kind
-        if kind == "proposal":
-            proposal = body.get("proposal") or {}
-            who = (body.get("executor") or {}).get("name", "?")
-            text = f"proposed {proposal.get('action_type')} on {proposal.get('resource')}"
-        elif kind == "decision":
-            trace = body.get("trace") or {}
-            text = f"verdict {body.get('verdict')}; recommends {trace.get('recommendation')}"
-            if body.get("reevaluated"):
-                text = f"re-evaluated ({body['reevaluated'].get('because')}): {text}"
-            if body.get("approval"):
-                held = body["approval"]
-                text += f"; awaits approval {held.get('id')} (quorum {held.get('quorum')})"
-        elif kind in ("approval", "rejection"):
-            who = (body.get("voter") or {}).get("name", "?")
-            verb = "approved" if kind == "approval" else "rejected"
-            text = f"{verb}: {body['reason']}" if body.get("reason") else verb
-        elif kind == "expiry":
-            text = f"approval {body.get('approval_id')} expired: no quorum in time"
-        elif kind == "withdrawal":
-            text = f"withdrawn: {body.get('reason')}"
-        elif kind == "execution":
-            attempt, adapter = body.get("attempt"), body.get("adapter")
-            if body.get("result") == "retry":
-                text = (
-                    f"attempt {attempt} failed ({body.get('error')}); "
-                    f"next at {show_time(body.get('next_attempt_at'))}"
-                )
-            else:
-                target = body.get("target")
-                text = f"dispatched via {adapter}" + (f" to {target}" if target else "")
-                text += f" (attempt {attempt})"
-                if adapter == "callback":
-                    text += "; the executor carries it out and reports the outcome"
-        elif kind == "outcome":
-            detail = body.get("detail")
-            text = f"outcome: {body.get('status')}"
-            if isinstance(detail, dict) and detail.get("detail"):
-                text += f" ({detail['detail']})"
-            elif detail:
-                text += f" ({json.dumps(detail, sort_keys=True)})"
-        lines.append(
-            {"seq": item["seq"], "time": item["time"], "kind": kind, "who": who, "text": text}
-        )
-    return lines
-
-
 def _detail(
     visit: Visit,
     approval_id: str,
@@ -193,21 +138,13 @@ def _detail(
         return render_problem(visit, status, exc.title, exc.detail)
     now = runtime.clock()
     row = _row(view, now)
-    proposal_entry = next((t for t in action.timeline if t["kind"] == "proposal"), None)
-    proposal = None if proposal_entry is None else show_erased(proposal_entry["body"]["proposal"])
     voted = next((v for v in view.votes if v.voter == visit.identity.name), None)
     may_vote = runtime.approvals.may_vote(visit.identity, view.workflow, view.action_type)
     context = {
         "section": "inbox",
         "row": row,
         "view": view,
-        "action": action,
-        "trace": action.decision.trace,
-        "ledger": action.decision.ledger,
-        "proposal": proposal,
-        "fields": [] if proposal is None else show_fields(proposal),
-        "proposer": None if proposal_entry is None else proposal_entry["body"].get("executor"),
-        "timeline": _timeline(action),
+        **show_evidence(action),
         "voted": voted,
         "can_vote": row["open"] and may_vote and voted is None,
         "may_vote": may_vote,
