@@ -162,7 +162,12 @@ def read_page(
     pages = max(1, -(-total // PAGE_SIZE))
     page = min(query.page, pages)
     a = APPROVALS.c
-    order = (a.expires_at.asc(), a.id) if query.sort == "expiry" else (a.created_at.desc(), a.id)
+    # Both keys one way, as the indexes hold them, so that no sort is needed.
+    order = (
+        (a.expires_at.asc(), a.id.asc())
+        if query.sort == "expiry"
+        else (a.created_at.desc(), a.id.desc())
+    )
     # The page's ids first, from the indexes alone (a deep page skips index entries, not rows),
     # then their rows.
     ids = (
