@@ -34,7 +34,7 @@ __all__ = [
 
 PAGE_SIZE = 50
 STATUSES = ("pending", "approved", "rejected", "expired", "superseded", "withdrawn", "all")
-# How long ago an approval was held: the upper bound of each bucket (None: no bound).
+# How long ago an approval was held: each bucket's bounds, at least and less than (None: none).
 AGES: dict[str, tuple[dt.timedelta | None, dt.timedelta | None]] = {
     "hour": (None, dt.timedelta(hours=1)),
     "day": (dt.timedelta(hours=1), dt.timedelta(days=1)),
@@ -83,7 +83,7 @@ class InboxQuery(BaseModel):
     @property
     def filtered(self) -> bool:
         """Whether any filter or search narrows the status's approvals."""
-        return any(getattr(self, name) is not None for name in (*FACETS, "q"))
+        return bool((self.q or "").strip()) or any(getattr(self, f) is not None for f in FACETS)
 
     def cleared(self) -> str:
         """The query string of this status with no filter, search or sort."""
@@ -126,8 +126,8 @@ def _conditions(query: InboxQuery, now: dt.datetime) -> dict[str, ColumnElement[
         conditions["reason"] = a.reason_codes.contains(f" {query.reason} ", autoescape=True)
     if query.age is not None:
         conditions["age"] = _age(query.age, now)
-    if query.q is not None and query.q.strip():
-        term = query.q.strip()
+    term = (query.q or "").strip()
+    if term:
         conditions["q"] = sa.or_(
             a.action_type.icontains(term, autoescape=True),
             a.resource.icontains(term, autoescape=True),
@@ -153,9 +153,8 @@ def read_page(
     """The page ``query`` asks for among the approvals ``seen`` lets the caller see, with the
     counts per filter value; a page past the last is the last.
 
-    Two queries: one counts the approvals by workflow, case type, executor, reason codes and
-    age together (one pass over an index that holds those columns; the combinations are few),
-    from which the total and every facet's counts are summed here; one reads the page.
+    Three queries: the counts (``_count``: one grouped pass over an index that holds the
+    columns it reads, and one for the ages), then the page's ids, then their rows.
     """
     conditions = _conditions(query, now)
     total, facets = _count(conn, query, seen, conditions, now)

@@ -1,5 +1,7 @@
-"""The approvers' inbox: the approvals a person may decide, one approval with its proposal,
-trace, votes and ledger timeline, and the vote.
+"""The approvers' inbox: a page of the approvals a person may see (filtered, searched and
+sorted by the query string, ``gateway.approvals.inbox``), one approval with its proposal,
+trace, votes and ledger timeline, and the vote. Executors see their own held proposals; a
+policy admin is sent to the policies page.
 
 ``runtime.approvals`` lists, shows and decides; the action comes from
 ``gateway.execution.views`` as the API's does. Who may see and vote, separation of duties, the
