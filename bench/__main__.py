@@ -40,6 +40,7 @@ BENCHES = (
     "bench.dispatch_outbox",
     "bench.autonomy",
     "bench.history",
+    "bench.inbox_page",
     "bench.replay",
     "bench.mcp_proxy",
     "bench.soak",

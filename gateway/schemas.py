@@ -264,6 +264,9 @@ class ApprovalView(BaseModel):
     action_type: str
     resource: str
     amount: str | None
+    currency: str | None = Field(
+        default=None, description="The proposal's params.currency, if it gave one."
+    )
     confidence: str | None
     reasons: list[Reason]
     recommendation: VerdictName
@@ -593,6 +596,9 @@ class AuditView(BaseModel):
     resource: str
     executor: str
     amount: str | None
+    currency: str | None = Field(
+        default=None, description="The proposal's params.currency, if it gave one."
+    )
     level: int
     rate_bp: int
     status: Literal["pending", "correct", "incorrect"]

@@ -141,8 +141,10 @@ RULES: tuple[Rule, ...] = (
     ),
     Rule("POST", "/ui/autonomy/{workflow}/{case_type}", (GOVERNOR,), "govern autonomy levels"),
     Rule("GET", "/ui/audits", (AUDITOR,), "audit executed actions"),
+    Rule("GET", "/ui/audits/{audit_id}", (AUDITOR,), "audit executed actions"),
     Rule("POST", "/ui/audits/{audit_id}", (AUDITOR,), "audit executed actions"),
     Rule("GET", "/ui/ledger", (ANY_ROLE,), "see the ledger's status"),
+    Rule("GET", "/ui/policies", _READERS, "read policy bundles"),
 )
 
 # Endpoints anyone may call, without a token or a session: liveness, the API's documentation,

@@ -15,13 +15,14 @@ import asyncio
 import contextlib
 import datetime as dt
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
 import orjson
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
+from gateway.approvals.inbox import InboxPage, InboxQuery, read_page
 from gateway.autonomy.figures import mark_expired, mark_vote
 from gateway.autonomy.levels import AutonomyBook
 from gateway.binding import confine, confine_query, reaches
@@ -119,6 +120,48 @@ class Approvals:
             ]
         return views
 
+    def page(
+        self, identity: Identity, query: InboxQuery
+    ) -> tuple[InboxPage, Sequence[ApprovalView]]:
+        """One page of the approvals this caller may see (``gateway.approvals.inbox``), with
+        the counts per filter value: approvers see what they may approve, executors their own
+        held proposals, overseers everything in their reach."""
+        now = self._clock()
+        with self._engine.connect() as conn:
+            seen = self._seen(conn, identity, query)
+            found = read_page(conn, query, seen, now)
+            return found, self._views(conn, found.rows)
+
+    def _seen(self, conn: Connection, identity: Identity, query: InboxQuery) -> Any:
+        """The condition on ``gateway_approvals`` of what this caller may see: the workflow and
+        action type pairs Casbin lets them approve (few, so asked one by one), and their own."""
+        a = APPROVALS.c
+        reach = sa.true() if identity.workflow is None else a.workflow == identity.workflow
+        if identity.role in OVERSEERS:
+            return reach
+        kinds = sa.select(a.workflow, a.action_type).distinct()
+        if query.status != "all":
+            kinds = kinds.where(a.status == query.status)
+        pairs = [
+            (workflow, action_type)
+            for workflow, action_type in conn.execute(kinds.where(reach)).all()
+            if self.may_vote(identity, workflow, action_type)
+        ]
+        approvable = sa.or_(
+            sa.false(), *(sa.and_(a.workflow == w, a.action_type == t) for w, t in pairs)
+        )
+        return sa.and_(reach, sa.or_(approvable, a.proposer_owner == identity.owner))
+
+    def _views(self, conn: Connection, rows: Sequence[Any]) -> Sequence[ApprovalView]:
+        """The rows as views, their votes read in one query."""
+        votes: dict[str, list[Any]] = {row.id: [] for row in rows}
+        if rows:
+            for vote in conn.execute(
+                sa.select(VOTES).where(VOTES.c.approval_id.in_(votes)).order_by(VOTES.c.seq)
+            ).all():
+                votes[vote.approval_id].append(vote)
+        return [_as_view(row, votes[row.id]) for row in rows]
+
     def get(self, identity: Identity, approval_id: str) -> ApprovalView:
         """One approval, if this caller may see it."""
         with self._engine.connect() as conn:
@@ -143,32 +186,7 @@ class Approvals:
         votes = conn.execute(
             sa.select(VOTES).where(VOTES.c.approval_id == row.id).order_by(VOTES.c.seq)
         ).all()
-        summary = _summary(row)
-        return ApprovalView(
-            id=row.id,
-            action_id=row.action_id,
-            workflow=row.workflow,
-            case_type=row.case_type,
-            status=row.status,
-            quorum=row.quorum,
-            approvals=sum(1 for v in votes if v.decision == "approve"),
-            expires_at=row.expires_at,
-            created_at=row.created_at,
-            executor=summary["executor"],
-            action_type=summary["action_type"],
-            resource=summary["resource"],
-            amount=summary.get("amount"),
-            confidence=summary.get("confidence"),
-            reasons=[Reason.model_validate(r) for r in summary["reasons"]],
-            recommendation=summary["recommendation"],
-            votes=[
-                VoteView(
-                    voter=v.voter, decision=v.decision, reason=v.reason, seq=v.seq, time=v.time
-                )
-                for v in votes
-            ],
-            closed_reason=row.closed_reason,
-        )
+        return _as_view(row, list(votes))
 
     # -- voting ----------------------------------------------------------------------------
 
@@ -520,6 +538,35 @@ class Approvals:
 
 
 _IDENTITY_FIELDS = ("token_id", "name", "role", "workflow", "owner")
+
+
+def _as_view(row: Any, votes: list[Any]) -> ApprovalView:
+    """An approval row and its votes as the API and the pages show them."""
+    summary = _summary(row)
+    return ApprovalView(
+        id=row.id,
+        action_id=row.action_id,
+        workflow=row.workflow,
+        case_type=row.case_type,
+        status=row.status,
+        quorum=row.quorum,
+        approvals=sum(1 for v in votes if v.decision == "approve"),
+        expires_at=row.expires_at,
+        created_at=row.created_at,
+        executor=summary["executor"],
+        action_type=summary["action_type"],
+        resource=summary["resource"],
+        amount=summary.get("amount"),
+        currency=summary.get("currency"),
+        confidence=summary.get("confidence"),
+        reasons=[Reason.model_validate(r) for r in summary["reasons"]],
+        recommendation=summary["recommendation"],
+        votes=[
+            VoteView(voter=v.voter, decision=v.decision, reason=v.reason, seq=v.seq, time=v.time)
+            for v in votes
+        ],
+        closed_reason=row.closed_reason,
+    )
 
 
 def _summary(row: Any) -> dict[str, Any]:

@@ -236,6 +236,7 @@ def _view(row: Any) -> AuditView:
         resource=summary["resource"],
         executor=summary["executor"],
         amount=summary.get("amount"),
+        currency=summary.get("currency"),
         level=row.level,
         rate_bp=row.rate_bp,
         status=row.status,

@@ -14,6 +14,7 @@ from sqlalchemy import (
     Index,
     Integer,
     LargeBinary,
+    String,
     Table,
     UniqueConstraint,
     text,
@@ -114,10 +115,35 @@ class EventRow(SQLModel, table=True):
     time: str
 
 
+def _text(length: int | None = None) -> Any:
+    """A text column that defaults to the empty string in the database (rows of before it)."""
+    return Field(
+        default="", sa_column=Column(String(length), nullable=False, server_default=text("''"))
+    )
+
+
 class ApprovalRow(SQLModel, table=True):
     """A held action waiting for people: how many must approve, and until when."""
 
     __tablename__ = "gateway_approvals"
+    # The inbox (``gateway.approvals.inbox``): a page by status, newest first or by expiry; the
+    # counts per filter value read the last index alone, which holds every column they need.
+    __table_args__ = (
+        Index("ix_gateway_approvals_status_created", "status", "created_at", "id"),
+        Index("ix_gateway_approvals_status_expires", "status", "expires_at", "id"),
+        Index(
+            "ix_gateway_approvals_inbox",
+            "status",
+            "workflow",
+            "action_type",
+            "case_type",
+            "executor",
+            "reason_codes",
+            "created_at",
+            "proposer_owner",
+            "resource",
+        ),
+    )
 
     id: str = Field(primary_key=True, max_length=40)
     action_id: str = Field(max_length=40, index=True)
@@ -135,6 +161,12 @@ class ApprovalRow(SQLModel, table=True):
     summary: bytes = Field(sa_column=Column(LargeBinary, nullable=False))
     closed_at: str | None = None
     closed_reason: str | None = None
+    # The summary's executor, action type, resource and reason codes again, as columns to
+    # filter, search and count by; the codes sorted, each between spaces (`` a b ``).
+    executor: str = _text(128)
+    action_type: str = _text(128)
+    resource: str = _text(256)
+    reason_codes: str = _text()
 
 
 class VoteRow(SQLModel, table=True):

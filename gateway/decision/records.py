@@ -13,7 +13,14 @@ import sqlalchemy as sa
 
 from gateway.autonomy.figures import figures_row
 from gateway.autonomy.sampling import audit_row
-from gateway.db.tables import ACTIONS, APPROVALS, AUDITS, EVENTS, FIGURES, INTENTS
+from gateway.db.tables import (
+    ACTIONS,
+    APPROVALS,
+    AUDITS,
+    EVENTS,
+    FIGURES,
+    INTENTS,
+)
 from gateway.decision.history import amount_of, resource_digest
 from gateway.decision.personal import Personal
 from gateway.decision.steps import Decision
@@ -23,7 +30,13 @@ from gateway.policy.active import ActivePolicy
 from gateway.schemas import ApprovalRef, Proposal, Trace
 from ledger.store import Appended
 
-__all__ = ["Judgement", "approval_row", "approval_summary", "decision_rows"]
+__all__ = [
+    "Judgement",
+    "approval_row",
+    "approval_summary",
+    "decision_rows",
+    "reason_codes",
+]
 
 
 @dataclass(frozen=True)
@@ -52,6 +65,7 @@ def approval_summary(
         "action_type": proposal.action_type,
         "resource": proposal.resource,
         "amount": None if sealed else proposal.params.get("amount"),
+        "currency": None if sealed else proposal.params.get("currency"),
         "confidence": judgement.recorded.get("confidence"),
         "reasons": [r.model_dump() for r in judgement.decision.reasons],
         "recommendation": judgement.decision.recommendation,
@@ -151,6 +165,12 @@ def decision_rows(
     return rows
 
 
+def reason_codes(reasons: list[dict[str, Any]]) -> str:
+    """An approval's reason codes as its ``reason_codes`` column: sorted, each between spaces,
+    so that ``LIKE '% code %'`` finds one."""
+    return " " + " ".join(sorted({reason["code"] for reason in reasons})) + " "
+
+
 def approval_row(
     approval: ApprovalRef,
     action_id: str,
@@ -162,6 +182,7 @@ def approval_row(
     digest: str,
 ) -> dict[str, Any]:
     """The row a held action's approval starts as."""
+    summary = approval_summary(identity, proposal, judgement)
     return {
         "id": approval.id,
         "action_id": action_id,
@@ -174,9 +195,13 @@ def approval_row(
         "bundle_digest": policy.bundle.digest,
         "proposal_digest": digest,
         "proposer_owner": identity.owner,
-        "summary": orjson.dumps(approval_summary(identity, proposal, judgement)),
+        "summary": orjson.dumps(summary),
         "closed_at": None,
         "closed_reason": None,
+        "executor": summary["executor"],
+        "action_type": summary["action_type"],
+        "resource": summary["resource"],
+        "reason_codes": reason_codes(summary["reasons"]),
     }
 
 

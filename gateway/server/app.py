@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
 from fastapi import Depends, FastAPI
+from fastapi_offline import FastAPIOffline
 
 from gateway.api.deps import reject_unknown_query
 from gateway.api.limits import Limits
@@ -68,7 +69,10 @@ def create_app(
             await runtime.stop_background()
             runtime.close()
 
-    app = FastAPI(
+    # FastAPIOffline: /docs (Swagger UI) and /redoc load their scripts and styles from this
+    # gateway (the package ships them), never from a CDN, so they work without internet.
+    app = FastAPIOffline(
+        static_url="/docs/static",
         title="Mandate",
         version="0.1.0",
         description=DESCRIPTION,

@@ -1,4 +1,5 @@
-"""How the pages write things: entry times, ages and time left, JSON, basis points,
+"""How the pages write things: entry times, ages and time left, JSON, basis points, a
+proposal's fields as rows, an action's ledger timeline as lines,
 confidence, ids that link to their pages, and the line a refused form value gets.
 
 ``JINJA_FILTERS`` are the ones the templates use (``when``, ``pretty``, ``linkify``, ``pct``);
@@ -16,6 +17,9 @@ from typing import Any
 import pydantic
 from markupsafe import Markup, escape
 
+from gateway.decision.personal import show_erased
+from gateway.schemas import ActionView
+
 __all__ = [
     "JINJA_FILTERS",
     "describe_first_error",
@@ -24,9 +28,12 @@ __all__ = [
     "show_age",
     "show_basis_points",
     "show_confidence",
+    "show_evidence",
+    "show_fields",
     "show_json",
     "show_time",
     "show_time_left",
+    "show_timeline",
 ]
 
 _IDS = re.compile(r"\b(apr|act)_[0-9a-f]{8,40}\b")
@@ -47,6 +54,17 @@ def show_time(stamp: str | None) -> str:
 def show_json(value: Any) -> str:
     """Indented, keys sorted, non-ASCII kept."""
     return json.dumps(value, indent=2, sort_keys=True, ensure_ascii=False)
+
+
+def show_fields(value: Any, prefix: str = "") -> list[tuple[str, str]]:
+    """A proposal's fields as rows of a dotted name and its value (``params.amount``, ``84.50``):
+    objects are opened, lists and other values written as JSON unless they are text."""
+    if isinstance(value, dict) and value:
+        rows: list[tuple[str, str]] = []
+        for key in sorted(value):
+            rows += show_fields(value[key], f"{prefix}.{key}" if prefix else str(key))
+        return rows
+    return [(prefix, value if isinstance(value, str) else show_json(value))]
 
 
 def link_ids(text: str, base: str) -> Markup:
@@ -109,6 +127,74 @@ def show_confidence(value: str | None) -> str:
         return f"{float(value):.2f}"
     except ValueError:
         return value
+
+
+def show_evidence(action: ActionView) -> dict[str, Any]:
+    """What ``_evidence.html`` shows of an action: the proposal (erased values named) as JSON
+    and as rows, who proposed it, the decision trace and ledger block, and the timeline."""
+    entry = next((t for t in action.timeline if t["kind"] == "proposal"), None)
+    proposal = None if entry is None else show_erased(entry["body"]["proposal"])
+    return {
+        "action": action,
+        "trace": action.decision.trace,
+        "ledger": action.decision.ledger,
+        "proposal": proposal,
+        "fields": [] if proposal is None else show_fields(proposal),
+        "proposer": None if entry is None else entry["body"].get("executor"),
+        "timeline": show_timeline(action),
+    }
+
+
+def show_timeline(action: ActionView) -> list[dict[str, Any]]:
+    """The action's ledger entries, each with who did it and a line saying what happened."""
+    lines = []
+    for item in action.timeline:
+        kind, body = item["kind"], item.get("body") or {}
+        who, text = "mandate", kind
+        if kind == "proposal":
+            proposal = body.get("proposal") or {}
+            who = (body.get("executor") or {}).get("name", "?")
+            text = f"proposed {proposal.get('action_type')} on {proposal.get('resource')}"
+        elif kind == "decision":
+            trace = body.get("trace") or {}
+            text = f"verdict {body.get('verdict')}; recommends {trace.get('recommendation')}"
+            if body.get("reevaluated"):
+                text = f"re-evaluated ({body['reevaluated'].get('because')}): {text}"
+            if body.get("approval"):
+                held = body["approval"]
+                text += f"; awaits approval {held.get('id')} (quorum {held.get('quorum')})"
+        elif kind in ("approval", "rejection"):
+            who = (body.get("voter") or {}).get("name", "?")
+            verb = "approved" if kind == "approval" else "rejected"
+            text = f"{verb}: {body['reason']}" if body.get("reason") else verb
+        elif kind == "expiry":
+            text = f"approval {body.get('approval_id')} expired: no quorum in time"
+        elif kind == "withdrawal":
+            text = f"withdrawn: {body.get('reason')}"
+        elif kind == "execution":
+            attempt, adapter = body.get("attempt"), body.get("adapter")
+            if body.get("result") == "retry":
+                text = (
+                    f"attempt {attempt} failed ({body.get('error')}); "
+                    f"next at {show_time(body.get('next_attempt_at'))}"
+                )
+            else:
+                target = body.get("target")
+                text = f"dispatched via {adapter}" + (f" to {target}" if target else "")
+                text += f" (attempt {attempt})"
+                if adapter == "callback":
+                    text += "; the executor carries it out and reports the outcome"
+        elif kind == "outcome":
+            detail = body.get("detail")
+            text = f"outcome: {body.get('status')}"
+            if isinstance(detail, dict) and detail.get("detail"):
+                text += f" ({detail['detail']})"
+            elif detail:
+                text += f" ({json.dumps(detail, sort_keys=True)})"
+        lines.append(
+            {"seq": item["seq"], "time": item["time"], "kind": kind, "who": who, "text": text}
+        )
+    return lines
 
 
 def describe_first_error(exc: pydantic.ValidationError, field: str) -> tuple[str, str]:

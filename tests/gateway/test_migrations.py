@@ -8,6 +8,7 @@ before migrations (by ``create_all``) adopted with their rows, or left alone whe
 
 from __future__ import annotations
 
+import datetime as dt
 import os
 import socket
 import subprocess
@@ -17,20 +18,25 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+import orjson
 import pytest
 import sqlalchemy as sa
+from alembic import command as alembic_command
 from sqlalchemy.engine import Connection, Engine
 from typer.testing import CliRunner, Result
 
+from gateway.approvals.inbox import InboxQuery, read_page
 from gateway.cli.main import app
 from gateway.db.connect import open_engine, signing_key
-from gateway.db.migrations import (
+from gateway.db.migrations import (  # _config: to stop at a revision before head
     VERSION_TABLE,
     SchemaError,
+    _config,
     differences,
     head,
     model_metadata,
     schema_state,
+    upgrade,
 )
 from gateway.db.migrations.baseline import baseline_metadata
 from gateway.identity import TokenBook
@@ -326,3 +332,56 @@ def test_a_database_a_newer_mandate_upgraded_is_refused(
     with pytest.raises(SchemaError, match="a newer Mandate upgraded it"):
         Runtime.start(settings_for(database, data))  # auto_migrate on: still refused
     assert version(engine) == ["9999"]
+
+
+def test_revision_0005_fills_the_inbox_columns_of_approvals_made_before_it(
+    database: Database, tmp_path: Path
+) -> None:
+    """An approval held before 0005 is found by the inbox's filters, search and counts after
+    it: its executor, action type, resource and reason codes come from its summary."""
+    engine = open_engine(settings_for(database, tmp_path / "data"))
+    try:
+        with engine.begin() as conn:
+            alembic_command.upgrade(_config(conn), "0004")
+            summary = {
+                "executor": "payments-agent",
+                "action_type": "refund.issue",
+                "resource": "booking/B-1041",
+                "amount": "84.50",
+                "confidence": "0.9",
+                "reasons": [
+                    {"code": "advisory_level", "message": "level 1", "source": "rego"},
+                    {"code": "high_value", "message": "over 50", "source": "rego"},
+                ],
+                "recommendation": "execute",
+            }
+            conn.execute(
+                sa.text(
+                    "INSERT INTO gateway_approvals (id, action_id, workflow, case_type, status, "
+                    "quorum, expires_at, created_at, bundle_digest, proposal_digest, "
+                    "proposer_owner, summary) VALUES ('apr_1', 'act_1', 'parking', "
+                    "'refund.issue', 'pending', 1, '2999-01-01T00:00:00.000000Z', "
+                    "'2026-01-01T00:00:00.000000Z', 'b', 'p', 'payments-agent', :summary)"
+                ),
+                {"summary": orjson.dumps(summary)},
+            )
+        upgrade(engine)
+        now = dt.datetime(2026, 1, 1, 0, 30, tzinfo=dt.UTC)
+        with engine.connect() as conn:
+            row = conn.execute(
+                sa.text(
+                    "SELECT executor, action_type, resource, reason_codes FROM gateway_approvals"
+                )
+            ).one()
+            assert tuple(row) == (
+                "payments-agent",
+                "refund.issue",
+                "booking/B-1041",
+                " advisory_level high_value ",
+            )
+            found = read_page(conn, InboxQuery(reason="high_value", q="B-1041"), sa.true(), now)
+        assert [r.id for r in found.rows] == ["apr_1"]
+        assert dict(found.facets["reason"]) == {"advisory_level": 1, "high_value": 1}
+        assert dict(found.facets["age"])["hour"] == 1
+    finally:
+        engine.dispose()

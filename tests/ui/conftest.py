@@ -11,12 +11,14 @@ from __future__ import annotations
 import datetime as dt
 import itertools
 import os
+import shutil
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import httpx
+import orjson
 import pytest
 
 from gateway.server.runtime import Runtime
@@ -139,6 +141,20 @@ def _serve(tmp_path: Path, **settings: Any) -> Iterator[Gateway]:
 def gateway(tmp_path: Path) -> Iterator[Gateway]:
     """The gateway with the default bundle; the expiry sweeper runs every 0.1 s."""
     yield from _serve(tmp_path, sweep_interval=0.1)
+
+
+@pytest.fixture
+def audited_gateway(tmp_path: Path) -> Iterator[Gateway]:
+    """The default bundle, but every action executed at level 2 is drawn for audit."""
+    policies = tmp_path / "bundle"
+    shutil.copytree(POLICIES, policies)
+    data = orjson.loads((policies / "data.json").read_bytes())
+    data["autonomy"]["audit_rate_bp"] = {"2": 10_000, "3": 0, "4": 0}
+    (policies / "data.json").write_bytes(orjson.dumps(data))
+    config = Settings(data_dir=tmp_path / "data", policies=policies)
+    clock = Clock()
+    with serve_in_background(config, clock=clock) as served:
+        yield Gateway(served.url, served.runtime, clock)
 
 
 @pytest.fixture

@@ -6,17 +6,12 @@ ledger as the API would have written it."""
 from __future__ import annotations
 
 import itertools
-import shutil
-from collections.abc import Iterator
-from pathlib import Path
+import re
 from typing import TYPE_CHECKING, Any
 
-import orjson
 import pytest
 
-from gateway.server.serving import serve_in_background
-from gateway.settings import Settings
-from tests.ui.conftest import POLICIES, Clock, Gateway
+from tests.ui.conftest import Gateway
 
 if TYPE_CHECKING:
     from playwright.sync_api import Locator, Page
@@ -29,17 +24,9 @@ _readers = itertools.count()
 
 
 @pytest.fixture
-def gateway(tmp_path: Path) -> Iterator[Gateway]:
-    """The default bundle, but every action executed at level 2 is drawn for audit."""
-    policies = tmp_path / "bundle"
-    shutil.copytree(POLICIES, policies)
-    data = orjson.loads((policies / "data.json").read_bytes())
-    data["autonomy"]["audit_rate_bp"] = {"2": 10_000, "3": 0, "4": 0}
-    (policies / "data.json").write_bytes(orjson.dumps(data))
-    clock = Clock()
-    settings = Settings(data_dir=tmp_path / "data", policies=policies)
-    with serve_in_background(settings, clock=clock) as served:
-        yield Gateway(served.url, served.runtime, clock)
+def gateway(audited_gateway: Gateway) -> Gateway:
+    """Every action executed at level 2 is drawn for audit (``audited_gateway``)."""
+    return audited_gateway
 
 
 def sign_in(page: Page, gateway: Gateway, token: str, path: str = "/ui/audits") -> None:
@@ -174,7 +161,9 @@ def test_a_finding_without_the_sessions_csrf_value_is_refused(gateway: Gateway, 
     cancel(gateway, gateway.token("cancel-bot", "booking-agent", owner="ops-team"), "booking/B-3")
     sign_in(page, gateway, gateway.token("audrey", "auditor"))
     nav = page.get_by_role("navigation", name="Sections")
-    expect(nav.get_by_role("link")).to_have_text(["Approvals", "Audits", "Autonomy", "Ledger"])
+    expect(nav.get_by_role("link")).to_have_text(
+        ["Approvals", "Audits", "Autonomy", "Ledger", "Policies"]
+    )
     form = page.locator("tr", has_text="booking/B-3").locator("form")
     action = form.get_attribute("action")
     assert action is not None
@@ -190,3 +179,41 @@ def test_a_finding_without_the_sessions_csrf_value_is_refused(gateway: Gateway, 
     assert audit_entries(gateway) == []
     page.reload()
     expect(page.get_by_role("heading", name="Audits")).to_contain_text("1 pending")
+
+
+def test_an_audit_opens_on_its_action_with_proposal_trace_execution_and_outcome(
+    gateway: Gateway, page: Page
+) -> None:
+    agent = gateway.token("cancel-bot", "booking-agent", owner="ops-team")
+    executed = cancel(gateway, agent, "booking/B-9")
+    action_id = executed["action_id"]
+    with gateway.api(agent) as client:
+        reported = client.post(
+            f"/v1/actions/{action_id}/outcome",
+            json={"status": "succeeded", "details": {"detail": "cancelled at the gate"}},
+        )
+    assert reported.status_code == 200, reported.text
+    sign_in(page, gateway, gateway.token("audrey", "auditor", workflow="parking"))
+    page.get_by_role("link", name="booking.cancel on booking/B-9").click()
+    assert re.search(r"/ui/audits/[^/?]+$", page.url), page.url
+    expect(page.locator("h1")).to_contain_text("booking.cancel on booking/B-9")
+    expect(page.locator(".sub").first).to_contain_text(action_id)
+
+    fields = page.locator("table.fields tbody tr")
+    expect(fields.filter(has_text="resource")).to_contain_text("booking/B-9")
+    expect(fields.filter(has_text="params.amount")).to_contain_text("35.00")
+    trace = page.get_by_role("region", name=re.compile("Decision trace"))
+    expect(trace).to_contain_text(gateway.runtime.in_force.policy.bundle.digest)
+    expect(page.locator("tr.ev-execution")).to_have_count(1)
+    expect(page.locator("tr.ev-outcome")).to_contain_text(
+        "outcome: succeeded (cancelled at the gate)"
+    )
+
+    # the finding, recorded from this page, lands in the ledger as from the queue
+    form = page.get_by_role("region", name="Finding")
+    form.get_by_label("Note").fill("checked the booking")
+    assert submit(page, "Correct", form).status == 200
+    expect(page.get_by_role("status")).to_contain_text("was correct")
+    (entry,) = audit_entries(gateway)
+    assert entry["body"]["action_id"] == action_id
+    assert entry["body"]["finding"] == "correct"

@@ -17,8 +17,9 @@ from fastapi.responses import HTMLResponse, Response
 
 from gateway.api.deps import Rt
 from gateway.errors import GatewayError, InvalidInput, status_of
+from gateway.execution.views import show_action
 from gateway.schemas import FindingRequest
-from gateway.web.format import describe_first_error, show_age
+from gateway.web.format import describe_first_error, show_age, show_evidence
 from gateway.web.gate import gate
 from gateway.web.render import render_page, render_problem
 from gateway.web.session import Visit, open_visit, redirect
@@ -88,6 +89,30 @@ def audits_page(
             f"status: one of {', '.join(AUDIT_FILTERS)}, not {status!r}",
         )
     return _audits(visit, status)
+
+
+@router.get("/audits/{audit_id}", response_class=HTMLResponse)
+def audit_page(audit_id: str, request: Request, runtime: Rt) -> Response:
+    """One audit with the action it asks about: its proposal, decision trace, execution and
+    outcome (the ledger timeline), and the form that records the finding."""
+    visit = open_visit(request, runtime)
+    identity = gate(visit)
+    if isinstance(identity, Response):
+        return identity
+    try:
+        view = runtime.audits.get(identity, audit_id)
+        action = show_action(runtime.engine, runtime.ledger, identity, view.action_id)
+    except GatewayError as exc:
+        return render_problem(visit, status_of(exc), exc.title, exc.detail)
+    now = runtime.clock()
+    context = {
+        "section": "audits",
+        "row": {"view": view, "age": show_age(view.created_at, now)},
+        "view": view,
+        "draft": None,
+        **show_evidence(action),
+    }
+    return render_page(visit, "audit.html", context)
 
 
 @router.post("/audits/{audit_id}", response_class=HTMLResponse)

@@ -1,5 +1,7 @@
-"""The approvers' inbox: the approvals a person may decide, one approval with its proposal,
-trace, votes and ledger timeline, and the vote.
+"""The approvers' inbox: a page of the approvals a person may see (filtered, searched and
+sorted by the query string, ``gateway.approvals.inbox``), one approval with its proposal,
+trace, votes and ledger timeline, and the vote. Executors see their own held proposals; a
+policy admin is sent to the policies page.
 
 ``runtime.approvals`` lists, shows and decides; the action comes from
 ``gateway.execution.views`` as the API's does. Who may see and vote, separation of duties, the
@@ -10,23 +12,23 @@ answers, with the HTTP status the API would give (``gateway.errors.status_of``).
 from __future__ import annotations
 
 import datetime as dt
-import json
 from typing import Annotated, Any
 
 import pydantic
 from fastapi import APIRouter, Form, Query, Request
 from fastapi.responses import HTMLResponse, Response
 
+from gateway.api.access import POLICY_ADMIN
 from gateway.api.deps import Rt
-from gateway.decision.personal import show_erased
+from gateway.approvals.inbox import STATUSES, InboxQuery
 from gateway.errors import GatewayError, InvalidInput, status_of
 from gateway.execution.views import show_action
-from gateway.schemas import ActionView, ApprovalView, VoteRequest
+from gateway.schemas import ApprovalView, VoteRequest
 from gateway.web.format import (
     describe_first_error,
     show_age,
     show_confidence,
-    show_time,
+    show_evidence,
     show_time_left,
 )
 from gateway.web.gate import gate
@@ -35,8 +37,9 @@ from gateway.web.session import Visit, open_visit, redirect
 
 __all__ = ["router"]
 
-STATUSES = ("pending", "approved", "rejected", "expired", "superseded", "withdrawn")
-FILTERS = (*STATUSES, "all")
+AGE_NAMES = {"hour": "under 1 h", "day": "1 h to 1 d", "week": "1 to 7 d", "older": "over 7 d"}
+
+_Param = Annotated[str | None, Query()]
 
 router = APIRouter(prefix="/ui")
 
@@ -64,78 +67,57 @@ def _row(view: ApprovalView, now: dt.datetime) -> dict[str, Any]:
 
 
 @router.get("/", response_class=HTMLResponse)
-def inbox(request: Request, runtime: Rt, status: Annotated[str, Query()] = "pending") -> Response:
-    """Approvals this person may decide, newest first, filtered by status."""
+def inbox(
+    request: Request,
+    runtime: Rt,
+    status: _Param = None,
+    workflow: _Param = None,
+    case_type: _Param = None,
+    reason: _Param = None,
+    executor: _Param = None,
+    age: _Param = None,
+    q: _Param = None,
+    sort: _Param = None,
+    page: _Param = None,
+) -> Response:
+    """A page of the approvals this person may see, filtered, searched and sorted by the query
+    string (``InboxQuery``), so that a view is a link. The parameters arrive as text and are
+    checked by ``InboxQuery``, so that a wrong one is an HTML page naming it."""
     visit = open_visit(request, runtime)
     identity = gate(visit)
     if isinstance(identity, Response):
         return identity
-    if status not in FILTERS:
-        return render_problem(
-            visit, 422, "invalid input", f"status: one of {', '.join(FILTERS)}, not {status!r}"
-        )
-    views = runtime.approvals.list(identity, None if status == "all" else status)
+    given = {
+        "status": status,
+        "workflow": workflow,
+        "case_type": case_type,
+        "reason": reason,
+        "executor": executor,
+        "age": age,
+        "q": q,
+        "sort": sort,
+        "page": page,
+    }
+    if identity.role == POLICY_ADMIN:
+        # Nobody holds actions for a policy admin to decide: their page is the bundles'.
+        return redirect(visit, f"{visit.base}/policies")
+    try:
+        query = InboxQuery.model_validate({k: v for k, v in given.items() if v is not None})
+    except pydantic.ValidationError as exc:
+        _, message = describe_first_error(exc, "query")
+        return render_problem(visit, 422, "invalid input", message)
+    found, views = runtime.approvals.page(identity, query)
     now = runtime.clock()
     context = {
         "section": "inbox",
         "rows": [_row(view, now) for view in views],
-        "status": status,
-        "filters": FILTERS,
+        "found": found,
+        "query": query,
+        "statuses": STATUSES,
+        "ages": AGE_NAMES,
         "now": now.strftime("%Y-%m-%d %H:%M"),
     }
     return render_page(visit, "inbox.html", context)
-
-
-def _timeline(action: ActionView) -> list[dict[str, Any]]:
-    """The action's ledger entries, each with who did it and a line saying what happened."""
-    lines = []
-    for item in action.timeline:
-        kind, body = item["kind"], item.get("body") or {}
-        who, text = "mandate", kind
-        if kind == "proposal":
-            proposal = body.get("proposal") or {}
-            who = (body.get("executor") or {}).get("name", "?")
-            text = f"proposed {proposal.get('action_type')} on {proposal.get('resource')}"
-        elif kind == "decision":
-            trace = body.get("trace") or {}
-            text = f"verdict {body.get('verdict')}; recommends {trace.get('recommendation')}"
-            if body.get("reevaluated"):
-                text = f"re-evaluated ({body['reevaluated'].get('because')}): {text}"
-            if body.get("approval"):
-                held = body["approval"]
-                text += f"; awaits approval {held.get('id')} (quorum {held.get('quorum')})"
-        elif kind in ("approval", "rejection"):
-            who = (body.get("voter") or {}).get("name", "?")
-            verb = "approved" if kind == "approval" else "rejected"
-            text = f"{verb}: {body['reason']}" if body.get("reason") else verb
-        elif kind == "expiry":
-            text = f"approval {body.get('approval_id')} expired: no quorum in time"
-        elif kind == "withdrawal":
-            text = f"withdrawn: {body.get('reason')}"
-        elif kind == "execution":
-            attempt, adapter = body.get("attempt"), body.get("adapter")
-            if body.get("result") == "retry":
-                text = (
-                    f"attempt {attempt} failed ({body.get('error')}); "
-                    f"next at {show_time(body.get('next_attempt_at'))}"
-                )
-            else:
-                target = body.get("target")
-                text = f"dispatched via {adapter}" + (f" to {target}" if target else "")
-                text += f" (attempt {attempt})"
-                if adapter == "callback":
-                    text += "; the executor carries it out and reports the outcome"
-        elif kind == "outcome":
-            detail = body.get("detail")
-            text = f"outcome: {body.get('status')}"
-            if isinstance(detail, dict) and detail.get("detail"):
-                text += f" ({detail['detail']})"
-            elif detail:
-                text += f" ({json.dumps(detail, sort_keys=True)})"
-        lines.append(
-            {"seq": item["seq"], "time": item["time"], "kind": kind, "who": who, "text": text}
-        )
-    return lines
 
 
 def _detail(
@@ -158,21 +140,13 @@ def _detail(
         return render_problem(visit, status, exc.title, exc.detail)
     now = runtime.clock()
     row = _row(view, now)
-    proposal_entry = next((t for t in action.timeline if t["kind"] == "proposal"), None)
     voted = next((v for v in view.votes if v.voter == visit.identity.name), None)
     may_vote = runtime.approvals.may_vote(visit.identity, view.workflow, view.action_type)
     context = {
         "section": "inbox",
         "row": row,
         "view": view,
-        "action": action,
-        "trace": action.decision.trace,
-        "ledger": action.decision.ledger,
-        "proposal": None
-        if proposal_entry is None
-        else show_erased(proposal_entry["body"].get("proposal")),
-        "proposer": None if proposal_entry is None else proposal_entry["body"].get("executor"),
-        "timeline": _timeline(action),
+        **show_evidence(action),
         "voted": voted,
         "can_vote": row["open"] and may_vote and voted is None,
         "may_vote": may_vote,
