@@ -29,6 +29,9 @@ __all__ = [
     "ErasedField",
     "ErasureRequest",
     "ErasureView",
+    "ExceptionAttempt",
+    "ExceptionDecision",
+    "ExceptionView",
     "ExecutionRef",
     "ExecutionView",
     "Figures",
@@ -236,6 +239,45 @@ class VoteRequest(BaseModel):
 
     decision: Literal["approve", "reject"]
     reason: Annotated[str, StringConstraints(max_length=2000)] = ""
+
+
+class ExceptionDecision(BaseModel):
+    """A person's choice on an exception: dispatch it again (webhook actions), or close it as
+    handled outside the gateway, saying how (the note is required then)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    decision: Literal["retry", "handled"]
+    note: Annotated[str, StringConstraints(max_length=2000)] = ""
+
+
+class ExceptionAttempt(BaseModel):
+    """One attempt at carrying the action out, and what went wrong with it."""
+
+    attempt: int | None
+    error: str
+
+
+class ExceptionView(BaseModel):
+    """A failed execution handed to people: what was attempted, what failed, what they chose."""
+
+    id: str
+    action_id: str
+    workflow: str
+    case_type: str
+    action_type: str
+    executor: str
+    adapter: str
+    cause: Literal["dispatch_failed", "outcome_failed"]
+    status: Literal["open", "retried", "handled"]
+    retry_offered: bool
+    attempts: list[ExceptionAttempt]
+    seq: int
+    created_at: str
+    closed_by: str | None = None
+    note: str | None = None
+    closed_seq: int | None = None
+    closed_at: str | None = None
 
 
 class VoteView(BaseModel):
@@ -463,6 +505,12 @@ class Figures(BaseModel):
     warnings: int = Field(
         default=0,
         description="Decisions the policy warned about (its warn rules), whatever the verdict.",
+    )
+    exceptions: int = Field(
+        default=0, description="Actions whose failure was handed to people (an exception)."
+    )
+    exceptions_handled: int = Field(
+        default=0, description="...whose latest exception people retried or marked handled."
     )
     agreement_bp: int = Field(description="agreements × 10000 ÷ reviewed.")
     failure_bp: int = Field(description="failures × 10000 ÷ executions.")

@@ -3,7 +3,8 @@
 Every decided action has one row in ``gateway_figures``, written with its decision entry; the
 events that judge it set its flags in their own ledger transactions: a vote that closes its
 approval (``mark_vote``), expiry (``mark_expired``), the outcome (``mark_outcome``), an audit
-finding (``mark_audit``) and a correction (``mark_correction``). The figures of a case type are
+finding (``mark_audit``), a correction (``mark_correction``) and a failure handed to people and
+their choice on it (``mark_exception``). The figures of a case type are
 sums over its **window**: its latest ``decisions`` rows, decided in the last ``days`` days, at
 the level in force, since that level was set (a level change starts a new window). That is one
 bounded, indexed query; nothing is recomputed from the ledger.
@@ -40,6 +41,7 @@ __all__ = [
     "figures_row",
     "mark_audit",
     "mark_correction",
+    "mark_exception",
     "mark_expired",
     "mark_outcome",
     "mark_vote",
@@ -62,6 +64,8 @@ COUNTS = (
     "checked",  # reviewed, carried out with an outcome, or corrected (each action once)
     "errors",  # overridden, failed, found incorrect or corrected (each action once)
     "warnings",  # decided with warnings (the policy's warn rules): advisories, whatever the verdict
+    "exceptions",  # a failure of it handed to people (an exception item)
+    "exceptions_handled",  # ...and its latest exception retried or marked handled by them
 )
 RATES = ("agreement_bp", "failure_bp", "error_bp")
 FIGURE_NAMES = COUNTS + RATES
@@ -154,8 +158,18 @@ def mark_expired(conn: Connection, action_id: str) -> None:
 
 
 def mark_outcome(conn: Connection, action_id: str, status: str) -> None:
-    """The action was carried out: ``succeeded`` or ``failed``."""
-    _update(conn, action_id, executed=1, failed=int(status == "failed"))
+    """The action was carried out: ``succeeded`` or ``failed``. A failure stays counted when
+    people have it retried and the retry succeeds: it happened, and needed them."""
+    if status == "failed":
+        _update(conn, action_id, executed=1, failed=1)
+    else:
+        _update(conn, action_id, executed=1)
+
+
+def mark_exception(conn: Connection, action_id: str, *, handled: bool) -> None:
+    """A failure of the action was handed to people (``handled`` False), or they made their
+    choice on it (True)."""
+    _update(conn, action_id, excepted=1, exception_handled=int(handled))
 
 
 def mark_audit(conn: Connection, action_id: str, finding: str) -> None:
@@ -202,6 +216,8 @@ _LATEST = (
         _CHECKED.label("checked"),
         _ERROR.label("errors"),
         _F.c.warned.label("warnings"),
+        _F.c.excepted.label("exceptions"),
+        _F.c.exception_handled.label("exceptions_handled"),
     )
     .where(
         _F.c.workflow == sa.bindparam("workflow"),

@@ -30,6 +30,7 @@ __all__ = [
     "AUTONOMY_CHANGES",
     "BUNDLES",
     "EVENTS",
+    "EXCEPTIONS",
     "FIGURES",
     "INTENTS",
     "POLICY_SLOTS",
@@ -248,9 +249,38 @@ class FigureRow(SQLModel, table=True):
     audited: int = _flag()
     audit_incorrect: int = _flag()
     corrected: int = _flag()
+    excepted: int = _flag()  # a failure of it was handed to people (an exception)
+    exception_handled: int = _flag()  # ...and they retried it or marked it handled
     warned: int = _flag()  # the policy warned (its warn rules) when deciding it
     # params.amount as proposed (a decimal string), for the case type's amount history.
     amount: str | None = Field(default=None, max_length=64)
+
+
+class ExceptionRow(SQLModel, table=True):
+    """A failed execution handed to people (``gateway.execution.exceptions``): what was
+    attempted and what failed, and what they chose (retry, or handled with a note)."""
+
+    __tablename__ = "gateway_exceptions"
+    __table_args__ = (Index("ix_gateway_exceptions_status", "status", "created_at", "id"),)
+
+    id: str = Field(primary_key=True, max_length=40)
+    action_id: str = Field(max_length=40, index=True)
+    workflow: str = Field(max_length=64)
+    case_type: str = Field(max_length=128)
+    action_type: str = Field(max_length=128)
+    executor: str = Field(max_length=128)
+    proposer_owner: str = Field(max_length=128)
+    adapter: str = Field(max_length=32)
+    cause: str = Field(max_length=32)  # dispatch_failed, outcome_failed
+    status: str = Field(max_length=16)  # open, retried, handled
+    # JSON: [{"attempt", "error"}] in the order they were made.
+    attempts: bytes = Field(sa_column=Column(LargeBinary, nullable=False))
+    seq: int = Field(sa_column=Column(BigInteger, nullable=False))  # the exception entry
+    created_at: str
+    closed_by: str | None = Field(default=None, max_length=128)
+    note: str | None = None
+    closed_seq: int | None = Field(default=None, sa_column=Column(BigInteger, nullable=True))
+    closed_at: str | None = None
 
 
 class AuditRow(SQLModel, table=True):
@@ -391,6 +421,7 @@ EVENTS = _table(EventRow)
 APPROVALS = _table(ApprovalRow)
 AUTONOMY = _table(AutonomyRow)
 FIGURES = _table(FigureRow)
+EXCEPTIONS = _table(ExceptionRow)
 AUDITS = _table(AuditRow)
 AUTONOMY_CHANGES = _table(AutonomyChangeRow)
 PROMOTIONS = _table(PromotionRow)
@@ -408,6 +439,7 @@ GATEWAY_TABLES = (
     INTENTS,
     AUTONOMY,
     FIGURES,
+    EXCEPTIONS,
     AUDITS,
     AUTONOMY_CHANGES,
     PROMOTIONS,

@@ -31,6 +31,7 @@ from sqlalchemy.engine import Connection, Engine
 from adapters.base import Adapter, Dispatch, DispatchResult
 from gateway.db.tables import ACTIONS, EVENTS, INTENTS
 from gateway.decision.personal import erased_fields
+from gateway.execution.exceptions import attempts_of
 from gateway.execution.outcomes import event_row, record_outcome
 from ledger.database import WRITE
 from ledger.entry import format_time
@@ -247,6 +248,10 @@ class Dispatcher:
         detail = {"detail": result.detail, "http_status": result.http_status}
         if result.status == "retry":
             detail["detail"] = f"gave up after {attempt} attempts: {result.detail}"
+        tried = None
+        if status == "failed":  # handed to people with every attempt's error
+            earlier = await asyncio.to_thread(attempts_of, self._ledger, self._engine, action_id)
+            tried = [*earlier, {"attempt": attempt, "error": result.detail}]
         try:
             await record_outcome(
                 self._ledger,
@@ -256,6 +261,7 @@ class Dispatcher:
                 detail=detail,
                 attempt=attempt,
                 expect=("dispatching",),
+                attempts=tried,
             )
         except LookupError:  # another process settled it first
             return

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 from typing import Any
 
+import orjson
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from gateway.autonomy.figures import mark_outcome
 from gateway.db.tables import ACTIONS, EVENTS, INTENTS
+from gateway.execution.exceptions import Opening
 from ledger.store import Appended, Ledger, Record
 
 __all__ = ["event_row", "record_outcome"]
@@ -30,6 +32,7 @@ async def record_outcome(
     expect: tuple[str, ...],
     adapter: str | None = None,
     carried_out: bool = True,
+    attempts: list[dict[str, Any]] | None = None,
 ) -> Appended:
     """Write an ``outcome`` entry and settle the intent and the action (and the action's
     measured figures), atomically.
@@ -38,8 +41,20 @@ async def record_outcome(
     may be recorded; otherwise (already settled, say) nothing is written and ``LookupError`` is
     raised. An action that was not ``carried_out`` (its personal data erased first) does not
     count in its case type's figures.
+
+    A failure of an action that was carried out is handed to people: an ``exception`` entry
+    follows the outcome's, in its transaction (``gateway.execution.exceptions``). ``attempts``
+    lists the errors of the dispatcher's attempts; an executor's report (``attempt`` None) is
+    its one attempt, its details the error.
     """
     body = {"action_id": action_id, "status": status, "attempt": attempt, "detail": detail}
+    records = [Record("outcome", actor, action_id, body)]
+    opening = None
+    if status == "failed" and carried_out:
+        cause = "outcome_failed" if attempt is None else "dispatch_failed"
+        tried = attempts or [{"attempt": attempt, "error": _error(detail)}]
+        opening = Opening(action_id, cause, tried)
+        records.append(opening.record)
 
     def settle(conn: Connection, appended: list[Appended]) -> None:
         entry = appended[0]
@@ -58,9 +73,14 @@ async def record_outcome(
         conn.execute(sa.insert(EVENTS).values(row))
         if carried_out:
             mark_outcome(conn, action_id, status)
+        if opening is not None:
+            opening.write(conn, appended[1])
 
-    return (
-        await ledger.append_many_async(
-            [Record("outcome", actor, action_id, body)], in_transaction=settle
-        )
-    )[0]
+    return (await ledger.append_many_async(records, in_transaction=settle))[0]
+
+
+def _error(detail: Any) -> str:
+    """What went wrong, in words: the detail's ``detail`` if it has one, else all of it."""
+    if isinstance(detail, dict) and isinstance(detail.get("detail"), str):
+        return str(detail["detail"])
+    return orjson.dumps(detail).decode()

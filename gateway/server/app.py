@@ -19,6 +19,7 @@ from gateway.api.routes import (
     audits,
     autonomy,
     erasures,
+    exceptions,
     health,
     ledger,
     workflows,
@@ -97,6 +98,7 @@ def create_app(
     app.include_router(approvals.router)
     app.include_router(autonomy.router)
     app.include_router(audits.router)
+    app.include_router(exceptions.router)
     app.include_router(ledger.router)
     app.include_router(erasures.router)
     app.include_router(policy_routes.router)

@@ -23,6 +23,7 @@ from gateway.db.migrations import ensure_schema
 from gateway.decision.decider import Decider
 from gateway.decision.history import HistoryBook
 from gateway.execution.dispatcher import Dispatcher, payload_for
+from gateway.execution.exceptions import Exceptions
 from gateway.execution.routing import Routing, load_webhook_secret
 from gateway.identity import TokenBook
 from gateway.lifecycle.activation import PolicyLifecycle
@@ -56,6 +57,7 @@ class Runtime:
     in_force: InForce
     decider: Decider
     approvals: Approvals
+    exceptions: Exceptions
     audits: Audits
     governance: Governance
     autonomy_views: AutonomyViews
@@ -156,6 +158,14 @@ class Runtime:
             clock=clock,
             wake_dispatcher=dispatcher.wake,
         )
+        exceptions = Exceptions(
+            engine,
+            ledger,
+            policy=in_force.get,
+            autonomy=autonomy,
+            clock=clock,
+            wake_dispatcher=dispatcher.wake,
+        )
         views = AutonomyViews(engine, policy=in_force.get, autonomy=autonomy, clock=clock)
         governance = Governance(
             engine,
@@ -190,6 +200,7 @@ class Runtime:
             in_force=in_force,
             decider=decider,
             approvals=approvals,
+            exceptions=exceptions,
             audits=audits,
             governance=governance,
             autonomy_views=views,
