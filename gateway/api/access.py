@@ -140,6 +140,14 @@ RULES: tuple[Rule, ...] = (
     Rule("GET", "/ui/", (ANY_ROLE,), "use the inbox"),
     Rule("GET", "/ui/approvals/{approval_id}", _SEE, "see approvals"),
     Rule("POST", "/ui/approvals/{approval_id}", (APPROVER,), "approve or reject held actions"),
+    Rule("GET", "/ui/exceptions", (APPROVER, GOVERNOR, AUDITOR), "see exceptions"),
+    Rule("GET", "/ui/exceptions/{exception_id}", (APPROVER, GOVERNOR, AUDITOR), "see exceptions"),
+    Rule(
+        "POST",
+        "/ui/exceptions/{exception_id}",
+        (APPROVER, GOVERNOR),
+        "retry or close failed executions",
+    ),
     Rule("GET", "/ui/autonomy", (ANY_ROLE,), "see autonomy levels"),
     Rule(
         "POST",

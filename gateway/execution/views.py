@@ -40,12 +40,15 @@ def show_action(engine: Engine, ledger: Ledger, identity: Identity, action_id: s
         ).all()
     timeline = []
     for seq, kind, when in events:
-        body = ledger.entry(seq).body
+        entry = ledger.entry(seq)
+        body = entry.body
         if "sealed" in body:
             # Its personal data put back while it is there; an erased value shows as
             # {"$sealed": commitment, "$erased": seq of the erasure entry}.
             body = ledger.reveal(seq)
-        timeline.append({"seq": seq, "kind": kind, "time": when, "body": body})
+        timeline.append(
+            {"seq": seq, "kind": kind, "time": when, "actor": entry.actor, "body": body}
+        )
     answer = orjson.loads(row.response)
     answer["ledger"] = {
         "proposal_seq": row.proposal_seq,

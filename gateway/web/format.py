@@ -191,6 +191,13 @@ def show_timeline(action: ActionView) -> list[dict[str, Any]]:
                 text += f" ({detail['detail']})"
             elif detail:
                 text += f" ({json.dumps(detail, sort_keys=True)})"
+        elif kind == "exception":
+            who, event = item.get("actor") or who, body.get("event")
+            if event == "opened":
+                text = f"handed to people as exception {body.get('exception_id')}"
+            else:
+                verb = "retried" if event == "retry" else "marked handled"
+                text = f"exception {body.get('exception_id')} {verb}: {body.get('note') or '-'}"
         lines.append(
             {"seq": item["seq"], "time": item["time"], "kind": kind, "who": who, "text": text}
         )

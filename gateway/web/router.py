@@ -13,7 +13,7 @@ from __future__ import annotations
 from fastapi import APIRouter
 from fastapi.staticfiles import StaticFiles
 
-from gateway.web.pages import audits, autonomy, inbox, ledger, login, policies
+from gateway.web.pages import audits, autonomy, exceptions, inbox, ledger, login, policies
 from gateway.web.render import STATIC
 
 __all__ = ["router", "static_files"]
@@ -22,7 +22,7 @@ router = APIRouter(include_in_schema=False)
 # Each family's router carries the /ui prefix on its routes: the page gate checks a request
 # against the path of the route it matched (``gateway.api.access.route_path``), and FastAPI
 # gives that route's own path, without the prefixes of the routers that include it.
-for family in (login, inbox, autonomy, audits, ledger, policies):
+for family in (login, inbox, exceptions, autonomy, audits, ledger, policies):
     router.include_router(family.router)
 
 

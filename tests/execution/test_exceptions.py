@@ -47,7 +47,9 @@ def exception_of(client: httpx.Client, action_id: str) -> dict[str, Any]:
     return item
 
 
-def decide(client: httpx.Client, exception_id: str, decision: str, note: str = "") -> httpx.Response:
+def decide(
+    client: httpx.Client, exception_id: str, decision: str, note: str = ""
+) -> httpx.Response:
     return client.post(
         f"/v1/exceptions/{exception_id}/decisions", json={"decision": decision, "note": note}
     )
@@ -144,6 +146,8 @@ def test_an_outcome_reported_failed_is_marked_handled_with_a_note_once(
     # Handled needs a note, named as the field.
     missing = assert_problem(decide(governor, item["id"], "handled", "  "), 422)
     assert "note" in str(missing["errors"])
+    # The proposing executor may not close it: its role may not call.
+    assert_problem(decide(agent, item["id"], "handled", "all good"), 403)
     # A person of the proposer's own owner may not close it (separation of duties).
     colleague = live.as_role("governor", owner="ops-bookings")
     own = assert_problem(decide(colleague, item["id"], "handled", "fine"), 403)

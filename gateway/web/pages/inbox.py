@@ -116,6 +116,8 @@ def inbox(
         "statuses": STATUSES,
         "ages": AGE_NAMES,
         "now": now.strftime("%Y-%m-%d %H:%M"),
+        # Failed executions waiting for people: counted here, worked on their own page.
+        "exceptions_open": runtime.exceptions.count_open(identity),
     }
     return render_page(visit, "inbox.html", context)
 
