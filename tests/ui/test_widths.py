@@ -1,9 +1,9 @@
 """Every page at 390 px (a phone) and 1280 px, in the light and the dark scheme, in Chromium:
-nothing wider than the window, the signed-in user and Sign out on the header, the inbox and the
-audit queue as cards on the phone, timeline rows of a line or two, nothing cut off without a
-way to read it, and no serious or critical axe-core violation (WCAG 2.1 A and AA, best
-practice). axe-core is the npm package pinned in ``tests/web`` (``npm ci --prefix tests/web``),
-injected into each page through Playwright.
+nothing wider than the window, the signed-in user and Sign out on the header, the inbox, the
+audit queue and the exceptions as cards on the phone, timeline rows of a line or two, nothing
+cut off without a way to read it, and no serious or critical axe-core violation (WCAG 2.1 A
+and AA, best practice). axe-core is the npm package pinned in ``tests/web`` (``npm ci
+--prefix tests/web``), injected into each page through Playwright.
 
 Each check collects every offender on every page before failing, so one run lists them all.
 """
@@ -72,6 +72,15 @@ def _states(gateway: Gateway) -> list[tuple[str, str, str]]:
     claim = held["approval"]["id"]
     with gateway.api(auditor) as client:
         (audit,) = client.get("/v1/audits").json()
+    # The executed cancellation reported failed by its executor: an open exception.
+    with gateway.api(bot) as client:
+        failed = client.post(
+            f"/v1/actions/{executed['action_id']}/outcome",
+            json={"status": "failed", "details": {"detail": "the barrier did not open in time"}},
+        )
+    assert failed.status_code == 200, failed.text
+    with gateway.api(approver) as client:
+        (exception,) = client.get("/v1/exceptions").json()
     return [
         ("sign-in", "", "/ui/login"),
         ("inbox", approver, "/ui/"),
@@ -83,6 +92,9 @@ def _states(gateway: Gateway) -> list[tuple[str, str, str]]:
         ("ledger", auditor, "/ui/ledger"),
         ("audits", auditor, "/ui/audits"),
         ("audit", auditor, f"/ui/audits/{audit['id']}"),
+        ("exceptions", approver, "/ui/exceptions"),
+        ("exception", approver, f"/ui/exceptions/{exception['id']}"),
+        ("exceptions-empty", approver, "/ui/exceptions?status=handled"),
         ("policies", admin, "/ui/policies"),
         ("not-found", approver, "/ui/approvals/apr_0000000000000000"),
     ]
@@ -139,7 +151,7 @@ def test_every_page_fits_reads_and_passes_axe(
             problems += _inbox(page, size)
             if SCREENSHOTS and scheme == "light":
                 page.screenshot(path=str(REPO / "docs" / f"inbox-{width}.png"), full_page=True)
-        if what.startswith("detail") or what == "audit":
+        if what.startswith("detail") or what in ("audit", "exception"):
             problems += [f"{what}: {p}" for p in _timeline(page)]
     assert not problems, "\n".join(problems)
 
