@@ -171,6 +171,12 @@ def test_a_reported_failure_is_marked_handled_with_a_note_and_only_once(
     assert navigation.value.status == 409
     expect(late.get_by_role("alert")).to_contain_text("handled already")
 
+    # The case type's figures count the exception and the choice.
+    page.goto(gateway.url + "/ui/autonomy")
+    case = page.locator('[data-case="parking/booking.create"]')
+    counts = case.get_by_role("row").filter(has_text="Exceptions").locator("td")
+    expect(counts).to_have_text(["1", "1", "0"])
+
     ledger = verified_ledger(gateway.url, gateway.runtime.settings, tmp_path)
     kinds = [(e["body"]["event"], e["body"].get("note")) for e in ledger.of("exception", action_id)]
     assert kinds == [("opened", None), ("handled", "booked by phone")]
