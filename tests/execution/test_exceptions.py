@@ -143,6 +143,16 @@ def test_an_outcome_reported_failed_is_marked_handled_with_a_note_once(
     # A callback action is its executor's to carry out: the gateway does not retry it.
     refused = assert_problem(decide(governor, item["id"], "retry"), 409)
     assert "cannot retry" in refused["detail"]
+    # Hostile input is a 422 naming the field, never a 500.
+    wrong = assert_problem(decide(governor, item["id"], "approve"), 422)
+    assert "decision" in str(wrong["errors"])
+    extra = governor.post(
+        f"/v1/exceptions/{item['id']}/decisions",
+        json={"decision": "handled", "note": "x", "by": "someone else"},
+    )
+    assert "by" in str(assert_problem(extra, 422)["errors"])
+    assert_problem(governor.get("/v1/exceptions", params={"status": "closed"}), 422)
+    assert_problem(governor.get("/v1/exceptions/exc_nothing"), 404)
     # Handled needs a note, named as the field.
     missing = assert_problem(decide(governor, item["id"], "handled", "  "), 422)
     assert "note" in str(missing["errors"])
