@@ -114,6 +114,12 @@ def _summary(entry: dict[str, Any], limit: int = 160) -> str:
         detail = body.get("detail")
         text = f"{body.get('status')}, {by}"
         text += f": {json.dumps(detail, sort_keys=True)}" if detail else ""
+    elif kind == "exception" and body.get("event") == "opened":
+        text = f"handed to people as exception {body.get('exception_id')} ({body.get('cause')})"
+    elif kind == "exception":
+        verb = "retried" if body.get("event") == "retry" else "marked handled"
+        text = f"{entry.get('actor', '?')} {verb} exception {body.get('exception_id')}"
+        text += f": {body['note']}" if body.get("note") else ""
     else:
         rest = {k: v for k, v in body.items() if k != "action_id"}
         text = json.dumps(rest, sort_keys=True)
