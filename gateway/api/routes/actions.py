@@ -8,6 +8,7 @@ from typing import Any
 
 import sqlalchemy as sa
 from fastapi import APIRouter
+from fastapi.responses import Response
 
 from gateway.api.deps import AUTH_PROBLEMS, Caller, Rt, problem_doc
 from gateway.api.strict_json import StrictJSONRoute
@@ -46,18 +47,20 @@ _SHOW_PROBLEMS: dict[int | str, dict[str, Any]] = {
     summary="Propose an action; get execute, hold or reject",
     responses=_PROBLEMS,
 )
-async def propose(proposal: Proposal, runtime: Rt, identity: Caller) -> Verdict:
+async def propose(proposal: Proposal, runtime: Rt, identity: Caller) -> Response:
     """Runs validate → permit (Casbin) → evaluate (Rego at the autonomy level) → decide →
     record (ledger), and answers once the proposal and the decision are durable."""
     started = time.perf_counter()
     try:
-        verdict = await runtime.decider.propose(identity, proposal)
+        answer = await runtime.decider.decide(identity, proposal)
     except DecisionUnavailable:
         runtime.metrics.failures.inc()
         raise
-    runtime.metrics.decisions.labels(verdict.verdict).inc()
+    # The decision is recorded (or a retry answered from its record): `answer` is all of it.
+    runtime.metrics.decisions.labels(answer.verdict).inc()
     runtime.metrics.latency.observe(time.perf_counter() - started)
-    return verdict
+    # The Verdict's JSON as encoded once by the decider (response_model documents it).
+    return Response(answer.json, media_type="application/json")
 
 
 @router.get(
