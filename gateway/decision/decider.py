@@ -27,7 +27,7 @@ from sqlalchemy.engine import Engine
 from gateway.autonomy.levels import LEVEL_NAMES, AutonomyBook
 from gateway.decision.answer import Answer, answer_json
 from gateway.decision.history import HistoryBook
-from gateway.decision.idempotency import Decided, Recent, lookup
+from gateway.decision.idempotency import Decided, Lookup, Recent
 from gateway.decision.personal import find_personal
 from gateway.decision.records import Judgement, decision_rows
 from gateway.decision.steps import (
@@ -95,6 +95,14 @@ class Decider:
     )
     # The answers of keys decided lately: a retry is answered from here, decided again never.
     _recent: Recent = field(default_factory=Recent)
+    _lookup: Lookup = field(init=False)
+
+    def __post_init__(self) -> None:
+        self._lookup = Lookup(self.engine)
+
+    def close(self) -> None:
+        """Close the connections the idempotency look-ups opened."""
+        self._lookup.close()
 
     async def propose(self, identity: Identity, proposal: Proposal) -> Verdict:
         """``decide``, answered as a ``Verdict`` (the API sends ``Answer.json`` as it is)."""
@@ -154,7 +162,7 @@ class Decider:
         decided = self._recent.get(key)
         if decided is None:
             try:
-                decided = lookup(self.engine, key)
+                decided = self._lookup(key)
             except sa.exc.SQLAlchemyError:
                 return None
             if decided is not None:
@@ -196,7 +204,7 @@ class Decider:
     def _recorded(self, key: tuple[str, str], digest: str, identity: Identity) -> Answer | None:
         """The earlier answer to this idempotency key in the database, or Conflict if the body
         differs or ``identity`` could not have proposed it."""
-        decided = lookup(self.engine, key)
+        decided = self._lookup(key)
         if decided is None:
             return None
         self._recent.put(key, decided)

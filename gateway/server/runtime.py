@@ -198,4 +198,5 @@ class Runtime:
     def close(self) -> None:
         """Let the ledger commit what is queued, then release the database."""
         self.ledger.close()
+        self.decider.close()
         self.engine.dispose()

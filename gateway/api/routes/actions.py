@@ -11,6 +11,7 @@ from fastapi import APIRouter
 from fastapi.responses import Response
 
 from gateway.api.deps import AUTH_PROBLEMS, Caller, Rt, problem_doc
+from gateway.api.direct import DirectRoute
 from gateway.api.strict_json import StrictJSONRoute
 from gateway.binding import confine
 from gateway.db.tables import ACTIONS
@@ -41,12 +42,6 @@ _SHOW_PROBLEMS: dict[int | str, dict[str, Any]] = {
 }
 
 
-@router.post(
-    "",
-    response_model=Verdict,
-    summary="Propose an action; get execute, hold or reject",
-    responses=_PROBLEMS,
-)
 async def propose(proposal: Proposal, runtime: Rt, identity: Caller) -> Response:
     """Runs validate → permit (Casbin) → evaluate (Rego at the autonomy level) → decide →
     record (ledger), and answers once the proposal and the decision are durable."""
@@ -61,6 +56,18 @@ async def propose(proposal: Proposal, runtime: Rt, identity: Caller) -> Response
     runtime.metrics.latency.observe(time.perf_counter() - started)
     # The Verdict's JSON as encoded once by the decider (response_model documents it).
     return Response(answer.json, media_type="application/json")
+
+
+# The hot path: its common request skips FastAPI's dependency solving (gateway.api.direct).
+router.add_api_route(
+    "",
+    propose,
+    methods=["POST"],
+    response_model=Verdict,
+    summary="Propose an action; get execute, hold or reject",
+    responses=_PROBLEMS,
+    route_class_override=DirectRoute,
+)
 
 
 @router.get(
