@@ -21,6 +21,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from gateway.api.access import ACCESS, route_path
+from gateway.api.limits import IDENTITY
 from gateway.api.problems import replaying
 from gateway.api.strict_json import StrictJSONRoute, parse_body
 from gateway.identity import authenticate
@@ -55,7 +56,9 @@ class DirectRoute(StrictJSONRoute):
                 return await full(request)
             body = await request.body()
             try:
-                identity = authenticate(runtime.tokens, header.decode("latin-1"))
+                identity = scope.get(IDENTITY) or authenticate(
+                    runtime.tokens, header.decode("latin-1")
+                )
                 ACCESS.check(identity, request.method, route_path(request))
                 parsed = model.model_validate(parse_body(body))
             except Exception:  # refused there (or failing), as FastAPI would have it
