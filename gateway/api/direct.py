@@ -42,6 +42,10 @@ class DirectRoute(StrictJSONRoute):
         assert issubclass(model, BaseModel)
         endpoint = self.endpoint
         assert inspect.iscoroutinefunction(endpoint), "a DirectRoute's endpoint is async"
+        # Called as endpoint(body, runtime, identity): a parameter added later (a dependency)
+        # would be skipped on the direct way, so it must fail here, at start-up.
+        parameters = inspect.signature(endpoint).parameters
+        assert len(parameters) == 3, "a DirectRoute's endpoint takes (body, Rt, Caller), no more"
 
         async def direct(request: Request) -> Response:
             scope = request.scope
