@@ -80,13 +80,18 @@ def http_load(
     seconds: int,
     connections: int,
     workdir: Path,
+    cycle: int = 0,
 ) -> Load:
     """POST ``body`` (``KEY_MARK`` replaced by a key unique per request: ``run_id``, thread,
-    counter) to ``url + path`` for ``seconds`` over ``connections`` connections."""
+    counter) to ``url + path`` for ``seconds`` over ``connections`` connections. With
+    ``cycle``, each connection (wrk: each thread) sends its first ``cycle`` keys over and over
+    (a retry storm, once they are decided): the same ``run_id`` and ``cycle``, the same keys."""
     prefix, suffix = body.split(KEY_MARK)
     wrk = shutil.which("wrk")
     if wrk and os.environ.get("BENCH_LOADGEN", "") != "builtin":
-        return _wrk(wrk, url, path, prefix, suffix, token, run_id, seconds, connections, workdir)
+        return _wrk(
+            wrk, url, path, prefix, suffix, token, run_id, seconds, connections, workdir, cycle
+        )
     args = {
         "url": url,
         "path": path,
@@ -96,6 +101,7 @@ def http_load(
         "run_id": run_id,
         "seconds": seconds,
         "connections": connections,
+        "cycle": cycle,
     }
     return Load(**_subprocess("http", args, timeout=seconds + 120))
 
@@ -136,6 +142,7 @@ local counter = 0
 local threads = 0
 tid = 0
 run = "run"
+cycle = 0
 
 function setup(thread)
   threads = threads + 1
@@ -144,11 +151,14 @@ end
 
 function init(args)
   run = args[1] or "run"
+  cycle = tonumber(args[2] or "0")
 end
 
 function request()
   counter = counter + 1
-  local body = prefix .. run .. "-" .. tid .. "-" .. counter .. suffix
+  local key = counter
+  if cycle > 0 then key = (counter - 1) % cycle + 1 end
+  local body = prefix .. run .. "-" .. tid .. "-" .. key .. suffix
   return wrk.format("POST", "{path}", headers, body)
 end
 
@@ -174,13 +184,14 @@ def _wrk(
     seconds: int,
     connections: int,
     workdir: Path,
+    cycle: int,
 ) -> Load:
     if "]==]" in prefix + suffix or '"' in token + path:
         raise ValueError("cannot quote this body, token or path in the Lua script")
     script = workdir / "post.lua"
     script.write_text(_LUA.format(path=path, prefix=prefix, suffix=suffix, token=token))
     cmd = [wrk, "-t1", f"-c{connections}", f"-d{seconds}s", "--timeout", "30s"]
-    cmd += ["-s", str(script), url, "--", run_id]
+    cmd += ["-s", str(script), url, "--", run_id, str(cycle)]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=seconds + 120, check=False)
     for line in done.stdout.splitlines():
         if line.startswith("WRK_RESULT "):
@@ -229,6 +240,7 @@ async def _http_main(args: dict[str, Any]) -> dict[str, Any]:
     host, _, port = url.partition(":")
     path, token, run_id = args["path"], args["token"], args["run_id"]
     prefix, suffix = args["prefix"], args["suffix"]
+    cycle = int(args.get("cycle", 0))
     latencies: list[float] = []
     counts = {"requests": 0, "non2xx": 0, "errors": 0}
     start = time.perf_counter()
@@ -244,7 +256,8 @@ async def _http_main(args: dict[str, Any]) -> dict[str, Any]:
         try:
             while time.perf_counter() < deadline:
                 sent += 1
-                body = f"{prefix}{run_id}-{number}-{sent}{suffix}".encode()
+                key = (sent - 1) % cycle + 1 if cycle else sent
+                body = f"{prefix}{run_id}-{number}-{key}{suffix}".encode()
                 request = (
                     f"POST {path} HTTP/1.1\r\nHost: {host}:{port}\r\n"
                     f"Authorization: Bearer {token}\r\nContent-Type: application/json\r\n"

@@ -15,7 +15,11 @@ returns once they are durable. The dispatcher is not started: the intents stay q
   per call (the bodies of a recorded proposal and decision) with ``append_many_async``, at the
   same concurrency: the floor that the durable append alone sets.
 - ``judge``: ``Decider.judge`` alone (permit, evaluate, decide and the trace; no idempotency
-  look-up, no ledger), one call at a time: the CPU the decision itself costs.
+  look-up, no ledger), one call at a time: the CPU the decision itself costs. ``judge_p50``
+  against the peer's: Microsoft AGT's ``PolicyEngine.evaluate`` p50 (its own bench, 5 rules),
+  run between our runs when its venv is there (``BENCH_AGT_VENV``, default where its
+  ``setup.sh`` puts it; ``BENCH_AGT_SCRIPT``, default ``../shared/peers/agt/bench_agt.py`` beside
+  the checkout or its parent).
 - ``sealed_c1`` and ``sealed_c16``: the same booking with a customer's personal data (id,
   email, name: the fields the bundle seals), one of ``CUSTOMERS`` customers each, against
   ``decide_c*``, whose bookings carry none. ``seal_c1``: what sealing adds to a decision at
@@ -30,9 +34,13 @@ variants are interleaved.
 from __future__ import annotations
 
 import asyncio
+import json
+import os
 import secrets
 import shutil
 import statistics
+import subprocess
+import tempfile
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
@@ -41,7 +49,7 @@ from pathlib import Path
 from typing import Any
 
 from bench._common import Context, Figure, percentile
-from bench._gateway import POLICIES
+from bench._gateway import POLICIES, REPO
 from gateway.identity import Identity
 from gateway.schemas import Proposal
 from gateway.server.runtime import Runtime
@@ -150,6 +158,8 @@ async def _main(ctx: Context, work: Path, loop_name: str) -> list[Figure]:
             _Variant("sealed_c16", 16, n16),
         ]
         judge_us: list[float] = []
+        judge_p50: list[float] = []
+        agt_p50: list[float] = []
         ctx.log(
             f"measuring {', '.join(v.name for v in variants)} and judge: {n1} calls per run at "
             f"concurrency 1, {n16} at 16, {n_judge} judge calls; {ctx.repeat} runs, interleaved"
@@ -174,20 +184,30 @@ async def _main(ctx: Context, work: Path, loop_name: str) -> list[Figure]:
                 v.rates.append(v.count / seconds)
                 v.p50.append(percentile(latencies, 50) * 1000)
                 v.p99.append(percentile(latencies, 99) * 1000)
-            judge_us.append(_judge(runtime, identity, proposals(n_judge)) * 1e6)
+            calls = _judge(runtime, identity, proposals(n_judge))
+            judge_us.append(statistics.fmean(calls) * 1e6)
+            judge_p50.append(percentile(calls, 50) * 1e6)
+            peer = _agt_p50(ctx.quick)
+            if peer is not None:
+                agt_p50.append(peer)
             ctx.log(
                 f"  run {rep + 1}/{ctx.repeat}: "
                 + ", ".join(
                     f"{v.name} {v.rates[-1]:,.0f}/s p50 {v.p50[-1]:.2f} ms p99 {v.p99[-1]:.2f} ms"
                     for v in variants
                 )
-                + f", judge {judge_us[-1]:.0f} us"
+                + f", judge {judge_us[-1]:.0f} us (p50 {judge_p50[-1]:.0f} us)"
+                + (f", AGT policy check p50 {agt_p50[-1]:.0f} us" if agt_p50 else "")
             )
         ctx.log(f"ledger size at the end: {runtime.ledger.size():,} entries")
         erasures = await _erase(runtime, decided, 3 if ctx.quick else 10)
     finally:
         runtime.close()
-    return _figures(ctx, variants, judge_us) + _seal_figures(ctx, variants, erasures)
+    return (
+        _figures(ctx, variants, judge_us)
+        + _judge_figures(ctx, judge_p50, agt_p50)
+        + _seal_figures(ctx, variants, erasures)
+    )
 
 
 async def _erase(runtime: Runtime, decided: dict[str, int], count: int) -> list[tuple[float, int]]:
@@ -233,14 +253,76 @@ async def _timed(
     return time.perf_counter() - start, latencies
 
 
-def _judge(runtime: Runtime, identity: Identity, batch: Sequence[Proposal]) -> float:
-    """Seconds per ``Decider.judge`` call (permit, evaluate, decide, trace)."""
+def _judge(runtime: Runtime, identity: Identity, batch: Sequence[Proposal]) -> list[float]:
+    """Seconds of each ``Decider.judge`` call (permit, evaluate, decide, trace)."""
     decider = runtime.decider
     policy = decider.in_force.policy
-    start = time.perf_counter()
+    calls = []
+    clock = time.perf_counter
     for proposal in batch:
+        began = clock()
         decider.judgement(identity, proposal, policy, decider.clock())
-    return (time.perf_counter() - start) / len(batch)
+        calls.append(clock() - began)
+    return calls
+
+
+def _agt_paths() -> tuple[Path, Path] | None:
+    """The peer's Python and bench script, or None when either is not there."""
+    default_venv = Path(tempfile.gettempdir()) / "peer-agt" / "venv"
+    python = Path(os.environ.get("BENCH_AGT_VENV", default_venv)) / "bin" / "python"
+    scripts = [Path(os.environ["BENCH_AGT_SCRIPT"])] if "BENCH_AGT_SCRIPT" in os.environ else []
+    scripts += [where / "shared" / "peers" / "agt" / "bench_agt.py" for where in REPO.parents[:2]]
+    script = next((s for s in scripts if s.exists()), None)
+    return (python, script) if script is not None and python.exists() else None
+
+
+def _agt_p50(quick: bool) -> float | None:
+    """Microsoft AGT's policy check p50 in microseconds (its bench, one run), or None."""
+    paths = _agt_paths()
+    if paths is None:
+        return None
+    python, script = paths
+    sizes = ["--evals", "2000" if quick else "20000", "--appends", "1000", "--chain", "2000"]
+    done = subprocess.run(
+        [str(python), str(script), *sizes, "--runs", "1"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+    if done.returncode != 0:
+        raise RuntimeError(f"the AGT peer bench failed: {done.stderr[-2000:]}")
+    return float(json.loads(done.stdout)["policy_eval"]["p50_latency_us"])
+
+
+def _judge_figures(ctx: Context, judge_p50: list[float], agt_p50: list[float]) -> list[Figure]:
+    if not agt_p50:
+        ctx.log("the AGT peer is not installed: no judge_p50 against it (see the module)")
+        return [ctx.figure(Figure(f"{NAME}.judge_p50", tuple(judge_p50), "us/call"))]
+    ratio = statistics.median(judge_p50) / statistics.median(agt_p50)
+    figures = [
+        Figure(
+            f"{NAME}.agt_policy_p50",
+            tuple(agt_p50),
+            "us/call",
+            baseline=f"{NAME}.agt_policy_p50",
+            ratio=1.0,
+            note="peer: Microsoft AGT PolicyEngine.evaluate p50, 5-rule YAML policy, its own "
+            "bench (one run of 20,000 checks between each of ours)",
+        ),
+        Figure(
+            f"{NAME}.judge_p50",
+            tuple(judge_p50),
+            "us/call",
+            baseline=f"{NAME}.agt_policy_p50",
+            ratio=ratio,
+            target="<= 100% of agt_policy_p50",
+            met=ratio <= 1.0,
+            note="Decider.judge p50: permit (Casbin, cached), classify and evaluate (Rego), "
+            "decide, the trace",
+        ),
+    ]
+    return [ctx.figure(f) for f in figures]
 
 
 def _figures(ctx: Context, variants: list[_Variant], judge_us: list[float]) -> list[Figure]:

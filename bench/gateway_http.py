@@ -18,7 +18,12 @@ each, every request with its own idempotency key.
   measurement, as it would in production; after each run the bench waits until the backlog is
   drained so that the next run (of either server) starts from an idle gateway.
 
-Runs alternate between the two servers (the first of each pair alternates too); the figures are
+- ``retry``: the same gateway, every request a retry of a key it decided before, with the same
+  body (a retry storm after a timeout): each connection resends its first ``RETRY_KEYS`` keys,
+  decided in untimed runs first. A retry is answered from its record: no decision, no ledger
+  write (the proposal and decision entries are counted before and after its runs).
+
+Runs alternate between the servers (the first of each pair alternates too); the figures are
 medians of the runs. The servers' CPU time per answered request (from ``/proc``) is shown too:
 with the load generator on the same machine, it says what each request costs the server.
 """
@@ -45,6 +50,7 @@ from bench._gateway import (
     gateway_command,
     intent_counts,
     serve,
+    sqlite_rows,
     tokens,
 )
 from bench._loadgen import KEY_MARK, Load, http_load, loadgen_name
@@ -55,6 +61,7 @@ DESCRIPTION = "POST /v1/actions decisions/s, p50/p99 vs a bare FastAPI endpoint,
 
 CONCURRENCY = 16
 TARGET_RATIO = 0.60
+RETRY_KEYS = 64  # keys each connection resends in the retry runs
 PATH = "/v1/actions"
 # A booking the default bundle executes at once (booking-agent, level 3, confident).
 PROPOSAL = {
@@ -124,6 +131,9 @@ def run(ctx: Context) -> list[Figure]:
         )
         run_tag = secrets.token_hex(3)
 
+        retry = _Target("retry", gateway.served)
+        retry_run = f"{run_tag}-retry"
+
         def measure(target: _Target, label: str, length: int) -> Load:
             pid = target.served.process.pid
             before = cpu_seconds(pid)
@@ -132,10 +142,11 @@ def run(ctx: Context) -> list[Figure]:
                 path=PATH,
                 body=body,
                 token=token,
-                run_id=f"{run_tag}-{label}",
+                run_id=retry_run if target is retry else f"{run_tag}-{label}",
                 seconds=length,
                 connections=CONCURRENCY,
                 workdir=work,
+                cycle=RETRY_KEYS if target is retry else 0,
             )
             after = cpu_seconds(pid)
             if load.non2xx or load.errors:
@@ -156,10 +167,20 @@ def run(ctx: Context) -> list[Figure]:
         with ctx.step("warm-up"):
             for target in (bare, gateway):
                 measure(target, "warmup", warmup)
+        with ctx.step(f"deciding the retry runs' keys ({RETRY_KEYS} a connection)"):
+            decided = -1
+            while decided != (decided := _decided(db, retry_run)):
+                measure(retry, "warmup", warmup)  # first sends decide, later ones retry
+            _drain(db)
+        written = 0  # proposal and decision entries written during the retry runs
+        targets = (bare, gateway, retry)
         for rep in range(ctx.repeat):
-            pair = (bare, gateway) if rep % 2 == 0 else (gateway, bare)
-            for target in pair:
+            shift = rep % len(targets)  # each goes first in turn
+            for target in targets[shift:] + targets[:shift]:
+                entries = _decisions_recorded(db) if target is retry else 0
                 target.loads.append(measure(target, f"r{rep}", seconds))
+                if target is retry:
+                    written += _decisions_recorded(db) - entries
             ctx.log(
                 f"  run {rep + 1}/{ctx.repeat}: "
                 + ", ".join(
@@ -171,12 +192,29 @@ def run(ctx: Context) -> list[Figure]:
                         if t is gateway
                         else ""
                     )
-                    for t in (bare, gateway)
+                    for t in targets
                 )
             )
+        ctx.log(
+            f"retry runs: {decided} keys resent, {written} proposal or decision entries written"
+        )
     _check_ledger(ctx, db)
     shutil.rmtree(work, ignore_errors=True)  # kept only when the bench failed
-    return _figures(ctx, bare, gateway, tool)
+    return _figures(ctx, bare, gateway, tool) + _retry_figures(ctx, gateway, retry, written)
+
+
+def _decided(db: Path, run_id: str) -> int:
+    """Actions recorded with the keys of run ``run_id``."""
+    rows = sqlite_rows(
+        db, "SELECT count(*) FROM gateway_actions WHERE idempotency_key LIKE ?", (f"{run_id}-%",)
+    )
+    return int(str(rows[0][0]))
+
+
+def _decisions_recorded(db: Path) -> int:
+    """Proposal and decision entries in the ledger."""
+    kinds = counts(db, "ledger_entries", "kind")
+    return kinds.get("proposal", 0) + kinds.get("decision", 0)
 
 
 def _drain(db: Path) -> tuple[int, float]:
@@ -264,4 +302,36 @@ def _figures(ctx: Context, bare: _Target, gateway: _Target, tool: str) -> list[F
                 digits=2,
             )
         )
+    return [ctx.figure(f) for f in figures]
+
+
+def _retry_figures(ctx: Context, gateway: _Target, retry: _Target, written: int) -> list[Figure]:
+    fresh = statistics.median(load.rate for load in gateway.loads)
+    rates = tuple(load.rate for load in retry.loads)
+    ratio = statistics.median(rates) / fresh
+    figures = [
+        Figure(
+            f"{NAME}.retry_rate",
+            rates,
+            "answers/s",
+            baseline=f"{NAME}.gateway_rate",
+            ratio=ratio,
+            target=">= 100% of gateway_rate, no entry written",
+            met=ratio >= 1.0 and written == 0,
+            note=f"every request a retry of a decided key, same body; server CPU "
+            f"{statistics.median(retry.cpu_ms):.2f} ms/answer; {written} proposal or decision "
+            "entries written during these runs",
+        ),
+        Figure(
+            f"{NAME}.retry_p99",
+            tuple(load.p99_ms for load in retry.loads),
+            "ms",
+            baseline=f"{NAME}.gateway_p99",
+            ratio=statistics.median(load.p99_ms for load in retry.loads)
+            / statistics.median(load.p99_ms for load in gateway.loads),
+            note=f"a retry's p99 latency; p50 "
+            f"{statistics.median(load.p50_ms for load in retry.loads):.2f} ms",
+            digits=2,
+        ),
+    ]
     return [ctx.figure(f) for f in figures]

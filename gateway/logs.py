@@ -14,7 +14,7 @@ from typing import TextIO
 
 from pythonjsonlogger.orjson import OrjsonFormatter
 
-from gateway.schemas import Verdict
+from gateway.decision.answer import DecisionMade
 from gateway.settings import Settings
 
 __all__ = ["configure_logging", "log_decision"]
@@ -46,29 +46,28 @@ def configure_logging(settings: Settings, stream: TextIO | None = None) -> None:
     logging.getLogger("mandate").setLevel(settings.log_level)
 
 
-def log_decision(workflow: str, verdict: Verdict, seconds: float) -> None:
-    """One line for a decision answered after ``seconds`` (nothing at all below INFO: the
-    check is the whole cost then)."""
+def log_decision(made: DecisionMade) -> None:
+    """One line for a fresh decision (nothing at all below INFO: the check is the whole cost
+    then)."""
     if not _decisions.isEnabledFor(logging.INFO):
         return
-    codes = [reason.code for reason in verdict.reasons]
-    case_type = verdict.trace.autonomy.case_type
-    latency_ms = round(seconds * 1000, 3)
+    answer, codes = made.answer, list(made.reason_codes)
+    latency_ms = round(made.seconds * 1000, 3)
     _decisions.info(
         "%s %s %s/%s (%s) in %.1f ms",
-        verdict.action_id,
-        verdict.verdict,
-        workflow,
-        case_type,
+        answer.action_id,
+        answer.verdict,
+        made.workflow,
+        made.case_type,
         ", ".join(codes),
         latency_ms,
         extra={
-            "action_id": verdict.action_id,
-            "workflow": workflow,
-            "case_type": case_type,
-            "verdict": verdict.verdict,
+            "action_id": answer.action_id,
+            "workflow": made.workflow,
+            "case_type": made.case_type,
+            "verdict": answer.verdict,
             "reasons": codes,
             "latency_ms": latency_ms,
-            "decision_seq": verdict.ledger.decision_seq,
+            "decision_seq": answer.decision_seq,
         },
     )

@@ -21,8 +21,8 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from sqlalchemy.engine import Engine
 
 from gateway.db.tables import ACTIONS, APPROVALS, AUDITS, AUTONOMY_CHANGES, INTENTS
+from gateway.decision.answer import DecisionMade
 from gateway.policy.bundle import Bundle
-from gateway.schemas import Verdict
 from ledger.store import Ledger
 
 __all__ = ["DatabaseState", "Metrics"]
@@ -67,14 +67,14 @@ class Metrics:
             registry=self.registry,
         )
 
-    def decided(self, workflow: str, verdict: Verdict, seconds: float) -> None:
-        """Count a decision answered after ``seconds``. The labels are the bundle's (the
-        workflow is validated, the case type classified), never a proposer's free text."""
-        case_type = verdict.trace.autonomy.case_type
-        self.decisions.labels(workflow, case_type, verdict.verdict).inc()
-        for reason in verdict.reasons:
-            self.reasons.labels(workflow, case_type, verdict.verdict, reason.code).inc()
-        self.latency.labels(workflow, case_type).observe(seconds)
+    def decided(self, made: DecisionMade) -> None:
+        """Count a fresh decision. The labels are the bundle's (the workflow is validated, the
+        case type classified), never a proposer's free text."""
+        workflow, case_type, verdict = made.workflow, made.case_type, made.answer.verdict
+        self.decisions.labels(workflow, case_type, verdict).inc()
+        for code in made.reason_codes:
+            self.reasons.labels(workflow, case_type, verdict, code).inc()
+        self.latency.labels(workflow, case_type).observe(made.seconds)
 
     def failed_closed(self, cause: str) -> None:
         """Count a request refused with a 503 because ``cause`` failed."""

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import pickle
 import re
 import unicodedata
 from collections.abc import Mapping
@@ -69,6 +70,11 @@ _END_SHAPE = bytes.maketrans(b",]}eE", b";;;..")
 _BOTH_SHAPE = bytes.maketrans(b",[]}eE", b"::::..")
 _NUMBER_DROP = b"0123456789+-"
 _KIND = re.compile(r"[a-z][a-z0-9_.-]{0,63}")
+# In a pickle (protocol 5): a float is BINFLOAT, "G" and the double big-endian, whose exponent
+# bits are all ones for NaN and the infinities; STACK_GLOBAL names a class (an object pickled
+# by reference). See ``_finite``.
+_NON_FINITE = re.compile(rb"G[\x7f\xff][\xf0-\xff]")
+_BY_REFERENCE = b"\x93"
 _ORJSON_OPTS = (
     orjson.OPT_SORT_KEYS
     | orjson.OPT_STRICT_INTEGER
@@ -101,7 +107,21 @@ def canonical_json(value: Any, path: str = "body") -> bytes:
 
 
 def _finite(value: Any) -> bool:
-    """Whether ``value`` holds no NaN or infinity (the JSON encoder refuses them)."""
+    """Whether ``value`` holds no NaN or infinity.
+
+    Asked of every value whose orjson bytes hold a null (a decision's answer always does). The
+    JSON encoder decides exactly, since it refuses them, but costs most of ``canonical_json``;
+    pickling is a C walk several times faster that writes every float as ``G`` and its 8 bytes,
+    so a pickle with no non-finite exponent after a ``G`` and no object pickled by reference
+    (an enum member is pickled as its name, not its value) holds none. Anything else, false
+    alarms included (those bytes inside a string), goes to the encoder.
+    """
+    try:
+        data = pickle.dumps(value, protocol=5)
+    except Exception:
+        data = None
+    if data is not None and _BY_REFERENCE not in data and not _NON_FINITE.search(data):
+        return True
     try:
         json.dumps(value, allow_nan=False, check_circular=False)
     except ValueError:
@@ -169,7 +189,11 @@ def _check_string(text: str, path: str) -> None:
 
 def format_time(moment: dt.datetime) -> str:
     """RFC 3339 UTC with microseconds, the form every entry's ``time`` takes."""
-    return moment.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    utc = moment if moment.tzinfo is dt.UTC else moment.astimezone(dt.UTC)
+    if utc.year < 1000:  # isoformat pads the year to four digits, strftime's %Y does not
+        return utc.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    # isoformat is C through and through, about half of strftime's cost; it ends "+00:00".
+    return utc.isoformat(timespec="microseconds")[:-6] + "Z"
 
 
 def encode_entry(

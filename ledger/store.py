@@ -109,6 +109,9 @@ class Ledger:
         self._opened = False
         self._halted: str | None = None
         self._writer: Writer | None = None
+        # Appends made by an event loop's tasks during its current turn, not yet handed to
+        # the writer (see append_many_async).
+        self._handing_over: dict[asyncio.AbstractEventLoop, list[Request]] = {}
         if signer is not None:
             self._writer = Writer(
                 engine,
@@ -265,10 +268,29 @@ class Ledger:
 
         Invalid records raise ``EntryError`` before anything is queued.
         """
-        future: asyncio.Future[list[Appended]] = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[list[Appended]] = loop.create_future()
         request = Request(self._prepare_all(records), rows, in_transaction, future=future)
-        self._writable().submit(request)
+        writer = self._writable()
+        queued = self._handing_over.get(loop)
+        if queued is None:
+            # The first append of this turn of the event loop: those that its other ready tasks
+            # make join it, and all go to the writer together when the turn ends, with one
+            # wake-up: a burst of decisions is one batch (one transaction, one fsync) instead
+            # of a first one alone and the rest behind it.
+            queued = self._handing_over[loop] = []
+            loop.call_soon(self._hand_over, loop, writer)
+        queued.append(request)
         return await future
+
+    def _hand_over(self, loop: asyncio.AbstractEventLoop, writer: Writer) -> None:
+        requests = self._handing_over.pop(loop)
+        try:
+            writer.submit_all(requests)
+        except Exception as exc:  # closed meanwhile: nothing of theirs was queued
+            for request in requests:
+                if request.future is not None and not request.future.done():
+                    request.future.set_exception(exc)
 
     def checkpoint(self) -> StoredCheckpoint:
         """Sign a checkpoint of the whole log now, unless the latest one already covers it."""

@@ -67,10 +67,11 @@ __all__ = ["InTransaction", "Keyring", "Late", "Request", "RowsFor", "Writer"]
 # The most entries other processes may have appended since this writer's last batch for it to
 # catch up on them leaf by leaf (see Writer._catch_up); past that it rebuilds the tail whole.
 _CATCH_UP_MAX = 4096
-# When the writer wakes to find this many requests waiting, it commits only half of them: the
-# other half becomes the next batch, and from then on one group of callers prepares its next
-# appends while the other's batch commits (see Writer._take).
-_PIPELINE_FROM = 16
+# When the writer wakes to find more than this many requests waiting, it commits only half of
+# them: the other half becomes the next batch, and from then on one group of callers prepares
+# its next appends while the other's batch commits (see Writer._take). A burst of up to this
+# many (16 connections' decisions, handed over in one turn of their event loop) is one batch.
+_PIPELINE_ABOVE = 16
 
 InTransaction = Callable[[Connection, list[Appended]], None]
 Keyring = Callable[[str], NoteSigner | None]
@@ -247,26 +248,36 @@ class Writer:
         and only plain ones (no key rotation, no checkpoint on demand): anything else, and
         anything that fails here, the writer builds itself.
         """
+        self.submit_all((request,))
+
+    def submit_all(self, requests: Sequence[Request]) -> None:
+        """``submit`` each of ``requests``, in order, taking the lock and waking the writer
+        once for all of them."""
         with self._lock:
             if self._thread is None or self._closed:
                 raise StorageError("the ledger is not open for appends")
-            pending = self._pending
-            if request.records and request.rotate_to is None and not request.force_checkpoint:
-                draft = self._draft
-                if draft is None:
-                    if not pending and self._draft_base is not None:
-                        with contextlib.suppress(Exception):
-                            draft = self._draft = self._new_build(self._draft_base)
-                elif len(draft.results) != len(pending) or draft.records >= self._max_batch:
-                    draft = None
-                if draft is not None:
-                    try:
-                        draft.add(request.records, None, False)
-                    except Exception:
-                        self._draft = None  # the writer builds these requests itself
-            pending.append(request)
+            for request in requests:
+                self._queue(request)
             if self._idle:
                 self._wake()
+
+    def _queue(self, request: Request) -> None:
+        """Add a request to the pending ones and, when it may, to the draft (lock held)."""
+        pending = self._pending
+        if request.records and request.rotate_to is None and not request.force_checkpoint:
+            draft = self._draft
+            if draft is None:
+                if not pending and self._draft_base is not None:
+                    with contextlib.suppress(Exception):
+                        draft = self._draft = self._new_build(self._draft_base)
+            elif len(draft.results) != len(pending) or draft.records >= self._max_batch:
+                draft = None
+            if draft is not None:
+                try:
+                    draft.add(request.records, None, False)
+                except Exception:
+                    self._draft = None  # the writer builds these requests itself
+        pending.append(request)
 
     def wait(self, request: Request) -> list[Appended]:
         """Submit ``request`` and block this thread until it is committed (or failed)."""
@@ -348,7 +359,7 @@ class Writer:
                 count += len(pending[n].records)
                 n += 1
         build, self._draft = self._draft, None
-        if split and n >= _PIPELINE_FROM:
+        if split and n > _PIPELINE_ABOVE:
             # The writer was idle and now everybody waits at once: nothing the callers do
             # would overlap this commit. Commit half of them; the other half is the next
             # batch, ready when this one returns, and the two groups take turns from then on

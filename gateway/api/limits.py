@@ -1,8 +1,8 @@
-"""Limits on what one caller may ask of the gateway: a per-token request rate (429 with
-``Retry-After``) and how deeply a JSON body may nest (422, before it is parsed).
+"""Limits on what one caller may ask of the gateway, in one ASGI middleware in front of the
+app: the size of a request body (413), a per-token request rate (429 with ``Retry-After``) and
+how deeply a JSON body may nest (422, before it is parsed).
 
-The body's size is bounded before this (``gateway.api.problems.BodyLimit``, 413); page sizes and
-string lengths are bounded by the routes' parameters and ``gateway.schemas``.
+Page sizes and string lengths are bounded by the routes' parameters and ``gateway.schemas``.
 """
 
 from __future__ import annotations
@@ -10,15 +10,20 @@ from __future__ import annotations
 import math
 import re
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, MutableMapping
+from typing import Any
 
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from gateway.api.problems import problem, replaying
 from gateway.errors import Unauthenticated
 from gateway.identity import Identity, authenticate
 
-__all__ = ["Limits", "TokenBuckets", "json_too_deep"]
+__all__ = ["IDENTITY", "Limits", "TokenBuckets", "json_too_deep"]
+
+# Where ``Limits`` leaves the caller it authenticated, in the request's scope, for the app to
+# take rather than authenticate the same header again (``gateway.api.direct``).
+IDENTITY = "mandate.identity"
 
 _MAX_BUCKETS = 10000  # past this many tokens seen, buckets that have refilled are dropped
 # A JSON string (escapes included), or a bracket outside of one.
@@ -76,20 +81,63 @@ def json_too_deep(body: bytes, max_depth: int) -> bool:
 
 
 class Limits:
-    """ASGI middleware: a request with a valid bearer token takes one from that token's
-    bucket (429 when it is empty) and its JSON body is refused (422) when nested deeper than
-    ``max_depth``. A request without a valid token passes untouched: where a token is needed,
-    the app answers 401, and an anonymous caller learns nothing about bodies from a 422."""
+    """ASGI middleware, the first in front of the app.
 
-    def __init__(self, app: ASGIApp, *, rate: float, burst: int, max_depth: int) -> None:
+    A body over ``max_bytes`` (paths in ``larger``, a policy bundle's upload, have their own
+    limit) is refused with 413 before the app reads any of it: declared so, or read here as it
+    grows. Then a request with a valid bearer token takes one from that token's bucket (429
+    when it is empty) and its JSON body is refused (422) when nested deeper than
+    ``max_depth``. A request without a valid token passes untouched: where a token is needed,
+    the app answers 401, and an anonymous caller learns nothing about bodies from a 422. The
+    body is read once, and handed on whole.
+    """
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        rate: float,
+        burst: int,
+        max_depth: int,
+        max_bytes: int,
+        larger: Mapping[str, int] | None = None,
+    ) -> None:
         self.app = app
         self.buckets = TokenBuckets(rate, burst) if rate > 0 else None
         self.max_depth = max_depth
+        self.max_bytes = max_bytes
+        self.larger = dict(larger or {})
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        method = scope["method"]
+        body = b""
+        if method not in ("GET", "HEAD", "OPTIONS"):
+            limit = self.larger.get(scope["path"], self.max_bytes)
+            declared = dict(scope["headers"]).get(b"content-length")
+            if declared is not None and declared.isdigit() and int(declared) > limit:
+                await _too_large(send, limit)
+                return
+            # Read the body here (at most the limit) and hand it on, so a chunked body that
+            # grows past the limit is refused before the app sees any of it.
+            chunks: list[bytes] = []
+            size = 0
+            more = True
+            while more:
+                message = await receive()
+                if message["type"] == "http.disconnect":
+                    return
+                chunk = message.get("body", b"")
+                size += len(chunk)
+                if size > limit:
+                    await _too_large(send, limit)
+                    return
+                chunks.append(chunk)
+                more = message.get("more_body", False)
+            body = b"".join(chunks)
+            receive = replaying(body, receive)
         identity = _identity(scope)
         if identity is None:
             await self.app(scope, receive, send)
@@ -99,21 +147,11 @@ class Limits:
             if wait > 0:
                 await self._too_many(scope, receive, send, identity, wait)
                 return
-        if scope["method"] in ("GET", "HEAD", "OPTIONS", "DELETE") or not _json(scope):
-            await self.app(scope, receive, send)
-            return
-        # The body is whole already (BodyLimit, outside this, read it at most max_body_bytes):
-        # take it, look at it, and hand it on.
-        chunks: list[bytes] = []
-        more = True
-        while more:
-            message = await receive()
-            if message["type"] == "http.disconnect":
-                return
-            chunks.append(message.get("body", b""))
-            more = message.get("more_body", False)
-        body = b"".join(chunks)
-        if json_too_deep(body, self.max_depth):
+        if (
+            method not in ("GET", "HEAD", "OPTIONS", "DELETE")
+            and _json(scope)
+            and json_too_deep(body, self.max_depth)
+        ):
             message_ = f"JSON nested deeper than {self.max_depth} levels"
             response = problem(
                 422,
@@ -124,7 +162,8 @@ class Limits:
             )
             await response(scope, receive, send)
             return
-        await self.app(scope, replaying(body, receive), send)
+        scope[IDENTITY] = identity
+        await self.app(scope, receive, send)
 
     async def _too_many(
         self, scope: Scope, receive: Receive, send: Send, identity: Identity, wait: float
@@ -140,6 +179,16 @@ class Limits:
             headers={"Retry-After": str(seconds)},
         )
         await response(scope, receive, send)
+
+
+async def _too_large(send: Send, limit: int) -> None:
+    response = problem(413, "payload too large", f"request bodies are limited to {limit} bytes")
+    scope: MutableMapping[str, Any] = {"type": "http"}
+
+    async def no_body() -> Message:
+        return {"type": "http.disconnect"}
+
+    await response(scope, no_body, send)
 
 
 def _identity(scope: Scope) -> Identity | None:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Mapping, MutableMapping
 from typing import Any
 
 import orjson
@@ -14,13 +13,13 @@ from fastapi.exceptions import RequestValidationError
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import Message, Receive
 
 from gateway.db.migrations import schema_fault
 from gateway.errors import GatewayError, InvalidInput, Unauthenticated, status_of
 from gateway.identity import authenticate
 
-__all__ = ["BodyLimit", "install_problem_handlers", "problem", "replaying"]
+__all__ = ["install_problem_handlers", "problem", "replaying"]
 
 
 def replaying(body: bytes, receive: Receive) -> Receive:
@@ -225,56 +224,3 @@ def _title(status: int) -> str:
         return HTTPStatus(status).phrase.lower()
     except ValueError:
         return "error"
-
-
-class BodyLimit:
-    """Refuse request bodies over ``max_bytes`` with 413 before the app reads them; paths in
-    ``larger`` (a policy bundle's upload) have their own limit."""
-
-    def __init__(
-        self, app: ASGIApp, max_bytes: int, larger: Mapping[str, int] | None = None
-    ) -> None:
-        self.app = app
-        self.max_bytes = max_bytes
-        self.larger = dict(larger or {})
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["method"] in ("GET", "HEAD", "OPTIONS"):
-            await self.app(scope, receive, send)
-            return
-        limit = self.larger.get(scope["path"], self.max_bytes)
-        headers = dict(scope["headers"])
-        declared = headers.get(b"content-length")
-        if declared is not None and declared.isdigit() and int(declared) > limit:
-            await self._refuse(send, limit)
-            return
-        # Read the body here (at most max_bytes) and hand it on, so a chunked body that grows
-        # past the limit is refused before the app sees any of it.
-        chunks: list[bytes] = []
-        size = 0
-        more = True
-        while more:
-            message = await receive()
-            if message["type"] == "http.disconnect":
-                return
-            chunk = message.get("body", b"")
-            size += len(chunk)
-            if size > limit:
-                await self._refuse(send, limit)
-                return
-            chunks.append(chunk)
-            more = message.get("more_body", False)
-        await self.app(scope, replaying(b"".join(chunks), receive), send)
-
-    async def _refuse(self, send: Send, limit: int) -> None:
-        response = problem(
-            413,
-            "payload too large",
-            f"request bodies are limited to {limit} bytes",
-        )
-        scope: MutableMapping[str, Any] = {"type": "http"}
-
-        async def no_body() -> Message:
-            return {"type": "http.disconnect"}
-
-        await response(scope, no_body, send)

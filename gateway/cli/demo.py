@@ -306,7 +306,7 @@ def _report(result: DemoResult, console: Console) -> None:
     )
     console.print(
         f"Left in the inbox: {counted(result.held, 'held action')} of this run, waiting for an "
-        "approver (`mandate approvals list`, or /ui/inbox); unanswered, they expire and never "
-        "execute.",
+        "approver (`mandate approvals list`, or the inbox at /ui/); unanswered, they expire and "
+        "never execute.",
         highlight=False,
     )

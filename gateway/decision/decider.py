@@ -4,7 +4,8 @@
 level in force, and records the proposal and the decision in the ledger with every row beside
 them (``gateway.decision.records``) in one transaction; it answers once they are durable. An
 idempotency key already used is answered as it was the first time, to a token that could have
-made the proposal, and written nowhere. Every input of a decision (the proposal, the executor,
+made the proposal, and written nowhere: its key is looked up before anything is decided
+(``gateway.decision.idempotency``). Every input of a decision (the proposal, the executor,
 the case type, the level, the figures, the clock, the action id) is recorded with it, so
 replaying the ledger reproduces every verdict (``gateway.decision.redecide``).
 """
@@ -14,7 +15,9 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import logging
-import secrets
+import os
+import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -24,11 +27,13 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from gateway.autonomy.levels import LEVEL_NAMES, AutonomyBook
-from gateway.db.tables import ACTIONS
+from gateway.decision.answer import Answer, DecisionMade, answer_json
 from gateway.decision.history import HistoryBook
+from gateway.decision.idempotency import Decided, Lookup, Recent
 from gateway.decision.personal import find_personal
 from gateway.decision.records import Judgement, decision_rows
 from gateway.decision.steps import (
+    admit,
     input_digest,
     judge,
     recorded_proposal,
@@ -46,7 +51,6 @@ from gateway.schemas import (
     AutonomyTrace,
     CasbinTrace,
     ExecutionRef,
-    LedgerRef,
     Proposal,
     RegoTrace,
     Trace,
@@ -61,8 +65,38 @@ __all__ = ["Decider"]
 log = logging.getLogger("mandate")
 
 
+class _RandomHex:
+    """Random hex digits from ``os.urandom`` read 4 KiB at a time: one system call for some 170
+    ids, not one each (``secrets`` reads per call). Emptied in a forked child, which must never
+    hand out its parent's."""
+
+    _CHUNK = 4096
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._buffer = b""
+        self._at = 0
+        os.register_at_fork(after_in_child=self._forget)
+
+    def take(self, size: int) -> str:
+        """``size`` random bytes, in hex."""
+        with self._lock:
+            at = self._at
+            if at + size > len(self._buffer):
+                self._buffer, at = os.urandom(self._CHUNK), 0
+            self._at = at + size
+            return self._buffer[at : at + size].hex()
+
+    def _forget(self) -> None:
+        self._lock = threading.Lock()
+        self._buffer, self._at = b"", 0
+
+
+_random_hex = _RandomHex()
+
+
 def _new_id(prefix: str) -> str:
-    return f"{prefix}_{secrets.token_hex(12)}"
+    return f"{prefix}_{_random_hex.take(12)}"
 
 
 def _utcnow() -> dt.datetime:
@@ -85,16 +119,34 @@ class Decider:
     # The shadow bundle's hook (``gateway.lifecycle.activation.ShadowRunner.offer``): told of
     # every fresh decision once it is durable and answered; it only queues, and what it raises
     # is logged.
-    shadow: Callable[[Verdict], None] | None = None
+    shadow: Callable[[Answer], None] | None = None
     # The history signals (input.history); None: decisions see none and record none.
     history: HistoryBook | None = None
-    _inflight: dict[tuple[str, str], tuple[str, Identity, asyncio.Future[Verdict]]] = field(
+    # Told of every fresh decision once it is durable (the metrics and the decision log);
+    # what it raises propagates, so it must not fail.
+    on_decided: Callable[[DecisionMade], None] | None = None
+    _inflight: dict[tuple[str, str], tuple[str, Identity, asyncio.Future[Answer]]] = field(
         default_factory=dict
     )
+    # The answers of keys decided lately: a retry is answered from here, decided again never.
+    _recent: Recent = field(default_factory=Recent)
+    _lookup: Lookup = field(init=False)
+
+    def __post_init__(self) -> None:
+        self._lookup = Lookup(self.engine)
+
+    def close(self) -> None:
+        """Close the connections the idempotency look-ups opened."""
+        self._lookup.close()
 
     async def propose(self, identity: Identity, proposal: Proposal) -> Verdict:
+        """``decide``, answered as a ``Verdict`` (the API sends ``Answer.json`` as it is)."""
+        return (await self.decide(identity, proposal)).model()
+
+    async def decide(self, identity: Identity, proposal: Proposal) -> Answer:
         """Validate, permit, classify, evaluate, decide and record; answer once the ledger has
-        it."""
+        it. A key decided before is answered from its record, and nothing is decided."""
+        started = time.perf_counter()
         if self.in_force.unavailable is not None:
             raise DecisionUnavailable(self.in_force.unavailable)
         policy = self.in_force.policy
@@ -107,37 +159,61 @@ class Decider:
             # a token that could have proposed it (another learns nothing, not even its fate).
             if earlier[1].standing != identity.standing:
                 raise _conflict(key[1], other_standing=True)
-            verdict = await asyncio.shield(earlier[2])
+            answer = await asyncio.shield(earlier[2])
             if earlier[0] != digest:
                 raise _conflict(key[1])
-            return verdict
-        # A retry of a proposal decided earlier is recognised when its rows meet the unique
-        # (owner, key) constraint in the ledger's transaction, which then rolls back: no lookup
-        # on the way in for every proposal, and no entries for the retry.
-        waiter: asyncio.Future[Verdict] = asyncio.get_running_loop().create_future()
+            return answer
+        admit(policy.permitter, identity, proposal)  # refused as the first attempt would be
+        decided = self._decided(key)
+        if decided is not None:
+            return self._retried(decided, key[1], digest, identity)
+        waiter: asyncio.Future[Answer] = asyncio.get_running_loop().create_future()
         self._inflight[key] = (digest, identity, waiter)
         try:
             try:
-                verdict = await self._decide_and_record(identity, proposal, digest, policy)
+                answer = await self._decide_and_record(identity, proposal, digest, policy, started)
             except DecisionUnavailable:
                 try:
-                    # Decided before: its answer stands.
+                    # Decided meanwhile by another process: its answer stands.
                     recorded = self._recorded(key, digest, identity)
                 except sa.exc.SQLAlchemyError:
                     recorded = None  # the database is down: say why the decision is not made
                 if recorded is None:
                     raise
-                verdict = recorded
+                answer = recorded
         except BaseException as exc:
             waiter.set_exception(exc)
             waiter.exception()  # mark retrieved: duplicates that never came must not warn
             raise
         else:
-            waiter.set_result(verdict)
-            self._offer_shadow(verdict)
-            return verdict
+            waiter.set_result(answer)
+            return answer
         finally:
             del self._inflight[key]
+
+    def _decided(self, key: tuple[str, str]) -> Decided | None:
+        """The key's recorded proposal: in this process's recent answers, else the database's
+        (then kept among the recent ones). None when the database cannot say: the decision is
+        then made, and the unique key in its transaction catches a retry."""
+        decided = self._recent.get(key)
+        if decided is None:
+            try:
+                decided = self._lookup(key)
+            except sa.exc.SQLAlchemyError:
+                return None
+            if decided is not None:
+                self._recent.put(key, decided)
+        return decided
+
+    def _retried(self, decided: Decided, key: str, digest: str, identity: Identity) -> Answer:
+        """A recorded key's answer, or Conflict if the body differs or ``identity`` could not
+        have proposed it."""
+        answer = decided.answer
+        if not may_act_for(self.ledger, identity, decided.executor, answer.proposal_seq):
+            raise _conflict(key, other_standing=True)
+        if decided.digest != digest:
+            raise _conflict(key)
+        return answer
 
     def _request_digest(self, proposal: Proposal, policy: ActivePolicy) -> str:
         """The proposal's request digest, its personal data counted by keyed digest."""
@@ -153,30 +229,24 @@ class Decider:
                 f"the ledger cannot seal personal data: {exc}", cause="ledger"
             ) from exc
 
-    def _offer_shadow(self, verdict: Verdict) -> None:
+    def _offer_shadow(self, answer: Answer) -> None:
         """Hand a fresh decision to the shadow bundle, if one runs: never the live verdict's
         business, so nothing it does can fail or change it."""
         if self.shadow is None:
             return
         try:
-            self.shadow(verdict)
+            self.shadow(answer)
         except Exception:
-            log.exception("the shadow bundle was not told of %s", verdict.action_id)
+            log.exception("the shadow bundle was not told of %s", answer.action_id)
 
-    def _recorded(self, key: tuple[str, str], digest: str, identity: Identity) -> Verdict | None:
-        """The earlier answer to this idempotency key, or Conflict if the body differs or
-        ``identity`` could not have proposed it."""
-        with self.engine.connect() as conn:
-            row = conn.execute(_BY_IDEMPOTENCY_KEY, {"owner": key[0], "key": key[1]}).first()
-        if row is None:
+    def _recorded(self, key: tuple[str, str], digest: str, identity: Identity) -> Answer | None:
+        """The earlier answer to this idempotency key in the database, or Conflict if the body
+        differs or ``identity`` could not have proposed it."""
+        decided = self._lookup(key)
+        if decided is None:
             return None
-        if not may_act_for(self.ledger, identity, row.executor, row.proposal_seq):
-            raise _conflict(key[1], other_standing=True)
-        if row.request_digest != digest:
-            raise _conflict(key[1])
-        answer = orjson.loads(row.response)
-        answer["ledger"] = _ledger_ref(row.proposal_seq, row.decision_seq, row.decision_leaf)
-        return Verdict.model_validate(answer)
+        self._recent.put(key, decided)
+        return self._retried(decided, key[1], digest, identity)
 
     def judgement(
         self,
@@ -273,8 +343,13 @@ class Decider:
             ) from exc
 
     async def _decide_and_record(
-        self, identity: Identity, proposal: Proposal, digest: str, policy: ActivePolicy
-    ) -> Verdict:
+        self,
+        identity: Identity,
+        proposal: Proposal,
+        digest: str,
+        policy: ActivePolicy,
+        started: float,
+    ) -> Answer:
         action_id = self.new_id("act")
         judgement = self.judgement(identity, proposal, policy, self.clock())
         decision, trace, approval = judgement.decision, judgement.trace, judgement.approval
@@ -381,25 +456,29 @@ class Decider:
             self.history.decided(
                 identity.name, judgement.recorded, judgement.case_type, decision.verdict
             )
-        verdict = Verdict(
-            action_id=action_id,
-            verdict=decision.verdict,
-            reasons=decision.reasons,
-            warnings=decision.warnings,
-            trace=trace,
-            ledger=_ledger_ref(appended[0].seq, appended[1].seq, appended[1].leaf_hash.hex()),
-            approval=approval,
-            execution=execution,
+        proposal_seq, decision_seq = appended[0].seq, appended[1].seq
+        leaf = appended[1].leaf_hash.hex()
+        answered = Answer(
+            action_id,
+            decision.verdict,
+            proposal_seq,
+            decision_seq,
+            answer_json(stored, proposal_seq, decision_seq, leaf),
         )
+        key = (identity.owner, proposal.idempotency_key)
+        self._recent.put(key, Decided(digest, identity.name, answered))
+        if self.on_decided is not None:
+            codes = tuple(reason.code for reason in decision.reasons)
+            seconds = time.perf_counter() - started
+            self.on_decided(
+                DecisionMade(answered, proposal.workflow, judgement.case_type, codes, seconds)
+            )
         if decision.verdict == "execute" and len(records) == 2 and self.on_execute is not None:
             self.on_execute()
         elif decision.verdict == "hold" and self.on_hold is not None:
-            self.on_hold(verdict, proposal, identity)
-        return verdict
-
-
-def _ledger_ref(proposal_seq: int, decision_seq: int, leaf: str) -> LedgerRef:
-    return LedgerRef(proposal_seq=proposal_seq, decision_seq=decision_seq, leaf_hash=leaf)
+            self.on_hold(answered.model(), proposal, identity)
+        self._offer_shadow(answered)
+        return answered
 
 
 def _conflict(key: str, *, other_standing: bool = False) -> Conflict:
@@ -411,19 +490,3 @@ def _conflict(key: str, *, other_standing: bool = False) -> Conflict:
         else "for a different proposal"
     )
     return Conflict(f"idempotency key {key!r} was used {used}; use a new key for a new proposal")
-
-
-# Built once: constructing and cache-keying a SQLAlchemy select per proposal costs more than
-# running it.
-_BY_IDEMPOTENCY_KEY = sa.select(
-    ACTIONS.c.request_digest,
-    ACTIONS.c.executor,
-    ACTIONS.c.response,
-    ACTIONS.c.id,
-    ACTIONS.c.proposal_seq,
-    ACTIONS.c.decision_seq,
-    ACTIONS.c.decision_leaf,
-).where(
-    ACTIONS.c.owner == sa.bindparam("owner"),
-    ACTIONS.c.idempotency_key == sa.bindparam("key"),
-)

@@ -48,6 +48,7 @@ __all__ = [
     "Judged",
     "Signals",
     "Standing",
+    "admit",
     "amount_problem",
     "classify",
     "classify_input",
@@ -154,17 +155,31 @@ def permit(
     ``decide`` turns into a recorded rejection. A proposal ``admitted`` before (re-evaluated
     under a new bundle) gets Casbin's answer even if its executor's role proposes nothing now.
     """
-    if not admitted and identity.role not in permitter.roles_with_act("propose"):
-        raise Forbidden(f"role {identity.role!r} may not propose actions")
-    if identity.workflow is not None and identity.workflow != proposal.workflow:
-        raise Forbidden(
-            f"token {identity.name!r} is bound to workflow {identity.workflow!r}, "
-            f"not {proposal.workflow!r}"
-        )
+    if not admitted:
+        admit(permitter, identity, proposal)
+    elif identity.workflow is not None and identity.workflow != proposal.workflow:
+        raise _bound_elsewhere(identity, proposal)
     try:
         return permitter.permit(identity.role, proposal.workflow, proposal.action_type, "propose")
     except Exception as exc:
         raise DecisionUnavailable(f"Casbin failed: {exc}", cause="casbin") from exc
+
+
+def admit(permitter: Permitter, identity: Identity, proposal: Proposal) -> None:
+    """Step 3's refusals outright (Forbidden): a role that proposes nothing at all, or a token
+    bound to another workflow. Checked before an idempotency key is looked up, so a retry meets
+    them as its first attempt did."""
+    if identity.role not in permitter.roles_with_act("propose"):
+        raise Forbidden(f"role {identity.role!r} may not propose actions")
+    if identity.workflow is not None and identity.workflow != proposal.workflow:
+        raise _bound_elsewhere(identity, proposal)
+
+
+def _bound_elsewhere(identity: Identity, proposal: Proposal) -> Forbidden:
+    return Forbidden(
+        f"token {identity.name!r} is bound to workflow {identity.workflow!r}, "
+        f"not {proposal.workflow!r}"
+    )
 
 
 CaseTypeSource = Literal["classified", "only", "claimed"]

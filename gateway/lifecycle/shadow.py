@@ -23,10 +23,10 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from gateway.db.tables import SHADOW_DISAGREEMENTS
+from gateway.decision.answer import Answer
 from gateway.decision.redecide import Inputs, Redecision, redecide
 from gateway.lifecycle.slots import Slot
 from gateway.policy.active import ActivePolicy
-from gateway.schemas import Verdict
 from ledger.database import WRITE
 from ledger.store import Ledger
 
@@ -56,7 +56,7 @@ class ShadowRunner:
     def __init__(self, engine: Engine, ledger: Ledger, *, capacity: int = 4096) -> None:
         self._engine = engine
         self._ledger = ledger
-        self._queue: queue.Queue[tuple[Shadowing, Verdict] | None] = queue.Queue(capacity)
+        self._queue: queue.Queue[tuple[Shadowing, Answer] | None] = queue.Queue(capacity)
         self._thread: threading.Thread | None = None
         self.current: Shadowing | None = None
         self.compared = 0
@@ -68,7 +68,7 @@ class ShadowRunner:
         """Proposals queued for the shadow in this process."""
         return self._queue.qsize()
 
-    def offer(self, verdict: Verdict) -> None:
+    def offer(self, answer: Answer) -> None:
         """Queue a fresh live decision for the shadow, if one runs. Never raises."""
         current = self.current
         if current is None:
@@ -76,7 +76,7 @@ class ShadowRunner:
         if self._thread is None:
             self.start()
         try:
-            self._queue.put_nowait((current, verdict))
+            self._queue.put_nowait((current, answer))
         except queue.Full:
             self.skipped += 1
 
@@ -109,14 +109,13 @@ class ShadowRunner:
         """Wait until everything queued so far is compared (tests, benches)."""
         self._queue.join()
 
-    def compare(self, shadowing: Shadowing, verdict: Verdict) -> bool:
+    def compare(self, shadowing: Shadowing, answer: Answer) -> bool:
         """Decide one recorded proposal with the shadow; record a disagreement. True if they
         disagreed."""
-        ref = verdict.ledger
-        proposed = self._ledger.entry(ref.proposal_seq).body  # as kept: sealed values sealed
-        decided = self._ledger.entry(ref.decision_seq).body
+        proposed = self._ledger.entry(answer.proposal_seq).body  # as kept: sealed values sealed
+        decided = self._ledger.entry(answer.decision_seq).body
         try:
-            revealed = self._ledger.reveal(ref.proposal_seq)
+            revealed = self._ledger.reveal(answer.proposal_seq)
             shadow = redecide(shadowing.policy, Inputs.recorded(revealed, decided))
         except Exception as exc:  # the shadow's own failure is recorded, never raised
             shadow = Redecision("error", [], error=f"{type(exc).__name__}: {exc}")
@@ -139,8 +138,8 @@ class ShadowRunner:
                 sa.insert(SHADOW_DISAGREEMENTS).values(
                     shadow_digest=shadowing.policy.bundle.digest,
                     active_digest=decided["trace"]["bundle_digest"],
-                    action_id=verdict.action_id,
-                    decision_seq=ref.decision_seq,
+                    action_id=answer.action_id,
+                    decision_seq=answer.decision_seq,
                     decided_at=decided["trace"]["decided_at"],
                     workflow=proposal["workflow"],
                     case_type=decided["trace"]["autonomy"]["case_type"],

@@ -12,7 +12,7 @@ from fastapi_offline import FastAPIOffline
 
 from gateway.api.deps import reject_unknown_query
 from gateway.api.limits import Limits
-from gateway.api.problems import BodyLimit, install_problem_handlers
+from gateway.api.problems import install_problem_handlers
 from gateway.api.routes import (
     actions,
     approvals,
@@ -81,16 +81,12 @@ def create_app(
         dependencies=[Depends(reject_unknown_query)],
     )
     install_problem_handlers(app)
-    # Inside BodyLimit (added after it), so the body it scans is bounded already.
+    bundles = settings.max_bundle_bytes  # a bundle's files come in one body
     app.add_middleware(
         Limits,
         rate=settings.rate_limit_per_second,
         burst=settings.rate_limit_burst,
         max_depth=settings.max_json_depth,
-    )
-    bundles = settings.max_bundle_bytes  # a bundle's files come in one body
-    app.add_middleware(
-        BodyLimit,
         max_bytes=settings.max_body_bytes,
         larger={"/v1/policies": bundles, "/v1/policies/replay": bundles},
     )

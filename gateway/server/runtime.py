@@ -20,6 +20,7 @@ from gateway.autonomy.levels import AutonomyBook
 from gateway.autonomy.views import AutonomyViews
 from gateway.db.connect import open_engine, open_ledger, witness_keys
 from gateway.db.migrations import ensure_schema
+from gateway.decision.answer import DecisionMade
 from gateway.decision.decider import Decider
 from gateway.decision.history import HistoryBook
 from gateway.execution.dispatcher import Dispatcher, payload_for
@@ -27,6 +28,7 @@ from gateway.execution.exceptions import Exceptions
 from gateway.execution.routing import Routing, load_webhook_secret
 from gateway.identity import TokenBook
 from gateway.lifecycle.activation import PolicyLifecycle
+from gateway.logs import log_decision
 from gateway.metrics import DatabaseState, Metrics
 from gateway.policy.active import InForce, load_policy
 from gateway.server.custody import Custody
@@ -136,6 +138,12 @@ class Runtime:
             made = factories["notify"]({"url": settings.notify_url})
             notifier = made if isinstance(made, Notifier) else None
         notices = Notices(settings, notifier)
+        metrics = Metrics()
+
+        def decided(made: DecisionMade) -> None:
+            metrics.decided(made)
+            log_decision(made)
+
         decider = Decider(
             engine,
             ledger,
@@ -147,6 +155,7 @@ class Runtime:
             clock=clock,
             shadow=lifecycle.shadow.offer,
             history=HistoryBook(engine),
+            on_decided=decided,
         )
         approvals = Approvals(
             engine,
@@ -181,7 +190,6 @@ class Runtime:
         # governance reads levels from the book: the one loop, closed here.
         autonomy.reviewer = governance.review
         audits = Audits(engine, ledger, policy=in_force.get, autonomy=autonomy)
-        metrics = Metrics()
         metrics.follow(
             DatabaseState(
                 engine,
@@ -279,5 +287,6 @@ class Runtime:
             except Exception as exc:  # the database gone: what was kept before stays
                 log.warning("no checkpoint at shutdown: %s", exc)
         self.ledger.close()
+        self.decider.close()
         self.follow_custody()
         self.engine.dispose()

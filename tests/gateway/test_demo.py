@@ -53,3 +53,4 @@ def test_the_demo_revokes_its_tokens_and_says_what_it_left(tmp_path: Path) -> No
     inbox = re.search(r"Left in the inbox: (\d+) held actions? of this run", done.output)
     assert inbox, done.output
     assert int(inbox[1]) == pending > 0
+    assert "the inbox at /ui/)" in " ".join(done.output.split())  # a page that exists

@@ -79,6 +79,35 @@ def test_each_decision_is_one_json_line_without_the_params(
     assert SECRET not in logs.getvalue()
 
 
+def test_a_retry_decides_nothing_so_it_is_neither_logged_nor_counted_again(
+    sqlite_gateway: Gateway, logs: io.StringIO
+) -> None:
+    configure_logging(Settings(log_format="json", log_level="info"), logs)
+    booking = sqlite_gateway.as_role("booking-agent")
+    sent = proposal("parking", "booking.create", confidence=0.5)
+    before = held_bookings(sqlite_gateway)
+
+    first = booking.post("/v1/actions", json=sent)
+    again = booking.post("/v1/actions", json=sent)
+
+    assert again.content == first.content  # the recorded answer, byte for byte
+    assert len(decision_lines(logs.getvalue(), first.json()["action_id"])) == 1
+    assert held_bookings(sqlite_gateway) == before + 1
+
+
+def held_bookings(gateway: Gateway) -> float:
+    """mandate_decisions_total of held parking bookings, from a scrape of /metrics (none
+    before the first)."""
+    return sum(
+        float(line.rsplit(" ", 1)[1])
+        for line in gateway.as_role("governor").get("/metrics").text.splitlines()
+        if line.startswith("mandate_decisions_total{")
+        and 'workflow="parking"' in line
+        and 'case_type="booking.create"' in line
+        and 'verdict="hold"' in line
+    )
+
+
 def test_a_fail_closed_answer_is_a_warning_naming_its_cause(
     tmp_path: Path, sqlite_database: Database, serve_gateway: Serve, logs: io.StringIO
 ) -> None:
