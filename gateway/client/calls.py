@@ -26,6 +26,7 @@ from gateway.schemas import (
     AuditView,
     AutonomyDetail,
     AutonomyView,
+    ExceptionView,
     PolicyView,
     PromotionView,
     ShadowView,
@@ -45,6 +46,7 @@ _APPROVALS = TypeAdapter(list[ApprovalView])
 _AUTONOMY = TypeAdapter(list[AutonomyView])
 _PROMOTIONS = TypeAdapter(list[PromotionView])
 _AUDITS = TypeAdapter(list[AuditView])
+_EXCEPTIONS = TypeAdapter(list[ExceptionView])
 
 
 def _segment(value: str) -> str:
@@ -232,6 +234,19 @@ class Calls:
         body = {"finding": finding, "note": note}
         path = f"/v1/audits/{_segment(audit_id)}"
         return self.link.exchange(Call("POST", path, AuditView.model_validate_json, body))
+
+    def exceptions(self, status: str) -> Flow[list[ExceptionView]]:
+        """``GET /v1/exceptions``."""
+        call = Call("GET", "/v1/exceptions", _EXCEPTIONS.validate_json, params={"status": status})
+        return self.link.exchange(call)
+
+    def decide_exception(
+        self, exception_id: str, decision: Literal["retry", "handled"], note: str
+    ) -> Flow[ExceptionView]:
+        """``POST /v1/exceptions/{id}/decisions``."""
+        body = {"decision": decision, "note": note}
+        path = f"/v1/exceptions/{_segment(exception_id)}/decisions"
+        return self.link.exchange(Call("POST", path, ExceptionView.model_validate_json, body))
 
     # -- the policy lifecycle (a policy-admin token) -----------------------------------------
 

@@ -44,6 +44,7 @@ from gateway.schemas import (
     AuditView,
     AutonomyDetail,
     AutonomyView,
+    ExceptionView,
     PolicyView,
     PromotionView,
     ShadowView,
@@ -252,6 +253,18 @@ class MandateClient:
     ) -> AuditView:
         """An auditor's finding on an executed action (an incorrect one needs a note)."""
         return self._run(self._calls.record_finding(audit_id, finding, note))
+
+    # -- exceptions (an approver or governor token) -------------------------------------------
+
+    def exceptions(self, status: str = "open") -> list[ExceptionView]:
+        """Failed executions handed to people that this token may see, newest first."""
+        return self._run(self._calls.exceptions(status))
+
+    def decide_exception(
+        self, exception_id: str, decision: Literal["retry", "handled"], note: str = ""
+    ) -> ExceptionView:
+        """Retry a failed webhook action, or mark the exception handled (a note needed)."""
+        return self._run(self._calls.decide_exception(exception_id, decision, note))
 
     # -- the policy lifecycle (a policy-admin token) -----------------------------------------
 

@@ -11,7 +11,6 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
-import httpx
 import pytest
 from typer.testing import CliRunner, Result
 
@@ -159,22 +158,16 @@ def test_actions_show_prints_an_exception_and_who_handled_it(live: Live) -> None
         verdict = bot.propose(**executes(resource="lot-cli/3"))
         bot.report_outcome(verdict.action_id, False, {"detail": "barrier jammed"})
     governor = live.token("governor")
-    with httpx.Client(base_url=live.url, headers={"Authorization": f"Bearer {governor}"}) as gov:
-        (item,) = [
-            e for e in gov.get("/v1/exceptions").json() if e["action_id"] == verdict.action_id
-        ]
-        handled = gov.post(
-            f"/v1/exceptions/{item['id']}/decisions",
-            json={"decision": "handled", "note": "opened it by hand"},
-        )
-        assert handled.status_code == 200, handled.text
+    with MandateClient(live.url, governor) as people:
+        (item,) = [e for e in people.exceptions() if e.action_id == verdict.action_id]
+        handled = people.decide_exception(item.id, "handled", "opened it by hand")
+    assert (handled.status, handled.note) == ("handled", "opened it by hand")
 
     result = mandate(live, governor, "actions", "show", verdict.action_id)
     assert result.exit_code == 0, result.output
     rows = [row for row in result.stdout.splitlines() if " exception " in row]
-    assert f"handed to people as exception {item['id']} (outcome_failed)" in rows[0]
-    closed_by = handled.json()["closed_by"]
-    assert f"{closed_by} marked handled exception {item['id']}: opened it by hand" in rows[1]
+    assert f"handed to people as exception {item.id} (outcome_failed)" in rows[0]
+    assert f"{handled.closed_by} marked handled exception {item.id}: opened it by hand" in rows[1]
 
 
 def test_the_installed_command_reads_url_and_token_from_the_environment(
