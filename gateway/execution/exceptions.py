@@ -190,6 +190,17 @@ class Exceptions:
         """One exception, if this caller may see it."""
         return view(self.row(identity, exception_id))
 
+    def opened(self, action_id: str) -> ExceptionView | None:
+        """The action's open exception, if it has one (its outcome just opened it, say)."""
+        with self._engine.connect() as conn:
+            row = conn.execute(
+                sa.select(EXCEPTIONS)
+                .where(EXCEPTIONS.c.action_id == action_id, EXCEPTIONS.c.status == "open")
+                .order_by(EXCEPTIONS.c.seq.desc())
+                .limit(1)
+            ).first()
+        return None if row is None else view(row)
+
     # -- choosing ------------------------------------------------------------------------------
 
     async def decide(

@@ -1,4 +1,5 @@
-"""Telling people: held actions and autonomy changes, through the notify adapter if one is set.
+"""Telling people: held actions, failed executions handed to them, and autonomy changes,
+through the notify adapter if one is set.
 
 A notice never delays or fails what it tells of: it is sent on the event loop in the
 background, and a hook that is down is the adapter's to report.
@@ -11,7 +12,7 @@ from typing import Any
 
 from adapters.base import Notifier
 from gateway.identity import Identity
-from gateway.schemas import Proposal, Verdict
+from gateway.schemas import ExceptionView, Proposal, Verdict
 from gateway.settings import Settings
 
 __all__ = ["Notices"]
@@ -48,6 +49,25 @@ class Notices:
         if verdict.approval is not None:
             event["url"] = f"{self._base}/ui/approvals/{verdict.approval.id}"
         self._send(event)
+
+    def exception(self, view: ExceptionView) -> None:
+        """Tell approvers of a failed execution handed to them, with the last attempt's error
+        and a link to the exception in the inbox."""
+        if self._notifier is None:
+            return
+        last = view.attempts[-1] if view.attempts else None
+        tried = "" if last is None or last.attempt is None else f"attempt {last.attempt}: "
+        self._send(
+            {
+                "title": f"Execution failed, handed to people: {view.action_type}",
+                "workflow": view.workflow,
+                "case_type": view.case_type,
+                "executor": view.executor,
+                "reasons": [] if last is None else [f"{tried}{last.error}"],
+                "action_id": view.action_id,
+                "url": f"{self._base}/ui/exceptions/{view.id}",
+            }
+        )
 
     def announce(self, event: dict[str, Any], path: str = "/ui/autonomy") -> None:
         """Tell people of an autonomy change (a demotion, a proposed or applied promotion),

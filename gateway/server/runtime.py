@@ -122,6 +122,14 @@ class Runtime:
             ),
             "callback": factories["callback"]({}),
         }
+
+        async def after_outcome(action_id: str) -> None:
+            # The figures moved; a failure was handed to people, who are told.
+            await autonomy.after_action(action_id)
+            opened = await asyncio.to_thread(exceptions.opened, action_id)
+            if opened is not None:
+                notices.exception(opened)
+
         dispatcher = Dispatcher(
             engine,
             ledger,
@@ -131,7 +139,7 @@ class Runtime:
             backoff=settings.dispatch_backoff,
             lease=settings.dispatch_lease,
             clock=clock,
-            on_outcome=autonomy.after_action,
+            on_outcome=after_outcome,
         )
         notifier = None
         if settings.notify_url:

@@ -22,6 +22,7 @@ from tests.approvals.harness import (
     wait_for,
 )
 from tests.conftest import Database
+from tests.execution.test_callback_notify_plugins import slack_hook
 
 
 def booking() -> dict[str, Any]:
@@ -181,3 +182,24 @@ def test_an_outcome_reported_failed_is_marked_handled_with_a_note_once(
     assert (opened["body"]["event"], opened["body"]["cause"]) == ("opened", "outcome_failed")
     assert (closed["body"]["event"], closed["actor"]) == ("handled", handled.json()["closed_by"])
     assert closed["body"]["note"] == "booked by phone with the garage"
+
+
+def test_people_are_told_of_each_exception_through_the_notify_hook(
+    sqlite_database: Database, launch: Launch
+) -> None:
+    receiver = Receiver(SECRET.encode(), fail_rate=1.0)
+    with slack_hook() as (hook, posted), running_receiver(receiver) as url:
+        live = launch(
+            sqlite_database, notify_url=hook, webhooks={"hooked-bot": url}, dispatch_attempts=2
+        )
+        # One action through the (failing) webhook, one reported failed by its executor.
+        token, _ = live.runtime.tokens.create(name="hooked-bot", role="booking-agent")
+        dispatched = propose(live.client(token), booking(), "execute")["action_id"]
+        _, reported = callback_failure(live)
+        wait_for(lambda: len(posted) >= 2, what="two notifications")
+    governor = live.as_role("governor")
+    for action_id, error in ((dispatched, "attempt 2: HTTP 503"), (reported, "garage system")):
+        item = exception_of(governor, action_id)
+        (text,) = [m["text"] for m in posted if f"/ui/exceptions/{item['id']}>" in m["text"]]
+        assert "Execution failed, handed to people: booking.create" in text
+        assert error in text, text

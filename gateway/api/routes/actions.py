@@ -3,6 +3,7 @@ its executor reports its outcome, or withdraws it while it is held."""
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import sqlalchemy as sa
@@ -118,6 +119,10 @@ async def report_outcome(
             "executor"
         ) from None
     await runtime.decider.autonomy.after(row.workflow, row.case_type)  # the figures moved
+    if report.status == "failed":  # handed to people (gateway.execution.exceptions): tell them
+        opened = await asyncio.to_thread(runtime.exceptions.opened, action_id)
+        if opened is not None:
+            runtime.notices.exception(opened)
     return show_action(runtime.engine, runtime.ledger, identity, action_id)
 
 
