@@ -4,6 +4,7 @@ and is made once; the proposing executor never makes it."""
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -203,3 +204,24 @@ def test_people_are_told_of_each_exception_through_the_notify_hook(
         (text,) = [m["text"] for m in posted if f"/ui/exceptions/{item['id']}>" in m["text"]]
         assert "Execution failed, handed to people: booking.create" in text
         assert error in text, text
+
+
+def test_two_people_choosing_at_once_make_one_choice(
+    database: Database, launch: Launch, tmp_path: Path
+) -> None:
+    live = launch(database)
+    _, action_id = callback_failure(live)
+    first, second = live.as_role("governor"), live.as_role("approver", workflow="parking")
+    item = exception_of(first, action_id)
+    with ThreadPoolExecutor(2) as pool:
+        answers = list(
+            pool.map(
+                lambda who: decide(who[0], item["id"], "handled", who[1]),
+                [(first, "called the garage"), (second, "refunded the customer")],
+            )
+        )
+    assert sorted(a.status_code for a in answers) == [200, 409], [a.text for a in answers]
+    (won,) = [a.json() for a in answers if a.status_code == 200]
+    ledger = verified_ledger(live.url, live.settings, tmp_path)
+    closed = [e for e in ledger.of("exception", action_id) if e["body"]["event"] != "opened"]
+    assert [(e["actor"], e["body"]["note"]) for e in closed] == [(won["closed_by"], won["note"])]
