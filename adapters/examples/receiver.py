@@ -81,7 +81,12 @@ def _handler(receiver: Receiver) -> type[BaseHTTPRequestHandler]:
             length = int(self.headers.get("Content-Length", "0"))
             body = self.rfile.read(length)
             headers = {k.lower(): v for k, v in self.headers.items()}
-            status, text = receiver.handle(headers, body)
+            if len(body) < length:
+                # The sender went away mid-request (a gateway killed while it delivered): not a
+                # bad signature, and nothing to carry out.
+                status, text = 400, "incomplete body"
+            else:
+                status, text = receiver.handle(headers, body)
             payload = text.encode()
             self.send_response(status)
             self.send_header("Content-Type", "text/plain")

@@ -115,8 +115,10 @@ def test_an_upstream_that_dies_mid_call_is_a_failed_outcome_and_takes_no_more_ca
     (action,) = live.actions_of(name)  # the call after the crash was not proposed
     assert action.status == "failed"
     with MandateClient(live.url, token) as client:
-        outcome = client.get_action(action.id).timeline[-1]
+        outcome, handed = client.get_action(action.id).timeline[-2:]
     assert outcome["kind"] == "outcome"
+    assert handed["kind"] == "exception"  # the failure is handed to people
+    assert handed["body"]["event"] == "opened"
     assert outcome["body"]["status"] == "failed"
     assert "went away" in outcome["body"]["detail"]["error"]
 
@@ -135,7 +137,9 @@ def test_a_tool_error_is_returned_as_sent_and_recorded_as_failed(
     assert "the disk is full" in text_of(result)
     (action,) = live.actions_of(name)
     with MandateClient(live.url, token) as client:
-        outcome = client.get_action(action.id).timeline[-1]["body"]
+        recorded, handed = client.get_action(action.id).timeline[-2:]
+    outcome = recorded["body"]
+    assert (recorded["kind"], handed["kind"]) == ("outcome", "exception")
     assert outcome["status"] == "failed"
     assert "the disk is full" in outcome["detail"]["error"]
 

@@ -146,7 +146,7 @@ def test_the_proposers_owner_may_not_audit_and_keeps_what_was_typed(
 def test_others_get_the_403_page_and_no_link(gateway: Gateway, page: Page) -> None:
     sign_in(page, gateway, gateway.token("alice", "approver"), path="/ui/")
     nav = page.get_by_role("navigation", name="Sections")
-    expect(nav.get_by_role("link")).to_have_text(["Approvals", "Autonomy", "Ledger"])
+    expect(nav.get_by_role("link")).to_have_text(["Approvals", "Exceptions", "Autonomy", "Ledger"])
     response = page.goto(gateway.url + "/ui/audits")
     assert response is not None
     assert response.status == 403
@@ -162,7 +162,7 @@ def test_a_finding_without_the_sessions_csrf_value_is_refused(gateway: Gateway, 
     sign_in(page, gateway, gateway.token("audrey", "auditor"))
     nav = page.get_by_role("navigation", name="Sections")
     expect(nav.get_by_role("link")).to_have_text(
-        ["Approvals", "Audits", "Autonomy", "Ledger", "Policies"]
+        ["Approvals", "Exceptions", "Audits", "Autonomy", "Ledger", "Policies"]
     )
     form = page.locator("tr", has_text="booking/B-3").locator("form")
     action = form.get_attribute("action")
