@@ -110,7 +110,9 @@ class InboxPage:
     facets: dict[str, list[tuple[str, int]]] = field(default_factory=dict)
 
 
-def _conditions(query: InboxQuery, now: dt.datetime) -> dict[str, ColumnElement[bool]]:
+def _conditions(
+    query: InboxQuery, now: dt.datetime, dialect: str
+) -> dict[str, ColumnElement[bool]]:
     """Each filter of ``query`` as a condition on ``gateway_approvals``, by facet name."""
     a = APPROVALS.c
     conditions: dict[str, ColumnElement[bool]] = {}
@@ -128,11 +130,13 @@ def _conditions(query: InboxQuery, now: dt.datetime) -> dict[str, ColumnElement[
         conditions["age"] = _age(query.age, now)
     term = (query.q or "").strip()
     if term:
-        conditions["q"] = sa.or_(
-            a.action_type.icontains(term, autoescape=True),
-            a.resource.icontains(term, autoescape=True),
-            a.executor.icontains(term, autoescape=True),
-        )
+        columns = (a.action_type, a.resource, a.executor)
+        if dialect == "sqlite":
+            # SQLite's LIKE already ignores ASCII case, and its lower() folds nothing more;
+            # SQLAlchemy's icontains would call lower() on each column of every row.
+            conditions["q"] = sa.or_(*(c.contains(term, autoescape=True) for c in columns))
+        else:
+            conditions["q"] = sa.or_(*(c.icontains(term, autoescape=True) for c in columns))
     return conditions
 
 
@@ -156,7 +160,7 @@ def read_page(
     Three queries: the counts (``_count``: one grouped pass over an index that holds the
     columns it reads, and one for the ages), then the page's ids, then their rows.
     """
-    conditions = _conditions(query, now)
+    conditions = _conditions(query, now, conn.dialect.name)
     total, facets = _count(conn, query, seen, conditions, now)
     pages = max(1, -(-total // PAGE_SIZE))
     page = min(query.page, pages)
