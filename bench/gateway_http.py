@@ -8,7 +8,9 @@ each, every request with its own idempotency key.
 - ``bare``: the baseline, ``bench._bare_app``: FastAPI validating the gateway's ``Proposal``
   model and returning it; the bearer token is sent and ignored.
 - ``gateway``: ``mandate serve`` on a fresh data dir (SQLite, WAL, ``synchronous=FULL``) and the
-  repository's policies, with a ``booking-agent`` token from ``mandate token create``. Every
+  repository's policies, with a ``booking-agent`` token from ``mandate token create``, and the
+  per-token rate limit off (``MANDATE_RATE_LIMIT_PER_SECOND=0``): its default, 5,000 a second,
+  is what a retry storm meets in production, and would cap the retry runs at it. Every
   request is a booking that executes (``booking.create``, confidence 0.95, level 3), so the
   whole path runs: authenticate, validate, permit (Casbin), evaluate (Rego), decide, and the
   durable ledger append of the proposal and decision entries before the answer. An execute
@@ -60,7 +62,8 @@ GROUP = "gateway"
 DESCRIPTION = "POST /v1/actions decisions/s, p50/p99 vs a bare FastAPI endpoint, 16 connections"
 
 CONCURRENCY = 16
-TARGET_RATIO = 0.60
+TARGET_RATIO = 0.40  # issue 20's; the goal beyond it stays 60 %
+TARGET_CPU = 2.5  # server CPU per decision, at most this many times the bare endpoint's
 RETRY_KEYS = 64  # keys each connection resends in the retry runs
 PATH = "/v1/actions"
 # A booking the default bundle executes at once (booking-agent, level 3, confident).
@@ -113,7 +116,7 @@ def run(ctx: Context) -> list[Figure]:
                 "gateway",
                 stack.enter_context(
                     serve(gateway_command(gw_port, data), port=gw_port, workdir=work,
-                          name="gateway")
+                          env=clean_env(rate_limit_per_second="0"), name="gateway")
                 ),
             )  # fmt: skip
             bare = _Target(
@@ -253,6 +256,7 @@ def _figures(ctx: Context, bare: _Target, gateway: _Target, tool: str) -> list[F
     p50 = {t.name: [load.p50_ms for load in t.loads] for t in (bare, gateway)}
     p99 = {t.name: [load.p99_ms for load in t.loads] for t in (bare, gateway)}
     ratio = med(rates["gateway"]) / med(rates["bare"])
+    cpu_ratio = med(gateway.cpu_ms) / med(bare.cpu_ms)
     short = tool.split(" ", 1)[0]
     figures = [
         Figure(
@@ -278,6 +282,24 @@ def _figures(ctx: Context, bare: _Target, gateway: _Target, tool: str) -> list[F
             "entry in the decision's transaction); at the end of a run "
             f"{med([float(b) for b in gateway.backlog]):.0f} intents were still queued "
             f"(median; drained in {med(gateway.drain):.1f} s before the next run)",
+        ),
+        Figure(
+            f"{NAME}.bare_cpu",
+            tuple(bare.cpu_ms),
+            "ms/request",
+            note="the bare endpoint's server CPU per request (/proc)",
+            digits=3,
+        ),
+        Figure(
+            f"{NAME}.gateway_cpu",
+            tuple(gateway.cpu_ms),
+            "ms/decision",
+            baseline=f"{NAME}.bare_cpu",
+            ratio=cpu_ratio,
+            target=f"<= {TARGET_CPU:.0%} of bare_cpu",
+            met=cpu_ratio <= TARGET_CPU,
+            note="server CPU per decision (/proc)",
+            digits=3,
         ),
     ]
     for which, values in (("p50", p50), ("p99", p99)):

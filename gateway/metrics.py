@@ -66,15 +66,23 @@ class Metrics:
             ["cause"],
             registry=self.registry,
         )
+        # Each (workflow, case type, verdict)'s counter and histogram, looked up once: the
+        # labels are the bundle's, so there are few.
+        self._children: dict[tuple[str, str, str], tuple[Counter, Histogram]] = {}
 
     def decided(self, made: DecisionMade) -> None:
         """Count a fresh decision. The labels are the bundle's (the workflow is validated, the
         case type classified), never a proposer's free text."""
         workflow, case_type, verdict = made.workflow, made.case_type, made.answer.verdict
-        self.decisions.labels(workflow, case_type, verdict).inc()
+        key = (workflow, case_type, verdict)
+        children = self._children.get(key)
+        if children is None:
+            children = (self.decisions.labels(*key), self.latency.labels(workflow, case_type))
+            self._children[key] = children
+        children[0].inc()
         for code in made.reason_codes:
             self.reasons.labels(workflow, case_type, verdict, code).inc()
-        self.latency.labels(workflow, case_type).observe(made.seconds)
+        children[1].observe(made.seconds)
 
     def failed_closed(self, cause: str) -> None:
         """Count a request refused with a 503 because ``cause`` failed."""

@@ -15,15 +15,12 @@ from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from gateway.api.direct import answer_directly
 from gateway.api.problems import problem, replaying
 from gateway.errors import Unauthenticated
 from gateway.identity import Identity, authenticate
 
-__all__ = ["IDENTITY", "Limits", "TokenBuckets", "json_too_deep"]
-
-# Where ``Limits`` leaves the caller it authenticated, in the request's scope, for the app to
-# take rather than authenticate the same header again (``gateway.api.direct``).
-IDENTITY = "mandate.identity"
+__all__ = ["Limits", "TokenBuckets", "json_too_deep"]
 
 _MAX_BUCKETS = 10000  # past this many tokens seen, buckets that have refilled are dropped
 # A JSON string (escapes included), or a bracket outside of one.
@@ -89,7 +86,8 @@ class Limits:
     when it is empty) and its JSON body is refused (422) when nested deeper than
     ``max_depth``. A request without a valid token passes untouched: where a token is needed,
     the app answers 401, and an anonymous caller learns nothing about bodies from a 422. The
-    body is read once, and handed on whole.
+    body is read once, and handed on whole: to ``gateway.api.direct`` for a hot endpoint's
+    common request, else to the app.
     """
 
     def __init__(
@@ -162,7 +160,8 @@ class Limits:
             )
             await response(scope, receive, send)
             return
-        scope[IDENTITY] = identity
+        if method == "POST" and await answer_directly(scope, receive, send, identity, body):
+            return
         await self.app(scope, receive, send)
 
     async def _too_many(

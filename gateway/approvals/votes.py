@@ -354,7 +354,7 @@ class Approvals:
             "verdict": decision.verdict,
             "reasons": [r.model_dump() for r in decision.reasons],
             "warnings": [r.model_dump() for r in decision.warnings],
-            "trace": judgement.trace.model_dump(),
+            "trace": judgement.trace,
             "approval": None if judgement.approval is None else judgement.approval.model_dump(),
             "stats": judgement.stats,
             "reevaluated": {"because": why, "supersedes": row.id},

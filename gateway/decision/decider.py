@@ -30,9 +30,10 @@ from gateway.autonomy.levels import LEVEL_NAMES, AutonomyBook
 from gateway.decision.answer import Answer, DecisionMade, answer_json
 from gateway.decision.history import HistoryBook
 from gateway.decision.idempotency import Decided, Lookup, Recent
-from gateway.decision.personal import find_personal
+from gateway.decision.personal import Personal, find_personal
 from gateway.decision.records import Judgement, decision_rows
 from gateway.decision.steps import (
+    UNKNOWN,
     admit,
     input_digest,
     judge,
@@ -46,16 +47,7 @@ from gateway.execution.routing import Routing, handover
 from gateway.identity import Identity, may_act_for
 from gateway.policy.active import ActivePolicy, InForce
 from gateway.policy.rego import package_of
-from gateway.schemas import (
-    ApprovalRef,
-    AutonomyTrace,
-    CasbinTrace,
-    ExecutionRef,
-    Proposal,
-    RegoTrace,
-    Trace,
-    Verdict,
-)
+from gateway.schemas import ApprovalRef, Proposal, Reason, Verdict
 from ledger.entry import format_time
 from ledger.errors import EntryError, LedgerError
 from ledger.store import Appended, Ledger, Record
@@ -152,7 +144,11 @@ class Decider:
         policy = self.in_force.policy
         validate(proposal, policy)
         key = (identity.owner, proposal.idempotency_key)
-        digest = self._request_digest(proposal, policy)
+        # The proposal as the ledger keeps it, and its personal data: found once, for the
+        # request digest and for the judgement.
+        kept = recorded_proposal(proposal)
+        personal = find_personal(policy.bundle.workflows[proposal.workflow], kept)
+        digest = self._request_digest(kept, personal)
         earlier = self._inflight.get(key)
         if earlier is not None:
             # The same key is being decided right now: answer what that decision answers, to
@@ -171,7 +167,9 @@ class Decider:
         self._inflight[key] = (digest, identity, waiter)
         try:
             try:
-                answer = await self._decide_and_record(identity, proposal, digest, policy, started)
+                answer = await self._decide_and_record(
+                    identity, proposal, (kept, personal), digest, policy, started
+                )
             except DecisionUnavailable:
                 try:
                     # Decided meanwhile by another process: its answer stands.
@@ -215,15 +213,12 @@ class Decider:
             raise _conflict(key)
         return answer
 
-    def _request_digest(self, proposal: Proposal, policy: ActivePolicy) -> str:
+    def _request_digest(self, recorded: dict[str, Any], personal: Personal | None) -> str:
         """The proposal's request digest, its personal data counted by keyed digest."""
-        personal = find_personal(
-            policy.bundle.workflows[proposal.workflow], recorded_proposal(proposal)
-        )
         if personal is None:
-            return request_digest(proposal)
+            return request_digest(recorded)
         try:
-            return request_digest(proposal, personal, self.ledger.subject_digest)
+            return request_digest(recorded, personal, self.ledger.subject_digest)
         except LedgerError as exc:  # a ledger with no subject key: nothing can be sealed
             raise DecisionUnavailable(
                 f"the ledger cannot seal personal data: {exc}", cause="ledger"
@@ -257,14 +252,16 @@ class Decider:
         *,
         admitted: str | None = None,
         admitted_history: dict[str, Any] | None = None,
+        found: tuple[dict[str, Any], Personal | None] | None = None,
     ) -> Judgement:
         """``judge`` (gateway.decision.steps) at the case type's level in force, with the
         trace that shows each step and, for a hold, its approval. ``admitted``: a held proposal
         re-evaluated under a new bundle, as the case type it was decided as; it is decided with
         the history its first decision recorded (``admitted_history``), as of when it was
-        proposed."""
+        proposed. ``found``: the proposal as recorded and its personal data, if the caller has
+        them already."""
         now = format_time(moment)
-        recorded = recorded_proposal(proposal)
+        recorded, personal = (recorded_proposal(proposal), UNKNOWN) if found is None else found
         workflow = proposal.workflow
 
         def standing(case_type: str) -> tuple[int, str, dict[str, int]]:
@@ -278,31 +275,41 @@ class Decider:
             return self._history(identity, recorded, policy, case_type, moment)
 
         judged = judge(
-            policy, identity, proposal, recorded, now, standing, signals, admitted=admitted
+            policy,
+            identity,
+            proposal,
+            recorded,
+            now,
+            standing,
+            signals,
+            admitted=admitted,
+            personal=personal,
         )
         decision, classification = judged.decision, judged.classification
         sealed = () if judged.personal is None else judged.personal.paths
         rules = ("case_type", "deny", "hold") if classification.source == "classified" else ()
-        trace = Trace(
-            casbin=CasbinTrace.model_validate(judged.permitted.trace()),
-            rego=RegoTrace(
-                engine=policy.engine.name,
-                version=policy.engine.version,
-                query=[f"{package_of(workflow)}.{rule}" for rule in rules or ("deny", "hold")],
-                input_digest=input_digest(judged.input, sealed),
-                output=None if judged.rego is None else rego_output(judged.rego),
-            ),
-            autonomy=AutonomyTrace(
-                level=judged.level,
-                name=LEVEL_NAMES[judged.level],
-                source=judged.level_source,
-                case_type=classification.case_type,
-                case_type_source=classification.source,
-            ),
-            bundle_digest=policy.bundle.digest,
-            decided_at=now,
-            recommendation=decision.recommendation,
-        )
+        # The trace as the answer and the ledger hold it (``Trace``'s fields, in its order),
+        # built as plain data: the schema documents it, the SDK validates it.
+        trace = {
+            "casbin": judged.permitted.trace(),
+            "rego": {
+                "engine": policy.engine.name,
+                "version": policy.engine.version,
+                "query": [f"{package_of(workflow)}.{rule}" for rule in rules or ("deny", "hold")],
+                "input_digest": input_digest(judged.input, sealed),
+                "output": None if judged.rego is None else rego_output(judged.rego),
+            },
+            "autonomy": {
+                "level": judged.level,
+                "name": LEVEL_NAMES[judged.level],
+                "source": judged.level_source,
+                "case_type": classification.case_type,
+                "case_type_source": classification.source,
+            },
+            "bundle_digest": policy.bundle.digest,
+            "decided_at": now,
+            "recommendation": decision.recommendation,
+        }
         approval = None
         if decision.verdict == "hold":
             config = policy.bundle.workflows[workflow]
@@ -346,12 +353,13 @@ class Decider:
         self,
         identity: Identity,
         proposal: Proposal,
+        found: tuple[dict[str, Any], Personal | None],
         digest: str,
         policy: ActivePolicy,
         started: float,
     ) -> Answer:
         action_id = self.new_id("act")
-        judgement = self.judgement(identity, proposal, policy, self.clock())
+        judgement = self.judgement(identity, proposal, policy, self.clock(), found=found)
         decision, trace, approval = judgement.decision, judgement.trace, judgement.approval
         proposal_body = {
             "action_id": action_id,
@@ -367,19 +375,17 @@ class Decider:
             # replay rebuilds the input digest without the bundle that decided.
             proposal_body["sealed"] = list(personal.paths)
             sealed, data_subject = personal.entry_paths, personal.data_subject
-        execution = None
+        adapter = None
         if decision.verdict != "reject":
-            execution = ExecutionRef(
-                adapter=self.routing.route(identity.name, proposal.workflow)[0]
-            )
+            adapter = self.routing.route(identity.name, proposal.workflow)[0]
         answer = {
             "action_id": action_id,
             "verdict": decision.verdict,
-            "reasons": [r.model_dump() for r in decision.reasons],
-            "warnings": [r.model_dump() for r in decision.warnings],
-            "trace": trace.model_dump(),
+            "reasons": [_reason(r) for r in decision.reasons],
+            "warnings": [_reason(r) for r in decision.warnings],
+            "trace": trace,
             "approval": None if approval is None else approval.model_dump(),
-            "execution": None if execution is None else execution.model_dump(),
+            "execution": None if adapter is None else {"adapter": adapter},
         }
         autonomy = self.autonomy
         # The audit sample is drawn now, by the action id, and recorded with the decision.
@@ -387,7 +393,7 @@ class Decider:
             policy.bundle,
             proposal.workflow,
             judgement.case_type,
-            trace.autonomy.level,
+            trace["autonomy"]["level"],
             decision.verdict,
             action_id,
         )
@@ -401,7 +407,7 @@ class Decider:
             Record("proposal", identity.name, action_id, proposal_body, sealed, data_subject),
             Record("decision", "mandate", action_id, decision_body, (), data_subject),
         ]
-        if decision.verdict == "execute" and execution and execution.adapter == "callback":
+        if decision.verdict == "execute" and adapter == "callback":
             # Handed to the executor in the decision's own transaction: nothing for the
             # dispatcher to claim, no second write competing for the ledger's lock.
             records.append(
@@ -479,6 +485,11 @@ class Decider:
             self.on_hold(answered.model(), proposal, identity)
         self._offer_shadow(answered)
         return answered
+
+
+def _reason(reason: Reason) -> dict[str, str]:
+    """A reason as answered and recorded (``Reason.model_dump()``, without pydantic's cost)."""
+    return {"code": reason.code, "message": reason.message, "source": reason.source}
 
 
 def _conflict(key: str, *, other_standing: bool = False) -> Conflict:

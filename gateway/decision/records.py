@@ -27,7 +27,7 @@ from gateway.decision.steps import Decision
 from gateway.execution.routing import Routing, intent_row
 from gateway.identity import Identity
 from gateway.policy.active import ActivePolicy
-from gateway.schemas import ApprovalRef, Proposal, Trace
+from gateway.schemas import ApprovalRef, Proposal
 from ledger.store import Appended
 
 __all__ = [
@@ -44,7 +44,7 @@ class Judgement:
     """A decision with everything recorded beside it."""
 
     decision: Decision
-    trace: Trace
+    trace: dict[str, Any]  # as ``Trace`` dumps it
     stats: dict[str, int]
     approval: ApprovalRef | None
     recorded: dict[str, Any]  # the proposal as the ledger keeps it, its sealed values in place
@@ -134,14 +134,14 @@ def decision_rows(
         if len(appended) == 3:  # handed over to the executor with the decision
             intent |= {"status": "awaiting_outcome", "attempts": 1}
         rows.append((INTENTS, intent))
-    level = judgement.trace.autonomy.level
+    level = judgement.trace["autonomy"]["level"]
     if figures:
         row = figures_row(
             action_id,
             proposal.workflow,
             judgement.case_type,
             appended[1].seq,
-            judgement.trace.decided_at,
+            judgement.trace["decided_at"],
             level,
             verdict,
             judgement.decision.recommendation,

@@ -42,12 +42,14 @@ from ledger.entry import canonical_json
 from ledger.errors import EntryError
 
 __all__ = [
+    "UNKNOWN",
     "CaseTypeSource",
     "Classification",
     "Decision",
     "Judged",
     "Signals",
     "Standing",
+    "Unknown",
     "admit",
     "amount_problem",
     "classify",
@@ -359,17 +361,26 @@ def decide(
 
 
 def _policy_reasons(items: list[dict[str, Any]]) -> list[Reason]:
-    return [
-        Reason(
-            code=str(item.get("code", "unnamed")),
-            message=str(item.get("message", item.get("code", ""))),
-            source="rego",
-        )
-        for item in items
-    ]
+    return [Reason(**_reason_fields(item), source="rego") for item in items]
+
+
+def _reason_fields(item: dict[str, Any]) -> dict[str, str]:
+    """A policy's reason as the gateway reads it: a code (``unnamed`` if it gave none) and a
+    message (its code if it gave none)."""
+    return {
+        "code": str(item.get("code", "unnamed")),
+        "message": str(item.get("message", item.get("code", ""))),
+    }
 
 
 # -- the one orchestration -------------------------------------------------------------------
+
+
+class Unknown:
+    """Not looked for yet (``judge``'s ``personal``): None says there is none."""
+
+
+UNKNOWN = Unknown()
 
 # The level a case type is decided at, where that level came from, and the figures a decision
 # at it sees: the live autonomy book's, or what a recorded decision recorded.
@@ -409,6 +420,7 @@ def judge(
     signals: Signals | None = None,
     *,
     admitted: str | None = None,
+    personal: Personal | Unknown | None = UNKNOWN,
 ) -> Judged:
     """Steps 3 to 6 for a validated proposal (``recorded`` is it as the ledger keeps it):
     permit, classify, evaluate at the case type's level (``standing`` says which) with its
@@ -418,14 +430,14 @@ def judge(
     A held proposal re-evaluated under a new bundle is ``admitted`` (the case type it was
     decided as): Casbin then answers even for a role that proposes nothing any more, and what
     the new bundle no longer takes is a rejection (``not_taken``) instead of a 422.
+    ``personal``: what ``find_personal`` found in ``recorded`` already, if the caller asked.
     """
     permitted = permit(policy.permitter, identity, proposal, admitted=admitted is not None)
     refused: InvalidInput | None = None
-    personal: Personal | None = None
     try:
-        config = policy.bundle.workflows.get(proposal.workflow)
-        if config is not None:
-            personal = find_personal(config, recorded)
+        if isinstance(personal, Unknown):
+            config = policy.bundle.workflows.get(proposal.workflow)
+            personal = None if config is None else find_personal(config, recorded)
         if admitted is not None:
             validate(proposal, policy)
         classification = classify(
@@ -439,6 +451,8 @@ def judge(
         if admitted is None:
             raise
         refused, classification = exc, Classification(admitted, "claimed")
+        if isinstance(personal, Unknown):
+            personal = None
     level, level_source, stats = standing(classification.case_type)
     history = None if signals is None else signals(classification.case_type)
     input_ = rego_input(recorded, identity, classification.case_type, level, stats, now, history)
@@ -478,14 +492,15 @@ def recorded_proposal(proposal: Proposal) -> dict[str, Any]:
 
 
 def request_digest(
-    proposal: Proposal,
+    proposal: Proposal | dict[str, Any],
     personal: Personal | None = None,
     keyed: Callable[[str], str] | None = None,
 ) -> str:
-    """SHA-256 of the proposal as recorded: what an idempotency key's retry must match. Its
-    sealed values count by their keyed digest (``keyed``, the ledger's subject key): a plain
-    hash over them would outlive their erasure as a way to test a guess."""
-    recorded = recorded_proposal(proposal)
+    """SHA-256 of the proposal as recorded (``recorded_proposal``, or that already): what an
+    idempotency key's retry must match. Its sealed values count by their keyed digest
+    (``keyed``, the ledger's subject key): a plain hash over them would outlive their erasure
+    as a way to test a guess."""
+    recorded = recorded_proposal(proposal) if isinstance(proposal, Proposal) else proposal
     if personal is not None and keyed is not None:
         recorded = masked(recorded, personal.paths, lambda v: keyed(canonical_json(v).decode()))
     return hashlib.sha256(canonical_json(recorded, "proposal")).hexdigest()
@@ -507,6 +522,6 @@ def input_digest(input_: dict[str, Any], sealed: tuple[str, ...] = ()) -> str:
 def rego_output(rego: RegoResult) -> dict[str, Any]:
     """What the policy said, as a decision's trace records it."""
     return {
-        rule: [r.model_dump(exclude={"source"}) for r in _policy_reasons(getattr(rego, rule))]
+        rule: [_reason_fields(item) for item in getattr(rego, rule)]
         for rule in ("deny", "hold", "warn")
     }
