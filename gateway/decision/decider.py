@@ -128,8 +128,10 @@ class Decider:
         self._lookup = Lookup(self.engine)
 
     def close(self) -> None:
-        """Close the connections the idempotency look-ups opened."""
+        """Close the connections the idempotency look-ups and the history reads opened."""
         self._lookup.close()
+        if self.history is not None:
+            self.history.close()
 
     async def propose(self, identity: Identity, proposal: Proposal) -> Verdict:
         """``decide``, answered as a ``Verdict`` (the API sends ``Answer.json`` as it is)."""

@@ -36,6 +36,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
+from gateway.db.kept import KeptReads
 from gateway.db.tables import ACTIONS, FIGURES
 from ledger.entry import format_time
 
@@ -133,7 +134,11 @@ class HistoryBook:
     """
 
     def __init__(self, engine: Engine, *, ttl: float = 1.0, capacity: int = 100_000) -> None:
-        self._engine = engine
+        self._reads = KeptReads(engine)
+        self._proposed_type, self._named, self._recent, self._amounts_read = (
+            self._reads.prepare(statement)
+            for statement in (_PROPOSED_TYPE, _NAMED, _RECENT, _AMOUNTS)
+        )
         self.ttl = ttl
         self._capacity = capacity
         self._seen: OrderedDict[tuple[str, ...], None] = OrderedDict()
@@ -161,34 +166,25 @@ class HistoryBook:
             amounts = self._amounts.get((workflow, case_type))
         stale_rate = rate is None or rate[0] <= clock
         stale_amounts = amounts is None or amounts.expires <= clock or amounts.size != window[0]
-        if not all(known.values()) or stale_rate or stale_amounts:
-            with self._engine.connect() as conn:
-                if not known[kind]:
-                    found = conn.execute(
-                        _PROPOSED_TYPE,
-                        {"executor": executor, "workflow": workflow, "action_type": kind[3]},
-                    ).first()
-                    known[kind] = found is not None
-                if not known[named]:
-                    found = conn.execute(_NAMED, {"workflow": workflow, "digest": named[2]}).first()
-                    known[named] = found is not None
-                if stale_rate:
-                    since = format_time(moment - dt.timedelta(hours=1))
-                    count = conn.execute(
-                        _RECENT, {"executor": executor, "since": since, "cap": RATE_CAP}
-                    ).scalar_one()
-                    rate = (clock + self.ttl, int(count))
-                if stale_amounts:
-                    rows = conn.execute(
-                        _AMOUNTS,
-                        {
-                            "workflow": workflow,
-                            "case_type": case_type,
-                            "cutoff": format_time(moment - dt.timedelta(days=window[1])),
-                            "size": window[0],
-                        },
-                    ).scalars()
-                    amounts = _Amounts(clock + self.ttl, window[0], list(rows))
+        rows = self._reads.rows
+        if not known[kind]:
+            given = {"executor": executor, "workflow": workflow, "action_type": kind[3]}
+            known[kind] = bool(rows(self._proposed_type, given))
+        if not known[named]:
+            known[named] = bool(rows(self._named, {"workflow": workflow, "digest": named[2]}))
+        if stale_rate:
+            since = format_time(moment - dt.timedelta(hours=1))
+            counted = rows(self._recent, {"executor": executor, "since": since, "cap": RATE_CAP})
+            rate = (clock + self.ttl, int(counted[0][0]))
+        if stale_amounts:
+            given = {
+                "workflow": workflow,
+                "case_type": case_type,
+                "cutoff": format_time(moment - dt.timedelta(days=window[1])),
+                "size": window[0],
+            }
+            found = rows(self._amounts_read, given)
+            amounts = _Amounts(clock + self.ttl, window[0], [row[0] for row in found])
         assert rate is not None
         assert amounts is not None
         with self._lock:
@@ -221,6 +217,10 @@ class HistoryBook:
             held = self._amounts.get((workflow, case_type))
             if verdict == "execute" and amount is not None and held is not None:
                 bisect.insort(held.ordered, (Decimal(amount), amount))
+
+    def close(self) -> None:
+        """Close the connections the reads opened."""
+        self._reads.close()
 
     def forget(self) -> None:
         """Read hourly counts and amounts from the tables next time."""

@@ -9,14 +9,12 @@ ledger's transaction still settles a key decided by two processes at once.
 
 from __future__ import annotations
 
-import contextlib
-import threading
 from dataclasses import dataclass
-from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
+from gateway.db.kept import KeptReads
 from gateway.db.tables import ACTIONS
 from gateway.decision.answer import Answer, answer_json
 
@@ -53,41 +51,20 @@ class Recent:
 
 
 class Lookup:
-    """Reads a key's record in the database: one statement on a driver connection that each
-    thread keeps open, in autocommit (no transaction outlives the read). Through a pooled
-    SQLAlchemy connection the same read cost some 30 times more (checkout, BEGIN, ROLLBACK),
-    and it runs before every decision. ``close`` closes them all."""
+    """Reads a key's record in the database: one indexed read on a connection this thread
+    keeps (``gateway.db.kept``), before every decision. ``close`` closes them all."""
 
     def __init__(self, engine: Engine) -> None:
-        self._engine = engine
-        self._postgres = engine.dialect.name == "postgresql"
-        mark = "?" if engine.dialect.paramstyle == "qmark" else "%s"
-        self._sql = _BY_IDEMPOTENCY_KEY.format(table=ACTIONS.name, mark=mark)
-        self._errors: tuple[type[Exception], ...] = (
-            engine.dialect.loaded_dbapi.Error,
-            sa.exc.SQLAlchemyError,
-        )
-        self._local = threading.local()
-        self._opened: list[Any] = []
-        self._lock = threading.Lock()
+        self._reads = KeptReads(engine)
+        self._read = self._reads.prepare(_BY_IDEMPOTENCY_KEY)
 
     def __call__(self, key: Key) -> Decided | None:
         """The key's recorded proposal, or None; ``sa.exc.OperationalError`` when the database
-        cannot say (the connection is then dropped, and the next read opens another)."""
-        try:
-            conn = self._connection()
-            cursor = conn.cursor()
-            try:
-                cursor.execute(self._sql, key)
-                row = cursor.fetchone()
-            finally:
-                cursor.close()
-        except self._errors as exc:
-            self._drop()
-            raise sa.exc.OperationalError(self._sql, key, exc) from exc
-        if row is None:
+        cannot say."""
+        rows = self._reads.rows(self._read, {"owner": key[0], "key": key[1]})
+        if not rows:
             return None
-        digest, executor, response, action_id, verdict, proposal_seq, decision_seq, leaf = row
+        digest, executor, response, action_id, verdict, proposal_seq, decision_seq, leaf = rows[0]
         answer = Answer(
             action_id,
             verdict,
@@ -99,36 +76,16 @@ class Lookup:
 
     def close(self) -> None:
         """Close every connection this lookup opened, in whichever thread."""
-        with self._lock:
-            opened, self._opened = self._opened, []
-        for conn in opened:
-            with contextlib.suppress(Exception):
-                conn.close()
-
-    def _connection(self) -> Any:
-        conn = getattr(self._local, "conn", None)
-        if conn is None:
-            conn = self._engine.raw_connection()
-            if self._postgres:
-                driver: Any = conn.driver_connection
-                driver.autocommit = True
-            conn.detach()  # this lookup's until closed: the pool neither counts nor reuses it
-            self._local.conn = conn
-            with self._lock:
-                self._opened.append(conn)
-        return conn
-
-    def _drop(self) -> None:
-        conn, self._local.conn = getattr(self._local, "conn", None), None
-        if conn is not None:
-            with self._lock:
-                if conn in self._opened:
-                    self._opened.remove(conn)
-            with contextlib.suppress(Exception):
-                conn.close()
+        self._reads.close()
 
 
-_BY_IDEMPOTENCY_KEY = (
-    "SELECT request_digest, executor, response, id, verdict, proposal_seq, decision_seq, "
-    "decision_leaf FROM {table} WHERE owner = {mark} AND idempotency_key = {mark}"
-)
+_BY_IDEMPOTENCY_KEY = sa.select(
+    ACTIONS.c.request_digest,
+    ACTIONS.c.executor,
+    ACTIONS.c.response,
+    ACTIONS.c.id,
+    ACTIONS.c.verdict,
+    ACTIONS.c.proposal_seq,
+    ACTIONS.c.decision_seq,
+    ACTIONS.c.decision_leaf,
+).where(ACTIONS.c.owner == sa.bindparam("owner"), ACTIONS.c.idempotency_key == sa.bindparam("key"))
