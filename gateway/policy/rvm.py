@@ -234,6 +234,8 @@ class _Package:
             return
         if root not in self._rules:
             raise _Unsafe(f"a reference to {root}, not a rule of the package")
+        if root in REASON_RULES:  # the VM may hold an undefined part the answer then shows
+            raise _Unsafe(f"a reference to {root} in a rule")
         self._used.add(root)
 
     def _call(self, name: str, params: list[dict[str, Any]]) -> None:

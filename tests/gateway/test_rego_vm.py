@@ -227,6 +227,7 @@ def test_a_reason_with_an_undefined_part_is_the_interpreters_none(tmp_path: Path
         ("some x in input.proposal.params.items; x", "SomeIn"),
         ('x := input.proposal.params.split; x == "1"', "AssignExpr"),
         ('startswith(input.proposal.resource, "x")', "startswith"),
+        ("warn == warn", "a reference to warn"),
     ],
 )
 def test_what_may_fail_at_runtime_leaves_the_package_to_the_interpreter(
