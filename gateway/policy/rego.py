@@ -1,8 +1,9 @@
 """Evaluate: what does the workflow's Rego policy say? Behind one small interface, two engines.
 
-``RegorusEngine`` evaluates in-process with regorus (a Rust Rego interpreter; the version is
-pinned and the choice explained in policies/README.md). ``OpaServerEngine`` asks an OPA server
-through its Data API, for sites that already run OPA.
+``RegorusEngine`` evaluates in-process with regorus (a Rust Rego engine; the version is pinned
+and the choice explained in policies/README.md): its compiled VM answers the packages it answers
+exactly as the interpreter (``gateway.policy.rvm``), the interpreter the others. ``OpaServerEngine``
+asks an OPA server through its Data API, for sites that already run OPA.
 
 The policy contract: package ``mandate.workflows.<workflow>`` defines the sets ``deny`` and
 ``hold``, each of ``{"code", "message"}`` objects, may define the set ``warn`` (advisories that
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import importlib.metadata
 import itertools
+import logging
 import re
 import threading
 import weakref
@@ -25,6 +27,7 @@ import orjson
 import regorus
 
 from gateway.policy.bundle import Bundle
+from gateway.policy.rvm import VmPlan, plan_packages
 
 __all__ = [
     "EngineError",
@@ -117,6 +120,7 @@ def package_of(workflow: str) -> str:
 CLASSIFY_RULE = "case_type"
 REASON_RULES = ("deny", "hold", "warn")
 _UNDEFINED = "<undefined>"  # what regorus answers for a rule with no value for this input
+_UNDEFINED_JSON = orjson.dumps(_UNDEFINED).decode()
 
 
 def _case_type(value: Any, package: str) -> str | None:
@@ -145,17 +149,27 @@ def _reasons(value: Any, rule: str) -> list[dict[str, Any]]:
 
 
 class _ThreadEngines(threading.local):
-    """This thread's regorus engines, by the ``RegorusEngine`` each was loaded for.
+    """This thread's regorus engines (interpreters and VMs), by the ``RegorusEngine`` each was
+    loaded for.
 
-    A regorus engine may only be used, and dropped, on the thread that made it (dropped
-    anywhere else it raises and leaks). So engines live here, in one thread-local that lasts as
-    long as the process, and never in a ``RegorusEngine``: when one of those goes (a bundle
-    replaced, a bundle checked), each thread drops its own engine for it at its next
+    A regorus engine, VM or program may only be used, and dropped, on the thread that made it
+    (dropped anywhere else it raises and leaks). So engines live here, in one thread-local that
+    lasts as long as the process, and never in a ``RegorusEngine``: when one of those goes (a
+    bundle replaced, a bundle checked), each thread drops its own engines for it at its next
     evaluation, and a thread that ends drops all of its own as it ends.
     """
 
     def __init__(self) -> None:
         self.engines: dict[int, regorus.Engine] = {}
+        self.vms: dict[int, regorus.Rvm] = {}
+
+    def drop_retired(self) -> None:
+        """Drop, here on the thread that made them, the engines of RegorusEngines gone."""
+        if _RETIRED:
+            for gone in _RETIRED.intersection(self.engines):
+                del self.engines[gone]
+            for gone in _RETIRED.intersection(self.vms):
+                del self.vms[gone]
 
 
 _THREAD_ENGINES = _ThreadEngines()
@@ -170,16 +184,21 @@ def _retire(engine_id: int) -> None:
 
 
 def live_engines() -> int:
-    """How many regorus engines this thread holds (one per bundle it evaluated, until the
-    bundle's ``RegorusEngine`` goes and the thread evaluates again)."""
-    return len(_THREAD_ENGINES.engines)
+    """For how many bundles this thread holds regorus engines (each bundle it evaluated, until
+    the bundle's ``RegorusEngine`` goes and the thread evaluates again)."""
+    return len(_THREAD_ENGINES.engines.keys() | _THREAD_ENGINES.vms.keys())
 
 
 class RegorusEngine:
     """In-process Rego with regorus.
 
-    A regorus engine may only be used, and dropped, on the thread that made it, so each
-    thread that evaluates gets its own copy (loaded from the same bundle on first use).
+    ``evaluate`` and ``classify`` run on regorus's compiled VM (RVM), one program for the
+    bundle's workflow packages, for the packages and inputs where its answer is surely the
+    interpreter's (``vm_plans``; ``interpreted`` says why the others are not), and on the
+    interpreter otherwise; tests, rules and coverage always on the interpreter.
+
+    A regorus engine, VM or program may only be used, and dropped, on the thread that made it,
+    so each thread that evaluates gets its own (loaded from the same bundle on first use).
     """
 
     name = "regorus"
@@ -189,6 +208,7 @@ class RegorusEngine:
     ) -> None:
         self.version = importlib.metadata.version("gordon-to-regorus")
         self._coverage = coverage
+        self._modules = dict(bundle.modules)
         self._sources = dict(bundle.modules)
         if include_tests:
             self._sources.update(bundle.tests)
@@ -200,12 +220,43 @@ class RegorusEngine:
         rules = self.rules()
         self._classifying = {f"data.{r.package}" for r in rules if r.name == CLASSIFY_RULE}
         self._warning = {f"data.{r.package}" for r in rules if r.name == "warn"}
+        self.vm_plans: dict[str, VmPlan] = {}
+        self.interpreted: dict[str, str] = {}  # the workflow packages the VM does not answer
+        self._program = b""  # the VM's program (serialized: a Program is thread-bound too)
+        self._entry_points: frozenset[str] = frozenset()
+        if not coverage:  # coverage is the interpreter's
+            self._compile(bundle, {(f"data.{r.package}", r.name) for r in rules})
+
+    def _compile(self, bundle: Bundle, defined: set[tuple[str, str]]) -> None:
+        """Plan which workflow packages the VM answers and compile them into one program."""
+        workflows = [p for p in self._packages if p.startswith(package_of(""))]
+        plans, self.interpreted = plan_packages(self._syntax(), bundle.data, workflows)
+        entry_points = [
+            f"{package}.{rule}"
+            for package in sorted(plans)
+            for rule in (*REASON_RULES, CLASSIFY_RULE)
+            if (package, rule) in defined
+        ]
+        if not entry_points:
+            return
+        try:
+            program = regorus.Program.compile_from_modules(
+                self._data, sorted(self._modules.items()), entry_points
+            )
+            self._program = bytes(program.serialize_binary())
+        except Exception as exc:  # regorus reports what it cannot compile as plain exceptions
+            why = f"regorus's VM does not compile it: {_first_line(exc)}"
+            logging.getLogger("mandate").warning(
+                "bundle %s: %s; the interpreter evaluates it", bundle.digest[:12], why
+            )
+            self.interpreted.update(dict.fromkeys(plans, why))
+            return
+        self.vm_plans = plans
+        self._entry_points = frozenset(entry_points)
 
     def _engine(self) -> regorus.Engine:
         engines = _THREAD_ENGINES.engines
-        if _RETIRED:
-            for gone in _RETIRED.intersection(engines):
-                del engines[gone]  # dropped here, on the thread that made it
+        _THREAD_ENGINES.drop_retired()
         engine = engines.get(self._id)
         if engine is None:
             engine = regorus.Engine()
@@ -221,6 +272,25 @@ class RegorusEngine:
                 engine.set_enable_coverage(True)
             engines[self._id] = engine
         return engine
+
+    def _vm(self) -> regorus.Rvm:
+        vms = _THREAD_ENGINES.vms
+        _THREAD_ENGINES.drop_retired()
+        vm = vms.get(self._id)
+        if vm is None:
+            try:
+                program, partial = regorus.Program.deserialize_binary(self._program)
+                if partial:
+                    raise EngineError("regorus's VM program deserialized only in part")
+                vm = regorus.Rvm()
+                vm.load_program(program)
+                vm.set_data_json(self._data)
+            except EngineError:
+                raise
+            except Exception as exc:
+                raise EngineError(f"regorus's VM does not load: {_first_line(exc)}") from exc
+            vms[self._id] = vm
+        return vm
 
     def unavailable(self) -> str | None:
         """Never: the engine is in this process."""
@@ -239,30 +309,63 @@ class RegorusEngine:
         package = package_of(workflow)
         if package not in self._packages:
             raise EngineError(f"no Rego package {package} in the bundle")
-        engine = self._engine()
-        try:
-            engine.set_input_json(orjson.dumps(input_).decode())
-            found = {
-                rule: orjson.loads(engine.eval_rule_as_json(f"{package}.{rule}"))
-                for rule in REASON_RULES
-                if rule != "warn" or package in self._warning
-            }
-        except Exception as exc:
-            raise EngineError(f"regorus failed on {package}: {_first_line(exc)}") from exc
-        return result_of(found)
+        rules = [rule for rule in REASON_RULES if rule != "warn" or package in self._warning]
+        return result_of(self._values(package, rules, input_))
 
     def classify(self, workflow: str, input_: dict[str, Any]) -> str | None:
         """Evaluate the workflow's ``case_type`` rule, if its package has one."""
         package = package_of(workflow)
         if package not in self._classifying:
             return None
-        engine = self._engine()
+        value = self._values(package, [CLASSIFY_RULE], input_).get(CLASSIFY_RULE)
+        return _case_type(None if value == _UNDEFINED else value, package)
+
+    def _values(self, package: str, rules: list[str], input_: dict[str, Any]) -> dict[str, Any]:
+        """The rules' values for this input (the input set once): the VM's where its plan for
+        the package admits the input and its answer has nothing undefined in it, else the
+        interpreter's. A rule left out is undefined."""
         try:
-            engine.set_input_json(orjson.dumps(input_).decode())
-            value = orjson.loads(engine.eval_rule_as_json(f"{package}.{CLASSIFY_RULE}"))
+            text = orjson.dumps(input_).decode()
         except Exception as exc:
             raise EngineError(f"regorus failed on {package}: {_first_line(exc)}") from exc
-        return _case_type(None if value == _UNDEFINED else value, package)
+        plan = self.vm_plans.get(package)
+        if plan is not None and plan.admits(input_):
+            found = self._ask_vm(package, plan, rules, text)
+            if found is not None:
+                return found
+        engine = self._engine()
+        try:
+            engine.set_input_json(text)
+            return {
+                rule: orjson.loads(engine.eval_rule_as_json(f"{package}.{rule}")) for rule in rules
+            }
+        except Exception as exc:
+            raise EngineError(f"regorus failed on {package}: {_first_line(exc)}") from exc
+
+    def _ask_vm(
+        self, package: str, plan: VmPlan, rules: list[str], text: str
+    ) -> dict[str, Any] | None:
+        """The VM's values, or None where the interpreter must answer: an undefined value
+        inside an answer (the VM keeps one where the interpreter drops the whole value), or an
+        undefined rule that the VM leaves undefined where its definitions disagree."""
+        vm = self._vm()
+        try:
+            vm.set_input_json(text)
+            answers = {
+                rule: vm.execute_entry_point(f"{package}.{rule}")
+                for rule in rules
+                if f"{package}.{rule}" in self._entry_points
+            }
+        except Exception as exc:
+            raise EngineError(f"regorus failed on {package}: {_first_line(exc)}") from exc
+        found: dict[str, Any] = {}
+        for rule, answer in answers.items():
+            if answer == _UNDEFINED_JSON and rule not in plan.recheck:
+                continue
+            if _UNDEFINED_JSON in answer:
+                return None
+            found[rule] = orjson.loads(answer)
+        return found
 
     def run_tests(self) -> list[RegoTestResult]:
         """Evaluate every ``test_`` rule of the test modules, as ``opa test`` does."""
@@ -290,13 +393,19 @@ class RegorusEngine:
         """Forget what this thread's evaluations reached so far."""
         self._engine().clear_coverage_data()
 
+    def _syntax(self) -> list[dict[str, Any]]:
+        """The regorus syntax trees of the bundle's modules (test modules left out)."""
+        return [
+            module
+            for module in orjson.loads(self._engine().get_ast_as_json())
+            if module["source"]["file"] in self._modules
+        ]
+
     def rules(self) -> list[RegoRule]:
         """Every rule definition of the bundle's modules (test modules left out), in order."""
         found: list[RegoRule] = []
-        for module in orjson.loads(self._engine().get_ast_as_json()):
+        for module in self._syntax():
             path = module["source"]["file"]
-            if path in self._tests or path not in self._sources:
-                continue
             text = module["source"]["contents"].encode()
             package = _package_line(text.decode(errors="replace"))
             for rule in module["ast"]["rules"]:
