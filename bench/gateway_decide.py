@@ -14,12 +14,14 @@ returns once they are durable. The dispatcher is not started: the intents stay q
 - baselines ``ledger_c1`` and ``ledger_c16``: the same Ledger appending the same two entries
   per call (the bodies of a recorded proposal and decision) with ``append_many_async``, at the
   same concurrency: the floor that the durable append alone sets.
-- ``judge``: ``Decider.judge`` alone (permit, evaluate, decide and the trace; no idempotency
-  look-up, no ledger), one call at a time: the CPU the decision itself costs. ``judge_p50``
-  against the peer's: Microsoft AGT's ``PolicyEngine.evaluate`` p50 (its own bench, 5 rules),
+- ``judge``: ``Decider.judged`` alone, the policy's check (permit, classify, the level and its
+  figures, the history signals, evaluate, decide; no idempotency look-up, no trace, no ledger),
+  one call at a time: the CPU the decision itself costs. ``judge_p50`` against the peer's:
+  Microsoft AGT's ``PolicyEngine.evaluate`` p50 (its own bench, 5 rules; it keeps no trace),
   run between our runs when its venv is there (``BENCH_AGT_VENV``, default where its
   ``setup.sh`` puts it; ``BENCH_AGT_SCRIPT``, default ``../shared/peers/agt/bench_agt.py`` beside
-  the checkout or its parent).
+  the checkout or its parent). ``judgement_p50``: ``Decider.judgement``, the same with the
+  trace the ledger records (the input's digest among it).
 - ``sealed_c1`` and ``sealed_c16``: the same booking with a customer's personal data (id,
   email, name: the fields the bundle seals), one of ``CUSTOMERS`` customers each, against
   ``decide_c*``, whose bookings carry none. ``seal_c1``: what sealing adds to a decision at
@@ -159,6 +161,7 @@ async def _main(ctx: Context, work: Path, loop_name: str) -> list[Figure]:
         ]
         judge_us: list[float] = []
         judge_p50: list[float] = []
+        judgement_p50: list[float] = []
         agt_p50: list[float] = []
         ctx.log(
             f"measuring {', '.join(v.name for v in variants)} and judge: {n1} calls per run at "
@@ -184,9 +187,10 @@ async def _main(ctx: Context, work: Path, loop_name: str) -> list[Figure]:
                 v.rates.append(v.count / seconds)
                 v.p50.append(percentile(latencies, 50) * 1000)
                 v.p99.append(percentile(latencies, 99) * 1000)
-            calls = _judge(runtime, identity, proposals(n_judge))
+            calls, traced = _judge(runtime, identity, proposals(n_judge))
             judge_us.append(statistics.fmean(calls) * 1e6)
             judge_p50.append(percentile(calls, 50) * 1e6)
+            judgement_p50.append(percentile(traced, 50) * 1e6)
             peer = _agt_p50(ctx.quick)
             if peer is not None:
                 agt_p50.append(peer)
@@ -205,7 +209,7 @@ async def _main(ctx: Context, work: Path, loop_name: str) -> list[Figure]:
         runtime.close()
     return (
         _figures(ctx, variants, judge_us)
-        + _judge_figures(ctx, judge_p50, agt_p50)
+        + _judge_figures(ctx, judge_p50, agt_p50, judgement_p50)
         + _seal_figures(ctx, variants, erasures)
     )
 
@@ -253,17 +257,22 @@ async def _timed(
     return time.perf_counter() - start, latencies
 
 
-def _judge(runtime: Runtime, identity: Identity, batch: Sequence[Proposal]) -> list[float]:
-    """Seconds of each ``Decider.judge`` call (permit, evaluate, decide, trace)."""
+def _judge(
+    runtime: Runtime, identity: Identity, batch: Sequence[Proposal]
+) -> tuple[list[float], list[float]]:
+    """Seconds of each ``Decider.judged`` call (the policy's check), and of each
+    ``Decider.judgement`` call (the same and the trace), on alternate proposals."""
     decider = runtime.decider
     policy = decider.in_force.policy
-    calls = []
+    judged: list[float] = []
+    traced: list[float] = []
     clock = time.perf_counter
-    for proposal in batch:
+    for n, proposal in enumerate(batch):
+        call = decider.judged if n % 2 == 0 else decider.judgement
         began = clock()
-        decider.judgement(identity, proposal, policy, decider.clock())
-        calls.append(clock() - began)
-    return calls
+        call(identity, proposal, policy, decider.clock())
+        (judged if n % 2 == 0 else traced).append(clock() - began)
+    return judged, traced
 
 
 def _agt_paths() -> tuple[Path, Path] | None:
@@ -295,10 +304,24 @@ def _agt_p50(quick: bool) -> float | None:
     return float(json.loads(done.stdout)["policy_eval"]["p50_latency_us"])
 
 
-def _judge_figures(ctx: Context, judge_p50: list[float], agt_p50: list[float]) -> list[Figure]:
+def _judge_figures(
+    ctx: Context, judge_p50: list[float], agt_p50: list[float], judgement_p50: list[float]
+) -> list[Figure]:
+    traced = Figure(
+        f"{NAME}.judgement_p50",
+        tuple(judgement_p50),
+        "us/call",
+        baseline=f"{NAME}.judge_p50",
+        ratio=statistics.median(judgement_p50) / statistics.median(judge_p50),
+        note="Decider.judgement p50: the policy's check and the trace the ledger records "
+        "(the input's canonical JSON and digest among it)",
+    )
     if not agt_p50:
         ctx.log("the AGT peer is not installed: no judge_p50 against it (see the module)")
-        return [ctx.figure(Figure(f"{NAME}.judge_p50", tuple(judge_p50), "us/call"))]
+        return [
+            ctx.figure(Figure(f"{NAME}.judge_p50", tuple(judge_p50), "us/call")),
+            ctx.figure(traced),
+        ]
     ratio = statistics.median(judge_p50) / statistics.median(agt_p50)
     figures = [
         Figure(
@@ -318,9 +341,10 @@ def _judge_figures(ctx: Context, judge_p50: list[float], agt_p50: list[float]) -
             ratio=ratio,
             target="<= 100% of agt_policy_p50",
             met=ratio <= 1.0,
-            note="Decider.judge p50: permit (Casbin, cached), classify and evaluate (Rego), "
-            "decide, the trace",
+            note="Decider.judged p50, the policy's check: permit (Casbin, cached), classify "
+            "and evaluate (Rego), the level, its figures and the history signals, decide",
         ),
+        traced,
     ]
     return [ctx.figure(f) for f in figures]
 
@@ -371,8 +395,8 @@ def _figures(ctx: Context, variants: list[_Variant], judge_us: list[float]) -> l
             f"{NAME}.judge",
             tuple(judge_us),
             "us/call",
-            note="Decider.judge alone: permit (cached), Rego evaluate, decide, trace; "
-            "no idempotency look-up, no ledger",
+            note="Decider.judged alone (mean): permit (cached), classify, Rego evaluate, "
+            "decide; no idempotency look-up, no trace, no ledger",
         )
     )
     return [ctx.figure(f) for f in figures]

@@ -34,6 +34,8 @@ from gateway.decision.personal import Personal, find_personal
 from gateway.decision.records import Judgement, decision_rows
 from gateway.decision.steps import (
     UNKNOWN,
+    Judged,
+    Unknown,
     admit,
     input_digest,
     judge,
@@ -245,7 +247,7 @@ class Decider:
         self._recent.put(key, decided)
         return self._retried(decided, key[1], digest, identity)
 
-    def judgement(
+    def judged(
         self,
         identity: Identity,
         proposal: Proposal,
@@ -254,15 +256,10 @@ class Decider:
         *,
         admitted: str | None = None,
         admitted_history: dict[str, Any] | None = None,
-        found: tuple[dict[str, Any], Personal | None] | None = None,
-    ) -> Judgement:
-        """``judge`` (gateway.decision.steps) at the case type's level in force, with the
-        trace that shows each step and, for a hold, its approval. ``admitted``: a held proposal
-        re-evaluated under a new bundle, as the case type it was decided as; it is decided with
-        the history its first decision recorded (``admitted_history``), as of when it was
-        proposed. ``found``: the proposal as recorded and its personal data, if the caller has
-        them already."""
-        now = format_time(moment)
+        found: tuple[dict[str, Any], Personal | Unknown | None] | None = None,
+    ) -> Judged:
+        """``judge`` (gateway.decision.steps), the policy's check, at the case type's level in
+        force and with its figures and history signals (see ``judgement``)."""
         recorded, personal = (recorded_proposal(proposal), UNKNOWN) if found is None else found
         workflow = proposal.workflow
 
@@ -276,17 +273,46 @@ class Decider:
                 return admitted_history
             return self._history(identity, recorded, policy, case_type, moment)
 
-        judged = judge(
+        return judge(
             policy,
             identity,
             proposal,
             recorded,
-            now,
+            format_time(moment),
             standing,
             signals,
             admitted=admitted,
             personal=personal,
         )
+
+    def judgement(
+        self,
+        identity: Identity,
+        proposal: Proposal,
+        policy: ActivePolicy,
+        moment: dt.datetime,
+        *,
+        admitted: str | None = None,
+        admitted_history: dict[str, Any] | None = None,
+        found: tuple[dict[str, Any], Personal | Unknown | None] | None = None,
+    ) -> Judgement:
+        """``judged``, with the trace that shows each step and, for a hold, its approval: what
+        the ledger records. ``admitted``: a held proposal re-evaluated under a new bundle, as
+        the case type it was decided as; it is decided with the history its first decision
+        recorded (``admitted_history``), as of when it was proposed. ``found``: the proposal as
+        recorded and its personal data, if the caller has them already."""
+        if found is None:
+            found = (recorded_proposal(proposal), UNKNOWN)
+        judged = self.judged(
+            identity,
+            proposal,
+            policy,
+            moment,
+            admitted=admitted,
+            admitted_history=admitted_history,
+            found=found,
+        )
+        now, workflow, recorded = format_time(moment), proposal.workflow, found[0]
         decision, classification = judged.decision, judged.classification
         sealed = () if judged.personal is None else judged.personal.paths
         rules = ("case_type", "deny", "hold") if classification.source == "classified" else ()
