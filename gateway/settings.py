@@ -78,6 +78,13 @@ class Settings(BaseSettings):
     checkpoint_interval: float = Field(
         60.0, gt=0, description="...or every T seconds, whichever comes first"
     )
+    commit_delay_ms: float = Field(
+        1.0,
+        ge=0,
+        le=100,
+        description="while proposals come concurrently, the ledger waits this long to commit "
+        "more of them at once (0: never waits)",
+    )
     max_body_bytes: int = Field(64 * 1024, ge=1024, description="larger request bodies get 413")
     max_json_depth: int = Field(
         32, ge=2, description="JSON bodies nested deeper than this (arrays, objects) get 422"

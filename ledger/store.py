@@ -77,6 +77,10 @@ class Ledger:
     ``rotate_key``), so that every process writing to one database signs with the current key
     without a restart; without it, a process left with the old key fails its checkpoints.
 
+    ``commit_delay`` (seconds, default none): while appends come concurrently (the last batch
+    had several callers), how long the writer waits before taking the next batch, as
+    PostgreSQL's ``commit_delay``: fewer, larger commits, at the cost of that much latency.
+
     ``subject_key`` (32 bytes or more, kept outside the database: see
     ``ledger.keys.load_or_create_subject_key``) names data subjects by a keyed digest; without
     one the ledger seals and erases nothing. Personal data is sealed per record and erased per
@@ -100,6 +104,7 @@ class Ledger:
         max_batch: int = 1000,
         subject_key: bytes | None = None,
         keyring: Keyring | None = None,
+        commit_delay: float = 0.0,
     ) -> None:
         if checkpoint_every < 1:
             raise ValueError("checkpoint_every must be at least 1")
@@ -122,6 +127,7 @@ class Ledger:
                 clock=clock,
                 max_batch=max_batch,
                 keyring=keyring,
+                commit_delay=commit_delay,
             )
 
     # -- lifecycle ---------------------------------------------------------------------------

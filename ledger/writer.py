@@ -146,8 +146,10 @@ class Writer:
         clock: Callable[[], dt.datetime],
         max_batch: int,
         keyring: Keyring | None = None,
+        commit_delay: float = 0.0,
     ) -> None:
         self._engine = engine
+        self._commit_delay = commit_delay
         self._origin = origin
         self._signer = signer
         self._keyring = keyring
@@ -290,13 +292,21 @@ class Writer:
 
     def _run(self) -> None:
         woke = False  # whether the writer had nothing to do before this batch
+        busy = False  # whether the last batch had several callers: appends come concurrently
         while True:
+            if busy and self._commit_delay:
+                # PostgreSQL's commit_delay: under concurrent appends, a moment's wait lets
+                # more of them join this commit, and each commit's pages and fsync are shared
+                # by more appends. Alone (the last batch had one caller), none commits later.
+                time.sleep(self._commit_delay)
             with self._lock:
                 taken = self._take(split=woke) if self._pending else None
             if taken is not None:
                 woke = False
+                busy = len(taken[0]) > 1
                 self._commit_or_split(*taken)
                 continue
+            busy = False
             with self._lock:
                 if self._closed and not self._pending:
                     return

@@ -146,6 +146,7 @@ def open_ledger(
         checkpoint_interval=settings.checkpoint_interval,
         subject_key=subject_key(settings),
         keyring=keyring(settings),
+        commit_delay=settings.commit_delay_ms / 1000,
     )
     if halted is not None:
         ledger.halt(halted)

@@ -12,6 +12,7 @@ import datetime as dt
 import hashlib
 import multiprocessing
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -463,6 +464,36 @@ def test_32_threads_append_contiguously_with_fewer_commits_than_appends(
         assert commits < threads * each
         result = export_and_verify(ledger, tmp_path / "export.jsonl", [verifier_of(signer)])
         assert result.size >= 1 + threads * each
+
+
+def test_a_commit_delay_gathers_appenders_that_come_one_after_another(
+    engine: Engine, signer: NoteSigner
+) -> None:
+    # Eight appenders, each appending again a moment after its append returns: without a
+    # delay a commit takes whoever is queued at that instant (one or two; 26 commits on
+    # PostgreSQL, when this was written); with one, the writer waits for the others to come
+    # back, so commits hold most of them (PostgreSQL's commit_delay). A transaction's entries
+    # share their time: the times count the commits.
+    threads, each = 8, 10
+    with open_ledger(engine, signer, commit_delay=0.05) as ledger:
+        start = threading.Barrier(threads)
+        results: list[Appended] = []
+
+        def work(t: int) -> None:
+            start.wait()
+            for i in range(each):
+                results.append(ledger.append("audit", actor="a", subject=f"{t}-{i}", body={}))
+                time.sleep(0.005)
+
+        workers = [threading.Thread(target=work, args=(t,)) for t in range(threads)]
+        for w in workers:
+            w.start()
+        for w in workers:
+            w.join()
+        entries = assert_one_chain(ledger)
+    commits = len({parse_entry(entries[a.seq]).time for a in results})
+    # Ten rounds of eight: a round split in two, at worst, and the first commits alone.
+    assert commits <= 2 * each + 2, commits
 
 
 def test_asyncio_appenders(engine: Engine, signer: NoteSigner) -> None:
