@@ -474,22 +474,9 @@ def test_a_commit_delay_gathers_appenders_that_come_one_after_another(
     # PostgreSQL, when this was written); with one, the writer waits for the others to come
     # back, so commits hold most of them (PostgreSQL's commit_delay). A transaction's entries
     # share their time: the times count the commits.
-    threads, each = 8, 10
+    each = 10
     with open_ledger(engine, signer, commit_delay=0.05) as ledger:
-        start = threading.Barrier(threads)
-        results: list[Appended] = []
-
-        def work(t: int) -> None:
-            start.wait()
-            for i in range(each):
-                results.append(ledger.append("audit", actor="a", subject=f"{t}-{i}", body={}))
-                time.sleep(0.005)
-
-        workers = [threading.Thread(target=work, args=(t,)) for t in range(threads)]
-        for w in workers:
-            w.start()
-        for w in workers:
-            w.join()
+        results = _append_from_threads(ledger, 8, each, pause=0.005)
         entries = assert_one_chain(ledger)
     commits = len({parse_entry(entries[a.seq]).time for a in results})
     # Ten rounds of eight: a round split in two, at worst, and the first commits alone.
@@ -967,25 +954,34 @@ def test_close_while_asyncio_appenders_are_in_flight(engine: Engine, signer: Not
 
 def test_entries_committed_together_share_their_time(engine: Engine, signer: NoteSigner) -> None:
     # Group commit, seen from the log: one transaction's entries are built at one time.
-    threads, each = 32, 10
     with open_ledger(engine, signer) as ledger:
-        start = threading.Barrier(threads)
-        results: list[Appended] = []
-
-        def work(t: int) -> None:
-            start.wait()
-            for i in range(each):
-                results.append(ledger.append("audit", actor="a", subject=f"{t}-{i}", body={}))
-
-        workers = [threading.Thread(target=work, args=(t,)) for t in range(threads)]
-        for w in workers:
-            w.start()
-        for w in workers:
-            w.join()
+        results = _append_from_threads(ledger, 32, 10)
         entries = assert_one_chain(ledger)
-    assert len(results) == threads * each
+    assert len(results) == 32 * 10
     times = {parse_entry(entries[a.seq]).time for a in results}
     assert len(times) < len(results)
+
+
+def _append_from_threads(
+    ledger: Ledger, threads: int, each: int, pause: float = 0.0
+) -> list[Appended]:
+    """``each`` appends from each of ``threads`` threads started at once, ``pause`` seconds
+    apart; what they got back."""
+    start = threading.Barrier(threads)
+    results: list[Appended] = []
+
+    def work(t: int) -> None:
+        start.wait()
+        for i in range(each):
+            results.append(ledger.append("audit", actor="a", subject=f"{t}-{i}", body={}))
+            time.sleep(pause)
+
+    workers = [threading.Thread(target=work, args=(t,)) for t in range(threads)]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join()
+    return results
 
 
 def test_hooks_run_in_the_transaction_that_writes_the_entries(
