@@ -27,6 +27,10 @@ _decisions = logging.getLogger("mandate.decision")
 def configure_logging(settings: Settings, stream: TextIO | None = None) -> None:
     """Send the gateway's logs to ``stream`` (default stderr) in the settings' format and level;
     what was configured before is replaced, so calling it again changes both."""
+    # Neither format names a thread, a process or a source line: not looking them up for each
+    # record is the logging HOWTO's "Optimization" (a fifth of a decision line's cost).
+    logging.logThreads = logging.logProcesses = logging.logMultiprocessing = False
+    logging._srcfile = None
     handler = logging.StreamHandler(stream)
     if settings.log_format == "json":
         handler.setFormatter(
