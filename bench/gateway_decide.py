@@ -26,6 +26,10 @@ returns once they are durable. The dispatcher is not started: the intents stay q
   email, name: the fields the bundle seals), one of ``CUSTOMERS`` customers each, against
   ``decide_c*``, whose bookings carry none. ``seal_c1``: what sealing adds to a decision at
   concurrency 1 (microseconds, from the two rates of each run).
+- ``novel_c16``: the same booking, 16 at a time, each naming a resource never seen before, so
+  that each decision reads the history signals' resource look-up (``input.history``:
+  ``first_resource``) from the database, against ``decide_c16``, whose resource is always the
+  same (known after the first decision).
 - ``erase``: ``Ledger.erase`` of one customer after the runs (all their sealed values, WAL
   emptied included), in milliseconds; ``erase_per_decision``: that over their decisions.
 
@@ -125,11 +129,13 @@ async def _main(ctx: Context, work: Path, loop_name: str) -> list[Figure]:
 
         decided: dict[str, int] = {}  # customer → sealed decisions
 
-        def proposals(count: int, *, sealed: bool = False) -> list[Proposal]:
+        def proposals(count: int, *, sealed: bool = False, novel: bool = False) -> list[Proposal]:
             made = []
             for _ in range(count):
                 n = next(counter)
                 body = _PROPOSAL | {"idempotency_key": f"bench-{tag}-{n}"}
+                if novel:
+                    body["resource"] = f"lot-{tag}/space-{n}"
                 if sealed:
                     customer = f"C-{n % CUSTOMERS:04d}"
                     decided[customer] = decided.get(customer, 0) + 1
@@ -158,6 +164,7 @@ async def _main(ctx: Context, work: Path, loop_name: str) -> list[Figure]:
             _Variant("ledger_c16", 16, n16),
             _Variant("decide_c16", 16, n16),
             _Variant("sealed_c16", 16, n16),
+            _Variant("novel_c16", 16, n16),
         ]
         judge_us: list[float] = []
         judge_p50: list[float] = []
@@ -170,7 +177,11 @@ async def _main(ctx: Context, work: Path, loop_name: str) -> list[Figure]:
         for rep in range(ctx.repeat):
             for v in variants:
                 if not v.name.startswith("ledger"):
-                    batch = proposals(v.count, sealed=v.name.startswith("sealed"))
+                    batch = proposals(
+                        v.count,
+                        sealed=v.name.startswith("sealed"),
+                        novel=v.name.startswith("novel"),
+                    )
                     seconds, latencies = await _concurrent(runtime, identity, batch, v.concurrency)
                 else:
                     records = [
@@ -421,6 +432,19 @@ def _seal_figures(
                 f"{statistics.median(plain.p50):.2f} ms)",
             )
         )
+    novel, plain = by["novel_c16"], by["decide_c16"]
+    figures.append(
+        Figure(
+            f"{NAME}.novel_c16_rate",
+            tuple(novel.rates),
+            "decisions/s",
+            baseline=f"{NAME}.decide_c16_rate",
+            ratio=statistics.median(novel.rates) / statistics.median(plain.rates),
+            note="bookings each on a resource never seen, 16 at a time: the history's "
+            f"resource look-up read each time; p50 {statistics.median(novel.p50):.2f} ms "
+            f"(a known resource: {statistics.median(plain.p50):.2f} ms)",
+        )
+    )
     plain, sealed = by["decide_c1"], by["sealed_c1"]
     added = tuple((1 / s - 1 / p) * 1e6 for s, p in zip(sealed.rates, plain.rates, strict=True))
     figures.append(
