@@ -51,7 +51,7 @@ class KeptReads:
         self._opened: list[Any] = []
         self._lock = threading.Lock()
 
-    def prepare(self, statement: sa.Select[Any]) -> Read:
+    def prepare(self, statement: sa.Select[*tuple[Any, ...]]) -> Read:
         """``statement`` compiled for this database (bound parameters named, literals too)."""
         compiled = statement.compile(dialect=self._engine.dialect)
         order = (
@@ -107,13 +107,19 @@ class KeptReads:
         return conn, True
 
     def _drop(self) -> None:
+        """Close this thread's connection after a failed read. Closed directly, not through
+        the pool, whose reset would roll back on a connection that may be gone, and log that
+        at ERROR with a traceback."""
         conn, self._local.conn = getattr(self._local, "conn", None), None
         if conn is not None:
             with self._lock:
                 if conn in self._opened:
                     self._opened.remove(conn)
+            driver = conn.dbapi_connection
             with contextlib.suppress(Exception):
-                conn.close()
+                conn.invalidate()  # detached: the pool forgets it, and does no I/O on it
+            with contextlib.suppress(Exception):
+                driver.close()
 
 
 def _lost(conn: Any) -> bool:
