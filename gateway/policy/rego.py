@@ -340,6 +340,9 @@ class RegorusEngine:
                 rule: orjson.loads(engine.eval_rule_as_json(f"{package}.{rule}")) for rule in rules
             }
         except Exception as exc:
+            # Not kept by the traceback's frame, which may be collected on another thread: a
+            # regorus engine dropped anywhere but on its own thread raises and leaks.
+            del engine
             raise EngineError(f"regorus failed on {package}: {_first_line(exc)}") from exc
 
     def _ask_vm(
@@ -357,6 +360,7 @@ class RegorusEngine:
                 if f"{package}.{rule}" in self._entry_points
             }
         except Exception as exc:
+            del vm  # as in _values: never kept by a traceback
             raise EngineError(f"regorus failed on {package}: {_first_line(exc)}") from exc
         found: dict[str, Any] = {}
         for rule, answer in answers.items():

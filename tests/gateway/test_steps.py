@@ -318,6 +318,44 @@ def test_engines_are_dropped_on_the_threads_that_made_them() -> None:
     assert problems == []
 
 
+def test_a_failed_evaluation_kept_past_its_thread_drops_no_engine_elsewhere(
+    tmp_path: Path,
+) -> None:
+    """An evaluation that fails is a DecisionUnavailable whose chain of causes reaches the
+    engine's frames; kept after the thread ends (a future holds it, a cycle waits for the
+    collector), it must not be what keeps the thread's engine, which would then be dropped on
+    whichever thread collects it."""
+    bundle = copy_bundle(tmp_path)
+    rego = bundle / "rego" / "parking.rego"
+    rego.write_text(
+        rego.read_text()
+        + '\ndeny contains {"code": "odd", "message": "odd"} if {\n'
+        + "\tto_number(input.proposal.resource) % 2 == 1\n}\n"
+    )
+    engine = RegorusEngine(load_bundle(bundle))
+    kept: list[BaseException] = []
+
+    def fail() -> None:
+        try:
+            evaluate(engine, "parking", _input(PARKING_BOOKING, "booking-agent", 3))
+        except DecisionUnavailable as exc:
+            kept.append(exc)
+
+    problems: list[str] = []
+    previous = sys.unraisablehook
+    sys.unraisablehook = lambda report: problems.append(str(report.exc_value))
+    try:
+        thread = threading.Thread(target=fail)
+        thread.start()
+        thread.join()
+        assert len(kept) == 1
+        kept.clear()
+        gc.collect()
+    finally:
+        sys.unraisablehook = previous
+    assert problems == []
+
+
 def test_evaluate_fails_closed_when_the_opa_server_is_unreachable() -> None:
     with socket.socket() as sock:  # a port that nothing listens on once closed
         sock.bind(("127.0.0.1", 0))
