@@ -54,6 +54,14 @@ def copy_bundle(tmp_path: Path, name: str = "bundle") -> Path:
     return target
 
 
+def with_parking_rules(tmp_path: Path, rules: str) -> Path:
+    """A copy of the default bundle with ``rules`` (Rego) added to its parking package."""
+    root = copy_bundle(tmp_path)
+    source = root / "rego" / "parking.rego"
+    source.write_text(source.read_text() + rules)
+    return root
+
+
 @dataclass
 class Gateway:
     """A running gateway and what a test needs around it.

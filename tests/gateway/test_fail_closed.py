@@ -46,6 +46,7 @@ from tests.gateway.support import (
     http_client,
     proposal,
     wait_for,
+    with_parking_rules,
 )
 
 _names = itertools.count()
@@ -118,12 +119,10 @@ def test_a_rego_rule_that_errors_on_some_inputs_gives_them_503_and_records_nothi
     tmp_path: Path, sqlite_database: Database, serve_gateway: Serve
 ) -> None:
     # A policy bug that only some inputs reach: dividing by a parameter that may be "0".
-    bundle = copy_bundle(tmp_path)
-    rego = bundle / "rego" / "parking.rego"
-    rego.write_text(
-        rego.read_text()
-        + '\ndeny contains {"code": "uneven_split", "message": "split too fine"} if {\n'
-        + "\t100 / to_number(input.proposal.params.split) < 10\n}\n"
+    bundle = with_parking_rules(
+        tmp_path,
+        '\ndeny contains {"code": "uneven_split", "message": "split too fine"} if {\n'
+        + "\t100 / to_number(input.proposal.params.split) < 10\n}\n",
     )
     gateway = serve_gateway(sqlite_database, policies=bundle)
     client = gateway.as_role("booking-agent")

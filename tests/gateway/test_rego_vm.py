@@ -21,7 +21,7 @@ import regorus
 from gateway.policy import rego
 from gateway.policy.bundle import load_bundle
 from gateway.policy.rego import EngineError, RegoResult, RegorusEngine
-from tests.gateway.support import POLICIES, copy_bundle
+from tests.gateway.support import POLICIES, with_parking_rules
 from tests.gateway.test_classify import classifying_bundle
 
 PARKING = "data.mandate.workflows.parking"
@@ -173,11 +173,9 @@ def test_an_input_whose_amount_does_not_read_as_a_number_goes_to_the_interpreter
 
 
 def test_an_undefined_case_type_is_none_on_the_vm(tmp_path: Path) -> None:
-    root = copy_bundle(tmp_path)
-    rego_file = root / "rego" / "parking.rego"
-    rego_file.write_text(
-        rego_file.read_text()
-        + '\ncase_type := "refund.issue" if input.proposal.action_type == "refund.issue"\n'
+    root = with_parking_rules(
+        tmp_path,
+        '\ncase_type := "refund.issue" if input.proposal.action_type == "refund.issue"\n',
     )
     engine = RegorusEngine(load_bundle(root))
     assert engine.vm_plans[PARKING].recheck == frozenset()
@@ -200,12 +198,10 @@ def test_case_type_definitions_that_disagree_are_an_engine_error(tmp_path: Path)
 
 
 def test_a_reason_with_an_undefined_part_is_the_interpreters_none(tmp_path: Path) -> None:
-    root = copy_bundle(tmp_path)
-    rego_file = root / "rego" / "parking.rego"
-    rego_file.write_text(
-        rego_file.read_text()
-        + '\nhold contains {"code": "noted", "message": sprintf("note: %v", '
-        + "[input.proposal.params.note])} if input.autonomy.level < 3\n"
+    root = with_parking_rules(
+        tmp_path,
+        '\nhold contains {"code": "noted", "message": sprintf("note: %v", '
+        + "[input.proposal.params.note])} if input.autonomy.level < 3\n",
     )
     engine = RegorusEngine(load_bundle(root))
     assert PARKING in engine.vm_plans
@@ -233,10 +229,9 @@ def test_a_reason_with_an_undefined_part_is_the_interpreters_none(tmp_path: Path
 def test_what_may_fail_at_runtime_leaves_the_package_to_the_interpreter(
     tmp_path: Path, rule: str, why: str
 ) -> None:
-    root = copy_bundle(tmp_path)
-    rego_file = root / "rego" / "parking.rego"
-    rego_file.write_text(
-        rego_file.read_text() + f'\ndeny contains {{"code": "c", "message": "m"}} if {{ {rule} }}\n'
+    root = with_parking_rules(
+        tmp_path,
+        f'\ndeny contains {{"code": "c", "message": "m"}} if {{ {rule} }}\n',
     )
     engine = RegorusEngine(load_bundle(root))
     assert PARKING not in engine.vm_plans

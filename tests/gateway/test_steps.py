@@ -22,7 +22,7 @@ from gateway.policy.bundle import load_bundle
 from gateway.policy.permit import DENY_BY_DEFAULT, PermitResult, Permitter
 from gateway.policy.rego import OpaServerEngine, RegoResult, RegorusEngine, live_engines
 from gateway.schemas import Proposal
-from tests.gateway.support import POLICIES, copy_bundle, proposal
+from tests.gateway.support import POLICIES, copy_bundle, proposal, with_parking_rules
 
 NFD = unicodedata.normalize("NFD", "café")  # "cafe" + a combining accent: not NFC
 assert unicodedata.normalize("NFC", NFD) != NFD
@@ -247,14 +247,11 @@ PARKING_BOOKING = proposal("parking", "booking.create", confidence=0.95)
 
 def broken_rego_bundle(tmp_path: Path) -> Path:
     """The default bundle plus a parking rule that divides by zero when evaluated."""
-    root = copy_bundle(tmp_path)
-    source = root / "rego" / "parking.rego"
-    source.write_text(
-        source.read_text()
-        + '\ndeny contains {"code": "broken", "message": "m"} if {\n'
-        + "\tcount(input.proposal.params) / 0 > 1\n}\n"
+    return with_parking_rules(
+        tmp_path,
+        '\ndeny contains {"code": "broken", "message": "m"} if {\n'
+        + "\tcount(input.proposal.params) / 0 > 1\n}\n",
     )
-    return root
 
 
 def test_evaluate_fails_closed_when_regorus_errors(tmp_path: Path) -> None:
@@ -325,12 +322,10 @@ def test_a_failed_evaluation_kept_past_its_thread_drops_no_engine_elsewhere(
     engine's frames; kept after the thread ends (a future holds it, a cycle waits for the
     collector), it must not be what keeps the thread's engine, which would then be dropped on
     whichever thread collects it."""
-    bundle = copy_bundle(tmp_path)
-    rego = bundle / "rego" / "parking.rego"
-    rego.write_text(
-        rego.read_text()
-        + '\ndeny contains {"code": "odd", "message": "odd"} if {\n'
-        + "\tto_number(input.proposal.resource) % 2 == 1\n}\n"
+    bundle = with_parking_rules(
+        tmp_path,
+        '\ndeny contains {"code": "odd", "message": "odd"} if {\n'
+        + "\tto_number(input.proposal.resource) % 2 == 1\n}\n",
     )
     engine = RegorusEngine(load_bundle(bundle))
     kept: list[BaseException] = []
