@@ -65,7 +65,9 @@ def keyring(settings: Settings) -> Keyring:
     installs it, beside it: how every process on one database takes up a new key."""
 
     def signer_for(vkey: str) -> NoteSigner | None:
-        for path in (settings.key_path, _next_key_path(settings)):
+        # The key file a second time: a rotation that finishes while this looks renames
+        # <key>.next to <key> between the first two reads.
+        for path in (settings.key_path, _next_key_path(settings), settings.key_path):
             try:
                 signer = load_signing_key(path, settings.ledger_origin)
             except LedgerError:

@@ -15,8 +15,10 @@ from pathlib import Path
 import httpx
 import pytest
 
-from gateway.db.connect import signing_key
-from ledger.keys import generate_signing_key
+from gateway.db.connect import keyring, signing_key
+from gateway.settings import Settings
+from ledger.keys import generate_signing_key, load_signing_key
+from ledger.note import NoteSigner
 from tests.conftest import Database
 from tests.gateway.support import REPO, Gateway, Serve, good_booking
 
@@ -165,3 +167,28 @@ def test_a_key_that_cannot_be_used_is_one_line_and_exit_2(
     # Nothing was rotated: the ledger has the one key it had.
     assert _run([str(MANDATE), "ledger", "public-key", "--all"], env).stdout == before
     assert len(before.split()) == 1
+
+
+def test_the_keyring_finds_a_key_renamed_while_it_looks(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A rotation renames <key>.next to <key> while another process's keyring looks: it read
+    # <key> (still the old key), and <key>.next is gone by the time it looks there.
+    settings = Settings(data_dir=tmp_path)
+    old = generate_signing_key(settings.key_path, settings.ledger_origin)
+    staged = settings.key_path.with_name(settings.key_path.name + ".next")
+    new = generate_signing_key(staged, settings.ledger_origin)
+    assert old.vkey != new.vkey
+    reads: list[Path] = []
+
+    def load_then_rename(path: Path, origin: str) -> NoteSigner:
+        found = load_signing_key(path, origin)
+        reads.append(path)
+        if len(reads) == 1:
+            os.replace(staged, settings.key_path)  # the rotation finishes, between two reads
+        return found
+
+    monkeypatch.setattr("gateway.db.connect.load_signing_key", load_then_rename)
+    signer = keyring(settings)(new.vkey)
+    assert signer is not None
+    assert signer.vkey == new.vkey
